@@ -1,0 +1,190 @@
+"""Happy-path overhead per call: resilience beside its peers, in one process, one run.
+
+    python bench/run.py            # full run, writes docs/benchmarks.md
+    python bench/run.py --quick    # a short run for CI (prints only)
+
+Each figure is the median of REPEATS runs of N calls, in ns per call. The
+overhead column subtracts the bare call of the same kind (sync or async), and
+the targets are checked as ratios against peers measured in the same run,
+because the machine's speed varies from run to run and host to host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import pathlib
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import resilience as rs
+
+N = 20_000
+REPEATS = 7
+
+
+def work(x: int = 1) -> int:
+    return x + 1
+
+
+async def awork(x: int = 1) -> int:
+    return x + 1
+
+
+def time_sync(fn: Callable[[], Any]) -> float:
+    samples = []
+    for _ in range(REPEATS):
+        start = time.perf_counter_ns()
+        for _ in range(N):
+            fn()
+        samples.append((time.perf_counter_ns() - start) / N)
+    return statistics.median(samples)
+
+
+def time_async(make: Callable[[], Awaitable[Any]]) -> float:
+    async def run() -> float:
+        samples = []
+        for _ in range(REPEATS):
+            start = time.perf_counter_ns()
+            for _ in range(N):
+                await make()
+            samples.append((time.perf_counter_ns() - start) / N)
+        return statistics.median(samples)
+
+    return asyncio.run(run())
+
+
+def measure() -> dict[str, float]:
+    rows: dict[str, float] = {}
+
+    def row(name: str, ns: float) -> None:
+        rows[name] = ns
+        print(f"{name:48s} {ns:9.0f} ns/call", flush=True)
+
+    row("bare sync", time_sync(work))
+    row("bare async", time_async(awork))
+
+    retry = rs.Retry(attempts=3)
+    coop = rs.Timeout(10)
+    both = rs.Pipeline.builder("b").add(rs.Retry(attempts=3)).add(rs.Timeout(10)).build()
+    row("resilience Retry sync (decorated)", time_sync(retry(work)))
+    row("resilience Retry sync (.call)", time_sync(lambda: retry.call(work)))
+    row("resilience Timeout sync (cooperative)", time_sync(coop(work)))
+    row("resilience Retry > Timeout sync", time_sync(both(work)))
+    row("resilience Retry async (decorated)", time_async(retry(awork)))
+    row("resilience Timeout async", time_async(coop(awork)))
+    row("resilience Retry > Timeout async", time_async(both(awork)))
+
+    import tenacity
+
+    row(
+        "tenacity retry sync",
+        time_sync(tenacity.retry(stop=tenacity.stop_after_attempt(3), reraise=True)(work)),
+    )
+    row(
+        "tenacity retry async",
+        time_async(tenacity.retry(stop=tenacity.stop_after_attempt(3), reraise=True)(awork)),
+    )
+    try:
+        import backoff
+        import stamina
+    except ImportError:
+        print("(stamina/backoff not installed: skipped)")
+    else:
+        row("stamina retry sync", time_sync(stamina.retry(on=ValueError, attempts=3)(work)))
+        row("stamina retry async", time_async(stamina.retry(on=ValueError, attempts=3)(awork)))
+        row(
+            "backoff on_exception sync",
+            time_sync(backoff.on_exception(backoff.expo, ValueError, max_tries=3)(work)),
+        )
+
+    async def with_asyncio_timeout() -> int:
+        async with asyncio.timeout(10):
+            return await awork()
+
+    row("asyncio.timeout async", time_async(with_asyncio_timeout))
+    try:
+        import hyx.retry
+        import hyx.timeout
+    except ImportError:
+        print("(hyx not installed: skipped)")
+    else:
+        row("hyx retry async", time_async(hyx.retry.retry(on=ValueError, attempts=3)(awork)))
+        hyx_timeout: list[Callable[[], Awaitable[int]]] = []
+
+        async def through_hyx_timeout() -> int:
+            if not hyx_timeout:  # hyx binds the running loop when it decorates
+                hyx_timeout.append(hyx.timeout.timeout(10)(awork))
+            return await hyx_timeout[0]()
+
+        row("hyx timeout async", time_async(through_hyx_timeout))
+    return rows
+
+
+TARGETS = [
+    # (ours, peer, ratio the overheads must stay under, why)
+    ("resilience Retry sync (decorated)", "tenacity retry sync", 0.5 / 12,
+     "Retry alone <= 0.5 us sync where tenacity adds 12 us"),
+    ("resilience Retry async (decorated)", "hyx retry async", 0.7 / 0.9,
+     "Retry alone <= 0.7 us async where hyx adds 0.9 us"),
+    ("resilience Timeout sync (cooperative)", "tenacity retry sync", 0.3 / 12,
+     "cooperative Timeout <= 0.3 us where tenacity adds 12 us"),
+    ("resilience Timeout async", "asyncio.timeout async", 2.5 / 3.7,
+     "async Timeout <= 2.5 us where asyncio.timeout adds 3.7 us"),
+]
+
+
+def report(rows: dict[str, float]) -> str:
+    bare = {"sync": rows["bare sync"], "async": rows["bare async"]}
+
+    def overhead(name: str) -> float:
+        return rows[name] - bare["async" if "async" in name else "sync"]
+
+    lines = [
+        "| benchmark | ns per call | overhead over a bare call (ns) |",
+        "|---|---:|---:|",
+    ]
+    for name, ns in rows.items():
+        extra = "" if name.startswith("bare") else f"{overhead(name):.0f}"
+        lines.append(f"| {name} | {ns:.0f} | {extra} |")
+    lines += ["", "| target | ours (ns) | peer (ns) | ratio | limit | met |", "|---|---:|---:|---:|---:|:-:|"]
+    for ours, peer, limit, why in TARGETS:
+        if ours not in rows or peer not in rows:
+            continue
+        ratio = overhead(ours) / overhead(peer)
+        lines.append(
+            f"| {why} | {overhead(ours):.0f} | {overhead(peer):.0f} | {ratio:.3f} | "
+            f"{limit:.3f} | {'yes' if ratio <= limit else 'NO'} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    global N, REPEATS
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="a short run that writes nothing")
+    options = parser.parse_args()
+    if options.quick:
+        N, REPEATS = 2_000, 3
+    rows = measure()
+    table = report(rows)
+    print()
+    print(table)
+    if not options.quick:
+        out = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+        out.write_text(
+            "# Benchmarks\n\n"
+            "Generated by `bench/run.py` (`nox -s bench`); do not edit by hand.\n\n"
+            f"Python {sys.version.split()[0]} on {platform.machine()}, "
+            f"median of {REPEATS} runs of {N:,} calls. Overheads subtract the bare call; "
+            "targets are ratios against peers measured in the same run.\n\n" + table + "\n"
+        )
+        print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()

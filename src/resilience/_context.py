@@ -1,0 +1,110 @@
+"""The per-call context: which pipeline, which attempt, which deadline, which tags.
+
+It lives in one `contextvars.ContextVar`, so it follows the call into the
+tasks it starts and into threads started with a copied context.
+
+On the hot path the variable holds a plain tuple ``(pipeline, attempt,
+deadline, clock, tags)``: building a tuple costs a fraction of building an
+object, and the public `CallContext` view is made only when someone asks
+for it through `current()`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from ._clock import Clock
+
+__all__ = ["CallContext", "current", "tags"]
+
+Raw = tuple[str | None, int, float | None, Clock | None, Mapping[str, Any]]
+
+NO_TAGS: Mapping[str, Any] = MappingProxyType({})
+EMPTY: Raw = (None, 0, None, None, NO_TAGS)
+VAR: ContextVar[Raw] = ContextVar("resilience.call", default=EMPTY)
+
+# Field positions in the raw tuple.
+PIPELINE, ATTEMPT, DEADLINE, CLOCK, TAGS = range(5)
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a running call knows about itself. Read it with `resilience.current()`.
+
+    Outside any call, `current()` returns a context with ``attempt == 0``,
+    no pipeline, no deadline and no tags, so ``current().remaining()`` can be
+    called anywhere.
+    """
+
+    pipeline: str | None
+    """Name of the pipeline (or standalone policy) running the call, if it has one."""
+    attempt: int
+    """Attempt number, 1-based; 0 outside any call."""
+    deadline: float | None
+    """Absolute deadline in the deadline clock's ``monotonic()`` seconds, or None."""
+    tags: Mapping[str, Any]
+    """User tags set with `resilience.tags()` (read-only)."""
+    clock: Clock | None = field(default=None, repr=False)
+    """The clock the deadline is measured on."""
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (never negative), or None without one."""
+        if self.deadline is None or self.clock is None:
+            return None
+        return max(0.0, self.deadline - self.clock.monotonic())
+
+    @property
+    def expired(self) -> bool:
+        """True when there is a deadline and it has passed."""
+        left = self.remaining()
+        return left is not None and left <= 0.0
+
+
+def current() -> CallContext:
+    """The context of the call running here (or an empty one outside any call)."""
+    pipeline, attempt, deadline, clock, tag_map = VAR.get()
+    return CallContext(pipeline, attempt, deadline, tag_map, clock)
+
+
+@contextlib.contextmanager
+def tags(**values: Any) -> Iterator[Mapping[str, Any]]:
+    """Attach tags to every resilient call made inside the ``with`` block.
+
+    Tags merge over the ones already set, flow into nested calls, tasks and
+    copied contexts, and are readable as ``resilience.current().tags``::
+
+        with resilience.tags(tenant="acme", chaos=True):
+            users_get.call(fetch, 42)
+    """
+    raw = VAR.get()
+    merged = MappingProxyType({**raw[TAGS], **values})
+    token = VAR.set((raw[PIPELINE], raw[ATTEMPT], raw[DEADLINE], raw[CLOCK], merged))
+    try:
+        yield merged
+    finally:
+        VAR.reset(token)
+
+
+def effective_deadline(raw: Raw, clock: Clock, now: float) -> float | None:
+    """The deadline already in force, expressed on ``clock``'s timeline."""
+    deadline = raw[DEADLINE]
+    if deadline is None:
+        return None
+    other = raw[CLOCK]
+    if other is clock or other is None:
+        return deadline
+    return deadline - other.monotonic() + now
+
+
+def remaining(raw: Raw) -> float | None:
+    """Seconds left before the raw context's deadline, or None."""
+    deadline = raw[DEADLINE]
+    clock = raw[CLOCK]
+    if deadline is None or clock is None:
+        return None
+    return deadline - clock.monotonic()

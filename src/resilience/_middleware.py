@@ -1,0 +1,155 @@
+"""The one call interface every policy and pipeline shares.
+
+A middleware turns the next *endpoint* into a new endpoint, once, when a
+chain is built (go-kit's ``Middleware func(Endpoint) Endpoint``). An endpoint
+is a plain function ``endpoint(fn, args, kwargs)``: the call to protect
+travels down the chain as data, so one prebuilt chain serves every function
+it is used with, and no list of layers is walked per call.
+
+`Middleware` gives each subclass the decorator, ``call()`` and ``acall()``.
+A subclass only writes ``wrap`` (sync) and ``awrap`` (async).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from typing import Any, ClassVar, ParamSpec, TypeVar, cast
+
+from ._context import EMPTY, VAR, Raw
+
+__all__ = ["AsyncEndpoint", "Endpoint", "Middleware"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Endpoint = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+"""``endpoint(fn, args, kwargs) -> result``: the sync shape of one link of a chain."""
+
+AsyncEndpoint = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+"""``endpoint(fn, args, kwargs) -> awaitable``: the async shape of one link of a chain."""
+
+
+def terminal(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The innermost endpoint: call the function (for async, this returns its awaitable)."""
+    return fn(*args, **kwargs)
+
+
+class Middleware(ABC):
+    """Base class of every resilience policy, of `Pipeline`, and of your own layers.
+
+    A subclass implements `wrap` and `awrap`; it inherits the decorator form,
+    `call` and `acall`. One instance holds one state: put the same instance in
+    two pipelines and they share it.
+    """
+
+    kind: ClassVar[str] = "custom"
+    """A short name of what the layer does, used by `describe()` and the order advice."""
+
+    name: str | None = None
+    """Optional name shown in `describe()`, errors and the call context."""
+
+    @abstractmethod
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        """Return the sync endpoint that runs this layer around ``next``."""
+
+    @abstractmethod
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        """Return the async endpoint that runs this layer around ``next``."""
+
+    def settings(self) -> dict[str, Any]:
+        """This layer's configuration, for `describe()`; override to show yours."""
+        return {}
+
+    def describe(self) -> dict[str, Any]:
+        """The layer's type, kind, name and settings, as plain data."""
+        return {"type": type(self).__name__, "kind": self.kind, "name": self.name, **self.settings()}
+
+    # -- the call interface -------------------------------------------------
+
+    def _chains(self) -> tuple[Endpoint, AsyncEndpoint]:
+        chains: tuple[Endpoint, AsyncEndpoint] | None = self.__dict__.get("_built_chains")
+        if chains is None:
+            chains = (self.wrap(terminal), self.awrap(terminal))
+            self.__dict__["_built_chains"] = chains
+        return chains
+
+    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]:
+        """Decorate a function, sync or async (decided once, here)."""
+        sync_chain, async_chain = self._chains()
+        return decorate(self.name, sync_chain, async_chain, fn)
+
+    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Call ``fn(*args, **kwargs)`` through this layer, synchronously."""
+        parent = VAR.get()
+        token = VAR.set(enter(self.name, parent))
+        try:
+            return cast(R, self._chains()[0](fn, args, kwargs))
+        finally:
+            VAR.reset(token)
+
+    async def acall(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """Await ``fn(*args, **kwargs)`` through this layer."""
+        parent = VAR.get()
+        token = VAR.set(enter(self.name, parent))
+        try:
+            return cast(R, await self._chains()[1](fn, args, kwargs))
+        finally:
+            VAR.reset(token)
+
+
+def enter(name: str | None, parent: Raw) -> Raw:
+    """The raw context of a new call, inheriting the caller's deadline and tags."""
+    return (name, 1, parent[2], parent[3], parent[4])
+
+
+def is_async_callable(fn: object) -> bool:
+    """True for coroutine functions, partials of them and objects with an async ``__call__``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - the bound method, not callable()
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def decorate(
+    name: str | None,
+    sync_chain: Endpoint,
+    async_chain: AsyncEndpoint,
+    fn: Callable[P, R],
+) -> Callable[P, R]:
+    """Wrap ``fn`` with a prebuilt chain, choosing the sync or async entry once."""
+    if not callable(fn):
+        raise TypeError(f"can only decorate a callable, got {type(fn).__name__}")
+    get = VAR.get
+    set_ = VAR.set
+    reset = VAR.reset
+    root: Raw = (name, 1, None, None, EMPTY[4])
+
+    if is_async_callable(fn):
+        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+            parent = get()
+            token = set_(root if parent is EMPTY else (name, 1, parent[2], parent[3], parent[4]))
+            try:
+                return await async_chain(fn, args, kwargs)
+            finally:
+                reset(token)
+
+        functools.update_wrapper(async_wrapper, fn)
+        return cast(Callable[P, R], async_wrapper)
+
+    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+        parent = get()
+        token = set_(root if parent is EMPTY else (name, 1, parent[2], parent[3], parent[4]))
+        try:
+            return sync_chain(fn, args, kwargs)
+        finally:
+            reset(token)
+
+    functools.update_wrapper(sync_wrapper, fn)
+    return cast(Callable[P, R], sync_wrapper)

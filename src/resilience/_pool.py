@@ -1,0 +1,72 @@
+"""A small bounded pool of daemon threads for walk-away timeouts.
+
+`concurrent.futures.ThreadPoolExecutor` joins its threads at interpreter
+exit, so one call that never returns would hang the process on the way out.
+A walk-away timeout exists for exactly such calls, hence daemon threads here.
+A full pool refuses new work at once instead of queueing it.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from ._errors import RejectedError
+
+_Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
+
+
+class WorkerPool:
+    """At most ``max_workers`` calls running at once; more are rejected, never queued."""
+
+    def __init__(self, max_workers: int, name: str) -> None:
+        self.max_workers = max_workers
+        self.name = name
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
+        self._threads = 0
+        self._busy = 0
+
+    @property
+    def busy(self) -> int:
+        """Calls running now, abandoned ones included."""
+        return self._busy
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._lock:
+            if self._busy >= self.max_workers:
+                raise RejectedError(
+                    f"{self.name}: all {self.max_workers} walk-away workers are busy "
+                    "(calls that timed out may still be running)",
+                    name=self.name,
+                )
+            self._busy += 1
+            start = self._threads < self._busy
+            if start:
+                self._threads += 1
+        self._queue.put((future, fn, args))
+        if start:
+            threading.Thread(
+                target=self._work, name=f"resilience-{self.name}", daemon=True
+            ).start()
+        return future
+
+    def _work(self) -> None:
+        while True:
+            future, fn, args = self._queue.get()
+            try:
+                if future.set_running_or_notify_cancel():
+                    try:
+                        value = fn(*args)
+                    except BaseException as exc:  # handed to the caller, never swallowed
+                        future.set_exception(exc)
+                    else:
+                        future.set_result(value)
+            finally:
+                del future, fn, args
+                with self._lock:
+                    self._busy -= 1

@@ -1,0 +1,266 @@
+"""`Retry`: call again after a failure, with backoff, within the deadline."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import backoff as _backoff
+from ._clock import Clock, validate_clock
+from ._context import VAR, remaining
+from ._errors import RejectedError
+from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._validate import callable_or_none, exception_matcher, integer, optional_name
+
+__all__ = ["Retry", "RetryEvent"]
+
+logger = logging.getLogger("resilience")
+
+_DEFAULT_BACKOFF = object()
+
+
+@dataclass(frozen=True, slots=True)
+class RetryEvent:
+    """Passed to ``on_retry`` just before the wait that precedes a new attempt."""
+
+    name: str | None
+    """The Retry's name."""
+    attempt: int
+    """The attempt that just failed (1-based)."""
+    delay: float
+    """Seconds the Retry will now wait."""
+    error: BaseException | None
+    """The exception of the failed attempt, or None when its result was retried."""
+    result: Any = None
+    """The rejected result when ``on_result`` asked for a retry."""
+
+
+def _matcher(on: object) -> Callable[[BaseException], bool]:
+    types, predicate = exception_matcher(on, "on")
+    if predicate is not None:
+        return predicate
+    # Rejections by this library's own policies are not retried unless asked for by name.
+    wanted_rejections = tuple(t for t in types if issubclass(t, RejectedError))
+
+    def matches(error: BaseException) -> bool:
+        if not isinstance(error, types):
+            return False
+        return not isinstance(error, RejectedError) or isinstance(error, wanted_rejections)
+
+    return matches
+
+
+class Retry(Middleware):
+    """Call again after a failure, waiting a backoff delay in between.
+
+    ``attempts`` counts the first call (``attempts=3`` is one call and up to
+    two retries). ``on`` picks the exceptions worth retrying: a type, a tuple
+    of types, or a predicate; this library's own rejections
+    (`CircuitOpenError`, `ThrottledError`, `BulkheadFullError`) are retried
+    only when named there. Cancellation, `KeyboardInterrupt`, `SystemExit`
+    and `GeneratorExit` are never retried. ``on_result`` retries on return
+    values for which it returns True; when attempts run out the last result
+    is returned.
+
+    The wait honours ``retry_after`` on the exception (at least that long)
+    and never crosses the call's deadline: when the next wait would, the
+    last error is raised at once. The last error is re-raised as it is, the
+    same object, with a note saying how many attempts were made.
+    """
+
+    kind = "retry"
+
+    def __init__(
+        self,
+        attempts: int = 3,
+        *,
+        on: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool] = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        backoff: _backoff.Backoff | float | Callable[[Any], float] | object = _DEFAULT_BACKOFF,
+        on_retry: Callable[[RetryEvent], object] | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.attempts = integer(attempts, "attempts", minimum=1)
+        self.on = on
+        self._retryable = _matcher(on)
+        self.on_result = callable_or_none(on_result, "on_result")
+        self.backoff = (
+            _backoff.exponential(0.1, maximum=10.0, jitter="full")
+            if backoff is _DEFAULT_BACKOFF
+            else _backoff.coerce(backoff)
+        )
+        self.on_retry = callable_or_none(on_retry, "on_retry")
+        self.clock = validate_clock(clock)
+        self.name = optional_name(name)
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "attempts": self.attempts,
+            "on": self.on,
+            "on_result": self.on_result,
+            "backoff": self.backoff,
+        }
+
+    def __repr__(self) -> str:
+        on = getattr(self.on, "__name__", None) or repr(self.on)
+        return f"Retry(attempts={self.attempts}, on={on}, backoff={self.backoff!r})"
+
+    # -- the core: decide, with no I/O ---------------------------------------
+
+    def _next_delay(
+        self, attempt: int, previous: float, error: BaseException | None, result: Any
+    ) -> float | None:
+        """The wait before attempt ``attempt + 1``, or None to give up now."""
+        label = f" {self.name!r}" if self.name else ""
+        if attempt >= self.attempts:
+            if error is not None:
+                error.add_note(f"resilience: Retry{label} gave up after {attempt} attempts")
+            return None
+        delay = self.backoff.delay_for(attempt, previous, error, result)
+        hint = getattr(error, "retry_after", None)
+        if (
+            isinstance(hint, int | float)
+            and not isinstance(hint, bool)
+            and math.isfinite(hint)
+            and hint > delay
+        ):
+            delay = float(hint)
+        left = remaining(VAR.get())
+        if left is not None and delay >= left:
+            if error is not None:
+                error.add_note(
+                    f"resilience: Retry{label} stopped after {attempt} attempt(s): waiting "
+                    f"{delay:.3g}s would pass the deadline ({max(left, 0.0):.3g}s left)"
+                )
+            return None
+        if self.on_retry is not None:
+            try:
+                self.on_retry(RetryEvent(self.name, attempt, delay, error, result))
+            except Exception:
+                logger.exception("resilience: on_retry listener of Retry%s failed", label)
+        return delay
+
+    # -- the shells: the first attempt inline, the rest out of the hot path ----
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        retryable = self._retryable
+        check = self.on_result
+        again = self._again
+
+        def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            try:
+                result = next(fn, args, kwargs)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                error: BaseException | None = exc
+                result = None
+            else:
+                if check is None or not check(result):
+                    return result
+                error = None
+            return again(next, fn, args, kwargs, error, result)
+
+        return retry
+
+    def _again(
+        self,
+        next: Endpoint,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        error: BaseException | None,
+        result: Any,
+    ) -> Any:
+        raw = VAR.get()
+        attempt = 1
+        previous = 0.0
+        while True:
+            delay = self._next_delay(attempt, previous, error, result)
+            if delay is None:
+                if error is not None:
+                    raise error
+                return result
+            if delay > 0:
+                self.clock.sleep(delay)
+            previous = delay
+            attempt += 1
+            token = VAR.set((raw[0], attempt, raw[2], raw[3], raw[4]))
+            try:
+                result = next(fn, args, kwargs)
+            except Exception as exc:
+                if not self._retryable(exc):
+                    raise
+                error = exc
+                result = None
+            else:
+                if self.on_result is None or not self.on_result(result):
+                    return result
+                error = None
+            finally:
+                VAR.reset(token)
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        retryable = self._retryable
+        check = self.on_result
+        again = self._aagain
+
+        async def retry(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            try:
+                result = await next(fn, args, kwargs)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                error: BaseException | None = exc
+                result = None
+            else:
+                if check is None or not check(result):
+                    return result
+                error = None
+            return await again(next, fn, args, kwargs, error, result)
+
+        return retry
+
+    async def _aagain(
+        self,
+        next: AsyncEndpoint,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        error: BaseException | None,
+        result: Any,
+    ) -> Any:
+        raw = VAR.get()
+        attempt = 1
+        previous = 0.0
+        while True:
+            delay = self._next_delay(attempt, previous, error, result)
+            if delay is None:
+                if error is not None:
+                    raise error
+                return result
+            await self.clock.asleep(delay)
+            previous = delay
+            attempt += 1
+            token = VAR.set((raw[0], attempt, raw[2], raw[3], raw[4]))
+            try:
+                result = await next(fn, args, kwargs)
+            except Exception as exc:
+                if not self._retryable(exc):
+                    raise
+                error = exc
+                result = None
+            else:
+                if self.on_result is None or not self.on_result(result):
+                    return result
+                error = None
+            finally:
+                VAR.reset(token)

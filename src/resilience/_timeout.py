@@ -1,0 +1,212 @@
+"""`Timeout`: bound how long a call may take."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any, Literal
+
+from ._clock import SYSTEM_CLOCK, Clock, call_at, validate_clock, wait_future
+from ._context import VAR, Raw, effective_deadline
+from ._errors import TimeoutExceeded
+from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._pool import WorkerPool
+from ._validate import integer, optional_name
+from ._validate import seconds as _seconds
+
+__all__ = ["Timeout"]
+
+SyncMode = Literal["cooperative", "walk_away"]
+
+
+def _run_in_context(
+    raw: Raw, next: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    VAR.set(raw)  # runs inside a copied context of its own: nothing to restore
+    return next(fn, args, kwargs)
+
+
+class Timeout(Middleware):
+    """Bound the time a call may take; the deadline is set when the call starts.
+
+    The deadline goes into the call context (`resilience.current().deadline`
+    and ``.remaining()``), where inner layers and your code see it. An inner
+    Timeout never extends an outer one: the earliest deadline wins.
+
+    Async calls are really cancelled at the deadline and the caller gets
+    `TimeoutExceeded`, raised only when this layer's own deadline fired (a
+    cancellation from elsewhere stays a `CancelledError`).
+
+    Python cannot interrupt a running sync function, so sync calls get one of
+    two honest modes:
+
+    * ``sync_mode="cooperative"`` (default): the call runs in the caller's
+      thread with the deadline in its context. Nothing of this library waits
+      past the deadline, and a call that returns after it raises
+      `TimeoutExceeded` (its result is dropped). Your code should pass
+      ``current().remaining()`` to its I/O.
+    * ``sync_mode="walk_away"``: the call runs on this Timeout's own pool of
+      at most ``max_workers`` daemon threads, with a copy of the caller's
+      context; the caller gets `TimeoutExceeded` at the deadline while the
+      call runs on to its end in the background. When every worker is busy
+      the call is rejected at once with a `RejectedError`.
+    """
+
+    kind = "timeout"
+
+    def __init__(
+        self,
+        seconds: float | timedelta,
+        *,
+        sync_mode: SyncMode = "cooperative",
+        max_workers: int = 16,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.seconds = _seconds(seconds, "seconds")
+        if sync_mode not in ("cooperative", "walk_away"):
+            raise ValueError(
+                f"sync_mode must be 'cooperative' or 'walk_away', got {sync_mode!r}"
+            )
+        self.sync_mode: SyncMode = sync_mode
+        self.max_workers = integer(max_workers, "max_workers", minimum=1)
+        self.clock = validate_clock(clock)
+        self.name = optional_name(name)
+        self._pool: WorkerPool | None = None
+        self._pool_lock = threading.Lock()
+
+    def settings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"seconds": self.seconds, "sync_mode": self.sync_mode}
+        if self.sync_mode == "walk_away":
+            out["max_workers"] = self.max_workers
+        return out
+
+    def __repr__(self) -> str:
+        extra = ", sync_mode='walk_away'" if self.sync_mode == "walk_away" else ""
+        return f"Timeout({self.seconds:g}{extra})"
+
+    @property
+    def busy_workers(self) -> int:
+        """Walk-away calls still running, including those the caller walked away from."""
+        return 0 if self._pool is None else self._pool.busy
+
+    def _workers(self) -> WorkerPool:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = WorkerPool(self.max_workers, self.name or "timeout")
+            return self._pool
+
+    # -- sync ---------------------------------------------------------------
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        if self.sync_mode == "walk_away":
+            return self._wrap_walk_away(next)
+        limit = self.seconds
+        name = self.name
+        clock = self.clock
+        monotonic = clock.monotonic
+        get, set_, reset = VAR.get, VAR.set, VAR.reset
+
+        def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            own = monotonic() + limit
+            raw = get()
+            outer = raw[2]
+            if outer is not None and raw[3] is not clock:
+                outer = effective_deadline(raw, clock, own - limit)
+            if outer is None or own < outer:
+                token = set_((raw[0], raw[1], own, clock, raw[4]))
+                try:
+                    result = next(fn, args, kwargs)
+                finally:
+                    reset(token)
+            else:  # an earlier deadline is already in force
+                result = next(fn, args, kwargs)
+            if monotonic() >= own:
+                raise TimeoutExceeded(limit, name)
+            return result
+
+        return timeout
+
+    def _wrap_walk_away(self, next: Endpoint) -> Endpoint:
+        limit = self.seconds
+        name = self.name
+        clock = self.clock
+        workers = self._workers
+
+        def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            now = clock.monotonic()
+            own = now + limit
+            raw = VAR.get()
+            outer = effective_deadline(raw, clock, now)
+            deadline = own if outer is None or own < outer else outer
+            inner: Raw = (raw[0], raw[1], deadline, clock, raw[4])
+            context = contextvars.copy_context()
+            future = workers().submit(context.run, _run_in_context, inner, next, fn, args, kwargs)
+            wait_future(clock, future, deadline)
+            if future.done():
+                return future.result()
+            raise TimeoutExceeded(limit if deadline == own else max(0.0, deadline - now), name)
+
+        return timeout
+
+    # -- async --------------------------------------------------------------
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        limit = self.seconds
+        name = self.name
+        clock = self.clock
+        monotonic = clock.monotonic
+        system = clock is SYSTEM_CLOCK
+        get, set_, reset = VAR.get, VAR.set, VAR.reset
+        get_loop = asyncio.get_running_loop
+        current_task = asyncio.current_task
+        cancelled_error = asyncio.CancelledError
+
+        async def timeout(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            loop = get_loop()
+            task = current_task(loop)
+            if task is None:  # pragma: no cover - awaited outside a task (not asyncio)
+                raise RuntimeError("resilience.Timeout needs to run inside an asyncio task")
+            now = monotonic()
+            own = now + limit
+            fired = False
+
+            def expire() -> None:
+                nonlocal fired
+                fired = True
+                task.cancel()
+
+            if system:
+                handle = loop.call_later(limit, expire)
+            else:
+                handle = call_at(clock, own, expire, loop)
+            raw = get()
+            outer = raw[2]
+            if outer is not None and raw[3] is not clock:
+                outer = effective_deadline(raw, clock, now)
+            token = set_((raw[0], raw[1], own, clock, raw[4])) if outer is None or own < outer else None
+            cancelling = task.cancelling()
+            try:
+                result = await next(fn, args, kwargs)
+            except cancelled_error as exc:
+                if fired and task.uncancel() <= cancelling:
+                    raise TimeoutExceeded(limit, name) from exc
+                raise
+            except BaseException:
+                if fired:
+                    task.uncancel()
+                raise
+            finally:
+                handle.cancel()
+                if token is not None:
+                    reset(token)
+            if fired:  # the call swallowed our cancellation and returned
+                task.uncancel()
+            return result
+
+        return timeout

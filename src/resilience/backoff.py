@@ -1,0 +1,326 @@
+"""Delays between retries.
+
+Each strategy computes the delay before retry number ``retry`` (1 for the
+first retry) from that number and the previous delay. All of them cap at
+``maximum`` and can add jitter; all take ``seed`` (an int or a
+`random.Random`) so a test can fix the sequence.
+
+The formulas follow Marc Brooker's AWS Architecture Blog post "Exponential
+Backoff and Jitter" (2015): with ``d`` the capped delay,
+
+* full jitter: ``uniform(0, d)``;
+* equal jitter: ``d / 2 + uniform(0, d / 2)``;
+* decorrelated jitter: ``min(maximum, uniform(initial, previous * 3))``.
+
+A tenacity wait strategy (``tenacity.wait_exponential(...)`` and friends) is
+accepted by `resilience.Retry` wherever a backoff is, through `from_tenacity`.
+"""
+
+from __future__ import annotations
+
+import math
+import random as _random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import Any, Literal
+
+from ._validate import number
+
+__all__ = [
+    "Backoff",
+    "Jitter",
+    "constant",
+    "decorrelated",
+    "exponential",
+    "fibonacci",
+    "from_tenacity",
+    "linear",
+]
+
+Jitter = Literal["full", "equal"]
+_JITTERS = (None, "full", "equal")
+
+
+def _rng(seed: int | _random.Random | None) -> _random.Random:
+    if seed is None:
+        return _random.Random()
+    if isinstance(seed, _random.Random):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+    return _random.Random(seed)
+
+
+def _jitter_mode(value: object) -> Jitter | None:
+    if value not in _JITTERS:
+        hint = " (use backoff.decorrelated() for decorrelated jitter)" if value == "decorrelated" else ""
+        raise ValueError(f"jitter must be None, 'full' or 'equal', got {value!r}{hint}")
+    return value  # type: ignore[return-value]
+
+
+class Backoff(ABC):
+    """A delay strategy: ``delay(retry, previous)`` seconds before retry number ``retry``."""
+
+    maximum: float = math.inf
+
+    @abstractmethod
+    def delay(self, retry: int, previous: float) -> float:
+        """Seconds to wait before retry ``retry`` (1-based); ``previous`` is the last delay (0.0 at first)."""
+
+    def delays(self, count: int | None = None) -> Iterator[float]:
+        """The sequence of delays this strategy gives one call, ``count`` long (endless by default)."""
+        previous = 0.0
+        retry = 0
+        while count is None or retry < count:
+            retry += 1
+            previous = self.delay(retry, previous)
+            yield previous
+
+    def delay_for(
+        self, retry: int, previous: float, error: BaseException | None, result: Any
+    ) -> float:
+        """The delay given the outcome that failed; plain strategies ignore the outcome."""
+        return self.delay(retry, previous)
+
+
+class _Capped(Backoff):
+    """Shared by the strategies that compute a base delay, cap it, then jitter it."""
+
+    def __init__(
+        self,
+        maximum: float,
+        jitter: Jitter | None,
+        seed: int | _random.Random | None,
+    ) -> None:
+        self.maximum = number(maximum, "maximum", minimum=0.0) if maximum != math.inf else math.inf
+        self.jitter = _jitter_mode(jitter)
+        self._random = _rng(seed).random
+
+    @abstractmethod
+    def base_delay(self, retry: int) -> float:
+        """The delay before jitter, possibly above the cap."""
+
+    def delay(self, retry: int, previous: float) -> float:
+        d = min(self.base_delay(retry), self.maximum)
+        if self.jitter is None:
+            return d
+        if self.jitter == "full":
+            return d * self._random()
+        half = d / 2.0
+        return half + half * self._random()
+
+    def _tail(self) -> str:
+        parts = []
+        if self.maximum != math.inf:
+            parts.append(f"maximum={self.maximum:g}")
+        if self.jitter is not None:
+            parts.append(f"jitter={self.jitter!r}")
+        return "".join(", " + p for p in parts)
+
+
+class _Constant(_Capped):
+    def __init__(self, delay: float, jitter: Jitter | None, seed: int | _random.Random | None) -> None:
+        super().__init__(math.inf, jitter, seed)
+        self.value = number(delay, "delay", minimum=0.0)
+
+    def base_delay(self, retry: int) -> float:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"constant({self.value:g}{self._tail()})"
+
+
+class _Linear(_Capped):
+    def __init__(
+        self,
+        initial: float,
+        step: float | None,
+        maximum: float,
+        jitter: Jitter | None,
+        seed: int | _random.Random | None,
+    ) -> None:
+        super().__init__(maximum, jitter, seed)
+        self.initial = number(initial, "initial", minimum=0.0)
+        self.step = self.initial if step is None else number(step, "step", minimum=0.0)
+
+    def base_delay(self, retry: int) -> float:
+        return self.initial + self.step * (retry - 1)
+
+    def __repr__(self) -> str:
+        return f"linear(initial={self.initial:g}, step={self.step:g}{self._tail()})"
+
+
+class _Exponential(_Capped):
+    def __init__(
+        self,
+        initial: float,
+        base: float,
+        maximum: float,
+        jitter: Jitter | None,
+        seed: int | _random.Random | None,
+    ) -> None:
+        super().__init__(maximum, jitter, seed)
+        self.initial = number(initial, "initial", minimum=0.0)
+        self.base = number(base, "base", minimum=1.0)
+
+    def base_delay(self, retry: int) -> float:
+        try:
+            return self.initial * self.base ** (retry - 1)
+        except OverflowError:
+            return math.inf
+
+    def __repr__(self) -> str:
+        return f"exponential(initial={self.initial:g}, base={self.base:g}{self._tail()})"
+
+
+class _Fibonacci(_Capped):
+    def __init__(
+        self,
+        initial: float,
+        maximum: float,
+        jitter: Jitter | None,
+        seed: int | _random.Random | None,
+    ) -> None:
+        super().__init__(maximum, jitter, seed)
+        self.initial = number(initial, "initial", minimum=0.0)
+
+    def base_delay(self, retry: int) -> float:
+        a, b = 1, 1  # fib(1), fib(2)
+        for _ in range(retry - 1):
+            a, b = b, a + b
+            if self.initial * a >= self.maximum:
+                return math.inf
+        return self.initial * a
+
+    def __repr__(self) -> str:
+        return f"fibonacci(initial={self.initial:g}{self._tail()})"
+
+
+class _Decorrelated(Backoff):
+    def __init__(self, initial: float, maximum: float, seed: int | _random.Random | None) -> None:
+        self.initial = number(initial, "initial", minimum=0.0, inclusive=False)
+        self.maximum = number(maximum, "maximum", minimum=0.0)
+        if self.maximum < self.initial:
+            raise ValueError(
+                f"maximum must be >= initial ({self.initial:g}), got {self.maximum:g}"
+            )
+        self._uniform = _rng(seed).uniform
+
+    def delay(self, retry: int, previous: float) -> float:
+        upper = max(previous, self.initial) * 3.0
+        return min(self.maximum, self._uniform(self.initial, upper))
+
+    def __repr__(self) -> str:
+        return f"decorrelated(initial={self.initial:g}, maximum={self.maximum:g})"
+
+
+def constant(
+    delay: float = 1.0, *, jitter: Jitter | None = None, seed: int | _random.Random | None = None
+) -> Backoff:
+    """The same ``delay`` before every retry."""
+    return _Constant(delay, jitter, seed)
+
+
+def linear(
+    initial: float = 0.1,
+    step: float | None = None,
+    *,
+    maximum: float = math.inf,
+    jitter: Jitter | None = None,
+    seed: int | _random.Random | None = None,
+) -> Backoff:
+    """``initial``, then ``initial + step``, ``initial + 2 * step``, ... (``step`` defaults to ``initial``)."""
+    return _Linear(initial, step, maximum, jitter, seed)
+
+
+def exponential(
+    initial: float = 0.1,
+    *,
+    base: float = 2.0,
+    maximum: float = 10.0,
+    jitter: Jitter | None = None,
+    seed: int | _random.Random | None = None,
+) -> Backoff:
+    """``initial * base ** (retry - 1)``, capped at ``maximum``."""
+    return _Exponential(initial, base, maximum, jitter, seed)
+
+
+def fibonacci(
+    initial: float = 0.1,
+    *,
+    maximum: float = 10.0,
+    jitter: Jitter | None = None,
+    seed: int | _random.Random | None = None,
+) -> Backoff:
+    """``initial`` times 1, 1, 2, 3, 5, 8, ..., capped at ``maximum``."""
+    return _Fibonacci(initial, maximum, jitter, seed)
+
+
+def decorrelated(
+    initial: float = 0.1,
+    *,
+    maximum: float = 10.0,
+    seed: int | _random.Random | None = None,
+) -> Backoff:
+    """Decorrelated jitter: each delay is uniform in ``[initial, 3 * previous]``, capped."""
+    return _Decorrelated(initial, maximum, seed)
+
+
+class _Tenacity(Backoff):
+    """A tenacity wait strategy, called with a real ``tenacity.RetryCallState``."""
+
+    def __init__(self, wait: Callable[[Any], float]) -> None:
+        import tenacity  # imported only by those who use the interop
+
+        self.wait = wait
+        self._tenacity = tenacity
+
+    def delay(self, retry: int, previous: float) -> float:
+        return self.delay_for(retry, previous, None, None)
+
+    def delay_for(
+        self, retry: int, previous: float, error: BaseException | None, result: Any
+    ) -> float:
+        tenacity = self._tenacity
+        state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
+        state.attempt_number = retry
+        outcome: Any = tenacity.Future(retry)
+        if error is not None:
+            outcome.set_exception(error)
+        else:
+            outcome.set_result(result)
+        state.outcome = outcome
+        state.outcome_timestamp = state.start_time
+        state.idle_for = previous
+        value = float(self.wait(state))
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"tenacity wait strategy {self.wait!r} returned {value!r}")
+        return value
+
+    def __repr__(self) -> str:
+        return f"from_tenacity({self.wait!r})"
+
+
+def from_tenacity(wait: Callable[[Any], float]) -> Backoff:
+    """Use a tenacity wait strategy (e.g. ``tenacity.wait_exponential(max=5)``) as a backoff.
+
+    `resilience.Retry` applies this for you when ``backoff=`` is given a
+    tenacity wait; call it yourself to combine or inspect the strategy.
+    """
+    if isinstance(wait, Backoff) or not callable(wait):
+        raise TypeError(f"wait must be a tenacity wait strategy, got {type(wait).__name__}")
+    return _Tenacity(wait)
+
+
+def coerce(value: object, name: str = "backoff") -> Backoff:
+    """A `Backoff` from what ``Retry(backoff=...)`` accepts: a Backoff, seconds, or a tenacity wait."""
+    if isinstance(value, Backoff):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return constant(value)
+    if callable(value):
+        return from_tenacity(value)
+    raise TypeError(
+        f"{name} must be a resilience.backoff strategy, a number of seconds, or a tenacity "
+        f"wait strategy, got {type(value).__name__}"
+    )

@@ -127,14 +127,30 @@ def measure() -> dict[str, float]:
 
 TARGETS = [
     # (ours, peer, ratio the overheads must stay under, why)
-    ("resilience Retry sync (decorated)", "tenacity retry sync", 0.5 / 12,
-     "Retry alone <= 0.5 us sync where tenacity adds 12 us"),
-    ("resilience Retry async (decorated)", "hyx retry async", 0.7 / 0.9,
-     "Retry alone <= 0.7 us async where hyx adds 0.9 us"),
-    ("resilience Timeout sync (cooperative)", "tenacity retry sync", 0.3 / 12,
-     "cooperative Timeout <= 0.3 us where tenacity adds 12 us"),
-    ("resilience Timeout async", "asyncio.timeout async", 2.5 / 3.7,
-     "async Timeout <= 2.5 us where asyncio.timeout adds 3.7 us"),
+    (
+        "resilience Retry sync (decorated)",
+        "tenacity retry sync",
+        0.5 / 12,
+        "Retry alone <= 0.5 us sync where tenacity adds 12 us",
+    ),
+    (
+        "resilience Retry async (decorated)",
+        "hyx retry async",
+        0.7 / 0.9,
+        "Retry alone <= 0.7 us async where hyx adds 0.9 us",
+    ),
+    (
+        "resilience Timeout sync (cooperative)",
+        "tenacity retry sync",
+        0.3 / 12,
+        "cooperative Timeout <= 0.3 us where tenacity adds 12 us",
+    ),
+    (
+        "resilience Timeout async",
+        "asyncio.timeout async",
+        2.5 / 3.7,
+        "async Timeout <= 2.5 us where asyncio.timeout adds 3.7 us",
+    ),
 ]
 
 
@@ -151,7 +167,11 @@ def report(rows: dict[str, float]) -> str:
     for name, ns in rows.items():
         extra = "" if name.startswith("bare") else f"{overhead(name):.0f}"
         lines.append(f"| {name} | {ns:.0f} | {extra} |")
-    lines += ["", "| target | ours (ns) | peer (ns) | ratio | limit | met |", "|---|---:|---:|---:|---:|:-:|"]
+    lines += [
+        "",
+        "| target | ours (ns) | peer (ns) | ratio | limit | met |",
+        "|---|---:|---:|---:|---:|:-:|",
+    ]
     for ours, peer, limit, why in TARGETS:
         if ours not in rows or peer not in rows:
             continue

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["Clock", "SystemClock", "SYSTEM_CLOCK"]
+__all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
 
 
 @runtime_checkable
@@ -76,7 +76,7 @@ SYSTEM_CLOCK = SystemClock()
 def call_at(
     clock: Clock, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop
 ) -> Any:
-    """Run ``callback`` on ``loop`` when ``clock`` reaches ``when``; returns a cancellable handle."""
+    """Run ``callback`` on ``loop`` when ``clock`` reaches ``when``; returns a handle."""
     hook = getattr(clock, "call_at", None)
     if hook is not None:
         return hook(when, callback, loop)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 from ._clock import Clock
 
@@ -29,7 +29,11 @@ EMPTY: Raw = (None, 0, None, None, NO_TAGS)
 VAR: ContextVar[Raw] = ContextVar("resilience.call", default=EMPTY)
 
 # Field positions in the raw tuple.
-PIPELINE, ATTEMPT, DEADLINE, CLOCK, TAGS = range(5)
+PIPELINE: Final = 0
+ATTEMPT: Final = 1
+DEADLINE: Final = 2
+CLOCK: Final = 3
+TAGS: Final = 4
 
 
 @dataclass(frozen=True, slots=True)

@@ -65,7 +65,12 @@ class Middleware(ABC):
 
     def describe(self) -> dict[str, Any]:
         """The layer's type, kind, name and settings, as plain data."""
-        return {"type": type(self).__name__, "kind": self.kind, "name": self.name, **self.settings()}
+        return {
+            "type": type(self).__name__,
+            "kind": self.kind,
+            "name": self.name,
+            **self.settings(),
+        }
 
     # -- the call interface -------------------------------------------------
 
@@ -90,9 +95,7 @@ class Middleware(ABC):
         finally:
             VAR.reset(token)
 
-    async def acall(
-        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn(*args, **kwargs)`` through this layer."""
         parent = VAR.get()
         token = VAR.set(enter(self.name, parent))
@@ -132,6 +135,7 @@ def decorate(
     root: Raw = (name, 1, None, None, EMPTY[4])
 
     if is_async_callable(fn):
+
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             parent = get()
             token = set_(root if parent is EMPTY else (name, 1, parent[2], parent[3], parent[4]))

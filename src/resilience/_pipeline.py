@@ -88,9 +88,7 @@ class Pipeline(Middleware):
         finally:
             VAR.reset(token)
 
-    async def acall(
-        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
-    ) -> R:
+    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         parent = VAR.get()
         token = VAR.set(
             self._root if parent is EMPTY else (self.name, 1, parent[2], parent[3], parent[4])

@@ -50,9 +50,7 @@ class WorkerPool:
                 self._threads += 1
         self._queue.put((future, fn, args))
         if start:
-            threading.Thread(
-                target=self._work, name=f"resilience-{self.name}", daemon=True
-            ).start()
+            threading.Thread(target=self._work, name=f"resilience-{self.name}", daemon=True).start()
         return future
 
     def _work(self) -> None:

@@ -53,6 +53,12 @@ def _matcher(on: object) -> Callable[[BaseException], bool]:
     return matches
 
 
+def _show(on: object) -> str:
+    if isinstance(on, tuple):
+        return "(" + ", ".join(_show(item) for item in on) + ")"
+    return getattr(on, "__qualname__", None) or repr(on)
+
+
 class Retry(Middleware):
     """Call again after a failure, waiting a backoff delay in between.
 
@@ -108,8 +114,10 @@ class Retry(Middleware):
         }
 
     def __repr__(self) -> str:
-        on = getattr(self.on, "__name__", None) or repr(self.on)
-        return f"Retry(attempts={self.attempts}, on={on}, backoff={self.backoff!r})"
+        label = f"{self.name!r}, " if self.name else ""
+        return (
+            f"Retry({label}attempts={self.attempts}, on={_show(self.on)}, backoff={self.backoff!r})"
+        )
 
     # -- the core: decide, with no I/O ---------------------------------------
 

@@ -68,9 +68,7 @@ class Timeout(Middleware):
     ) -> None:
         self.seconds = _seconds(seconds, "seconds")
         if sync_mode not in ("cooperative", "walk_away"):
-            raise ValueError(
-                f"sync_mode must be 'cooperative' or 'walk_away', got {sync_mode!r}"
-            )
+            raise ValueError(f"sync_mode must be 'cooperative' or 'walk_away', got {sync_mode!r}")
         self.sync_mode: SyncMode = sync_mode
         self.max_workers = integer(max_workers, "max_workers", minimum=1)
         self.clock = validate_clock(clock)
@@ -181,15 +179,14 @@ class Timeout(Middleware):
                 fired = True
                 task.cancel()
 
-            if system:
-                handle = loop.call_later(limit, expire)
-            else:
-                handle = call_at(clock, own, expire, loop)
+            handle = loop.call_later(limit, expire) if system else call_at(clock, own, expire, loop)
             raw = get()
             outer = raw[2]
             if outer is not None and raw[3] is not clock:
                 outer = effective_deadline(raw, clock, now)
-            token = set_((raw[0], raw[1], own, clock, raw[4])) if outer is None or own < outer else None
+            token = (
+                set_((raw[0], raw[1], own, clock, raw[4])) if outer is None or own < outer else None
+            )
             cancelling = task.cancelling()
             try:
                 result = await next(fn, args, kwargs)

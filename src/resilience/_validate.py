@@ -72,7 +72,9 @@ def callable_or_none(value: object, name: str) -> Callable[..., Any] | None:
     return value
 
 
-def exception_matcher(value: object, name: str) -> tuple[tuple[type[BaseException], ...], Predicate | None]:
+def exception_matcher(
+    value: object, name: str
+) -> tuple[tuple[type[BaseException], ...], Predicate | None]:
     """Split an ``on=``-style argument into exception types or a predicate.
 
     Accepts one exception class, a tuple (or list) of them, or a callable
@@ -86,9 +88,7 @@ def exception_matcher(value: object, name: str) -> tuple[tuple[type[BaseExceptio
         types = tuple(value)
         for item in types:
             if not (isinstance(item, type) and issubclass(item, BaseException)):
-                raise TypeError(
-                    f"{name} must contain only exception types, got {item!r}"
-                )
+                raise TypeError(f"{name} must contain only exception types, got {item!r}")
         return types, None
     if callable(value):
         return (), value

@@ -53,7 +53,11 @@ def _rng(seed: int | _random.Random | None) -> _random.Random:
 
 def _jitter_mode(value: object) -> Jitter | None:
     if value not in _JITTERS:
-        hint = " (use backoff.decorrelated() for decorrelated jitter)" if value == "decorrelated" else ""
+        hint = (
+            " (use backoff.decorrelated() for decorrelated jitter)"
+            if value == "decorrelated"
+            else ""
+        )
         raise ValueError(f"jitter must be None, 'full' or 'equal', got {value!r}{hint}")
     return value  # type: ignore[return-value]
 
@@ -65,10 +69,10 @@ class Backoff(ABC):
 
     @abstractmethod
     def delay(self, retry: int, previous: float) -> float:
-        """Seconds to wait before retry ``retry`` (1-based); ``previous`` is the last delay (0.0 at first)."""
+        """Seconds before retry number ``retry`` (1-based), given the previous delay (0.0 at first)."""
 
     def delays(self, count: int | None = None) -> Iterator[float]:
-        """The sequence of delays this strategy gives one call, ``count`` long (endless by default)."""
+        """The delays this strategy gives one call, ``count`` of them (endless by default)."""
         previous = 0.0
         retry = 0
         while count is None or retry < count:
@@ -119,7 +123,9 @@ class _Capped(Backoff):
 
 
 class _Constant(_Capped):
-    def __init__(self, delay: float, jitter: Jitter | None, seed: int | _random.Random | None) -> None:
+    def __init__(
+        self, delay: float, jitter: Jitter | None, seed: int | _random.Random | None
+    ) -> None:
         super().__init__(math.inf, jitter, seed)
         self.value = number(delay, "delay", minimum=0.0)
 
@@ -201,9 +207,7 @@ class _Decorrelated(Backoff):
         self.initial = number(initial, "initial", minimum=0.0, inclusive=False)
         self.maximum = number(maximum, "maximum", minimum=0.0)
         if self.maximum < self.initial:
-            raise ValueError(
-                f"maximum must be >= initial ({self.initial:g}), got {self.maximum:g}"
-            )
+            raise ValueError(f"maximum must be >= initial ({self.initial:g}), got {self.maximum:g}")
         self._uniform = _rng(seed).uniform
 
     def delay(self, retry: int, previous: float) -> float:
@@ -229,7 +233,7 @@ def linear(
     jitter: Jitter | None = None,
     seed: int | _random.Random | None = None,
 ) -> Backoff:
-    """``initial``, then ``initial + step``, ``initial + 2 * step``, ... (``step`` defaults to ``initial``)."""
+    """``initial``, ``initial + step``, ``initial + 2 * step``, ... (``step`` defaults to ``initial``)."""
     return _Linear(initial, step, maximum, jitter, seed)
 
 
@@ -313,7 +317,7 @@ def from_tenacity(wait: Callable[[Any], float]) -> Backoff:
 
 
 def coerce(value: object, name: str = "backoff") -> Backoff:
-    """A `Backoff` from what ``Retry(backoff=...)`` accepts: a Backoff, seconds, or a tenacity wait."""
+    """A `Backoff` from a Backoff, a number of seconds, or a tenacity wait strategy."""
     if isinstance(value, Backoff):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):

@@ -16,7 +16,7 @@ __all__ = ["FakeClock"]
 
 
 class _Timer:
-    __slots__ = ("when", "callback", "loop", "cancelled")
+    __slots__ = ("callback", "cancelled", "loop", "when")
 
     def __init__(
         self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop

@@ -1,0 +1,60 @@
+"""Development sessions: `nox` runs tests, lint, typecheck, examples and docs."""
+
+from __future__ import annotations
+
+import pathlib
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typecheck", "examples", "docs"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+ROOT = pathlib.Path(__file__).parent
+PYTHON = None  # the interpreter nox runs on (Python >= 3.11)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """The test suite with branch coverage."""
+    session.install("-e", ".[tests]")
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "report")
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff, for the whole tree."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package and the typing API file."""
+    session.install("-e", ".", "mypy>=1.11")
+    session.run("mypy", "--strict")
+
+
+@nox.session(python=PYTHON)
+def examples(session: nox.Session) -> None:
+    """Run every script in examples/ and fail if any fails."""
+    session.install("-e", ".")
+    for script in sorted((ROOT / "examples").glob("*.py")):
+        session.log(f"running {script.name}")
+        session.run("python", str(script))
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """A strict mkdocs build: any warning fails it."""
+    session.install("-e", ".[docs]")
+    session.run("mkdocs", "build", "--strict", "-d", str(ROOT / ".site"))
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Happy-path overhead beside peers; writes docs/benchmarks.md (--quick: short run)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "bench/run.py", *session.posargs)

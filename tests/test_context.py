@@ -1,0 +1,152 @@
+"""The per-call context: current(), tags, and how it flows into tasks and threads."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import threading
+
+import pytest
+
+import resilience as rs
+from resilience.testing import FakeClock
+
+
+def test_outside_any_call_the_context_is_empty() -> None:
+    """current() works anywhere; outside a call it has attempt 0 and nothing else."""
+    ctx = rs.current()
+    assert (ctx.pipeline, ctx.attempt, ctx.deadline, dict(ctx.tags)) == (None, 0, None, {})
+    assert ctx.remaining() is None
+    assert ctx.expired is False
+
+
+def test_inside_a_call_the_context_names_the_pipeline_and_attempt() -> None:
+    """A pipeline call sees its own name and attempt 1."""
+    pipeline = rs.Pipeline.builder("users.get").build()
+    ctx = pipeline.call(rs.current)
+    assert (ctx.pipeline, ctx.attempt) == ("users.get", 1)
+    assert rs.current().attempt == 0  # restored afterwards
+
+
+def test_standalone_middleware_uses_its_name() -> None:
+    """A policy used alone runs the call in a context named after the policy."""
+    retry = rs.Retry(name="standalone")
+    assert retry.call(rs.current).pipeline == "standalone"
+    assert retry(rs.current)().pipeline == "standalone"
+
+
+def test_remaining_and_expired_follow_the_clock() -> None:
+    """remaining() counts down on the deadline's clock and never goes negative."""
+    clock = FakeClock()
+    seen: list[object] = []
+
+    def check() -> None:
+        seen.append(rs.current().remaining())
+        clock.advance(0.75)
+        seen.append(rs.current().remaining())
+        clock.advance(1)
+        seen.append((rs.current().remaining(), rs.current().expired))
+
+    with pytest.raises(rs.TimeoutExceeded):
+        rs.Timeout(1, clock=clock).call(check)
+    assert seen == [1.0, 0.25, (0.0, True)]
+
+
+def test_tags_are_visible_inside_calls_and_merge() -> None:
+    """tags() attaches tags to calls made inside the block; nested blocks merge."""
+    pipeline = rs.Pipeline.builder("p").build()
+    with rs.tags(tenant="acme", chaos=True):
+        with rs.tags(chaos=False, region="eu"):
+            seen = dict(pipeline.call(lambda: rs.current().tags))
+        outer = dict(pipeline.call(lambda: rs.current().tags))
+    assert seen == {"tenant": "acme", "chaos": False, "region": "eu"}
+    assert outer == {"tenant": "acme", "chaos": True}
+    assert dict(rs.current().tags) == {}
+
+
+def test_tags_are_read_only() -> None:
+    """The tags mapping cannot be changed from inside a call."""
+    with rs.tags(a=1):
+        tags = rs.current().tags
+    with pytest.raises(TypeError):
+        tags["a"] = 2  # type: ignore[index]
+
+
+def test_nested_pipeline_call_gets_its_own_name_and_attempt_but_inherits() -> None:
+    """A call inside another call has its own name and attempt, and the outer deadline and tags."""
+    clock = FakeClock()
+    inner = rs.Pipeline.builder("inner").build()
+    outer = rs.Pipeline.builder("outer").add(rs.Timeout(3, clock=clock)).build()
+    with rs.tags(user="u1"):
+        ctx = outer.call(inner.call, rs.current)
+    assert (ctx.pipeline, ctx.attempt, ctx.deadline, dict(ctx.tags)) == (
+        "inner",
+        1,
+        3.0,
+        {"user": "u1"},
+    )
+
+
+async def test_context_flows_into_tasks_started_in_the_call() -> None:
+    """Tasks created inside a call copy its context, deadline included."""
+    clock = FakeClock()
+
+    async def spawn() -> rs.CallContext:
+        return await asyncio.create_task(_read_context())
+
+    ctx = await rs.Timeout(2, clock=clock, name="t").acall(spawn)
+    assert (ctx.pipeline, ctx.deadline) == ("t", 2.0)
+
+
+async def _read_context() -> rs.CallContext:
+    await asyncio.sleep(0)
+    return rs.current()
+
+
+def test_context_flows_into_threads_started_with_a_copied_context() -> None:
+    """A thread started with contextvars.copy_context() sees the call's context."""
+    seen: list[rs.CallContext] = []
+
+    def spawn() -> None:
+        context = contextvars.copy_context()
+        thread = threading.Thread(target=context.run, args=(lambda: seen.append(rs.current()),))
+        thread.start()
+        thread.join()
+
+    with rs.tags(job="nightly"):
+        rs.Pipeline.builder("threads").build().call(spawn)
+    assert seen[0].pipeline == "threads"
+    assert dict(seen[0].tags) == {"job": "nightly"}
+
+
+async def test_concurrent_tasks_do_not_see_each_others_context() -> None:
+    """Each task keeps its own context even when calls interleave."""
+    started = asyncio.Event()
+    a = rs.Pipeline.builder("a").build()
+    b = rs.Pipeline.builder("b").build()
+
+    async def first() -> str | None:
+        started.set()
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return rs.current().pipeline
+
+    async def second() -> str | None:
+        await started.wait()
+        return rs.current().pipeline
+
+    assert await asyncio.gather(a.acall(first), b.acall(second)) == ["a", "b"]
+
+
+def test_deadline_from_another_clock_is_converted() -> None:
+    """An inner Timeout on another clock compares deadlines by time left, not raw values."""
+    outer_clock = FakeClock(start=1000.0)
+    inner_clock = FakeClock(start=0.0)
+    inner = rs.Timeout(5, clock=inner_clock)
+    outer = rs.Timeout(2, clock=outer_clock)
+    ctx = outer.call(inner.call, rs.current)
+    # The outer 2 s are earlier than the inner 5 s, so the outer deadline stays in force.
+    assert ctx.deadline == 1002.0
+    assert ctx.remaining() == 2.0
+    ctx = rs.Timeout(10, clock=outer_clock).call(inner.call, rs.current)
+    assert (ctx.deadline, ctx.clock) == (5.0, inner_clock)

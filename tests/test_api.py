@@ -40,7 +40,7 @@ def test_package_is_typed() -> None:
 
 
 def test_error_hierarchy() -> None:
-    """All errors are ResilienceErrors; TimeoutExceeded is a TimeoutError; rejections share a base."""
+    """Every error is a ResilienceError; TimeoutExceeded is a TimeoutError too."""
     assert issubclass(rs.TimeoutExceeded, rs.ResilienceError)
     assert issubclass(rs.TimeoutExceeded, TimeoutError)
     for cls in (rs.CircuitOpenError, rs.ThrottledError, rs.BulkheadFullError):

@@ -69,7 +69,7 @@ class Backoff(ABC):
 
     @abstractmethod
     def delay(self, retry: int, previous: float) -> float:
-        """Seconds before retry number ``retry`` (1-based), given the previous delay (0.0 at first)."""
+        """Seconds before retry ``retry`` (1-based), given the previous delay (0.0 at first)."""
 
     def delays(self, count: int | None = None) -> Iterator[float]:
         """The delays this strategy gives one call, ``count`` of them (endless by default)."""
@@ -233,7 +233,10 @@ def linear(
     jitter: Jitter | None = None,
     seed: int | _random.Random | None = None,
 ) -> Backoff:
-    """``initial``, ``initial + step``, ``initial + 2 * step``, ... (``step`` defaults to ``initial``)."""
+    """``initial``, ``initial + step``, ``initial + 2 * step``, ..., capped at ``maximum``.
+
+    ``step`` defaults to ``initial``.
+    """
     return _Linear(initial, step, maximum, jitter, seed)
 
 

@@ -3,10 +3,14 @@
 It lives in one `contextvars.ContextVar`, so it follows the call into the
 tasks it starts and into threads started with a copied context.
 
-On the hot path the variable holds a plain tuple ``(pipeline, attempt,
-deadline, clock, tags)``: building a tuple costs a fraction of building an
-object, and the public `CallContext` view is made only when someone asks
-for it through `current()`.
+On the hot path the variable holds a small list ``[pipeline, attempt,
+deadline, clock, tags]``, one per call, made when the call enters its
+pipeline. The layers of that call change it in place and put back what they
+changed on the way out (a Timeout its deadline, a Retry its attempt number):
+writing a list item costs a fraction of a `ContextVar.set` and `reset`
+pair. The public, frozen `CallContext` is made only when someone asks for it
+through `current()`. A task or thread that the call starts and that outlives
+the layer sees the context as it is now, not as it was when it started.
 """
 
 from __future__ import annotations
@@ -22,10 +26,12 @@ from ._clock import Clock
 
 __all__ = ["CallContext", "current", "tags"]
 
-Raw = tuple[str | None, int, float | None, Clock | None, Mapping[str, Any]]
+# [pipeline, attempt, deadline, clock, tags]: see PIPELINE ... TAGS below.
+Raw = list[Any]
 
 NO_TAGS: Mapping[str, Any] = MappingProxyType({})
-EMPTY: Raw = (None, 0, None, None, NO_TAGS)
+# Outside any call. A tuple, so that nothing can change it by mistake.
+EMPTY: Any = (None, 0, None, None, NO_TAGS)
 VAR: ContextVar[Raw] = ContextVar("resilience.call", default=EMPTY)
 
 # Field positions in the raw tuple.
@@ -87,7 +93,7 @@ def tags(**values: Any) -> Iterator[Mapping[str, Any]]:
     """
     raw = VAR.get()
     merged = MappingProxyType({**raw[TAGS], **values})
-    token = VAR.set((raw[PIPELINE], raw[ATTEMPT], raw[DEADLINE], raw[CLOCK], merged))
+    token = VAR.set([raw[PIPELINE], raw[ATTEMPT], raw[DEADLINE], raw[CLOCK], merged])
     try:
         yield merged
     finally:
@@ -96,10 +102,10 @@ def tags(**values: Any) -> Iterator[Mapping[str, Any]]:
 
 def effective_deadline(raw: Raw, clock: Clock, now: float) -> float | None:
     """The deadline already in force, expressed on ``clock``'s timeline."""
-    deadline = raw[DEADLINE]
+    deadline: float | None = raw[DEADLINE]
     if deadline is None:
         return None
-    other = raw[CLOCK]
+    other: Clock | None = raw[CLOCK]
     if other is clock or other is None:
         return deadline
     return deadline - other.monotonic() + now
@@ -107,8 +113,8 @@ def effective_deadline(raw: Raw, clock: Clock, now: float) -> float | None:
 
 def remaining(raw: Raw) -> float | None:
     """Seconds left before the raw context's deadline, or None."""
-    deadline = raw[DEADLINE]
-    clock = raw[CLOCK]
+    deadline: float | None = raw[DEADLINE]
+    clock: Clock | None = raw[CLOCK]
     if deadline is None or clock is None:
         return None
     return deadline - clock.monotonic()

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
-from ._context import EMPTY, VAR, Raw
+from ._context import VAR
 
 __all__ = ["AsyncEndpoint", "Endpoint", "Middleware"]
 
@@ -89,7 +89,7 @@ class Middleware(ABC):
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through this layer, synchronously."""
         parent = VAR.get()
-        token = VAR.set(enter(self.name, parent))
+        token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
         try:
             return cast(R, self._chains()[0](fn, args, kwargs))
         finally:
@@ -98,16 +98,11 @@ class Middleware(ABC):
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn(*args, **kwargs)`` through this layer."""
         parent = VAR.get()
-        token = VAR.set(enter(self.name, parent))
+        token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
         try:
             return cast(R, await self._chains()[1](fn, args, kwargs))
         finally:
             VAR.reset(token)
-
-
-def enter(name: str | None, parent: Raw) -> Raw:
-    """The raw context of a new call, inheriting the caller's deadline and tags."""
-    return (name, 1, parent[2], parent[3], parent[4])
 
 
 def is_async_callable(fn: object) -> bool:
@@ -132,13 +127,12 @@ def decorate(
     get = VAR.get
     set_ = VAR.set
     reset = VAR.reset
-    root: Raw = (name, 1, None, None, EMPTY[4])
 
     if is_async_callable(fn):
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             parent = get()
-            token = set_(root if parent is EMPTY else (name, 1, parent[2], parent[3], parent[4]))
+            token = set_([name, 1, parent[2], parent[3], parent[4]])
             try:
                 return await async_chain(fn, args, kwargs)
             finally:
@@ -149,7 +143,7 @@ def decorate(
 
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         parent = get()
-        token = set_(root if parent is EMPTY else (name, 1, parent[2], parent[3], parent[4]))
+        token = set_([name, 1, parent[2], parent[3], parent[4]])
         try:
             return sync_chain(fn, args, kwargs)
         finally:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, cast
+from collections.abc import Iterable
+from typing import Any
 
-from ._context import EMPTY, VAR, Raw
-from ._middleware import AsyncEndpoint, Endpoint, Middleware, decorate, terminal
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._validate import optional_name
 
 __all__ = ["Pipeline", "PipelineBuilder", "PipelineOrderWarning"]
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
 
 class PipelineOrderWarning(UserWarning):
     """`PipelineBuilder.build()` found an order of layers that is almost always a mistake.
@@ -44,7 +39,6 @@ class Pipeline(Middleware):
                 )
         self._sync_chain = self.wrap(terminal)
         self._async_chain = self.awrap(terminal)
-        self._root: Raw = (self.name, 1, None, None, EMPTY[4])
 
     @staticmethod
     def builder(name: str | None = None) -> PipelineBuilder:
@@ -74,29 +68,6 @@ class Pipeline(Middleware):
 
     def _chains(self) -> tuple[Endpoint, AsyncEndpoint]:
         return self._sync_chain, self._async_chain
-
-    def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]:
-        return decorate(self.name, self._sync_chain, self._async_chain, fn)
-
-    def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        parent = VAR.get()
-        token = VAR.set(
-            self._root if parent is EMPTY else (self.name, 1, parent[2], parent[3], parent[4])
-        )
-        try:
-            return cast(R, self._sync_chain(fn, args, kwargs))
-        finally:
-            VAR.reset(token)
-
-    async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        parent = VAR.get()
-        token = VAR.set(
-            self._root if parent is EMPTY else (self.name, 1, parent[2], parent[3], parent[4])
-        )
-        try:
-            return cast(R, await self._async_chain(fn, args, kwargs))
-        finally:
-            VAR.reset(token)
 
     def __repr__(self) -> str:
         inner = " > ".join(repr(layer) for layer in self.layers) or "(no layers)"

@@ -186,7 +186,8 @@ class Retry(Middleware):
         error: BaseException | None,
         result: Any,
     ) -> Any:
-        raw = VAR.get()
+        ctx = VAR.get()
+        first = ctx[1]
         attempt = 1
         previous = 0.0
         while True:
@@ -199,7 +200,7 @@ class Retry(Middleware):
                 self.clock.sleep(delay)
             previous = delay
             attempt += 1
-            token = VAR.set((raw[0], attempt, raw[2], raw[3], raw[4]))
+            ctx[1] = attempt
             try:
                 result = next(fn, args, kwargs)
             except Exception as exc:
@@ -212,7 +213,7 @@ class Retry(Middleware):
                     return result
                 error = None
             finally:
-                VAR.reset(token)
+                ctx[1] = first
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         retryable = self._retryable
@@ -246,7 +247,8 @@ class Retry(Middleware):
         error: BaseException | None,
         result: Any,
     ) -> Any:
-        raw = VAR.get()
+        ctx = VAR.get()
+        first = ctx[1]
         attempt = 1
         previous = 0.0
         while True:
@@ -258,7 +260,7 @@ class Retry(Middleware):
             await self.clock.asleep(delay)
             previous = delay
             attempt += 1
-            token = VAR.set((raw[0], attempt, raw[2], raw[3], raw[4]))
+            ctx[1] = attempt
             try:
                 result = await next(fn, args, kwargs)
             except Exception as exc:
@@ -271,4 +273,4 @@ class Retry(Middleware):
                     return result
                 error = None
             finally:
-                VAR.reset(token)
+                ctx[1] = first

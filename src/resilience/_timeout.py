@@ -106,20 +106,23 @@ class Timeout(Middleware):
         name = self.name
         clock = self.clock
         monotonic = clock.monotonic
-        get, set_, reset = VAR.get, VAR.set, VAR.reset
+        get = VAR.get
 
         def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             own = monotonic() + limit
-            raw = get()
-            outer = raw[2]
-            if outer is not None and raw[3] is not clock:
-                outer = effective_deadline(raw, clock, own - limit)
+            ctx = get()
+            outer = saved = ctx[2]
+            outer_clock = ctx[3]
+            if outer is not None and outer_clock is not clock:
+                outer = effective_deadline(ctx, clock, own - limit)
             if outer is None or own < outer:
-                token = set_((raw[0], raw[1], own, clock, raw[4]))
+                ctx[2] = own
+                ctx[3] = clock
                 try:
                     result = next(fn, args, kwargs)
                 finally:
-                    reset(token)
+                    ctx[2] = saved
+                    ctx[3] = outer_clock
             else:  # an earlier deadline is already in force
                 result = next(fn, args, kwargs)
             if monotonic() >= own:
@@ -140,7 +143,7 @@ class Timeout(Middleware):
             raw = VAR.get()
             outer = effective_deadline(raw, clock, now)
             deadline = own if outer is None or own < outer else outer
-            inner: Raw = (raw[0], raw[1], deadline, clock, raw[4])
+            inner: Raw = [raw[0], raw[1], deadline, clock, raw[4]]
             context = contextvars.copy_context()
             future = workers().submit(context.run, _run_in_context, inner, next, fn, args, kwargs)
             wait_future(clock, future, deadline)
@@ -158,7 +161,7 @@ class Timeout(Middleware):
         clock = self.clock
         monotonic = clock.monotonic
         system = clock is SYSTEM_CLOCK
-        get, set_, reset = VAR.get, VAR.set, VAR.reset
+        get = VAR.get
         get_loop = asyncio.get_running_loop
         current_task = asyncio.current_task
         cancelled_error = asyncio.CancelledError
@@ -180,13 +183,15 @@ class Timeout(Middleware):
                 task.cancel()
 
             handle = loop.call_later(limit, expire) if system else call_at(clock, own, expire, loop)
-            raw = get()
-            outer = raw[2]
-            if outer is not None and raw[3] is not clock:
-                outer = effective_deadline(raw, clock, now)
-            token = (
-                set_((raw[0], raw[1], own, clock, raw[4])) if outer is None or own < outer else None
-            )
+            ctx = get()
+            outer = saved = ctx[2]
+            outer_clock = ctx[3]
+            if outer is not None and outer_clock is not clock:
+                outer = effective_deadline(ctx, clock, now)
+            tighter = outer is None or own < outer
+            if tighter:
+                ctx[2] = own
+                ctx[3] = clock
             cancelling = task.cancelling()
             try:
                 result = await next(fn, args, kwargs)
@@ -200,8 +205,9 @@ class Timeout(Middleware):
                 raise
             finally:
                 handle.cancel()
-                if token is not None:
-                    reset(token)
+                if tighter:
+                    ctx[2] = saved
+                    ctx[3] = outer_clock
             if fired:  # the call swallowed our cancellation and returned
                 task.uncancel()
             return result

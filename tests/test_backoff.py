@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+import sys
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -27,7 +28,6 @@ amounts = st.floats(min_value=0.0, max_value=1e6, allow_nan=False, allow_infinit
 positives = st.floats(min_value=1e-6, max_value=1e6, allow_nan=False, allow_infinity=False)
 maximums = st.one_of(amounts, st.just(math.inf))
 finite_maximums = amounts
-bases = st.floats(min_value=1.0, max_value=1e3, allow_nan=False, allow_infinity=False)
 jitters = st.sampled_from(JITTERS)
 seeds = st.integers(min_value=0, max_value=2**64)  # Random(-n) == Random(n): keep them >= 0
 
@@ -75,6 +75,12 @@ def capped(exact: Fraction, maximum: float) -> float:
         return float(exact)
     except OverflowError:
         return math.inf
+
+
+def assert_close(actual: float, exact: Fraction, maximum: float) -> None:
+    """``actual`` is ``exact`` capped at ``maximum``, up to float rounding."""
+    expected = capped(exact, maximum)
+    assert math.isclose(actual, expected, rel_tol=1e-9), (actual, expected)
 
 
 def fib(n: int) -> int:
@@ -132,9 +138,9 @@ def test_decorrelated_stays_within_initial_and_maximum(kwargs: dict[str, Any]) -
 
 @fast
 @given(
-    initial=positives.filter(lambda x: x <= 1e3),
-    base=bases,
-    maximum=maximums,
+    initial=st.floats(min_value=1e-6, max_value=1e3),
+    base=st.floats(min_value=1.0, max_value=1e6),
+    maximum=finite_maximums,
 )
 def test_exponential_without_jitter_is_the_capped_closed_form(
     initial: float, base: float, maximum: float
@@ -144,10 +150,32 @@ def test_exponential_without_jitter_is_the_capped_closed_form(
     delays = list(strategy.delays(RETRIES))
     exact = Fraction(initial)
     for delay in delays:
-        assert math.isclose(delay, capped(exact, maximum), rel_tol=1e-9)
+        assert_close(delay, exact, maximum)
         exact *= Fraction(base)
     assert_non_decreasing(delays)
     assert_in_bounds(delays, maximum)
+
+
+@fast
+@given(initial=st.floats(min_value=1e-6, max_value=1e3), base=st.floats(min_value=1.0, max_value=10.0))
+def test_uncapped_exponential_is_the_closed_form(initial: float, base: float) -> None:
+    """exponential(maximum=inf) gives initial * base ** (n - 1) while it fits in a float."""
+    delays = list(backoff.exponential(initial, base=base, maximum=math.inf).delays(RETRIES))
+    for n, delay in enumerate(delays, start=1):
+        assert_close(delay, Fraction(initial) * Fraction(base) ** (n - 1), math.inf)
+    assert_non_decreasing(delays)
+
+
+@pytest.mark.xfail(
+    reason="BUG: backoff.py _Exponential.base_delay computes base ** (retry - 1) on its own and "
+    "maps its OverflowError to inf, although initial * base ** (retry - 1) is finite when "
+    "initial < 1",
+    strict=True,
+)
+def test_uncapped_exponential_is_finite_while_the_product_fits() -> None:
+    """exponential(2**-6, base=36, maximum=inf) before retry 200 is the finite 2**-6 * 36**199."""
+    delay = backoff.exponential(0.015625, base=36.0, maximum=math.inf).delay(200, 0.0)
+    assert delay == float(Fraction(1, 64) * 36**199)
 
 
 @fast
@@ -183,8 +211,7 @@ def test_linear_without_jitter_is_the_capped_closed_form(
     delays = list(strategy.delays(RETRIES))
     increment = Fraction(initial if step is None else step)
     for n, delay in enumerate(delays, start=1):
-        expected = capped(Fraction(initial) + increment * (n - 1), maximum)
-        assert math.isclose(delay, expected, rel_tol=1e-9)
+        assert_close(delay, Fraction(initial) + increment * (n - 1), maximum)
     assert_non_decreasing(delays)
     assert_in_bounds(delays, maximum)
 
@@ -196,7 +223,7 @@ def test_fibonacci_without_jitter_is_the_capped_closed_form(initial: float, maxi
     strategy = backoff.fibonacci(initial, maximum=maximum)
     delays = list(strategy.delays(RETRIES))
     for n, delay in enumerate(delays, start=1):
-        assert math.isclose(delay, capped(Fraction(initial) * fib(n), maximum), rel_tol=1e-9)
+        assert_close(delay, Fraction(initial) * fib(n), maximum)
     assert_non_decreasing(delays)
     assert_in_bounds(delays, maximum)
 
@@ -260,10 +287,6 @@ def test_same_seed_gives_the_same_sequence(kind: str, kwargs: dict[str, Any], se
     first = list(build(kind, {**kwargs, "seed": seed}).delays(50))
     assert list(build(kind, {**kwargs, "seed": seed}).delays(50)) == first
     assert list(build(kind, {**kwargs, "seed": random.Random(seed)}).delays(50)) == first
-    from_rng = build(kind, {**kwargs, "seed": random.Random(seed)})
-    assert list(from_rng.delays(50)) == list(
-        build(kind, {**kwargs, "seed": random.Random(seed)}).delays(50)
-    )
 
 
 @pytest.mark.parametrize(("kind", "kwargs"), SEEDED, ids=SEEDED_IDS)

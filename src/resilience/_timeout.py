@@ -9,8 +9,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, Literal
 
-from ._clock import SYSTEM_CLOCK, Clock, call_at, validate_clock, wait_future
+from ._clock import Clock, validate_clock, wait_future
 from ._context import VAR, Raw, effective_deadline
+from ._deadlines import DeadlineQueues
 from ._errors import TimeoutExceeded
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pool import WorkerPool
@@ -73,6 +74,7 @@ class Timeout(Middleware):
         self.max_workers = integer(max_workers, "max_workers", minimum=1)
         self.clock = validate_clock(clock)
         self.name = optional_name(name)
+        self._deadline_queues = DeadlineQueues(self.clock)
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
 
@@ -160,7 +162,7 @@ class Timeout(Middleware):
         name = self.name
         clock = self.clock
         monotonic = clock.monotonic
-        system = clock is SYSTEM_CLOCK
+        queues = self._deadline_queues
         get = VAR.get
         get_loop = asyncio.get_running_loop
         current_task = asyncio.current_task
@@ -175,14 +177,10 @@ class Timeout(Middleware):
                 raise RuntimeError("resilience.Timeout needs to run inside an asyncio task")
             now = monotonic()
             own = now + limit
-            fired = False
-
-            def expire() -> None:
-                nonlocal fired
-                fired = True
-                task.cancel()
-
-            handle = loop.call_later(limit, expire) if system else call_at(clock, own, expire, loop)
+            deadlines = queues.last
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = queues.for_loop(loop)
+            entry = deadlines.add(own, task)  # [deadline, task, finished, fired]
             ctx = get()
             outer = saved = ctx[2]
             outer_clock = ctx[3]
@@ -196,19 +194,19 @@ class Timeout(Middleware):
             try:
                 result = await next(fn, args, kwargs)
             except cancelled_error as exc:
-                if fired and task.uncancel() <= cancelling:
+                if entry[3] and task.uncancel() <= cancelling:
                     raise TimeoutExceeded(limit, name) from exc
                 raise
             except BaseException:
-                if fired:
+                if entry[3]:
                     task.uncancel()
                 raise
             finally:
-                handle.cancel()
+                entry[2] = True
                 if tighter:
                     ctx[2] = saved
                     ctx[3] = outer_clock
-            if fired:  # the call swallowed our cancellation and returned
+            if entry[3]:  # the call swallowed our cancellation and returned
                 task.uncancel()
             return result
 

@@ -74,12 +74,16 @@ class Middleware(ABC):
 
     # -- the call interface -------------------------------------------------
 
+    # Built on first use and kept, so that a call pays two attribute reads.
+    _sync_chain: Endpoint | None = None
+    _async_chain: AsyncEndpoint | None = None
+
     def _chains(self) -> tuple[Endpoint, AsyncEndpoint]:
-        chains: tuple[Endpoint, AsyncEndpoint] | None = self.__dict__.get("_built_chains")
-        if chains is None:
-            chains = (self.wrap(terminal), self.awrap(terminal))
-            self.__dict__["_built_chains"] = chains
-        return chains
+        sync_chain, async_chain = self._sync_chain, self._async_chain
+        if sync_chain is None or async_chain is None:
+            sync_chain = self._sync_chain = self.wrap(terminal)
+            async_chain = self._async_chain = self.awrap(terminal)
+        return sync_chain, async_chain
 
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]:
         """Decorate a function, sync or async (decided once, here)."""
@@ -88,19 +92,21 @@ class Middleware(ABC):
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through this layer, synchronously."""
+        chain = self._sync_chain or self._chains()[0]
         parent = VAR.get()
         token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
         try:
-            return cast(R, self._chains()[0](fn, args, kwargs))
+            return chain(fn, args, kwargs)  # type: ignore[no-any-return]
         finally:
             VAR.reset(token)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Await ``fn(*args, **kwargs)`` through this layer."""
+        chain = self._async_chain or self._chains()[1]
         parent = VAR.get()
         token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
         try:
-            return cast(R, await self._chains()[1](fn, args, kwargs))
+            return await chain(fn, args, kwargs)  # type: ignore[no-any-return]
         finally:
             VAR.reset(token)
 

@@ -66,9 +66,6 @@ class Pipeline(Middleware):
             "layers": [layer.describe() for layer in self.layers],
         }
 
-    def _chains(self) -> tuple[Endpoint, AsyncEndpoint]:
-        return self._sync_chain, self._async_chain
-
     def __repr__(self) -> str:
         inner = " > ".join(repr(layer) for layer in self.layers) or "(no layers)"
         label = f"{self.name!r}: " if self.name else ""

@@ -6,7 +6,7 @@ import pathlib
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck", "examples", "docs"]
+nox.options.sessions = ["tests", "lint", "typecheck", "examples", "docs", "bench_smoke"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -58,3 +58,10 @@ def bench(session: nox.Session) -> None:
     """Happy-path overhead beside peers; writes docs/benchmarks.md (--quick: short run)."""
     session.install("-e", ".[bench]")
     session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python=PYTHON)
+def bench_smoke(session: nox.Session) -> None:
+    """The benchmark in its short mode, so that it keeps working (writes nothing)."""
+    session.install("-e", ".[bench]")
+    session.run("python", "bench/run.py", "--quick")

@@ -139,6 +139,13 @@ class Retry(Middleware):
             and hint > delay
         ):
             delay = float(hint)
+        if delay == math.inf:
+            if error is not None:
+                error.add_note(
+                    f"resilience: Retry{label} stopped after {attempt} attempt(s): "
+                    "its backoff asked for an endless wait"
+                )
+            return None
         left = remaining(VAR.get())
         if left is not None and delay >= left:
             if error is not None:
@@ -196,8 +203,7 @@ class Retry(Middleware):
                 if error is not None:
                     raise error
                 return result
-            if delay > 0:
-                self.clock.sleep(delay)
+            self.clock.sleep(delay)
             previous = delay
             attempt += 1
             ctx[1] = attempt

@@ -39,6 +39,7 @@ __all__ = [
 
 Jitter = Literal["full", "equal"]
 _JITTERS = (None, "full", "equal")
+_LOG_MAX_FLOAT = math.log(1.7976931348623157e308)
 
 
 def _rng(seed: int | _random.Random | None) -> _random.Random:
@@ -170,10 +171,13 @@ class _Exponential(_Capped):
         self.base = number(base, "base", minimum=1.0)
 
     def base_delay(self, retry: int) -> float:
+        if self.initial == 0.0:
+            return 0.0
         try:
             return self.initial * self.base ** (retry - 1)
-        except OverflowError:
-            return math.inf
+        except OverflowError:  # the power alone is too big; the product may still fit
+            exponent = math.log(self.initial) + (retry - 1) * math.log(self.base)
+            return math.exp(exponent) if exponent < _LOG_MAX_FLOAT else math.inf
 
     def __repr__(self) -> str:
         return f"exponential(initial={self.initial:g}, base={self.base:g}{self._tail()})"
@@ -191,10 +195,12 @@ class _Fibonacci(_Capped):
         self.initial = number(initial, "initial", minimum=0.0)
 
     def base_delay(self, retry: int) -> float:
-        a, b = 1, 1  # fib(1), fib(2)
+        if self.initial == 0.0:
+            return 0.0
+        a, b = 1.0, 1.0  # fib(1), fib(2), as floats: they reach inf instead of raising
         for _ in range(retry - 1):
             a, b = b, a + b
-            if self.initial * a >= self.maximum:
+            if self.initial * a >= self.maximum:  # capped from here on: stop counting
                 return math.inf
         return self.initial * a
 
@@ -324,7 +330,7 @@ def coerce(value: object, name: str = "backoff") -> Backoff:
     if isinstance(value, Backoff):
         return value
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return constant(value)
+        return constant(number(value, name, minimum=0.0))
     if callable(value):
         return from_tenacity(value)
     raise TypeError(

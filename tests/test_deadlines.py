@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 import resilience as rs
 from resilience.testing import FakeClock
 
@@ -79,9 +81,6 @@ def test_one_timeout_serves_several_event_loops() -> None:
         await asyncio.Event().wait()
 
     for _ in range(3):
-        try:
+        with pytest.raises(rs.TimeoutExceeded) as caught:
             asyncio.run(timeout.acall(hang))
-        except rs.TimeoutExceeded as exc:
-            assert exc.seconds == 0.01
-        else:
-            raise AssertionError("expected a timeout")
+        assert caught.value.seconds == 0.01

@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
-from ._context import VAR
+from ._context import EMPTY, NO_TAGS, VAR
 
 __all__ = ["AsyncEndpoint", "Endpoint", "Middleware"]
 
@@ -133,12 +133,18 @@ def decorate(
     get = VAR.get
     set_ = VAR.set
     reset = VAR.reset
+    empty = EMPTY
+    no_tags = NO_TAGS
 
     if is_async_callable(fn):
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             parent = get()
-            token = set_([name, 1, parent[2], parent[3], parent[4]])
+            token = set_(
+                [name, 1, None, None, no_tags]
+                if parent is empty
+                else [name, 1, parent[2], parent[3], parent[4]]
+            )
             try:
                 return await async_chain(fn, args, kwargs)
             finally:
@@ -149,7 +155,11 @@ def decorate(
 
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
         parent = get()
-        token = set_([name, 1, parent[2], parent[3], parent[4]])
+        token = set_(
+            [name, 1, None, None, no_tags]
+            if parent is empty
+            else [name, 1, parent[2], parent[3], parent[4]]
+        )
         try:
             return sync_chain(fn, args, kwargs)
         finally:

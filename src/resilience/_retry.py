@@ -12,7 +12,7 @@ from . import backoff as _backoff
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import RejectedError
-from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._validate import callable_or_none, exception_matcher, integer, optional_name
 
 __all__ = ["Retry", "RetryEvent"]
@@ -167,10 +167,11 @@ class Retry(Middleware):
         retryable = self._retryable
         check = self.on_result
         again = self._again
+        direct = next is terminal  # innermost: call the function without the extra hop
 
         def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             try:
-                result = next(fn, args, kwargs)
+                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             except Exception as exc:
                 if not retryable(exc):
                     raise

@@ -13,7 +13,7 @@ from ._clock import Clock, validate_clock, wait_future
 from ._context import VAR, Raw, effective_deadline
 from ._deadlines import DeadlineQueues
 from ._errors import TimeoutExceeded
-from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
@@ -109,6 +109,7 @@ class Timeout(Middleware):
         clock = self.clock
         monotonic = clock.monotonic
         get = VAR.get
+        direct = next is terminal  # innermost: call the function without the extra hop
 
         def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             own = monotonic() + limit
@@ -121,12 +122,12 @@ class Timeout(Middleware):
                 ctx[2] = own
                 ctx[3] = clock
                 try:
-                    result = next(fn, args, kwargs)
+                    result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
                 finally:
                     ctx[2] = saved
                     ctx[3] = outer_clock
             else:  # an earlier deadline is already in force
-                result = next(fn, args, kwargs)
+                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             if monotonic() >= own:
                 raise TimeoutExceeded(limit, name)
             return result

@@ -11,6 +11,7 @@ from ._validate import optional_name
 
 __all__ = ["Pipeline", "PipelineBuilder", "PipelineOrderWarning"]
 
+
 class PipelineOrderWarning(UserWarning):
     """`PipelineBuilder.build()` found an order of layers that is almost always a mistake.
 

@@ -26,6 +26,7 @@ class WorkerPool:
         self.max_workers = max_workers
         self.name = name
         self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._threads = 0
         self._busy = 0
@@ -34,6 +35,11 @@ class WorkerPool:
     def busy(self) -> int:
         """Calls running now, abandoned ones included."""
         return self._busy
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until no call is running; False if ``timeout`` (real seconds) ran out first."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._busy == 0, timeout)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -68,3 +74,5 @@ class WorkerPool:
                 del future, fn, args
                 with self._lock:
                     self._busy -= 1
+                    if self._busy == 0:
+                        self._idle.notify_all()

@@ -93,6 +93,17 @@ class Timeout(Middleware):
         """Walk-away calls still running, including those the caller walked away from."""
         return 0 if self._pool is None else self._pool.busy
 
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for walk-away calls still running in the background to end.
+
+        Use it at shutdown, or in tests. ``timeout`` is in real seconds (None
+        waits for as long as it takes). Returns True when no call is running.
+        """
+        if timeout is not None:
+            timeout = _seconds(timeout, "timeout", allow_zero=True)
+        pool = self._pool
+        return True if pool is None else pool.drain(timeout)
+
     def _workers(self) -> WorkerPool:
         with self._pool_lock:
             if self._pool is None:

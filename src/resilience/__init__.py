@@ -6,6 +6,14 @@ order: the first added is the outermost.
 """
 
 from . import backoff
+from ._circuit_breaker import CircuitBreaker, CircuitOutcome, CircuitStateChange
+from ._circuit_store import (
+    CircuitMetrics,
+    CircuitRules,
+    CircuitState,
+    CircuitStore,
+    MemoryCircuitStore,
+)
 from ._clock import Clock, SystemClock
 from ._context import CallContext, current, tags
 from ._errors import (
@@ -17,6 +25,7 @@ from ._errors import (
     ThrottledError,
     TimeoutExceeded,
 )
+from ._fallback import Fallback, FallbackContext, FallbackEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pipeline import Pipeline, PipelineBuilder, PipelineOrderWarning
 from ._retry import Retry, RetryEvent
@@ -28,10 +37,21 @@ __all__ = [
     "AsyncEndpoint",
     "BulkheadFullError",
     "CallContext",
+    "CircuitBreaker",
+    "CircuitMetrics",
     "CircuitOpenError",
+    "CircuitOutcome",
+    "CircuitRules",
+    "CircuitState",
+    "CircuitStateChange",
+    "CircuitStore",
     "Clock",
     "Endpoint",
+    "Fallback",
+    "FallbackContext",
+    "FallbackEvent",
     "InjectedFault",
+    "MemoryCircuitStore",
     "Middleware",
     "Pipeline",
     "PipelineBuilder",

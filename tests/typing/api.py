@@ -5,8 +5,9 @@ If a change loses a ParamSpec or a return type, mypy fails here.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
-from typing import assert_type
+from typing import Any, assert_type
 
 import resilience as rs
 from resilience import backoff
@@ -68,3 +69,41 @@ def on_retry(event: rs.RetryEvent) -> None:
 
 rs.Retry(on=lambda exc: isinstance(exc, OSError), on_retry=on_retry, on_result=lambda r: r is None)
 rs.Retry(backoff=0.5)
+
+
+def cached_user(ctx: rs.FallbackContext) -> dict[str, int]:
+    assert_type(ctx.error, Exception | None)
+    assert_type(ctx.args, tuple[Any, ...])
+    assert_type(ctx.kwargs, Mapping[str, Any])
+    return {"id": ctx.args[0]}
+
+
+async def acached_user(ctx: rs.FallbackContext) -> str:
+    return str(ctx.args[0])
+
+
+def on_fallback(event: rs.FallbackEvent) -> None:
+    assert_type(event.name, str | None)
+    assert_type(event.error, Exception | None)
+
+
+@rs.Fallback(
+    handler=cached_user, on=(ConnectionError, rs.CircuitOpenError), on_fallback=on_fallback
+)
+def get_user(user_id: int) -> dict[str, int]:
+    return {"id": user_id}
+
+
+@rs.Fallback(handler=acached_user, on_result=lambda r: r == "")
+async def aget_user(user_id: int) -> str:
+    return str(user_id)
+
+
+degraded = rs.Pipeline.builder().add(rs.Fallback(value=None, name="d")).add(rs.Retry()).build()
+
+
+async def use_fallbacks() -> None:
+    assert_type(get_user(1), dict[str, int])
+    assert_type(await aget_user(1), str)
+    assert_type(rs.Fallback(value=[]).call(get_user, 2), dict[str, int])
+    rs.Fallback(value=0, on=lambda exc: isinstance(exc, OSError))

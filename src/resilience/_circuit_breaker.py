@@ -1,0 +1,497 @@
+"""`CircuitBreaker`: stop calling a dependency that keeps failing, then probe it."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from . import backoff as _backoff
+from ._circuit_store import (
+    FAILURE,
+    SLOW,
+    SUCCESS,
+    CircuitMetrics,
+    CircuitRules,
+    CircuitState,
+    CircuitStore,
+    MemoryCircuitStore,
+)
+from ._clock import Clock, validate_clock
+from ._errors import CircuitOpenError
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._validate import callable_or_none, exception_matcher, integer, number, optional_name
+from ._validate import seconds as _seconds
+
+__all__ = ["CircuitBreaker", "CircuitOutcome", "CircuitStateChange"]
+
+logger = logging.getLogger("resilience")
+
+_UNSET: Any = object()
+
+Outcome = Literal["success", "failure", "ignored", "rejected"]
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitStateChange:
+    """Passed to ``on_state_change`` after the breaker changed state."""
+
+    name: str | None
+    old: CircuitState
+    new: CircuitState
+    at: float
+    """The breaker's clock reading when it happened."""
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitOutcome:
+    """Passed to ``on_outcome`` after each call the breaker saw."""
+
+    name: str | None
+    outcome: Outcome
+    """What the breaker made of the call: ``"ignored"`` calls count neither way."""
+    seconds: float | None
+    """How long the call took, when the breaker measured it (slow-call or time window)."""
+    slow: bool
+    error: BaseException | None
+    """The call's exception, or the rejection for ``"rejected"``."""
+
+
+def _matcher(value: object, name: str) -> Callable[[BaseException], bool] | None:
+    if value is None:
+        return None
+    types, predicate = exception_matcher(value, name)
+    if predicate is not None:
+        return predicate
+    return lambda error: isinstance(error, types)
+
+
+def _ratio(value: object, name: str) -> float | None:
+    if value is None:
+        return None
+    result = number(value, name, minimum=0.0, inclusive=False)
+    if result > 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return result
+
+
+def _break_seconds(value: object) -> tuple[Callable[[int], float], float | _backoff.Backoff]:
+    """The break duration for the n-th trip in a row, from seconds or a Backoff."""
+    if isinstance(value, _backoff.Backoff):
+        strategy = value
+        previous = [0.0]
+
+        def growing(streak: int) -> float:
+            delay = strategy.delay(streak, previous[0] if streak > 1 else 0.0)
+            previous[0] = delay
+            return delay
+
+        return growing, strategy
+    fixed = _seconds(value, "open_seconds")
+    return (lambda _streak: fixed), fixed
+
+
+class CircuitBreaker(Middleware):
+    """Reject calls to a dependency that keeps failing, then let trial calls probe it.
+
+    *Closed*, calls flow and their outcomes fill a sliding window. The breaker
+    *opens* when a trip rule fires:
+
+    * ``failure_ratio``: failures over calls in the window reach this ratio,
+      once the window holds at least ``minimum_calls`` calls (default 0.5,
+      unless you set only ``consecutive_failures``);
+    * ``consecutive_failures``: that many failures in a row;
+    * ``slow_call_ratio``: with ``slow_call_seconds`` set, calls slower than it
+      reach this ratio of the window (default 1.0: every call slow).
+
+    The window is the last ``window_calls`` calls (default 100), or the last
+    ``window_seconds`` seconds in ``window_buckets`` buckets.
+
+    *Open*, calls are rejected with `CircuitOpenError` (its ``retry_after``
+    says when a trial is allowed) for ``open_seconds``: a number, or a
+    `resilience.backoff` strategy giving the n-th break in a row (to grow it,
+    capped by the strategy's maximum). The first call after that turns the
+    breaker *half-open*: up to ``half_open_calls`` trial calls run at once,
+    the rest are rejected. It closes when that many trials succeed, and
+    reopens at the first failed or slow one. Trials that have not reported
+    back after ``half_open_max_seconds`` (default: the first break duration)
+    no longer hold it: the next call reopens it.
+
+    ``failure_on`` says which exceptions are failures (default: any
+    `Exception`), ``ignore`` which count neither way, and ``failure_result``
+    which return values are failures. Cancellation, `KeyboardInterrupt`,
+    `SystemExit` and `GeneratorExit` never count. `isolate`, `disable` and
+    `reset` control it by hand; `metrics` takes a snapshot.
+    """
+
+    kind = "circuit_breaker"
+
+    def __init__(
+        self,
+        *,
+        failure_ratio: float | None = _UNSET,
+        consecutive_failures: int | None = None,
+        minimum_calls: int = 20,
+        window_calls: int | None = None,
+        window_seconds: float | timedelta | None = None,
+        window_buckets: int = 10,
+        slow_call_seconds: float | timedelta | None = None,
+        slow_call_ratio: float = 1.0,
+        open_seconds: float | timedelta | _backoff.Backoff = 30.0,
+        half_open_calls: int = 1,
+        half_open_max_seconds: float | timedelta | None = None,
+        failure_on: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool] = Exception,
+        ignore: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool]
+        | None = None,
+        failure_result: Callable[[Any], bool] | None = None,
+        on_state_change: Callable[[CircuitStateChange], object] | None = None,
+        on_outcome: Callable[[CircuitOutcome], object] | None = None,
+        store: CircuitStore | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        if consecutive_failures is not None:
+            consecutive_failures = integer(consecutive_failures, "consecutive_failures", minimum=1)
+        if failure_ratio is _UNSET:
+            failure_ratio = None if consecutive_failures is not None else 0.5
+        self.failure_ratio = _ratio(failure_ratio, "failure_ratio")
+        self.consecutive_failures = consecutive_failures
+        self.minimum_calls = integer(minimum_calls, "minimum_calls", minimum=1)
+        if window_seconds is not None:
+            if window_calls is not None:
+                raise ValueError("window_calls and window_seconds cannot both be set: pick one")
+            self.window_seconds: float | None = _seconds(window_seconds, "window_seconds")
+            self.window_calls: int | None = None
+        else:
+            self.window_seconds = None
+            self.window_calls = integer(
+                100 if window_calls is None else window_calls, "window_calls", minimum=1
+            )
+            if self.minimum_calls > self.window_calls:
+                raise ValueError(
+                    f"minimum_calls must be <= window_calls ({self.window_calls}), "
+                    f"got {minimum_calls!r}"
+                )
+        self.window_buckets = integer(window_buckets, "window_buckets", minimum=1)
+        self.slow_call_seconds = (
+            None if slow_call_seconds is None else _seconds(slow_call_seconds, "slow_call_seconds")
+        )
+        self.slow_call_ratio = _ratio(slow_call_ratio, "slow_call_ratio")
+        break_seconds, self.open_seconds = _break_seconds(open_seconds)
+        self.half_open_calls = integer(half_open_calls, "half_open_calls", minimum=1)
+        self.half_open_max_seconds = (
+            break_seconds(1)
+            if half_open_max_seconds is None
+            else _seconds(half_open_max_seconds, "half_open_max_seconds")
+        )
+        self.failure_on = failure_on
+        self.ignore = ignore
+        is_failure = _matcher(failure_on, "failure_on")
+        assert is_failure is not None
+        self._is_failure = is_failure
+        self._is_ignored = _matcher(ignore, "ignore")
+        self.failure_result = callable_or_none(failure_result, "failure_result")
+        self.on_state_change = callable_or_none(on_state_change, "on_state_change")
+        self.on_outcome = callable_or_none(on_outcome, "on_outcome")
+        self.clock = validate_clock(clock)
+        self.name = optional_name(name)
+        if store is not None and not isinstance(store, CircuitStore):
+            raise TypeError(f"store must be a CircuitStore, got {type(store).__name__}")
+        self.store: CircuitStore = MemoryCircuitStore() if store is None else store
+        rules = CircuitRules(
+            failure_ratio=self.failure_ratio,
+            consecutive_failures=self.consecutive_failures,
+            slow_call_ratio=self.slow_call_ratio if self.slow_call_seconds is not None else None,
+            minimum_calls=self.minimum_calls,
+            window_calls=self.window_calls,
+            window_seconds=self.window_seconds,
+            window_buckets=self.window_buckets,
+            half_open_calls=self.half_open_calls,
+            half_open_max_seconds=self.half_open_max_seconds,
+            break_seconds=break_seconds,
+        )
+        self.store.configure(rules, self.clock, self._notify)
+
+    # -- description and control ----------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "failure_ratio": self.failure_ratio,
+            "consecutive_failures": self.consecutive_failures,
+            "minimum_calls": self.minimum_calls,
+        }
+        if self.window_seconds is not None:
+            out["window_seconds"] = self.window_seconds
+            out["window_buckets"] = self.window_buckets
+        else:
+            out["window_calls"] = self.window_calls
+        if self.slow_call_seconds is not None:
+            out["slow_call_seconds"] = self.slow_call_seconds
+            out["slow_call_ratio"] = self.slow_call_ratio
+        out["open_seconds"] = self.open_seconds
+        out["half_open_calls"] = self.half_open_calls
+        out["half_open_max_seconds"] = self.half_open_max_seconds
+        return out
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        rules = []
+        if self.failure_ratio is not None:
+            rules.append(f"failure_ratio={self.failure_ratio:g}")
+        if self.consecutive_failures is not None:
+            rules.append(f"consecutive_failures={self.consecutive_failures}")
+        if self.slow_call_seconds is not None:
+            rules.append(f"slow_call_seconds={self.slow_call_seconds:g}")
+        return f"CircuitBreaker({label}{', '.join(rules)}, state={self.state.value})"
+
+    @property
+    def state(self) -> CircuitState:
+        """The state now. An open breaker turns half-open only at its next call."""
+        return self.store.state()
+
+    def metrics(self) -> CircuitMetrics:
+        """A snapshot of the state, the window's counts and ratios, and totals."""
+        return self.store.metrics()
+
+    def isolate(self) -> None:
+        """Force the breaker open: every call is rejected until `reset`."""
+        self.store.transition(CircuitState.ISOLATED)
+
+    def disable(self) -> None:
+        """Let every call through, still measuring them, until `reset`."""
+        self.store.transition(CircuitState.DISABLED)
+
+    def reset(self) -> None:
+        """Close the breaker and clear its window and counters."""
+        self.store.transition(CircuitState.CLOSED)
+
+    def _notify(self, old: CircuitState, new: CircuitState, at: float) -> None:
+        label = f" {self.name!r}" if self.name else ""
+        logger.info("resilience: circuit breaker%s %s -> %s", label, old.value, new.value)
+        listener = self.on_state_change
+        if listener is not None:
+            try:
+                listener(CircuitStateChange(self.name, old, new, at))
+            except Exception:
+                logger.exception("resilience: on_state_change listener of%s failed", label)
+
+    def _rejection(self) -> CircuitOpenError:
+        state = self.store.state()
+        label = f"circuit breaker {self.name!r}" if self.name else "circuit breaker"
+        retry_after = self.store.retry_after()
+        if state is CircuitState.ISOLATED:
+            message = f"{label} is isolated"
+        elif state is CircuitState.HALF_OPEN:
+            message = f"{label} is half-open and its trial calls are taken"
+        else:
+            message = f"{label} is open"
+            if retry_after is not None:
+                message += f" (next trial in {retry_after:.3g}s)"
+        error = CircuitOpenError(message, name=self.name, retry_after=retry_after)
+        if self.on_outcome is not None:
+            self._report("rejected", None, False, error)
+        return error
+
+    def _report(
+        self, outcome: Outcome, seconds: float | None, slow: bool, error: BaseException | None
+    ) -> None:
+        listener = self.on_outcome
+        if listener is None:
+            return
+        try:
+            listener(CircuitOutcome(self.name, outcome, seconds, slow, error))
+        except Exception:
+            label = f" {self.name!r}" if self.name else ""
+            logger.exception("resilience: on_outcome listener of%s failed", label)
+
+    # -- the core of a call's end: classify, then record ---------------------------
+
+    def _settle(
+        self, permit: int, error: BaseException | None, result: Any, started: float | None
+    ) -> None:
+        """Classify the outcome of a permitted call and hand it to the store."""
+        store = self.store
+        try:
+            if error is not None:
+                ignored = self._is_ignored
+                if ignored is not None and ignored(error):
+                    store.release(permit)
+                    self._report("ignored", None, False, error)
+                    return
+                code = FAILURE if self._is_failure(error) else SUCCESS
+            else:
+                check = self.failure_result
+                code = FAILURE if check is not None and check(result) else SUCCESS
+        except BaseException:
+            store.release(permit)  # a failing predicate must not keep a trial slot
+            raise
+        now = 0.0
+        seconds = None
+        slow = False
+        if started is not None:
+            now = self.clock.monotonic()
+            seconds = now - started
+            limit = self.slow_call_seconds
+            if limit is not None and seconds > limit:
+                slow = True
+                code |= SLOW
+        store.record(permit, code, now)
+        if self.on_outcome is not None:
+            self._report("failure" if code & 2 else "success", seconds, slow, error)
+
+    # -- the shells ------------------------------------------------------------------
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        store = self.store
+        acquire = store.acquire
+        record = store.record
+        release = store.release
+        settle = self._settle
+        reject = self._rejection
+        timed = self.slow_call_seconds is not None or self.window_seconds is not None
+        monotonic = self.clock.monotonic
+        plain = not timed and self.failure_result is None and self.on_outcome is None
+        direct = next is terminal
+
+        if plain and type(store) is MemoryCircuitStore:
+            return self._wrap_memory(next, store)
+
+        def circuit_breaker(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            permit = acquire()
+            if permit < 0:
+                raise reject()
+            started = monotonic() if timed else None
+            try:
+                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            except Exception as exc:
+                settle(permit, exc, None, started)
+                raise
+            except BaseException:
+                release(permit)  # control flow: hand the permit back, count nothing
+                raise
+            if plain:
+                record(permit, SUCCESS, 0.0)
+            else:
+                settle(permit, None, result, started)
+            return result
+
+        return circuit_breaker
+
+    def _wrap_memory(self, next: Endpoint, store: MemoryCircuitStore) -> Endpoint:
+        """The sync shell for the common case, with the memory store's fast paths inlined.
+
+        Same steps as `wrap`; only the closed-state permit and the lock-free
+        success are read from the store's fields instead of through calls.
+        """
+        acquire = store._acquire_slow
+        record = store._record
+        release = store.release
+        settle = self._settle
+        reject = self._rejection
+        direct = next is terminal
+
+        def circuit_breaker(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            permit = store._fast_permit
+            if permit < 0:
+                permit = acquire()
+                if permit < 0:
+                    raise reject()
+            try:
+                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            except Exception as exc:
+                settle(permit, exc, None, None)
+                raise
+            except BaseException:
+                release(permit)
+                raise
+            ring = store._ring  # read before the check: a reset swaps in a new ring
+            if permit == store._success_permit:
+                ring.append(SUCCESS)
+                if store._consecutive:
+                    store._consecutive = 0
+            else:
+                record(permit, SUCCESS, 0.0)
+            return result
+
+        return circuit_breaker
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        store = self.store
+        acquire = store.acquire
+        record = store.record
+        release = store.release
+        settle = self._settle
+        reject = self._rejection
+        timed = self.slow_call_seconds is not None or self.window_seconds is not None
+        monotonic = self.clock.monotonic
+        plain = not timed and self.failure_result is None and self.on_outcome is None
+        if plain and type(store) is MemoryCircuitStore:
+            return self._awrap_memory(next, store)
+
+        async def circuit_breaker(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            permit = acquire()
+            if permit < 0:
+                raise reject()
+            started = monotonic() if timed else None
+            try:
+                result = await next(fn, args, kwargs)
+            except Exception as exc:
+                settle(permit, exc, None, started)
+                raise
+            except BaseException:
+                release(permit)  # cancellation: hand the permit back, count nothing
+                raise
+            if plain:
+                record(permit, SUCCESS, 0.0)
+            else:
+                settle(permit, None, result, started)
+            return result
+
+        return circuit_breaker
+
+    def _awrap_memory(self, next: AsyncEndpoint, store: MemoryCircuitStore) -> AsyncEndpoint:
+        """`_wrap_memory` for async calls."""
+        acquire = store._acquire_slow
+        record = store._record
+        release = store.release
+        settle = self._settle
+        reject = self._rejection
+
+        async def circuit_breaker(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            permit = store._fast_permit
+            if permit < 0:
+                permit = acquire()
+                if permit < 0:
+                    raise reject()
+            try:
+                result = await next(fn, args, kwargs)
+            except Exception as exc:
+                settle(permit, exc, None, None)
+                raise
+            except BaseException:
+                release(permit)
+                raise
+            ring = store._ring
+            if permit == store._success_permit:
+                ring.append(SUCCESS)
+                if store._consecutive:
+                    store._consecutive = 0
+            else:
+                record(permit, SUCCESS, 0.0)
+            return result
+
+        return circuit_breaker

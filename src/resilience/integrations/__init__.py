@@ -1,0 +1,1 @@
+"""Adapters that put other libraries' objects into a `resilience` pipeline."""

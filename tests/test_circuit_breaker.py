@@ -1,0 +1,622 @@
+"""Tests of `resilience.CircuitBreaker`: each rule and state, sync and async alike."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import resilience as rs
+from resilience import CircuitState, backoff
+from resilience.testing import FakeClock
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run the test once through call() with a def, once through acall() with an async def."""
+    return str(request.param)
+
+
+@pytest.fixture(params=["memory", "generic"])
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Run through the inlined memory-store shell and through the generic store interface."""
+    return str(request.param)
+
+
+class PlainStore(rs.MemoryCircuitStore):
+    """A subclass, so the breaker drives it only through the `CircuitStore` methods."""
+
+
+def breaker(store_kind: str = "memory", **kwargs: Any) -> rs.CircuitBreaker:
+    """A breaker on a fresh store of the given kind."""
+    store = PlainStore() if store_kind == "generic" else None
+    return rs.CircuitBreaker(store=store, **kwargs)
+
+
+async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
+    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
+    if mode == "sync":
+        return policy.call(fn, *args)
+    body = fn
+
+    async def async_fn(*a: Any) -> Any:
+        await asyncio.sleep(0)
+        return body(*a)
+
+    return await policy.acall(async_fn, *args)
+
+
+def ok() -> str:
+    return "ok"
+
+
+def fail() -> None:
+    raise ConnectionError("down")
+
+
+async def outcome(mode: str, policy: rs.Middleware, fn: Callable[..., Any]) -> str:
+    """What happened to one call: its result, the error's type name, or "rejected"."""
+    try:
+        return str(await run(mode, policy, fn))
+    except rs.CircuitOpenError:
+        return "rejected"
+    except Exception as exc:
+        return type(exc).__name__
+
+
+# -- construction -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"failure_ratio": 0}, ValueError, r"^failure_ratio must be > 0"),
+        ({"failure_ratio": 1.5}, ValueError, r"^failure_ratio must be in \(0, 1\]"),
+        ({"failure_ratio": math.nan}, ValueError, r"^failure_ratio"),
+        ({"failure_ratio": "half"}, TypeError, r"^failure_ratio"),
+        ({"consecutive_failures": 0}, ValueError, r"^consecutive_failures must be >= 1"),
+        ({"minimum_calls": 0}, ValueError, r"^minimum_calls must be >= 1"),
+        ({"window_calls": 0}, ValueError, r"^window_calls must be >= 1"),
+        ({"window_calls": 10, "minimum_calls": 11}, ValueError, r"^minimum_calls must be <="),
+        ({"window_calls": 10, "window_seconds": 5}, ValueError, r"^window_calls and window_sec"),
+        ({"window_seconds": 0}, ValueError, r"^window_seconds must be > 0"),
+        ({"window_seconds": 5, "window_buckets": 0}, ValueError, r"^window_buckets"),
+        ({"slow_call_seconds": -1}, ValueError, r"^slow_call_seconds"),
+        ({"slow_call_ratio": 0}, ValueError, r"^slow_call_ratio"),
+        ({"open_seconds": 0}, ValueError, r"^open_seconds must be > 0"),
+        ({"open_seconds": "5"}, TypeError, r"^open_seconds"),
+        ({"half_open_calls": 0}, ValueError, r"^half_open_calls must be >= 1"),
+        ({"half_open_max_seconds": -2}, ValueError, r"^half_open_max_seconds"),
+        ({"failure_on": 3}, TypeError, r"^failure_on"),
+        ({"ignore": "x"}, TypeError, r"^ignore"),
+        ({"failure_result": 1}, TypeError, r"^failure_result must be callable"),
+        ({"on_state_change": 1}, TypeError, r"^on_state_change must be callable"),
+        ({"on_outcome": 1}, TypeError, r"^on_outcome must be callable"),
+        ({"store": object()}, TypeError, r"^store must be a CircuitStore"),
+        ({"clock": object()}, TypeError, r"^clock"),
+        ({"name": 1}, TypeError, r"^name"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Every bad argument is refused by the constructor, naming the parameter."""
+    with pytest.raises(error, match=message):
+        rs.CircuitBreaker(**kwargs)
+
+
+def test_a_store_serves_one_breaker() -> None:
+    """Sharing a memory store between two breakers is refused."""
+    store = rs.MemoryCircuitStore()
+    rs.CircuitBreaker(store=store)
+    with pytest.raises(ValueError, match="store is already used"):
+        rs.CircuitBreaker(store=store)
+
+
+def test_defaults_and_settings() -> None:
+    """The defaults are a 50 % failure ratio over 100 calls, 20 at least, 30 s open."""
+    cb = rs.CircuitBreaker(name="users")
+    assert cb.settings() == {
+        "failure_ratio": 0.5,
+        "consecutive_failures": None,
+        "minimum_calls": 20,
+        "window_calls": 100,
+        "open_seconds": 30.0,
+        "half_open_calls": 1,
+        "half_open_max_seconds": 30.0,
+    }
+    assert repr(cb) == "CircuitBreaker('users', failure_ratio=0.5, state=closed)"
+    assert cb.describe()["kind"] == "circuit_breaker"
+    assert cb.state is CircuitState.CLOSED
+
+
+def test_consecutive_failures_alone_turns_the_ratio_off() -> None:
+    """Setting only consecutive_failures gives a pybreaker-like breaker."""
+    cb = rs.CircuitBreaker(consecutive_failures=5)
+    assert cb.failure_ratio is None
+    assert repr(cb) == "CircuitBreaker(consecutive_failures=5, state=closed)"
+    both = rs.CircuitBreaker(consecutive_failures=5, failure_ratio=0.2)
+    assert both.failure_ratio == 0.2
+
+
+def test_settings_of_a_time_window_with_slow_calls() -> None:
+    """Time windows, slow-call rules and timedelta durations show in settings()."""
+    cb = rs.CircuitBreaker(
+        window_seconds=timedelta(seconds=60),
+        window_buckets=6,
+        slow_call_seconds=timedelta(milliseconds=500),
+        slow_call_ratio=0.8,
+        open_seconds=backoff.exponential(5, maximum=60),
+        half_open_max_seconds=20,
+    )
+    settings = cb.settings()
+    assert settings["window_seconds"] == 60.0
+    assert settings["window_buckets"] == 6
+    assert settings["slow_call_seconds"] == 0.5
+    assert settings["slow_call_ratio"] == 0.8
+    assert isinstance(settings["open_seconds"], backoff.Backoff)
+    assert settings["half_open_max_seconds"] == 20.0
+    assert "slow_call_seconds=0.5" in repr(cb)
+
+
+# -- closed: the trip rules ------------------------------------------------------------
+
+
+async def test_consecutive_failures_trip(mode: str, store_kind: str, clock: FakeClock) -> None:
+    """N failures in a row open the breaker; a success in between starts the count again."""
+    cb = breaker(store_kind, consecutive_failures=3, clock=clock)
+    for fn in (fail, fail, ok, fail, fail):
+        await outcome(mode, cb, fn)
+    assert cb.state is CircuitState.CLOSED
+    assert await outcome(mode, cb, fail) == "ConnectionError"
+    assert cb.state is CircuitState.OPEN
+    assert await outcome(mode, cb, ok) == "rejected"
+
+
+async def test_failure_ratio_waits_for_minimum_calls(
+    mode: str, store_kind: str, clock: FakeClock
+) -> None:
+    """The ratio is judged only once the window holds minimum_calls calls."""
+    cb = breaker(store_kind, failure_ratio=0.5, minimum_calls=4, window_calls=10, clock=clock)
+    for fn in (fail, fail, fail):  # 100 % failures, but only 3 calls
+        await outcome(mode, cb, fn)
+    assert cb.state is CircuitState.CLOSED
+    await outcome(mode, cb, ok)  # 3 of 4 fail, but a success does not trip
+    assert cb.state is CircuitState.CLOSED
+    await outcome(mode, cb, fail)  # 4 of 5 fail
+    assert cb.state is CircuitState.OPEN
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.failures) == (5, 4)
+    assert metrics.failure_ratio == 0.8
+    assert metrics.trips == 1
+
+
+async def test_count_window_forgets_old_calls(mode: str, store_kind: str) -> None:
+    """Only the last window_calls outcomes count."""
+    cb = breaker(store_kind, failure_ratio=0.5, minimum_calls=4, window_calls=4)
+    for fn in (fail, ok, ok, ok, ok, ok):
+        await outcome(mode, cb, fn)
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.failures) == (4, 0)
+    for fn in (fail, ok, ok):
+        await outcome(mode, cb, fn)
+    assert cb.state is CircuitState.CLOSED  # 1 of the last 4
+    assert cb.metrics().failure_ratio == 0.25
+    await outcome(mode, cb, fail)  # 2 of the last 4: the ratio is reached
+    assert cb.state is CircuitState.OPEN
+
+
+async def test_time_window_drops_expired_buckets(mode: str, store_kind: str) -> None:
+    """A time window counts the calls of its last seconds only."""
+    clock = FakeClock()
+    cb = breaker(
+        store_kind,
+        failure_ratio=0.5,
+        minimum_calls=3,
+        window_seconds=10,
+        window_buckets=5,
+        clock=clock,
+    )
+    await outcome(mode, cb, fail)
+    await outcome(mode, cb, fail)
+    clock.advance(11)  # both failures fall out of the window
+    assert cb.metrics().calls == 0
+    await outcome(mode, cb, ok)
+    await outcome(mode, cb, fail)
+    assert cb.state is CircuitState.CLOSED  # 1 of 2, below minimum_calls
+    clock.advance(4)
+    await outcome(mode, cb, fail)  # 2 of 3 within 10 s
+    assert cb.state is CircuitState.OPEN
+
+
+def test_time_window_jump_longer_than_the_window() -> None:
+    """After a long quiet spell a time window starts empty, then counts again."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(window_seconds=1, window_buckets=4, minimum_calls=2, clock=clock)
+    cb.call(ok)
+    clock.advance(0.3)
+    cb.call(ok)
+    assert cb.metrics().calls == 2
+    clock.advance(0.8)  # the first bucket expires, the second is still in
+    assert cb.metrics().calls == 1
+    clock.advance(100)
+    assert cb.metrics().calls == 0
+    cb.call(ok)
+    assert cb.metrics().calls == 1
+
+
+async def test_slow_calls_trip_on_their_own(mode: str, store_kind: str) -> None:
+    """Successful but slow calls reach the slow-call ratio and open the breaker."""
+    clock = FakeClock()
+    cb = breaker(
+        store_kind,
+        minimum_calls=2,
+        window_calls=10,
+        slow_call_seconds=1,
+        slow_call_ratio=0.5,
+        clock=clock,
+    )
+
+    def slow() -> str:
+        clock.advance(1.5)
+        return "slow"
+
+    def just_in_time() -> str:
+        clock.advance(1.0)  # not slower than the limit
+        return "fine"
+
+    assert await outcome(mode, cb, just_in_time) == "fine"
+    assert await outcome(mode, cb, ok) == "ok"
+    assert cb.metrics().slow_calls == 0
+    assert await outcome(mode, cb, slow) == "slow"  # 1 slow of 3
+    assert cb.state is CircuitState.CLOSED
+    assert await outcome(mode, cb, slow) == "slow"  # 2 of 4
+    assert cb.state is CircuitState.OPEN
+    metrics = cb.metrics()
+    assert metrics.slow_calls == 2
+    assert metrics.slow_call_ratio == 0.5
+    assert metrics.failures == 0
+
+
+async def test_what_counts(mode: str, store_kind: str) -> None:
+    """failure_on, ignore and failure_result decide what is a failure."""
+    cb = breaker(
+        store_kind,
+        consecutive_failures=2,
+        failure_on=(ConnectionError, ValueError),
+        ignore=lambda error: isinstance(error, ValueError) and "ignore" in str(error),
+        failure_result=lambda result: result is None,
+    )
+
+    def ignored() -> None:
+        raise ValueError("ignore me")
+
+    def not_a_failure() -> None:
+        raise KeyError("not listed")
+
+    for fn in (fail, ignored, not_a_failure):
+        await outcome(mode, cb, fn)
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.failures, metrics.consecutive_failures) == (2, 1, 0)
+    await outcome(mode, cb, fail)
+    assert cb.state is CircuitState.CLOSED
+    assert await outcome(mode, cb, lambda: None) == "None"  # a bad result is a failure
+    assert cb.state is CircuitState.OPEN
+
+
+async def test_control_flow_never_counts(mode: str, store_kind: str) -> None:
+    """KeyboardInterrupt (and cancellation) passes through and counts neither way."""
+    cb = breaker(store_kind, consecutive_failures=1)
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        await run(mode, cb, interrupted)
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.failures, metrics.state) == (0, 0, CircuitState.CLOSED)
+
+
+async def test_a_failing_predicate_raises_and_counts_nothing(mode: str) -> None:
+    """An error in failure_result reaches the caller and leaves the window untouched."""
+
+    def broken(result: object) -> bool:
+        raise RuntimeError("bad predicate")
+
+    cb = rs.CircuitBreaker(failure_result=broken)
+    with pytest.raises(RuntimeError, match="bad predicate"):
+        await run(mode, cb, ok)
+    assert cb.metrics().calls == 0
+
+
+# -- open, half-open ---------------------------------------------------------------------
+
+
+async def test_open_rejects_with_retry_after_then_half_opens(
+    mode: str, store_kind: str, clock: FakeClock
+) -> None:
+    """An open breaker rejects until its break ends; then one trial closes it."""
+    calls: list[str] = []
+
+    def counted() -> str:
+        calls.append("in")
+        return "ok"
+
+    cb = breaker(store_kind, consecutive_failures=1, open_seconds=10, clock=clock, name="db")
+    await outcome(mode, cb, fail)
+    clock.advance(4)
+    with pytest.raises(rs.CircuitOpenError) as caught:
+        await run(mode, cb, counted)
+    assert calls == []
+    assert caught.value.retry_after == 6.0
+    assert caught.value.name == "db"
+    assert "circuit breaker 'db' is open (next trial in 6s)" in str(caught.value)
+    assert cb.metrics().retry_after == 6.0
+    clock.advance(6)
+    assert cb.state is CircuitState.OPEN  # turns half-open lazily, at the next call
+    assert await outcome(mode, cb, counted) == "ok"
+    assert cb.state is CircuitState.CLOSED
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.rejected, metrics.trips) == (0, 1, 1)
+
+
+async def test_a_failed_trial_reopens_with_a_growing_break(mode: str, store_kind: str) -> None:
+    """Each trip in a row lasts longer, up to the strategy's maximum; closing resets it."""
+    clock = FakeClock()
+    cb = breaker(
+        store_kind,
+        consecutive_failures=1,
+        open_seconds=backoff.exponential(10, base=2, maximum=30),
+        clock=clock,
+    )
+    retry_afters = []
+    await outcome(mode, cb, fail)
+    for _ in range(4):
+        retry_afters.append(cb.metrics().retry_after)
+        clock.advance(100)
+        await outcome(mode, cb, fail)  # the trial fails
+    assert retry_afters == [10.0, 20.0, 30.0, 30.0]
+    clock.advance(100)
+    assert await outcome(mode, cb, ok) == "ok"
+    assert cb.state is CircuitState.CLOSED
+    await outcome(mode, cb, fail)
+    assert cb.metrics().retry_after == 10.0
+
+
+async def test_a_slow_trial_reopens(mode: str, store_kind: str) -> None:
+    """A trial slower than slow_call_seconds counts as a failed trial."""
+    clock = FakeClock()
+    cb = breaker(store_kind, consecutive_failures=1, slow_call_seconds=1, clock=clock)
+
+    def slow() -> str:
+        clock.advance(2)
+        return "slow"
+
+    await outcome(mode, cb, fail)
+    clock.advance(30)
+    assert await outcome(mode, cb, slow) == "slow"
+    assert cb.state is CircuitState.OPEN
+
+
+async def test_half_open_needs_all_its_trials(mode: str, store_kind: str) -> None:
+    """With half_open_calls=3, three successful trials in a row close the breaker."""
+    clock = FakeClock()
+    cb = breaker(store_kind, consecutive_failures=1, half_open_calls=3, clock=clock)
+    await outcome(mode, cb, fail)
+    clock.advance(30)
+    for _ in range(2):
+        assert await outcome(mode, cb, ok) == "ok"
+        assert cb.state is CircuitState.HALF_OPEN
+    assert await outcome(mode, cb, ok) == "ok"
+    assert cb.state is CircuitState.CLOSED
+
+
+async def test_half_open_rejects_beyond_its_trials(store_kind: str) -> None:
+    """While its trial is in flight, a half-open breaker rejects other calls."""
+    clock = FakeClock()
+    cb = breaker(store_kind, consecutive_failures=1, clock=clock)
+    await outcome("async", cb, fail)
+    clock.advance(30)
+    release = asyncio.Event()
+
+    async def held() -> str:
+        await release.wait()
+        return "trial"
+
+    trial = asyncio.create_task(cb.acall(held))
+    await asyncio.sleep(0)
+    assert cb.state is CircuitState.HALF_OPEN
+    with pytest.raises(rs.CircuitOpenError, match="half-open") as caught:
+        await cb.acall(held)
+    assert caught.value.retry_after is None
+    release.set()
+    assert await trial == "trial"
+    assert cb.state is CircuitState.CLOSED
+
+
+async def test_an_ignored_trial_hands_its_slot_back(mode: str, store_kind: str) -> None:
+    """An ignored error during half-open frees the trial slot for the next call."""
+    clock = FakeClock()
+    cb = breaker(store_kind, consecutive_failures=1, ignore=KeyError, clock=clock)
+
+    def ignored() -> None:
+        raise KeyError("x")
+
+    await outcome(mode, cb, fail)
+    clock.advance(30)
+    assert await outcome(mode, cb, ignored) == "KeyError"
+    assert cb.state is CircuitState.HALF_OPEN
+    assert await outcome(mode, cb, ok) == "ok"
+    assert cb.state is CircuitState.CLOSED
+
+
+# -- manual control ------------------------------------------------------------------------
+
+
+async def test_isolate_disable_reset(mode: str, store_kind: str, clock: FakeClock) -> None:
+    """isolate() rejects everything, disable() admits and measures, reset() clears."""
+    cb = breaker(store_kind, consecutive_failures=1, clock=clock, name="pay")
+    cb.isolate()
+    assert cb.state is CircuitState.ISOLATED
+    with pytest.raises(rs.CircuitOpenError, match="'pay' is isolated") as caught:
+        await run(mode, cb, ok)
+    assert caught.value.retry_after is None
+    clock.advance(1000)
+    assert await outcome(mode, cb, ok) == "rejected"  # no break ends an isolation
+
+    cb.disable()
+    for _ in range(3):
+        assert await outcome(mode, cb, fail) == "ConnectionError"
+    assert cb.state is CircuitState.DISABLED
+    assert cb.metrics().failures == 3
+
+    cb.reset()
+    metrics = cb.metrics()
+    assert metrics.state is CircuitState.CLOSED
+    assert (metrics.calls, metrics.failures, metrics.consecutive_failures) == (0, 0, 0)
+    assert await outcome(mode, cb, ok) == "ok"
+
+
+def test_a_store_refuses_to_force_open_or_half_open() -> None:
+    """OPEN and HALF_OPEN come from the rules only, never by hand."""
+    store = rs.MemoryCircuitStore()
+    rs.CircuitBreaker(store=store)
+    with pytest.raises(ValueError, match="state must be CLOSED, ISOLATED or DISABLED"):
+        store.transition(CircuitState.OPEN)
+
+
+async def test_a_call_admitted_before_a_reset_does_not_move_the_new_state() -> None:
+    """A failure that started before reset() is not counted afterwards."""
+    cb = rs.CircuitBreaker(consecutive_failures=1)
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def late_failure() -> None:
+        started.set()
+        await release.wait()
+        raise ConnectionError("late")
+
+    task = asyncio.create_task(cb.acall(late_failure))
+    await started.wait()
+    cb.reset()
+    release.set()
+    with pytest.raises(ConnectionError):
+        await task
+    assert cb.state is CircuitState.CLOSED
+    assert cb.metrics().failures == 0
+
+
+# -- listeners --------------------------------------------------------------------------------
+
+
+async def test_listeners_see_transitions_and_outcomes(mode: str, store_kind: str) -> None:
+    """on_state_change and on_outcome hear every change and every call."""
+    clock = FakeClock()
+    changes: list[rs.CircuitStateChange] = []
+    outcomes: list[rs.CircuitOutcome] = []
+    cb = breaker(
+        store_kind,
+        consecutive_failures=1,
+        ignore=KeyError,
+        open_seconds=5,
+        on_state_change=changes.append,
+        on_outcome=outcomes.append,
+        clock=clock,
+        name="n",
+    )
+
+    def ignored() -> None:
+        raise KeyError
+
+    await outcome(mode, cb, ok)
+    await outcome(mode, cb, ignored)
+    await outcome(mode, cb, fail)
+    await outcome(mode, cb, ok)
+    clock.advance(5)
+    seen_during_trial: list[str] = []
+    await outcome(mode, cb, lambda: seen_during_trial.append(changes[-1].new.value))
+    assert seen_during_trial == ["half_open"]  # reported before the trial ran
+    assert [(c.old.value, c.new.value, c.at) for c in changes] == [
+        ("closed", "open", 0.0),
+        ("open", "half_open", 5.0),
+        ("half_open", "closed", 5.0),
+    ]
+    assert [o.outcome for o in outcomes] == ["success", "ignored", "failure", "rejected", "success"]
+    assert all(o.name == "n" for o in outcomes)
+    assert isinstance(outcomes[2].error, ConnectionError)
+    assert isinstance(outcomes[3].error, rs.CircuitOpenError)
+
+
+async def test_failing_listeners_never_break_a_call(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener that raises is logged; the call's own outcome stands."""
+
+    def broken(event: object) -> None:
+        raise RuntimeError("listener bug")
+
+    cb = rs.CircuitBreaker(consecutive_failures=1, on_state_change=broken, on_outcome=broken)
+    with caplog.at_level(logging.ERROR, logger="resilience"):
+        assert await outcome(mode, cb, ok) == "ok"
+        assert await outcome(mode, cb, fail) == "ConnectionError"
+    assert cb.state is CircuitState.OPEN
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("on_outcome listener" in m for m in messages)
+    assert any("on_state_change listener" in m for m in messages)
+
+
+# -- in pipelines --------------------------------------------------------------------------------
+
+
+async def test_retry_outside_the_breaker_waits_its_retry_after(mode: str) -> None:
+    """Retry honours the rejection's retry_after and gets through after the break."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(consecutive_failures=1, open_seconds=7, clock=clock)
+    pipeline = rs.Pipeline(
+        [rs.Retry(3, on=(ConnectionError, rs.CircuitOpenError), backoff=0, clock=clock), cb]
+    )
+    results = iter([ConnectionError("once"), "recovered"])
+
+    def flaky() -> str:
+        value = next(results)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    assert await run(mode, pipeline, flaky) == "recovered"
+    assert clock.sleeps == [0.0, 7.0]  # then the rejected attempt waited its retry_after
+
+
+async def test_fallback_serves_while_the_breaker_is_open(mode: str) -> None:
+    """Fallback outside the breaker turns rejections into a default answer."""
+    cb = rs.CircuitBreaker(consecutive_failures=1)
+    pipeline = rs.Pipeline([rs.Fallback(value="cached"), cb])
+    assert await run(mode, pipeline, fail) == "cached"
+    assert cb.state is CircuitState.OPEN
+    assert await run(mode, pipeline, ok) == "cached"
+    assert cb.metrics().rejected == 1
+
+
+def test_decorator_keeps_the_signature() -> None:
+    """A decorated function keeps its name, signature and sync or async nature."""
+    cb = rs.CircuitBreaker()
+
+    @cb
+    def add(a: int, b: int = 1) -> int:
+        return a + b
+
+    @cb
+    async def aadd(a: int) -> int:
+        return a
+
+    assert add(1) == 2
+    assert add.__name__ == "add"
+    assert str(inspect.signature(add)) == "(a: 'int', b: 'int' = 1) -> 'int'"
+    assert inspect.iscoroutinefunction(aadd)
+    assert asyncio.run(aadd(3)) == 3

@@ -96,9 +96,10 @@ def validate_clock(clock: object, name: str = "clock") -> Clock:
     """Return the clock to use: the system clock for None, else ``clock`` if it fits."""
     if clock is None:
         return SYSTEM_CLOCK
-    if not isinstance(clock, Clock):
+    # A class has the protocol's methods as attributes too: refuse `clock=FakeClock`.
+    if isinstance(clock, type) or not isinstance(clock, Clock):
+        got = f"the class {clock.__name__}" if isinstance(clock, type) else type(clock).__name__
         raise TypeError(
-            f"{name} must provide monotonic(), sleep() and asleep() (a resilience.Clock), "
-            f"got {type(clock).__name__}"
+            f"{name} must provide monotonic(), sleep() and asleep() (a resilience.Clock), got {got}"
         )
     return clock

@@ -85,7 +85,10 @@ def measure() -> dict[str, float]:
     row("resilience Retry > Timeout sync", time_sync(both(work)))
     row("resilience Fallback sync (decorated)", time_sync(fallback(work)))
     row("resilience Fallback > Retry > Timeout sync", time_sync(degraded(work)))
+    breaker = rs.CircuitBreaker()
+    row("resilience CircuitBreaker sync (decorated)", time_sync(breaker(work)))
     row("resilience Retry async (decorated)", time_async(retry(awork)))
+    row("resilience CircuitBreaker async (decorated)", time_async(breaker(awork)))
     row("resilience Timeout async", time_async(coop(awork)))
     row("resilience Retry > Timeout async", time_async(both(awork)))
     row("resilience Fallback async (decorated)", time_async(fallback(awork)))
@@ -113,6 +116,26 @@ def measure() -> dict[str, float]:
             "backoff on_exception sync",
             time_sync(backoff.on_exception(backoff.expo, ValueError, max_tries=3)(work)),
         )
+
+    import pybreaker
+
+    legacy = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
+    row("pybreaker call sync", time_sync(lambda: legacy.call(work)))
+    try:
+        import aiobreaker
+        import circuitbreaker
+        import purgatory
+    except ImportError:
+        print("(circuitbreaker/aiobreaker/purgatory not installed: skipped)")
+    else:
+        fabfuel = circuitbreaker.circuit(failure_threshold=5, recovery_timeout=30)
+        row("circuitbreaker sync", time_sync(fabfuel(work)))
+        fabfuel_async = circuitbreaker.circuit(failure_threshold=5, recovery_timeout=30)
+        row("circuitbreaker async", time_async(fabfuel_async(awork)))
+        aio = aiobreaker.CircuitBreaker(fail_max=5)
+        row("aiobreaker async", time_async(lambda: aio.call_async(awork)))
+        factory = purgatory.AsyncCircuitBreakerFactory(default_threshold=5)
+        row("purgatory async", time_async(factory("bench")(awork)))
 
     async def with_asyncio_timeout() -> int:
         async with asyncio.timeout(10):
@@ -175,6 +198,24 @@ TARGETS = [
         "hyx retry async",
         0.2 / 0.9,
         "Fallback adds <= 0.2 us async to a pipeline where hyx's retry adds 0.9 us",
+    ),
+    (
+        "resilience CircuitBreaker sync (decorated)",
+        "circuitbreaker sync",
+        1.0,
+        "closed CircuitBreaker sync no slower than circuitbreaker, the fastest Python breaker",
+    ),
+    (
+        "resilience CircuitBreaker async (decorated)",
+        "circuitbreaker async",
+        1.0,
+        "closed CircuitBreaker async no slower than circuitbreaker",
+    ),
+    (
+        "resilience CircuitBreaker sync (decorated)",
+        "pybreaker call sync",
+        0.5,
+        "closed CircuitBreaker sync at least 2x faster than pybreaker",
     ),
     (
         "resilience Timeout async",

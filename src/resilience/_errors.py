@@ -30,8 +30,9 @@ class TimeoutExceeded(ResilienceError, TimeoutError):
         where = f" in {name!r}" if name else ""
         super().__init__(f"call exceeded its timeout of {seconds:g}s{where}")
 
-    def __reduce__(self) -> tuple[type[TimeoutExceeded], tuple[float, str | None]]:
-        return (type(self), (self.seconds, self.name))
+    def __reduce__(self) -> tuple[object, ...]:
+        # The instance dict carries the notes (add_note) across the boundary.
+        return (type(self), (self.seconds, self.name), self.__dict__)
 
 
 class RejectedError(ResilienceError):
@@ -50,7 +51,11 @@ class RejectedError(ResilienceError):
         super().__init__(message)
 
     def __reduce__(self) -> tuple[object, ...]:
-        return (_rebuild_rejection, (type(self), str(self), self.name, self.retry_after))
+        return (
+            _rebuild_rejection,
+            (type(self), str(self), self.name, self.retry_after),
+            self.__dict__,
+        )
 
 
 def _rebuild_rejection(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -129,9 +130,13 @@ def order_problems(layers: Iterable[Middleware]) -> list[str]:
             "add the Retry before (outside) the CircuitBreaker"
         )
     if kinds.count("retry") > 1:
+        counts = [getattr(layer, "attempts", None) for layer in flat if layer.kind == "retry"]
+        shown = " x ".join("?" if n is None else str(n) for n in counts)
+        total = math.prod(n for n in counts if isinstance(n, int))
+        worst = f" = {total} calls" if all(isinstance(n, int) for n in counts) else ""
         problems.append(
-            f"{kinds.count('retry')} Retry layers are nested, so their attempts multiply "
-            "(3 outer x 3 inner = 9 calls); use one Retry"
+            f"{len(counts)} Retry layers are nested, so their attempts multiply "
+            f"({shown} attempts{worst}); use one Retry"
         )
     for index, kind in enumerate(kinds):
         if kind == "fault_injection" and any(k != "fault_injection" for k in kinds[index + 1 :]):

@@ -64,6 +64,14 @@ def test_errors_carry_their_fields_and_pickle() -> None:
     assert pickle.loads(pickle.dumps(rejected)).retry_after == 2.5
 
 
+def test_pickled_errors_keep_their_notes() -> None:
+    """The notes Retry adds ("gave up after N attempts") survive a process boundary."""
+    for error in (rs.TimeoutExceeded(1.0), rs.CircuitOpenError("open", name="db")):
+        error.add_note("resilience: gave up after 3 attempts")
+        copy = pickle.loads(pickle.dumps(error))
+        assert copy.__notes__ == ["resilience: gave up after 3 attempts"]
+
+
 class Counter(rs.Middleware):
     """A user middleware in a handful of lines: counts the calls through it."""
 

@@ -191,7 +191,7 @@ def test_builder_rejects_non_middleware() -> None:
     ("kinds", "needle"),
     [
         (["circuit_breaker", "retry"], "CircuitBreaker is outside the Retry"),
-        (["retry", "timeout", "retry"], "Retry layers are nested"),
+        (["retry", "timeout", "retry"], r"Retry layers are nested.*\(\? x \? attempts\)"),
         (["fault_injection", "timeout"], "FaultInjector is not innermost"),
         (["retry", "fallback"], "Fallback is not outermost"),
     ],
@@ -265,3 +265,10 @@ def test_decorated_function_keeps_metadata_and_kind() -> None:
     assert sync_fn.__wrapped__ is not None  # type: ignore[attr-defined]
     assert sync_fn(3) == 3
     assert asyncio.run(async_fn(4)) == 4
+
+
+def test_nested_retry_warning_shows_the_real_attempts() -> None:
+    """The warning multiplies the real attempts of the nested Retry layers."""
+    inner = rs.Pipeline.builder("inner").add(rs.Retry(attempts=5)).build()
+    with pytest.warns(rs.PipelineOrderWarning, match=r"\(3 x 5 attempts = 15 calls\)"):
+        rs.Pipeline.builder("outer").add(rs.Retry(attempts=3)).add(inner).build()

@@ -26,6 +26,7 @@ from ._errors import (
     TimeoutExceeded,
 )
 from ._fallback import Fallback, FallbackContext, FallbackEvent
+from ._faults import FaultEvent, FaultInjector, FaultPlan
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pipeline import Pipeline, PipelineBuilder, PipelineOrderWarning
 from ._retry import Retry, RetryEvent
@@ -50,6 +51,9 @@ __all__ = [
     "Fallback",
     "FallbackContext",
     "FallbackEvent",
+    "FaultEvent",
+    "FaultInjector",
+    "FaultPlan",
     "InjectedFault",
     "MemoryCircuitStore",
     "Middleware",

@@ -275,11 +275,15 @@ class CircuitBreaker(Middleware):
         label = f" {self.name!r}" if self.name else ""
         logger.info("resilience: circuit breaker%s %s -> %s", label, old.value, new.value)
         listener = self.on_state_change
+        if listener is None and not self._listeners:
+            return
+        event = CircuitStateChange(self.name, old, new, at)
         if listener is not None:
             try:
-                listener(CircuitStateChange(self.name, old, new, at))
+                listener(event)
             except Exception:
                 logger.exception("resilience: on_state_change listener of%s failed", label)
+        self._emit(event)
 
     def _rejection(self) -> CircuitOpenError:
         state = self.store.state()
@@ -296,6 +300,8 @@ class CircuitBreaker(Middleware):
         error = CircuitOpenError(message, name=self.name, retry_after=retry_after)
         if self.on_outcome is not None:
             self._report("rejected", None, False, error)
+        if self._listeners:
+            self._emit(CircuitOutcome(self.name, "rejected", None, False, error))
         return error
 
     def _report(

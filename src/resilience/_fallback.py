@@ -171,6 +171,8 @@ class Fallback(Middleware):
         """The value, or what the handler returns (an awaitable for an async handler)."""
         if self.on_fallback is not None:
             self._notify(self.on_fallback, error, result)
+        if self._listeners:
+            self._emit(FallbackEvent(self.name, error, result))
         if self.handler is None:
             return self.value
         return self.handler(FallbackContext(error, result, args, MappingProxyType(kwargs)))

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
@@ -21,6 +23,9 @@ from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 from ._context import EMPTY, NO_TAGS, VAR
 
 __all__ = ["AsyncEndpoint", "Endpoint", "Middleware"]
+
+logger = logging.getLogger("resilience")
+_SUBSCRIBE_LOCK = threading.Lock()
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -71,6 +76,44 @@ class Middleware(ABC):
             "name": self.name,
             **self.settings(),
         }
+
+    # -- events ----------------------------------------------------------------
+
+    _listeners: tuple[Callable[[Any], object], ...] = ()
+
+    def subscribe(self, listener: Callable[[Any], object], /) -> Callable[[], None]:
+        """Call ``listener(event)`` for every notable event of this layer.
+
+        Events are typed objects (`RetryEvent`, `CircuitStateChange`,
+        `CircuitOutcome` for rejections, `FallbackEvent`, `FaultEvent`...);
+        a successful call makes none. Subscribing to a `Pipeline` subscribes
+        to all its layers. A listener that raises is logged to the
+        ``resilience`` logger and never breaks the call. Returns a function
+        that unsubscribes.
+        """
+        if not callable(listener):
+            raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+        with _SUBSCRIBE_LOCK:
+            self._listeners = (*self._listeners, listener)
+
+        def unsubscribe() -> None:
+            with _SUBSCRIBE_LOCK:
+                listeners = list(self._listeners)
+                if listener in listeners:
+                    listeners.remove(listener)
+                    self._listeners = tuple(listeners)
+
+        return unsubscribe
+
+    def _emit(self, event: object) -> None:
+        """Hand ``event`` to every listener; their errors are logged, never raised."""
+        for listener in self._listeners:
+            try:
+                listener(event)
+            except Exception:
+                logger.exception(
+                    "resilience: a listener of %s failed on %s", self, type(event).__name__
+                )
 
     # -- the call interface -------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
@@ -58,6 +58,17 @@ class Pipeline(Middleware):
         for layer in reversed(self.layers):
             endpoint = layer.awrap(endpoint)
         return endpoint
+
+    def subscribe(self, listener: Callable[[Any], object], /) -> Callable[[], None]:
+        """Listen to the events of every layer, nested pipelines included."""
+        stops = [layer.subscribe(listener) for layer in self.layers]
+        stops.append(super().subscribe(listener))
+
+        def unsubscribe() -> None:
+            for stop in stops:
+                stop()
+
+        return unsubscribe
 
     def describe(self) -> dict[str, Any]:
         """The pipeline's name and its ordered layers (outermost first) with their settings."""

@@ -13,6 +13,7 @@ from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import RejectedError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._testing_mode import MODE
 from ._validate import callable_or_none, exception_matcher, integer, optional_name
 
 __all__ = ["Retry", "RetryEvent"]
@@ -126,7 +127,11 @@ class Retry(Middleware):
     ) -> float | None:
         """The wait before attempt ``attempt + 1``, or None to give up now."""
         label = f" {self.name!r}" if self.name else ""
-        if attempt >= self.attempts:
+        limit = self.attempts
+        cap = MODE.max_attempts
+        if cap is not None and cap < limit:
+            limit = cap
+        if attempt >= limit:
             if error is not None:
                 error.add_note(f"resilience: Retry{label} gave up after {attempt} attempts")
             return None
@@ -146,6 +151,8 @@ class Retry(Middleware):
                     "its backoff asked for an endless wait"
                 )
             return None
+        if MODE.instant_waits:
+            delay = 0.0
         left = remaining(VAR.get())
         if left is not None and delay >= left:
             if error is not None:
@@ -154,11 +161,14 @@ class Retry(Middleware):
                     f"{delay:.3g}s would pass the deadline ({max(left, 0.0):.3g}s left)"
                 )
             return None
-        if self.on_retry is not None:
-            try:
-                self.on_retry(RetryEvent(self.name, attempt, delay, error, result))
-            except Exception:
-                logger.exception("resilience: on_retry listener of Retry%s failed", label)
+        if self.on_retry is not None or self._listeners:
+            event = RetryEvent(self.name, attempt, delay, error, result)
+            if self.on_retry is not None:
+                try:
+                    self.on_retry(event)
+                except Exception:
+                    logger.exception("resilience: on_retry listener of Retry%s failed", label)
+            self._emit(event)
         return delay
 
     # -- the shells: the first attempt inline, the rest out of the hot path ----

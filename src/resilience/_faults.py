@@ -1,0 +1,450 @@
+"""`FaultInjector`: inject errors, latency, results and behaviours, on purpose.
+
+The decision for each call is taken by a small core with no I/O,
+`FaultPlan.draw`, which rolls the dice for each configured fault from one
+seeded random source; the sync and async shells only carry out the plan
+(sleeping on the clock, raising, or skipping the call).
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import random as _random
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from typing import Any
+
+from ._clock import Clock, validate_clock
+from ._context import CallContext, current
+from ._errors import InjectedFault
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._testing_mode import MODE
+from ._validate import number, optional_name
+from ._validate import seconds as _seconds
+
+__all__ = ["FaultEvent", "FaultInjector", "FaultPlan"]
+
+_UNSET: Any = object()
+
+ErrorSpec = BaseException | type[BaseException] | Callable[[CallContext], BaseException]
+LatencySpec = float | timedelta | Callable[[CallContext], float]
+
+
+def _rate(value: object, name: str) -> float:
+    result = number(value, name, minimum=0.0)
+    if result > 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+    return result
+
+
+def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
+    """A function making a fresh exception per injection, from what the user gave."""
+    if isinstance(error, BaseException):
+        template = error
+
+        def from_instance(_: CallContext) -> BaseException:
+            try:
+                fresh = copy.copy(template)
+            except Exception:  # an exception type that cannot be copied: reuse it
+                fresh = template
+            return fresh.with_traceback(None)
+
+        return from_instance
+    if isinstance(error, type):
+        if not issubclass(error, BaseException):
+            raise TypeError(f"error must be an exception or exception type, got {error.__name__}")
+        try:
+            error()
+        except Exception as exc:
+            raise TypeError(
+                f"error: {error.__name__}() cannot be made without arguments ({exc}); "
+                "pass an instance or a factory"
+            ) from None
+        kind = error
+        return lambda _: kind()
+    if callable(error):
+        factory = error
+
+        def from_factory(context: CallContext) -> BaseException:
+            made = factory(context)
+            if not isinstance(made, BaseException):
+                raise TypeError(
+                    f"the error factory of a FaultInjector must return an exception, "
+                    f"got {type(made).__name__}"
+                )
+            return made
+
+        return from_factory
+    raise TypeError(
+        "error must be an exception, an exception type, or a factory taking the call "
+        f"context, got {type(error).__name__}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FaultPlan:
+    """What a `FaultInjector` does to one call, as drawn by its core."""
+
+    behaviour: bool = False
+    latency: float = 0.0
+    error: BaseException | None = None
+    replace_result: bool = False
+
+    @property
+    def calls_through(self) -> bool:
+        """True when the real function still runs."""
+        return self.error is None and not self.replace_result
+
+
+_NOTHING = FaultPlan()
+
+
+@dataclass(frozen=True, slots=True)
+class FaultEvent:
+    """Sent to the injector's listeners for every call it injected something into."""
+
+    name: str | None
+    """The injector's name."""
+    plan: FaultPlan
+    """What was injected."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Settings:
+    """One consistent configuration; replaced as a whole, so updates are atomic."""
+
+    enabled: bool
+    error: Callable[[CallContext], BaseException] | None
+    error_rate: float
+    latency: Callable[[CallContext], float] | None
+    latency_rate: float
+    result: Any
+    result_rate: float
+    behaviour: Callable[[CallContext], object] | None
+    behaviour_rate: float
+
+
+class FaultInjector(Middleware):
+    """Inject faults into calls on purpose, to test what the other layers do.
+
+    Each kind of fault has its own rate, the chance in [0, 1] that a call
+    gets it (1.0 when you give the fault and no rate):
+
+    * ``error``: raised *instead of* calling the function. An exception
+      instance (copied for each call), a type (instantiated without
+      arguments), or a factory taking the `CallContext`. With only
+      ``error_rate``, the error is an `InjectedFault`.
+    * ``latency``: seconds (or a factory taking the `CallContext`) slept on
+      the injector's clock *before* the call, so a `Timeout` outside sees it
+      and a `FakeClock` test stays instant.
+    * ``result``: returned *instead of* calling the function (an empty
+      answer, say).
+    * ``behaviour``: a callable taking the `CallContext`, run before the call
+      (kill a connection, fill a disk...). In async calls it may be async.
+
+    Per call, in this order: behaviour, latency, then error or result, then
+    the real call. ``enabled`` is a bool, or a predicate on the `CallContext`
+    checked for every call (only calls tagged ``chaos=True``, one tenant...).
+    ``seed`` (an int or a `random.Random`) makes the sequence of injections
+    reproducible. `enable`, `disable` and `update` change it at run time,
+    safely from any thread, from the next call on.
+    """
+
+    kind = "fault_injection"
+
+    def __init__(
+        self,
+        *,
+        error: ErrorSpec | None = None,
+        error_rate: float | None = None,
+        latency: LatencySpec | None = None,
+        latency_rate: float | None = None,
+        result: Any = _UNSET,
+        result_rate: float | None = None,
+        behaviour: Callable[[CallContext], object] | None = None,
+        behaviour_rate: float | None = None,
+        enabled: bool | Callable[[CallContext], bool] = True,
+        seed: int | _random.Random | None = None,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.name = optional_name(name)
+        self.clock = validate_clock(clock)
+        if seed is None or isinstance(seed, _random.Random):
+            self.random = seed or _random.Random()
+        elif isinstance(seed, int) and not isinstance(seed, bool):
+            self.random = _random.Random(seed)
+        else:
+            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self._lock = threading.Lock()
+        self._when: Callable[[CallContext], bool] | None = None
+        self._error_spec: object = None
+        self._settings = _Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0)
+
+        def given(rate: float | None) -> Any:  # an omitted rate follows its fault
+            return _UNSET if rate is None else rate
+
+        self.update(
+            error=error,
+            error_rate=given(error_rate),
+            latency=latency,
+            latency_rate=given(latency_rate),
+            result=result,
+            result_rate=given(result_rate),
+            behaviour=behaviour,
+            behaviour_rate=given(behaviour_rate),
+            enabled=enabled,
+        )
+
+    # -- configuration ---------------------------------------------------------
+
+    def update(
+        self,
+        *,
+        error: ErrorSpec | None = _UNSET,
+        error_rate: float | None = _UNSET,
+        latency: LatencySpec | None = _UNSET,
+        latency_rate: float | None = _UNSET,
+        result: Any = _UNSET,
+        result_rate: float | None = _UNSET,
+        behaviour: Callable[[CallContext], object] | None = _UNSET,
+        behaviour_rate: float | None = _UNSET,
+        enabled: bool | Callable[[CallContext], bool] = _UNSET,
+    ) -> None:
+        """Change some settings; the others stay. Takes effect from the next call.
+
+        Passing a fault without its rate sets the rate to 1.0; passing None
+        removes the fault.
+        """
+        with self._lock:
+            old = self._settings
+            changes: dict[str, Any] = {}
+            if error is not _UNSET:
+                changes["error"] = None if error is None else _error_factory(error)
+                self._error_spec = error
+                if error_rate is _UNSET:
+                    error_rate = 1.0 if error is not None else 0.0
+            if error_rate is not _UNSET:
+                rate = 0.0 if error_rate is None else _rate(error_rate, "error_rate")
+                changes["error_rate"] = rate
+                if rate and changes.get("error", old.error) is None:
+                    changes["error"] = lambda _: InjectedFault(self._message("error"))
+            if latency is not _UNSET:
+                changes["latency"] = _latency_factory(latency)
+                if latency_rate is _UNSET:
+                    latency_rate = 1.0 if latency is not None else 0.0
+            if latency_rate is not _UNSET:
+                rate = 0.0 if latency_rate is None else _rate(latency_rate, "latency_rate")
+                if rate and changes.get("latency", old.latency) is None:
+                    raise ValueError("latency_rate needs latency= (the seconds to add)")
+                changes["latency_rate"] = rate
+            if result is not _UNSET:
+                changes["result"] = result
+                if result_rate is _UNSET:
+                    result_rate = 1.0
+            if result_rate is not _UNSET:
+                rate = 0.0 if result_rate is None else _rate(result_rate, "result_rate")
+                if rate and changes.get("result", old.result) is _UNSET:
+                    raise ValueError("result_rate needs result= (the value to return)")
+                changes["result_rate"] = rate
+            if behaviour is not _UNSET:
+                if behaviour is not None and not callable(behaviour):
+                    raise TypeError(
+                        f"behaviour must be callable or None, got {type(behaviour).__name__}"
+                    )
+                changes["behaviour"] = behaviour
+                if behaviour_rate is _UNSET:
+                    behaviour_rate = 1.0 if behaviour is not None else 0.0
+            if behaviour_rate is not _UNSET:
+                rate = 0.0 if behaviour_rate is None else _rate(behaviour_rate, "behaviour_rate")
+                if rate and changes.get("behaviour", old.behaviour) is None:
+                    raise ValueError("behaviour_rate needs behaviour= (the callable to run)")
+                changes["behaviour_rate"] = rate
+            if enabled is not _UNSET:
+                if isinstance(enabled, bool):
+                    changes["enabled"] = enabled
+                    self._when = None
+                elif callable(enabled):
+                    changes["enabled"] = True
+                    self._when = enabled
+                else:
+                    raise TypeError(
+                        f"enabled must be a bool or a predicate on the call context, "
+                        f"got {type(enabled).__name__}"
+                    )
+            self._settings = replace(old, **changes)
+
+    def _snapshot(self) -> object:
+        """Everything `update` can change, to put back with `_restore`."""
+        with self._lock:
+            return (self._settings, self._when, self._error_spec)
+
+    def _restore(self, snapshot: object) -> None:
+        with self._lock:
+            self._settings, self._when, self._error_spec = snapshot  # type: ignore[misc]
+
+    def enable(self) -> None:
+        """Inject again (a predicate given as ``enabled`` is kept)."""
+        with self._lock:
+            self._settings = replace(self._settings, enabled=True)
+
+    def disable(self) -> None:
+        """Stop injecting: calls go straight through, at almost no cost."""
+        with self._lock:
+            self._settings = replace(self._settings, enabled=False)
+
+    @property
+    def enabled(self) -> bool:
+        """False after `disable`; a predicate still decides call by call when True."""
+        return self._settings.enabled
+
+    def settings(self) -> dict[str, Any]:
+        s = self._settings
+        out: dict[str, Any] = {"enabled": s.enabled if self._when is None else self._when}
+        if s.error_rate:
+            out["error"] = self._error_spec if s.error is not None else InjectedFault
+            out["error_rate"] = s.error_rate
+        if s.latency_rate:
+            out["latency_rate"] = s.latency_rate
+        if s.result_rate:
+            out["result"] = s.result
+            out["result_rate"] = s.result_rate
+        if s.behaviour_rate:
+            out["behaviour"] = s.behaviour
+            out["behaviour_rate"] = s.behaviour_rate
+        return out
+
+    def __repr__(self) -> str:
+        s = self._settings
+        parts = [f"{self.name!r}"] if self.name else []
+        for label, rate in (
+            ("error", s.error_rate),
+            ("latency", s.latency_rate),
+            ("result", s.result_rate),
+            ("behaviour", s.behaviour_rate),
+        ):
+            if rate:
+                parts.append(f"{label}_rate={rate:g}")
+        if not s.enabled:
+            parts.append("disabled")
+        return f"FaultInjector({', '.join(parts)})"
+
+    def _message(self, what: str) -> str:
+        label = f" {self.name!r}" if self.name else ""
+        return f"{what} injected by FaultInjector{label}"
+
+    # -- the core: decide, with no I/O ---------------------------------------------
+
+    def draw(self, context: CallContext | None = None) -> FaultPlan:
+        """Roll the dice for one call: which faults it gets.
+
+        The shells call this for every call; tests may call it to see what an
+        injector would do. Returns a plan with nothing in it when disabled.
+        """
+        s = self._settings
+        if not s.enabled or not MODE.inject_faults:
+            return _NOTHING
+        when = self._when
+        if when is not None:
+            context = context or current()
+            if not when(context):
+                return _NOTHING
+        roll = self.random.random
+        behaviour = bool(s.behaviour_rate) and roll() < s.behaviour_rate
+        latency = 0.0
+        if s.latency_rate and roll() < s.latency_rate and s.latency is not None:
+            context = context or current()
+            latency = s.latency(context)
+        error = None
+        if s.error_rate and roll() < s.error_rate and s.error is not None:
+            context = context or current()
+            error = s.error(context)
+        replace_result = error is None and bool(s.result_rate) and roll() < s.result_rate
+        if not (behaviour or latency or error is not None or replace_result):
+            return _NOTHING
+        return FaultPlan(behaviour, latency, error, replace_result)
+
+    # -- the shells -----------------------------------------------------------------
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        draw = self.draw
+        sleep = self.clock.sleep
+        direct = next is terminal
+
+        def fault_injection(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if not self._settings.enabled:
+                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            plan = draw()
+            if plan is _NOTHING:
+                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            if self._listeners:
+                self._emit(FaultEvent(self.name, plan))
+            settings = self._settings
+            if plan.behaviour and settings.behaviour is not None:
+                outcome = settings.behaviour(current())
+                if inspect.isawaitable(outcome):
+                    if inspect.iscoroutine(outcome):
+                        outcome.close()
+                    raise TypeError("an async behaviour cannot run in a sync call")
+            if plan.latency > 0:
+                sleep(plan.latency)
+            if plan.error is not None:
+                raise plan.error
+            if plan.replace_result:
+                return settings.result
+            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+
+        return fault_injection
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        draw = self.draw
+        asleep = self.clock.asleep
+
+        async def fault_injection(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if not self._settings.enabled:
+                return await next(fn, args, kwargs)
+            plan = draw()
+            if plan is _NOTHING:
+                return await next(fn, args, kwargs)
+            if self._listeners:
+                self._emit(FaultEvent(self.name, plan))
+            settings = self._settings
+            if plan.behaviour and settings.behaviour is not None:
+                outcome = settings.behaviour(current())
+                if inspect.isawaitable(outcome):
+                    await outcome
+            if plan.latency > 0:
+                await asleep(plan.latency)
+            if plan.error is not None:
+                raise plan.error
+            if plan.replace_result:
+                return settings.result
+            return await next(fn, args, kwargs)
+
+        return fault_injection
+
+
+def _latency_factory(latency: object) -> Callable[[CallContext], float] | None:
+    if latency is None:
+        return None
+    if isinstance(latency, int | float | timedelta) and not isinstance(latency, bool):
+        fixed = _seconds(latency, "latency", allow_zero=True)
+        return lambda _: fixed
+    if callable(latency):
+        factory = latency
+
+        def checked(context: CallContext) -> float:
+            return _seconds(factory(context), "the latency factory's result", allow_zero=True)
+
+        return checked
+    raise TypeError(
+        "latency must be seconds, a timedelta, or a factory taking the call context, "
+        f"got {type(latency).__name__}"
+    )

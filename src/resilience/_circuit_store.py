@@ -402,9 +402,9 @@ class MemoryCircuitStore(CircuitStore):
         calls, failures, slow = self._window.counts()
         if calls < rules.minimum_calls:
             return False
-        if rules.failure_ratio is not None and failures >= rules.failure_ratio * calls:
+        if rules.failure_ratio is not None and failures / calls >= rules.failure_ratio:
             return True
-        return rules.slow_call_ratio is not None and slow >= rules.slow_call_ratio * calls
+        return rules.slow_call_ratio is not None and slow / calls >= rules.slow_call_ratio
 
     def _open(self, now: float, streak: int) -> None:
         self._streak = streak

@@ -1,7 +1,7 @@
 """`FaultInjector`: inject errors, latency, results and behaviours, on purpose.
 
 The decision for each call is taken by a small core with no I/O,
-`FaultPlan.draw`, which rolls the dice for each configured fault from one
+`FaultInjector.draw`, which rolls the dice for each configured fault from one
 seeded random source; the sync and async shells only carry out the plan
 (sleeping on the clock, raising, or skipping the call).
 """
@@ -48,8 +48,15 @@ def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
         def from_instance(_: CallContext) -> BaseException:
             try:
                 fresh = copy.copy(template)
-            except Exception:  # an exception type that cannot be copied: reuse it
-                fresh = template
+                fresh.args = template.args  # an __init__ that formats its argument ran again
+            except Exception:  # an __init__ that cannot take its own args back: skip it
+                try:
+                    fresh = type(template).__new__(type(template), *template.args)
+                    fresh.__dict__.update(template.__dict__)
+                except Exception:  # a __new__ that cannot either: reuse the template
+                    fresh = template
+            if fresh is not template and "__notes__" in template.__dict__:
+                fresh.__notes__ = list(template.__notes__)  # a list of its own
             return fresh.with_traceback(None)
 
         return from_instance
@@ -125,6 +132,9 @@ class _Settings:
     result_rate: float
     behaviour: Callable[[CallContext], object] | None
     behaviour_rate: float
+    when: Callable[[CallContext], bool] | None = None
+    error_spec: object = None
+    latency_spec: object = None
 
 
 class FaultInjector(Middleware):
@@ -180,8 +190,6 @@ class FaultInjector(Middleware):
         else:
             raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
         self._lock = threading.Lock()
-        self._when: Callable[[CallContext], bool] | None = None
-        self._error_spec: object = None
         self._settings = _Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0)
 
         def given(rate: float | None) -> Any:  # an omitted rate follows its fault
@@ -217,14 +225,15 @@ class FaultInjector(Middleware):
         """Change some settings; the others stay. Takes effect from the next call.
 
         Passing a fault without its rate sets the rate to 1.0; passing None
-        removes the fault.
+        removes the fault (except ``result``, where None is a value to return:
+        remove it with ``result_rate=0``).
         """
         with self._lock:
             old = self._settings
             changes: dict[str, Any] = {}
             if error is not _UNSET:
                 changes["error"] = None if error is None else _error_factory(error)
-                self._error_spec = error
+                changes["error_spec"] = error
                 if error_rate is _UNSET:
                     error_rate = 1.0 if error is not None else 0.0
             if error_rate is not _UNSET:
@@ -234,6 +243,7 @@ class FaultInjector(Middleware):
                     changes["error"] = lambda _: InjectedFault(self._message("error"))
             if latency is not _UNSET:
                 changes["latency"] = _latency_factory(latency)
+                changes["latency_spec"] = latency
                 if latency_rate is _UNSET:
                     latency_rate = 1.0 if latency is not None else 0.0
             if latency_rate is not _UNSET:
@@ -266,10 +276,10 @@ class FaultInjector(Middleware):
             if enabled is not _UNSET:
                 if isinstance(enabled, bool):
                     changes["enabled"] = enabled
-                    self._when = None
+                    changes["when"] = None
                 elif callable(enabled):
                     changes["enabled"] = True
-                    self._when = enabled
+                    changes["when"] = enabled
                 else:
                     raise TypeError(
                         f"enabled must be a bool or a predicate on the call context, "
@@ -279,12 +289,11 @@ class FaultInjector(Middleware):
 
     def _snapshot(self) -> object:
         """Everything `update` can change, to put back with `_restore`."""
-        with self._lock:
-            return (self._settings, self._when, self._error_spec)
+        return self._settings
 
     def _restore(self, snapshot: object) -> None:
         with self._lock:
-            self._settings, self._when, self._error_spec = snapshot  # type: ignore[misc]
+            self._settings = snapshot  # type: ignore[assignment]
 
     def enable(self) -> None:
         """Inject again (a predicate given as ``enabled`` is kept)."""
@@ -303,11 +312,12 @@ class FaultInjector(Middleware):
 
     def settings(self) -> dict[str, Any]:
         s = self._settings
-        out: dict[str, Any] = {"enabled": s.enabled if self._when is None else self._when}
+        out: dict[str, Any] = {"enabled": s.enabled if s.when is None else s.enabled and s.when}
         if s.error_rate:
-            out["error"] = self._error_spec if s.error is not None else InjectedFault
+            out["error"] = InjectedFault if s.error_spec is None else s.error_spec
             out["error_rate"] = s.error_rate
         if s.latency_rate:
+            out["latency"] = s.latency_spec
             out["latency_rate"] = s.latency_rate
         if s.result_rate:
             out["result"] = s.result
@@ -344,10 +354,12 @@ class FaultInjector(Middleware):
         The shells call this for every call; tests may call it to see what an
         injector would do. Returns a plan with nothing in it when disabled.
         """
-        s = self._settings
+        return self._draw(self._settings, context)
+
+    def _draw(self, s: _Settings, context: CallContext | None) -> FaultPlan:
         if not s.enabled or not MODE.inject_faults:
             return _NOTHING
-        when = self._when
+        when = s.when
         if when is not None:
             context = context or current()
             if not when(context):
@@ -370,21 +382,21 @@ class FaultInjector(Middleware):
     # -- the shells -----------------------------------------------------------------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        draw = self.draw
+        draw = self._draw
         sleep = self.clock.sleep
         direct = next is terminal
 
         def fault_injection(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            if not self._settings.enabled:
+            settings = self._settings
+            if not settings.enabled:
                 return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            plan = draw()
+            plan = draw(settings, None)
             if plan is _NOTHING:
                 return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             if self._listeners:
                 self._emit(FaultEvent(self.name, plan))
-            settings = self._settings
             if plan.behaviour and settings.behaviour is not None:
                 outcome = settings.behaviour(current())
                 if inspect.isawaitable(outcome):
@@ -402,20 +414,20 @@ class FaultInjector(Middleware):
         return fault_injection
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        draw = self.draw
+        draw = self._draw
         asleep = self.clock.asleep
 
         async def fault_injection(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            if not self._settings.enabled:
+            settings = self._settings
+            if not settings.enabled:
                 return await next(fn, args, kwargs)
-            plan = draw()
+            plan = draw(settings, None)
             if plan is _NOTHING:
                 return await next(fn, args, kwargs)
             if self._listeners:
                 self._emit(FaultEvent(self.name, plan))
-            settings = self._settings
             if plan.behaviour and settings.behaviour is not None:
                 outcome = settings.behaviour(current())
                 if inspect.isawaitable(outcome):

@@ -59,6 +59,7 @@ def bench(session: nox.Session) -> None:
     """Happy-path overhead beside peers; writes docs/benchmarks.md (--quick: short run)."""
     session.install("-e", ".[bench]")
     session.run("python", "bench/run.py", *session.posargs)
+    session.run("python", "bench/throttle_accuracy.py")
 
 
 @nox.session(python=PYTHON)

@@ -87,12 +87,36 @@ def measure() -> dict[str, float]:
     row("resilience Fallback > Retry > Timeout sync", time_sync(degraded(work)))
     breaker = rs.CircuitBreaker()
     row("resilience CircuitBreaker sync (decorated)", time_sync(breaker(work)))
+    throttle = rs.Throttle(1e9)  # spare capacity: the bucket never runs short
+    bulkhead = rs.Bulkhead(1000)
+    row("resilience Throttle sync (decorated)", time_sync(throttle(work)))
+    row("resilience Bulkhead sync (decorated)", time_sync(bulkhead(work)))
+    row("resilience Retry > Throttle sync", time_sync(rs.Pipeline([retry, throttle])(work)))
+    row("resilience Retry > Bulkhead sync", time_sync(rs.Pipeline([retry, bulkhead])(work)))
+    isolated = rs.Bulkhead(4, isolation="thread")
+    row("resilience Bulkhead sync (thread isolation)", time_sync(isolated(work)))
     row("resilience Retry async (decorated)", time_async(retry(awork)))
+    row("resilience Throttle async (decorated)", time_async(throttle(awork)))
+    row("resilience Bulkhead async (decorated)", time_async(bulkhead(awork)))
     row("resilience CircuitBreaker async (decorated)", time_async(breaker(awork)))
     row("resilience Timeout async", time_async(coop(awork)))
     row("resilience Retry > Timeout async", time_async(both(awork)))
     row("resilience Fallback async (decorated)", time_async(fallback(awork)))
     row("resilience Fallback > Retry > Timeout async", time_async(degraded(awork)))
+
+    # Adaptive limits and retry budgets (issue 7).
+    adaptive = rs.AdaptiveLimiter()
+    control = rs.Retry(attempts=3)  # measured right beside the budget, whose cost is the gap
+    budgeted = rs.Retry(attempts=3, budget=rs.RetryBudget())
+    shedder = rs.AdaptiveThrottler()
+    row("resilience AdaptiveLimiter sync (decorated)", time_sync(adaptive(work)))
+    row("resilience AdaptiveLimiter async (decorated)", time_async(adaptive(awork)))
+    row("resilience Retry sync (beside the budget)", time_sync(control(work)))
+    row("resilience Retry + budget sync (decorated)", time_sync(budgeted(work)))
+    row("resilience Retry async (beside the budget)", time_async(control(awork)))
+    row("resilience Retry + budget async (decorated)", time_async(budgeted(awork)))
+    row("resilience AdaptiveThrottler sync (decorated)", time_sync(shedder(work)))
+    row("resilience AdaptiveThrottler async (decorated)", time_async(shedder(awork)))
 
     import tenacity
 
@@ -142,6 +166,31 @@ def measure() -> dict[str, float]:
             return await awork()
 
     row("asyncio.timeout async", time_async(with_asyncio_timeout))
+    semaphore = asyncio.Semaphore(1000)
+
+    async def through_semaphore() -> int:
+        async with semaphore:
+            return await awork()
+
+    row("asyncio.Semaphore async", time_async(through_semaphore))
+    try:
+        import aiolimiter
+    except ImportError:
+        print("(aiolimiter not installed: skipped)")
+    else:
+        limiter = aiolimiter.AsyncLimiter(1e9, 1)
+
+        async def through_aiolimiter() -> int:
+            async with limiter:
+                return await awork()
+
+        row("aiolimiter acquire async", time_async(through_aiolimiter))
+    try:
+        import hyx.bulkhead
+    except ImportError:
+        print("(hyx not installed: skipped)")
+    else:
+        row("hyx bulkhead async", time_async(hyx.bulkhead.bulkhead(1000, 2000)(awork)))
     try:
         import hyx.retry
         import hyx.timeout
@@ -218,10 +267,69 @@ TARGETS = [
         "closed CircuitBreaker sync at least 2x faster than pybreaker",
     ),
     (
+        "resilience Throttle sync (decorated)",
+        "tenacity retry sync",
+        0.5 / 12,
+        "Throttle <= 0.5 us sync (the entry cost Retry has too) where tenacity adds 12 us",
+    ),
+    (
+        "resilience Throttle async (decorated)",
+        "aiolimiter acquire async",
+        1.0,
+        "Throttle async no slower than aiolimiter's acquire",
+    ),
+    (
+        "resilience Bulkhead sync (decorated)",
+        "tenacity retry sync",
+        0.5 / 12,
+        "Bulkhead <= 0.5 us sync (the entry cost Retry has too) where tenacity adds 12 us",
+    ),
+    (
+        "resilience Bulkhead async (decorated)",
+        "asyncio.Semaphore async",
+        1.0,
+        "Bulkhead async no slower than an asyncio.Semaphore",
+    ),
+    (
         "resilience Timeout async",
         "asyncio.timeout async",
         2.5 / 3.7,
         "async Timeout <= 2.5 us where asyncio.timeout adds 3.7 us",
+    ),
+    # Adaptive limits and retry budgets (issue 7): tenacity's sync retry is the yardstick
+    # of the machine's speed (12 us where the targets were set).
+    (
+        "resilience AdaptiveLimiter sync (decorated)",
+        "tenacity retry sync",
+        1.0 / 12,
+        "AdaptiveLimiter <= 1 us sync where tenacity adds 12 us",
+    ),
+    (
+        "resilience AdaptiveLimiter async (decorated)",
+        "tenacity retry sync",
+        1.0 / 12,
+        "AdaptiveLimiter <= 1 us async where tenacity adds 12 us sync",
+    ),
+    (
+        ("resilience Retry + budget sync (decorated)", "resilience Retry sync (beside the budget)"),
+        "tenacity retry sync",
+        0.2 / 12,
+        "a RetryBudget's deposit adds <= 0.2 us sync where tenacity adds 12 us",
+    ),
+    (
+        (
+            "resilience Retry + budget async (decorated)",
+            "resilience Retry async (beside the budget)",
+        ),
+        "tenacity retry sync",
+        0.2 / 12,
+        "a RetryBudget's deposit adds <= 0.2 us async where tenacity adds 12 us sync",
+    ),
+    (
+        "resilience AdaptiveThrottler sync (decorated)",
+        "tenacity retry sync",
+        1.0 / 12,
+        "AdaptiveThrottler <= 1 us sync where tenacity adds 12 us",
     ),
 ]
 

@@ -6,6 +6,20 @@ order: the first added is the outermost.
 """
 
 from . import backoff
+from ._adaptive import (
+    AIMD,
+    AdaptiveLimiter,
+    AdaptiveLimiterEvent,
+    AdaptiveLimiterMetrics,
+    Gradient2,
+    LimitAlgorithm,
+    LimitChange,
+    LimitPermit,
+    Vegas,
+)
+from ._adaptive_throttler import AdaptiveThrottler, AdaptiveThrottlerEvent, AdaptiveThrottlerMetrics
+from ._budget import RetryBudget, RetryBudgetExhausted, RetryBudgetMetrics
+from ._bulkhead import Bulkhead, BulkheadEvent, BulkheadMetrics
 from ._circuit_breaker import CircuitBreaker, CircuitOutcome, CircuitStateChange
 from ._circuit_store import (
     CircuitMetrics,
@@ -20,6 +34,7 @@ from ._errors import (
     BulkheadFullError,
     CircuitOpenError,
     InjectedFault,
+    LimitExceededError,
     RejectedError,
     ResilienceError,
     ThrottledError,
@@ -30,13 +45,24 @@ from ._faults import FaultEvent, FaultInjector, FaultPlan
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pipeline import Pipeline, PipelineBuilder, PipelineOrderWarning
 from ._retry import Retry, RetryEvent
+from ._throttle import Throttle, ThrottleEvent, ThrottleMetrics
 from ._timeout import Timeout
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AIMD",
+    "AdaptiveLimiter",
+    "AdaptiveLimiterEvent",
+    "AdaptiveLimiterMetrics",
+    "AdaptiveThrottler",
+    "AdaptiveThrottlerEvent",
+    "AdaptiveThrottlerMetrics",
     "AsyncEndpoint",
+    "Bulkhead",
+    "BulkheadEvent",
     "BulkheadFullError",
+    "BulkheadMetrics",
     "CallContext",
     "CircuitBreaker",
     "CircuitMetrics",
@@ -54,7 +80,12 @@ __all__ = [
     "FaultEvent",
     "FaultInjector",
     "FaultPlan",
+    "Gradient2",
     "InjectedFault",
+    "LimitAlgorithm",
+    "LimitChange",
+    "LimitExceededError",
+    "LimitPermit",
     "MemoryCircuitStore",
     "Middleware",
     "Pipeline",
@@ -63,11 +94,18 @@ __all__ = [
     "RejectedError",
     "ResilienceError",
     "Retry",
+    "RetryBudget",
+    "RetryBudgetExhausted",
+    "RetryBudgetMetrics",
     "RetryEvent",
     "SystemClock",
+    "Throttle",
+    "ThrottleEvent",
+    "ThrottleMetrics",
     "ThrottledError",
     "Timeout",
     "TimeoutExceeded",
+    "Vegas",
     "backoff",
     "current",
     "tags",

@@ -6,6 +6,7 @@ __all__ = [
     "BulkheadFullError",
     "CircuitOpenError",
     "InjectedFault",
+    "LimitExceededError",
     "RejectedError",
     "ResilienceError",
     "ThrottledError",
@@ -74,6 +75,10 @@ class ThrottledError(RejectedError):
 
 class BulkheadFullError(RejectedError):
     """A bulkhead had no free slot and no room in its queue."""
+
+
+class LimitExceededError(RejectedError):
+    """An adaptive concurrency limiter was at its current limit and its queue was full."""
 
 
 class InjectedFault(ResilienceError):

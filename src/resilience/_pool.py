@@ -1,9 +1,12 @@
-"""A small bounded pool of daemon threads for walk-away timeouts.
+"""A small bounded pool of daemon threads for walk-away timeouts and bulkheads.
 
 `concurrent.futures.ThreadPoolExecutor` joins its threads at interpreter
 exit, so one call that never returns would hang the process on the way out.
 A walk-away timeout exists for exactly such calls, hence daemon threads here.
-A full pool refuses new work at once instead of queueing it.
+A full pool refuses new work at once instead of queueing it, unless the
+caller bounds the work itself (a `Bulkhead` hands out a slot per call) and
+asks for ``reject_when_busy=False``: then work beyond ``max_workers`` waits
+for the next free worker, which is a moment away.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ _Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...
 
 
 class WorkerPool:
-    """At most ``max_workers`` calls running at once; more are rejected, never queued."""
+    """At most ``max_workers`` calls running at once; more are rejected (or queued, if asked)."""
 
-    def __init__(self, max_workers: int, name: str) -> None:
+    def __init__(self, max_workers: int, name: str, *, reject_when_busy: bool = True) -> None:
         self.max_workers = max_workers
         self.name = name
+        self.reject_when_busy = reject_when_busy
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
@@ -44,14 +48,14 @@ class WorkerPool:
     def submit(self, fn: Callable[..., Any], *args: Any) -> concurrent.futures.Future[Any]:
         future: concurrent.futures.Future[Any] = concurrent.futures.Future()
         with self._lock:
-            if self._busy >= self.max_workers:
+            if self.reject_when_busy and self._busy >= self.max_workers:
                 raise RejectedError(
                     f"{self.name}: all {self.max_workers} walk-away workers are busy "
                     "(calls that timed out may still be running)",
                     name=self.name,
                 )
             self._busy += 1
-            start = self._threads < self._busy
+            start = self._threads < self._busy and self._threads < self.max_workers
             if start:
                 self._threads += 1
         self._queue.put((future, fn, args))

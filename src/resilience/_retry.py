@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import logging
 import math
 from collections.abc import Callable
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import backoff as _backoff
+from ._budget import RetryBudget, RetryBudgetExhausted, describe_budget
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import RejectedError
@@ -76,6 +78,11 @@ class Retry(Middleware):
     and never crosses the call's deadline: when the next wait would, the
     last error is raised at once. The last error is re-raised as it is, the
     same object, with a note saying how many attempts were made.
+
+    With a ``budget`` (a `RetryBudget`, shared by every Retry that calls the
+    same dependency), each call deposits into it once and each retry must
+    withdraw from it first; when it refuses, the last error is raised at
+    once, with a note, and a `RetryBudgetExhausted` event is sent.
     """
 
     kind = "retry"
@@ -90,6 +97,7 @@ class Retry(Middleware):
         on_result: Callable[[Any], bool] | None = None,
         backoff: _backoff.Backoff | float | Callable[[Any], float] | object = _DEFAULT_BACKOFF,
         on_retry: Callable[[RetryEvent], object] | None = None,
+        budget: RetryBudget | None = None,
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
@@ -103,21 +111,29 @@ class Retry(Middleware):
             else _backoff.coerce(backoff)
         )
         self.on_retry = callable_or_none(on_retry, "on_retry")
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget or None, got {type(budget).__name__}")
+        self.budget = budget
         self.clock = validate_clock(clock)
         self.name = optional_name(name)
 
     def settings(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "attempts": self.attempts,
             "on": self.on,
             "on_result": self.on_result,
             "backoff": self.backoff,
         }
+        if self.budget is not None:
+            out["budget"] = self.budget
+        return out
 
     def __repr__(self) -> str:
         label = f"{self.name!r}, " if self.name else ""
+        budget = "" if self.budget is None else f", budget={self.budget!r}"
         return (
-            f"Retry({label}attempts={self.attempts}, on={_show(self.on)}, backoff={self.backoff!r})"
+            f"Retry({label}attempts={self.attempts}, on={_show(self.on)}, "
+            f"backoff={self.backoff!r}{budget})"
         )
 
     # -- the core: decide, with no I/O ---------------------------------------
@@ -161,6 +177,16 @@ class Retry(Middleware):
                     f"{delay:.3g}s would pass the deadline ({max(left, 0.0):.3g}s left)"
                 )
             return None
+        budget = self.budget
+        if budget is not None and not budget.try_withdraw():
+            if error is not None:
+                error.add_note(
+                    f"resilience: Retry{label} stopped after {attempt} attempt(s): its "
+                    f"{describe_budget(budget)} is exhausted"
+                )
+            if self._listeners:
+                self._emit(RetryBudgetExhausted(self.name, budget.name, attempt, error, result))
+            return None
         if self.on_retry is not None or self._listeners:
             event = RetryEvent(self.name, attempt, delay, error, result)
             if self.on_retry is not None:
@@ -174,12 +200,46 @@ class Retry(Middleware):
     # -- the shells: the first attempt inline, the rest out of the hot path ----
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
+        if self.budget is not None and self.budget.deposits:
+            return self._wrap_budgeted(next, self.budget)
         retryable = self._retryable
         check = self.on_result
         again = self._again
         direct = next is terminal  # innermost: call the function without the extra hop
 
         def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            try:
+                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                error: BaseException | None = exc
+                result = None
+            else:
+                if check is None or not check(result):
+                    return result
+                error = None
+            return again(next, fn, args, kwargs, error, result)
+
+        return retry
+
+    def _wrap_budgeted(self, next: Endpoint, budget: RetryBudget) -> Endpoint:
+        """`wrap` with the budget's deposit inlined: one clock read and one atomic step."""
+        retryable = self._retryable
+        check = self.on_result
+        again = self._again
+        direct = next is terminal
+        account = budget._account
+        monotonic = account.clock.monotonic
+        tally = account.tally.counter
+        deposit_late = account.deposit_late
+        step = builtins.next
+
+        def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if monotonic() < account.edge:  # RetryBudget.deposit, inlined
+                step(tally)
+            else:
+                deposit_late()
             try:
                 result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             except Exception as exc:
@@ -233,6 +293,8 @@ class Retry(Middleware):
                 ctx[1] = first
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        if self.budget is not None and self.budget.deposits:
+            return self._awrap_budgeted(next, self.budget)
         retryable = self._retryable
         check = self.on_result
         again = self._aagain
@@ -240,6 +302,39 @@ class Retry(Middleware):
         async def retry(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
+            try:
+                result = await next(fn, args, kwargs)
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                error: BaseException | None = exc
+                result = None
+            else:
+                if check is None or not check(result):
+                    return result
+                error = None
+            return await again(next, fn, args, kwargs, error, result)
+
+        return retry
+
+    def _awrap_budgeted(self, next: AsyncEndpoint, budget: RetryBudget) -> AsyncEndpoint:
+        """`awrap` with the budget's deposit inlined."""
+        retryable = self._retryable
+        check = self.on_result
+        again = self._aagain
+        account = budget._account
+        monotonic = account.clock.monotonic
+        tally = account.tally.counter
+        deposit_late = account.deposit_late
+        step = builtins.next
+
+        async def retry(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if monotonic() < account.edge:  # RetryBudget.deposit, inlined
+                step(tally)
+            else:
+                deposit_late()
             try:
                 result = await next(fn, args, kwargs)
             except Exception as exc:

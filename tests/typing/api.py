@@ -107,3 +107,59 @@ async def use_fallbacks() -> None:
     assert_type(await aget_user(1), str)
     assert_type(rs.Fallback(value=[]).call(get_user, 2), dict[str, int])
     rs.Fallback(value=0, on=lambda exc: isinstance(exc, OSError))
+
+
+# -- Throttle and Bulkhead ------------------------------------------------------------------
+
+api_limit = rs.Throttle(100, per=timedelta(seconds=1), burst=20, max_wait=0.5, name="api")
+upload_limit = rs.Throttle(1_000_000, cost=len, max_wait=None)
+db_slots = rs.Bulkhead(8, max_queue=16, max_wait=timedelta(seconds=2), retry_after=1.0)
+legacy_slots = rs.Bulkhead(4, isolation="thread", clock=FakeClock())
+
+
+@api_limit
+def list_users(page: int, *, size: int = 50) -> list[str]:
+    return [str(page)] * size
+
+
+@db_slots
+async def query(sql: str) -> int:
+    return len(sql)
+
+
+@legacy_slots
+def legacy_call() -> bytes:
+    return b""
+
+
+def on_throttle(event: rs.ThrottleEvent) -> None:
+    assert_type(event.seconds, float)
+    assert_type(event.error, rs.ThrottledError | None)
+
+
+def on_bulkhead(event: rs.BulkheadEvent) -> None:
+    assert_type(event.error, rs.BulkheadFullError | None)
+
+
+async def use_limits() -> None:
+    assert_type(list_users(1, size=2), list[str])
+    assert_type(await query("select 1"), int)
+    assert_type(legacy_call(), bytes)
+    assert_type(db_slots.call(list_users, 3), list[str])
+    assert_type(await api_limit.acall(query, "x"), int)
+    assert_type(api_limit.try_acquire(), bool)
+    assert_type(api_limit.try_acquire(2.5), bool)
+    upload_limit.acquire(4096, max_wait=1.0)
+    await upload_limit.aacquire(512, max_wait=None)
+    assert_type(api_limit.metrics(), rs.ThrottleMetrics)
+    assert_type(api_limit.available, float)
+    assert_type(db_slots.metrics(), rs.BulkheadMetrics)
+    assert_type(db_slots.in_flight, int)
+    assert_type(db_slots.drain(1.0), bool)
+    with api_limit, db_slots:
+        pass
+    async with api_limit, db_slots:
+        pass
+    api_limit.subscribe(on_throttle)
+    db_slots.subscribe(on_bulkhead)
+    rs.Pipeline([db_slots, rs.Retry(on=rs.ThrottledError), api_limit])

@@ -1,0 +1,953 @@
+"""`AdaptiveLimiter`: a bulkhead whose limit follows measured latency.
+
+A fixed concurrency limit goes stale as soon as the dependency scales or its
+latency shifts. An adaptive limiter measures how long calls take and how
+many run at once, and moves its limit with a congestion-control rule taken
+from TCP, as Netflix's concurrency-limits library does:
+
+* `AIMD`: loss based. Add one while calls succeed in time and the limit is
+  in use; multiply by ``backoff_ratio`` on a drop (a timeout) or a call
+  slower than ``timeout``.
+* `Vegas`: delay based. Estimate the queue as ``limit * (1 - rtt_noload /
+  rtt)`` and keep it between ``alpha`` and ``beta``.
+* `Gradient2`: delay based. Scale the limit by ``long_rtt / short_rtt``
+  (an average over hundreds of windows against the last one), kept in
+  [0.5, 1], plus a little room for a queue, smoothed.
+
+Measuring every call under a lock would cost more than the 1 us a call may
+spend here, so samples are aggregated in windows, as Netflix's
+``WindowedLimit`` does: a successful call appends ``(seconds, in_flight)``
+to a bounded `collections.deque` (an atomic step), and the call that ends a
+window (at least ``window_seconds`` old, with ``window_samples`` samples or
+a drop) takes the lock, summarises it (average time of the successful
+calls, most calls in flight, whether any was dropped) and hands that to the
+algorithm, once.
+
+The slots are tokens in a `deque`, as in `Bulkhead`: taking one is an
+atomic ``pop``, giving it back an atomic ``append``. A new limit adds
+tokens, or takes them away; tokens out in running calls are then *owed*,
+and swallowed as those calls give them back. Calls that find no token may
+wait in the shared FIFO `WaiterQueue` of `resilience._waiters`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random as _random
+import threading
+from abc import ABC, abstractmethod
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, ClassVar, Literal
+
+from ._clock import Clock, validate_clock
+from ._context import VAR, remaining
+from ._errors import LimitExceededError
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._validate import CONTROL_FLOW, exception_matcher, integer, number, optional_name
+from ._validate import seconds as _seconds
+from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
+
+logger = logging.getLogger("resilience")
+
+__all__ = [
+    "AIMD",
+    "AdaptiveLimiter",
+    "AdaptiveLimiterEvent",
+    "AdaptiveLimiterMetrics",
+    "Gradient2",
+    "LimitAlgorithm",
+    "LimitChange",
+    "LimitPermit",
+    "Vegas",
+]
+
+#: The most samples a window keeps (the latest ones): a bound on memory at any rate.
+MAX_WINDOW_SAMPLES = 1000
+#: The time recorded for a dropped call: a marker, never averaged.
+DROPPED = -1.0
+
+
+def _limit_function(value: object, name: str) -> Callable[[int], float] | None:
+    """A number (fixed) or a function of the current limit, as Netflix's builders take."""
+    if value is None:
+        return None
+    if callable(value):
+        return value
+    fixed = number(value, name, minimum=0.0)
+    return lambda _limit: fixed
+
+
+def log10_root(limit: int) -> int:
+    """Netflix's ``Log10RootFunction``: ``max(1, int(log10(limit)))`` below 1000, else the root."""
+    if limit < 1000:
+        return max(1, int(math.log10(limit))) if limit > 0 else 1
+    return int(math.sqrt(limit))
+
+
+# -- the algorithms: update rules with no I/O --------------------------------------------------
+
+
+class LimitAlgorithm(ABC):
+    """An update rule: one window's measurements in, a new limit out.
+
+    An instance holds the state of one limiter (its estimate and its
+    latency baselines); `AdaptiveLimiter` calls `start` once, then `update`
+    at the end of each window, under its lock, and refuses an algorithm that
+    another limiter already uses. The estimate is a float; the limiter uses
+    its integer part.
+    """
+
+    name: ClassVar[str] = "custom"
+
+    limit: float = 0.0
+    """The current estimate."""
+    min_limit: int = 1
+    max_limit: int = 1
+    _started = False
+
+    def start(self, initial: int, minimum: int, maximum: int) -> None:
+        """Begin at ``initial``, bounded by ``[minimum, maximum]``; forget any past state."""
+        if self._started:
+            raise ValueError(f"{self!r} is already used by a limiter: give each its own")
+        self._started = True
+        self.limit = float(initial)
+        self.min_limit = minimum
+        self.max_limit = maximum
+        self._reset()
+
+    def _reset(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Clear the algorithm's own state (baselines, counters)."""
+
+    def _bound(self, value: float) -> float:
+        return max(float(self.min_limit), min(float(self.max_limit), value))
+
+    @abstractmethod
+    def update(self, rtt: float | None, in_flight: int, dropped: bool) -> float:
+        """The new estimate after one window.
+
+        ``rtt`` is the average time of the window's successful calls in
+        seconds (None when none succeeded), ``in_flight`` the most calls that
+        ran at once, ``dropped`` whether any call timed out or was cancelled.
+        """
+
+    def settings(self) -> dict[str, Any]:
+        """The algorithm's parameters, for `describe()` and `repr()`."""
+        return {}
+
+    def __repr__(self) -> str:
+        shown = []
+        for key, value in self.settings().items():
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                shown.append(f"{key}={value:g}")
+            else:
+                shown.append(f"{key}={getattr(value, '__name__', None) or repr(value)}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+
+class AIMD(LimitAlgorithm):
+    """Additive increase, multiplicative decrease, on loss: Netflix's ``AIMDLimit``.
+
+    After a window with a drop, or whose average call took longer than
+    ``timeout`` seconds (default 5), the limit becomes ``int(limit *
+    backoff_ratio)`` (default 0.9, in [0.5, 1)). Otherwise, if at least half
+    the limit was in use, it grows by one. It reacts to latency only through
+    ``timeout``: set that near the latency you can accept.
+    """
+
+    name = "aimd"
+
+    def __init__(self, *, backoff_ratio: float = 0.9, timeout: float | timedelta = 5.0) -> None:
+        self.backoff_ratio = number(backoff_ratio, "backoff_ratio", minimum=0.5)
+        if self.backoff_ratio >= 1.0:
+            raise ValueError(f"backoff_ratio must be in [0.5, 1), got {backoff_ratio!r}")
+        self.timeout = _seconds(timeout, "timeout")
+
+    def settings(self) -> dict[str, Any]:
+        return {"backoff_ratio": self.backoff_ratio, "timeout": self.timeout}
+
+    def update(self, rtt: float | None, in_flight: int, dropped: bool) -> float:
+        limit = int(self.limit)
+        if dropped or (rtt is not None and rtt > self.timeout):
+            limit = int(limit * self.backoff_ratio)
+        elif rtt is not None and in_flight * 2 >= limit:
+            limit += 1
+        self.limit = self._bound(limit)
+        return self.limit
+
+
+class Vegas(LimitAlgorithm):
+    """Delay based, after TCP Vegas: Netflix's ``VegasLimit``.
+
+    ``rtt_noload`` is the shortest window average seen (measured again every
+    ``probe_multiplier * limit`` windows, jittered by a factor in [0.5, 1),
+    so that it can rise). The queue is ``ceil(limit * (1 - rtt_noload /
+    rtt))``. With ``f = log10_root(limit)`` (``max(1, int(log10(limit)))``
+    below 1000): a queue up to ``threshold`` (default ``f``) adds ``beta``;
+    below ``alpha`` (default ``3 f``) adds ``f``; above ``beta`` (default
+    ``6 f``) subtracts ``f``; a drop subtracts ``f``. Nothing grows while
+    less than half the limit is in use. The new limit is smoothed:
+    ``(1 - smoothing) * old + smoothing * new`` (default 1.0: no smoothing).
+
+    ``alpha``, ``beta`` and ``threshold`` take a number or a function of the
+    limit; ``increase`` and ``decrease`` a function of the limit that returns
+    the new one. ``seed`` (an int or a `random.Random`) fixes the probe jitter.
+    """
+
+    name = "vegas"
+
+    def __init__(
+        self,
+        *,
+        alpha: float | Callable[[int], float] | None = None,
+        beta: float | Callable[[int], float] | None = None,
+        threshold: float | Callable[[int], float] | None = None,
+        increase: Callable[[float], float] | None = None,
+        decrease: Callable[[float], float] | None = None,
+        smoothing: float = 1.0,
+        probe_multiplier: int = 30,
+        seed: int | _random.Random | None = None,
+    ) -> None:
+        self.alpha = _limit_function(alpha, "alpha") or (lambda limit: 3 * log10_root(limit))
+        self.beta = _limit_function(beta, "beta") or (lambda limit: 6 * log10_root(limit))
+        self.threshold = _limit_function(threshold, "threshold") or log10_root
+        for name, given in (("increase", increase), ("decrease", decrease)):
+            if given is not None and not callable(given):
+                raise TypeError(f"{name} must be a function of the limit or None")
+        self.increase: Callable[[float], float] = increase or (
+            lambda limit: limit + log10_root(int(limit))
+        )
+        self.decrease: Callable[[float], float] = decrease or (
+            lambda limit: limit - log10_root(int(limit))
+        )
+        self.smoothing = number(smoothing, "smoothing", minimum=0.0, inclusive=False)
+        if self.smoothing > 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing!r}")
+        self.probe_multiplier = integer(probe_multiplier, "probe_multiplier", minimum=1)
+        if seed is None or isinstance(seed, _random.Random):
+            self.random = seed or _random.Random()
+        elif isinstance(seed, int) and not isinstance(seed, bool):
+            self.random = _random.Random(seed)
+        else:
+            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self.rtt_noload = 0.0
+        self._probe_count = 0
+        self._probe_jitter = 1.0
+
+    def settings(self) -> dict[str, Any]:
+        return {"smoothing": self.smoothing, "probe_multiplier": self.probe_multiplier}
+
+    def _reset(self) -> None:
+        self.rtt_noload = 0.0
+        self._probe_count = 0
+        self._probe_jitter = self.random.uniform(0.5, 1.0)
+
+    def update(self, rtt: float | None, in_flight: int, dropped: bool) -> float:
+        estimate = self.limit
+        if rtt is None:  # only drops: nothing to measure, but a drop still counts
+            if dropped:
+                self.limit = self._smooth(estimate, self.decrease(estimate))
+            return self.limit
+        self._probe_count += 1
+        if self._probe_jitter * self.probe_multiplier * estimate <= self._probe_count:
+            self._probe_jitter = self.random.uniform(0.5, 1.0)
+            self._probe_count = 0
+            self.rtt_noload = rtt  # measure the no-load time again: it may have risen
+            return estimate
+        if self.rtt_noload == 0.0 or rtt < self.rtt_noload:
+            self.rtt_noload = rtt
+            return estimate
+        queue = math.ceil(estimate * (1.0 - self.rtt_noload / rtt))
+        limit = int(estimate)
+        if dropped:
+            target = self.decrease(estimate)
+        elif in_flight * 2 < estimate:
+            return estimate  # the limit is not in use: do not let it drift up
+        elif queue <= self.threshold(limit):
+            target = estimate + self.beta(limit)
+        elif queue < self.alpha(limit):
+            target = self.increase(estimate)
+        elif queue > self.beta(limit):
+            target = self.decrease(estimate)
+        else:
+            return estimate
+        self.limit = self._smooth(estimate, target)
+        return self.limit
+
+    def _smooth(self, estimate: float, target: float) -> float:
+        target = self._bound(target)
+        return (1.0 - self.smoothing) * estimate + self.smoothing * target
+
+
+class Gradient2(LimitAlgorithm):
+    """Delay based, on the gradient of two averages: Netflix's ``Gradient2Limit``.
+
+    ``long_rtt`` is an exponential average of the window times over
+    ``long_window`` windows (default 600; a plain average for the first
+    10), ``short_rtt`` the last window's time. Each window::
+
+        gradient = max(0.5, min(1.0, rtt_tolerance * long_rtt / short_rtt))
+        new = limit * gradient + queue_size
+        limit = limit * (1 - smoothing) + new * smoothing
+
+    with ``rtt_tolerance`` 1.5, ``queue_size`` 4 (a number or a function of
+    the limit) and ``smoothing`` 0.2. When ``long_rtt`` is more than twice
+    ``short_rtt`` (load has passed) it is cut by 5 % a window, and nothing
+    changes while less than half the limit is in use. As published, the rule
+    does not look at drops: a window of nothing but timeouts leaves the
+    limit alone.
+    """
+
+    name = "gradient2"
+
+    def __init__(
+        self,
+        *,
+        smoothing: float = 0.2,
+        queue_size: float | Callable[[int], float] = 4,
+        long_window: int = 600,
+        rtt_tolerance: float = 1.5,
+    ) -> None:
+        self.smoothing = number(smoothing, "smoothing", minimum=0.0, inclusive=False)
+        if self.smoothing > 1.0:
+            raise ValueError(f"smoothing must be in (0, 1], got {smoothing!r}")
+        queue = _limit_function(queue_size, "queue_size")
+        assert queue is not None
+        self.queue_size = queue
+        self._queue_shown = queue_size
+        self.long_window = integer(long_window, "long_window", minimum=1)
+        self.rtt_tolerance = number(rtt_tolerance, "rtt_tolerance", minimum=1.0)
+        self.long_rtt = 0.0
+        self._warmup = 0
+        self._sum = 0.0
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "smoothing": self.smoothing,
+            "queue_size": self._queue_shown,
+            "long_window": self.long_window,
+            "rtt_tolerance": self.rtt_tolerance,
+        }
+
+    def _reset(self) -> None:
+        self.long_rtt = 0.0
+        self._warmup = 0
+        self._sum = 0.0
+
+    def _average(self, rtt: float) -> float:
+        """Netflix's ``ExpAvgMeasurement``: a plain mean for 10 samples, then an EMA."""
+        if self._warmup < 10:
+            self._warmup += 1
+            self._sum += rtt
+            self.long_rtt = self._sum / self._warmup
+        else:
+            factor = 2.0 / (self.long_window + 1)
+            self.long_rtt = self.long_rtt * (1.0 - factor) + rtt * factor
+        return self.long_rtt
+
+    def update(self, rtt: float | None, in_flight: int, dropped: bool) -> float:
+        estimate = self.limit
+        if rtt is None:
+            return estimate
+        queue = self.queue_size(int(estimate))
+        long_rtt = self._average(rtt)
+        if long_rtt / rtt > 2.0:
+            self.long_rtt = long_rtt = long_rtt * 0.95
+        if in_flight < estimate / 2:
+            return estimate
+        gradient = max(0.5, min(1.0, self.rtt_tolerance * long_rtt / rtt))
+        target = estimate * gradient + queue
+        target = estimate * (1.0 - self.smoothing) + target * self.smoothing
+        self.limit = self._bound(target)
+        return self.limit
+
+
+# -- events and snapshots ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LimitChange:
+    """Sent to the limiter's listeners after a window moved its limit."""
+
+    name: str | None
+    """The limiter's name."""
+    old: int
+    new: int
+    rtt: float | None
+    """The window's average call time in seconds (None if none succeeded)."""
+    in_flight: int
+    """The most calls in flight during the window."""
+    dropped: bool
+    """Whether a call of the window timed out or was cancelled."""
+    at: float
+    """The limiter's clock reading when it happened."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveLimiterEvent:
+    """Sent to the limiter's listeners when a call waited for a slot or was refused."""
+
+    name: str | None
+    outcome: Literal["waited", "rejected"]
+    seconds: float
+    """Seconds the call spent in the queue (0 for a call refused at once)."""
+    limit: int
+    """The limit at that moment."""
+    error: LimitExceededError | None = None
+    """The refusal, for "rejected"."""
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveLimiterMetrics:
+    """A snapshot of an `AdaptiveLimiter`."""
+
+    limit: int
+    """The current limit."""
+    in_flight: int
+    """Calls holding a slot now."""
+    queued: int
+    """Calls waiting for a slot."""
+    rejected: int
+    """Calls refused since the limiter was made."""
+    dropped: int
+    """Calls that timed out or were cancelled since the limiter was made."""
+
+
+# -- the core: slots, samples and windows, no I/O ---------------------------------------------
+
+
+class _Core:
+    """Tokens, owed tokens, the window's samples and its end; the `Gate` of its queue.
+
+    ``top = capacity + owed`` is what the fast path subtracts the free
+    tokens from to read the calls in flight.
+    """
+
+    __slots__ = (
+        "capacity",
+        "clock",
+        "dropped",
+        "drops",
+        "free",
+        "mutex",
+        "owed",
+        "queue",
+        "rejected",
+        "samples",
+        "top",
+        "window_end",
+    )
+
+    def __init__(self, capacity: int, clock: Clock, window_seconds: float) -> None:
+        self.clock = clock
+        self.capacity = capacity
+        self.owed = 0
+        self.top = capacity
+        self.free: deque[None] = deque([None] * capacity)
+        self.samples: deque[tuple[float, int]] = deque(maxlen=MAX_WINDOW_SAMPLES)
+        self.dropped = False
+        self.drops = 0
+        self.rejected = 0
+        self.mutex = threading.Lock()
+        self.queue = WaiterQueue(self)
+        self.window_end = clock.monotonic() + window_seconds
+
+    # The Gate protocol, for the WaiterQueue (its methods run with the mutex held).
+
+    def lock(self) -> None:
+        self.mutex.acquire()
+
+    def unlock(self) -> None:
+        self.mutex.release()
+
+    def take(self, cost: float, now: float) -> bool:
+        try:
+            self.free.pop()
+        except IndexError:
+            return False
+        return True
+
+    def ready_at(self, cost: float, now: float) -> None:
+        return None  # only a release can tell
+
+    def give_back(self, cost: float, now: float) -> None:
+        self._returned()
+
+    # Slots.
+
+    def _returned(self) -> None:
+        """A token came back (mutex held): pay a debt with it, or make it free."""
+        if self.owed:
+            self.owed -= 1
+            self.top -= 1
+        else:
+            self.free.append(None)
+
+    def settle(self) -> None:
+        """After a release that found debts or waiters: pay one, then serve the queue."""
+        with self.mutex:
+            if self.owed:
+                try:
+                    self.free.pop()  # the token just given back, or another as good
+                except IndexError:
+                    pass
+                else:
+                    self.owed -= 1
+                    self.top -= 1
+            if self.queue.count:
+                self.queue.serve(0.0)
+
+    def release(self) -> None:
+        """Give a slot back from any thread, outside the fast path."""
+        self.free.append(None)
+        if self.owed or self.queue.count:
+            self.settle()
+
+    def resize(self, capacity: int) -> None:
+        """Move to a new limit (mutex held): add tokens, or take them back or owe them."""
+        change = capacity - self.capacity
+        self.capacity = capacity
+        if change > 0:
+            paid = min(change, self.owed)
+            self.owed -= paid
+            for _ in range(change - paid):
+                self.free.append(None)
+            if self.queue.count:
+                self.queue.serve(0.0)
+        else:
+            for _ in range(-change):
+                try:
+                    self.free.pop()
+                except IndexError:  # the rest are out in running calls
+                    self.owed += 1
+        self.top = self.capacity + self.owed
+
+    def in_flight(self) -> int:
+        return max(0, self.top - len(self.free))
+
+
+class LimitPermit:
+    """One slot of an `AdaptiveLimiter`, taken by `AdaptiveLimiter.try_acquire`.
+
+    End it exactly once: `record` when the call succeeded (its time is a
+    sample), `drop` when it timed out or was cancelled, `ignore` when its
+    outcome says nothing about load. Later calls do nothing.
+    """
+
+    __slots__ = ("_done", "_held", "_limiter", "_started")
+
+    def __init__(self, limiter: AdaptiveLimiter, started: float, held: int) -> None:
+        self._limiter = limiter
+        self._started = started
+        self._held = held
+        self._done = False
+
+    def _end(self) -> bool:
+        if self._done:
+            return False
+        self._done = True
+        return True
+
+    def record(self) -> None:
+        """The call succeeded: its time since `try_acquire` is a sample."""
+        if self._end():
+            self._limiter._record(self._started, self._held)
+
+    def drop(self) -> None:
+        """The call timed out or was cancelled: a sign of overload."""
+        if self._end():
+            self._limiter._drop(self._held)
+
+    def ignore(self) -> None:
+        """The call ended in a way that says nothing about load: just give the slot back."""
+        if self._end():
+            self._limiter._core.release()
+
+    def __repr__(self) -> str:
+        return f"LimitPermit(done={self._done})"
+
+
+class AdaptiveLimiter(Middleware):
+    """A bulkhead whose limit follows measured latency (Netflix's concurrency-limits).
+
+    At most ``limit`` calls run at once. The limit starts at
+    ``initial_limit`` (default 20), stays within ``[min_limit, max_limit]``
+    (default [1, 200]) and moves at the end of each window with the
+    ``algorithm``: `Vegas` (the default), `Gradient2` or `AIMD`, each with
+    its published defaults. A window lasts at least ``window_seconds``
+    (default 1) and holds at least ``window_samples`` successful calls
+    (default 10) or one drop, as in Netflix's ``WindowedLimit``.
+
+    A call that finds the limit reached waits in a FIFO queue of at most
+    ``max_queue`` calls (default 0: no queue) for up to ``max_wait``
+    seconds (default None: as long as it takes, but never past the call's
+    deadline), else it is refused with `LimitExceededError`.
+
+    How a call ends decides what it teaches: a success is a sample of its
+    time; a call that raised one of ``drop_on`` (default `TimeoutError`,
+    which `TimeoutExceeded` is) or was cancelled is a *drop*, which lowers
+    the limit, never a fast success; any other exception says nothing
+    about load and is ignored. Calls faster than the clock can tell (0 s)
+    are ignored too. The slot always comes back. `try_acquire` hands out
+    slots for work that is not a call.
+    """
+
+    kind = "adaptive_limiter"
+
+    def __init__(
+        self,
+        algorithm: LimitAlgorithm | None = None,
+        *,
+        initial_limit: int = 20,
+        min_limit: int = 1,
+        max_limit: int = 200,
+        max_queue: int = 0,
+        max_wait: float | timedelta | None = None,
+        window_seconds: float | timedelta = 1.0,
+        window_samples: int = 10,
+        drop_on: type[BaseException]
+        | tuple[type[BaseException], ...]
+        | Callable[[BaseException], bool] = TimeoutError,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        if algorithm is None:
+            algorithm = Vegas()
+        elif isinstance(algorithm, type):
+            raise TypeError(
+                f"algorithm must be an instance, e.g. {algorithm.__name__}(), not the class"
+            )
+        elif not isinstance(algorithm, LimitAlgorithm):
+            raise TypeError(f"algorithm must be a LimitAlgorithm, got {type(algorithm).__name__}")
+        self.min_limit = integer(min_limit, "min_limit", minimum=1)
+        self.max_limit = integer(max_limit, "max_limit", minimum=1)
+        if self.max_limit < self.min_limit:
+            raise ValueError(
+                f"max_limit must be >= min_limit ({self.min_limit}), got {max_limit!r}"
+            )
+        self.initial_limit = integer(initial_limit, "initial_limit", minimum=1)
+        if not self.min_limit <= self.initial_limit <= self.max_limit:
+            raise ValueError(
+                f"initial_limit must be within [min_limit, max_limit] = "
+                f"[{self.min_limit}, {self.max_limit}], got {initial_limit!r}"
+            )
+        self.max_queue = integer(max_queue, "max_queue", minimum=0)
+        self.max_wait = (
+            None if max_wait is None else _seconds(max_wait, "max_wait", allow_zero=True)
+        )
+        self.window_seconds = _seconds(window_seconds, "window_seconds", allow_zero=True)
+        self.window_samples = integer(window_samples, "window_samples", minimum=1)
+        if self.window_samples > MAX_WINDOW_SAMPLES:
+            raise ValueError(
+                f"window_samples must be <= {MAX_WINDOW_SAMPLES}, got {window_samples!r}"
+            )
+        self.drop_on = drop_on
+        types, predicate = exception_matcher(drop_on, "drop_on")
+        self._drops: Callable[[BaseException], bool] = predicate or (
+            lambda error: isinstance(error, types)
+        )
+        self.clock = validate_clock(clock)
+        self.name = optional_name(name)
+        algorithm.start(self.initial_limit, self.min_limit, self.max_limit)
+        self.algorithm = algorithm
+        self._core = _Core(self.initial_limit, self.clock, self.window_seconds)
+
+    # -- description and observation ----------------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "algorithm": self.algorithm,
+            "initial_limit": self.initial_limit,
+            "min_limit": self.min_limit,
+            "max_limit": self.max_limit,
+            "max_queue": self.max_queue,
+            "max_wait": self.max_wait,
+            "window_seconds": self.window_seconds,
+            "window_samples": self.window_samples,
+        }
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        extra = f", max_queue={self.max_queue}" if self.max_queue else ""
+        return (
+            f"AdaptiveLimiter({label}{self.algorithm!r}, limit={self.limit}, "
+            f"min_limit={self.min_limit}, max_limit={self.max_limit}{extra})"
+        )
+
+    @property
+    def limit(self) -> int:
+        """The current limit."""
+        return self._core.capacity
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._core.in_flight()
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot now."""
+        return self._core.queue.count
+
+    @property
+    def rejected(self) -> int:
+        """Calls refused since the limiter was made."""
+        return self._core.rejected
+
+    def metrics(self) -> AdaptiveLimiterMetrics:
+        """A consistent snapshot of the limit, the slots, the queue and the totals."""
+        core = self._core
+        with core.mutex:
+            return AdaptiveLimiterMetrics(
+                limit=core.capacity,
+                in_flight=core.in_flight(),
+                queued=core.queue.count,
+                rejected=core.rejected,
+                dropped=core.drops,
+            )
+
+    # -- samples and windows -------------------------------------------------------------------
+
+    def _record(self, started: float, held: int) -> None:
+        """A successful call that started at ``started``: sample it, free its slot."""
+        core = self._core
+        end = self.clock.monotonic()
+        core.samples.append((end - started, held))
+        core.release()
+        if end >= core.window_end:
+            self._close(end)
+
+    def _drop(self, held: int) -> None:
+        """A call timed out or was cancelled: mark the window, free the slot."""
+        core = self._core
+        with core.mutex:
+            core.samples.append((DROPPED, held))
+            core.dropped = True
+            core.drops += 1
+        core.release()
+        end = self.clock.monotonic()
+        if end >= core.window_end:
+            self._close(end)
+
+    def _close(self, now: float) -> None:
+        """End the window if it is due: summarise it and let the algorithm move the limit."""
+        core = self._core
+        with core.mutex:
+            samples = core.samples
+            if now < core.window_end or (len(samples) < self.window_samples and not core.dropped):
+                return
+            items = [samples.popleft() for _ in range(len(samples))]
+            core.dropped = False
+            core.window_end = now + self.window_seconds
+            total = 0.0
+            count = 0
+            peak = 0
+            dropped = False
+            for seconds, held in items:
+                if held > peak:
+                    peak = held
+                if seconds > 0.0:
+                    total += seconds
+                    count += 1
+                elif seconds == DROPPED:
+                    dropped = True
+            rtt = total / count if count else None
+            if rtt is None and not dropped:
+                return  # only calls too fast to time: nothing to learn
+            old = core.capacity
+            try:
+                estimate = self.algorithm.update(rtt, peak, dropped)
+                new = max(self.min_limit, min(self.max_limit, int(estimate)))
+            except Exception:  # a broken rule must not fail the call that ended the window
+                logger.exception("resilience: the algorithm of %r failed; the limit stays", self)
+                return
+            if new != old:
+                core.resize(new)
+        if new != old and self._listeners:
+            self._emit(LimitChange(self.name, old, new, rtt, peak, dropped, now))
+
+    def _settle(self, error: BaseException, started: float, held: int) -> None:
+        """A call raised: a drop, or an outcome that says nothing about load."""
+        try:
+            if isinstance(error, asyncio.CancelledError):
+                drop = True
+            elif isinstance(error, CONTROL_FLOW) or not isinstance(error, Exception):
+                drop = False
+            else:
+                drop = self._drops(error)
+        except BaseException:
+            self._core.release()  # a failing predicate must not keep the slot
+            raise
+        if drop:
+            self._drop(held)
+        else:
+            self._core.release()
+
+    # -- admission out of the fast path: take, queue, or refuse ---------------------------------
+
+    def try_acquire(self) -> LimitPermit | None:
+        """A slot now, if one is free and nobody waits (never blocks); else None.
+
+        End the permit with `LimitPermit.record`, `LimitPermit.drop` or
+        `LimitPermit.ignore`. A refusal counts in `rejected`.
+        """
+        core = self._core
+        if not core.queue.count:
+            try:
+                core.free.pop()
+            except IndexError:
+                pass
+            else:
+                held = core.top - len(core.free)
+                return LimitPermit(self, self.clock.monotonic(), held)
+        with core.mutex:
+            core.rejected += 1
+        return None
+
+    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[Waiter | None, float, float]:
+        """Take a slot now (no waiter), or join the queue: ``(waiter, now, give_up)``."""
+        core = self._core
+        with core.mutex:
+            queue = core.queue
+            if not queue.count and core.take(1.0, 0.0):  # a slot came back meanwhile
+                return None, 0.0, 0.0
+            limit = math.inf if self.max_wait is None else self.max_wait
+            left = remaining(VAR.get())
+            if left is not None and left < limit:
+                limit = max(0.0, left)
+            if queue.count < self.max_queue and limit > 0.0:
+                waiter = queue.join(1.0, loop)
+                now = self.clock.monotonic()
+                queue.serve(now)  # a slot given back since we looked is not left idle
+                return waiter, now, now + limit
+            core.rejected += 1
+        raise self._rejection(0.0)
+
+    def _rejection(self, waited: float) -> LimitExceededError:
+        label = f"adaptive limiter {self.name!r}" if self.name else "adaptive limiter"
+        limit = self._core.capacity
+        if waited:
+            why = f"no slot came free in {waited:.3g}s"
+        elif self.max_queue:
+            why = f"{limit} calls are running and its queue of {self.max_queue} is full"
+        else:
+            why = f"{limit} calls are running"
+        error = LimitExceededError(f"{label} is at its limit: {why}", name=self.name)
+        if self._listeners:
+            self._emit(AdaptiveLimiterEvent(self.name, "rejected", waited, limit, error))
+        return error
+
+    def _waited(self, started: float, granted: bool) -> None:
+        if granted and not self._listeners:
+            return
+        seconds = self.clock.monotonic() - started
+        if granted:
+            self._emit(AdaptiveLimiterEvent(self.name, "waited", seconds, self._core.capacity))
+            return
+        core = self._core
+        with core.mutex:
+            core.rejected += 1
+        raise self._rejection(seconds)
+
+    def _admit(self) -> None:
+        """Take a slot for this thread, waiting in the queue if allowed, or raise."""
+        waiter, started, give_up = self._enter(None)
+        if waiter is not None:
+            core = self._core
+            self._waited(started, wait_turn(core.queue, core, waiter, give_up))
+
+    async def _aadmit(self) -> None:
+        """`_admit` for this task."""
+        waiter, started, give_up = self._enter(asyncio.get_running_loop())
+        if waiter is not None:
+            core = self._core
+            self._waited(started, await await_turn(core.queue, core, waiter, give_up))
+
+    # -- the shells: the fast path inline, everything else out of line -----------------------
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        core = self._core
+        queue = core.queue
+        free = core.free
+        take = free.pop
+        give = free.append
+        record = core.samples.append
+        monotonic = self.clock.monotonic
+        admit = self._admit
+        settle = self._settle
+        after = core.settle
+        close = self._close
+        direct = next is terminal  # innermost: call the function without the extra hop
+
+        def adaptive_limiter(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if queue.count:
+                admit()
+            else:
+                try:
+                    take()
+                except IndexError:
+                    admit()
+            held = core.top - len(free)
+            started = monotonic()
+            try:
+                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            except BaseException as exc:
+                settle(exc, started, held)
+                raise
+            end = monotonic()
+            record((end - started, held))
+            give(None)  # _Core.release, inlined
+            if core.owed or queue.count:
+                after()
+            if end >= core.window_end:
+                close(end)
+            return result
+
+        return adaptive_limiter
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        core = self._core
+        queue = core.queue
+        free = core.free
+        take = free.pop
+        give = free.append
+        record = core.samples.append
+        monotonic = self.clock.monotonic
+        admit = self._aadmit
+        settle = self._settle
+        after = core.settle
+        close = self._close
+
+        async def adaptive_limiter(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if queue.count:
+                await admit()
+            else:
+                try:
+                    take()
+                except IndexError:
+                    await admit()
+            held = core.top - len(free)
+            started = monotonic()
+            try:
+                result = await next(fn, args, kwargs)
+            except BaseException as exc:
+                settle(exc, started, held)
+                raise
+            end = monotonic()
+            record((end - started, held))
+            give(None)
+            if core.owed or queue.count:
+                after()
+            if end >= core.window_end:
+                close(end)
+            return result
+
+        return adaptive_limiter

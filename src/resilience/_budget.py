@@ -1,0 +1,284 @@
+"""`RetryBudget`: retries allowed up to a share of recent calls, plus a floor.
+
+The budget is Finagle's ``RetryBudget`` (``com.twitter.finagle.service``):
+
+* every call *deposits* once, however many attempts it then makes;
+* every retry must *withdraw*, and is refused when the balance is too low;
+* deposits and withdrawals expire after about ``ttl`` seconds: they are
+  kept in ten slices of ``ttl / 10`` seconds, and a slice is emptied when it
+  falls out of the window (Finagle's ``WindowedAdder``);
+* a constant reserve of ``min_per_second * ttl`` retries sits on top, so a
+  client that has just started, or calls rarely, can still retry.
+
+The arithmetic is in integers, scaled as Finagle scales it: a deposit is
+1000 tokens, a withdrawal ``int(1000 / ratio)`` tokens (5000 for 0.2), and
+the reserve ``min_per_second * ttl`` withdrawals' worth. Over any window of
+``ttl`` seconds a budget therefore allows at most ``ratio`` retries per call
+plus ``min_per_second * ttl`` retries.
+
+The deposit is on every call's path, so it takes no lock: while the current
+slice lasts, it is one atomic ``next()`` on a `Tally`. The lock is taken at
+the first deposit of a new slice and by withdrawals, which happen only after
+a failure; they fold the tallied deposits into the slice they belong to.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from ._clock import Clock, validate_clock
+from ._tally import Tally
+from ._validate import number, optional_name
+from ._validate import seconds as _seconds
+
+__all__ = ["RetryBudget", "RetryBudgetExhausted", "RetryBudgetMetrics"]
+
+#: Tokens per deposit: integer tokens allow ratios below 1 (Finagle's ScaleFactor).
+SCALE = 1000
+#: Time slices per window (Finagle's WindowedAdder uses 10).
+SLICES = 10
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetExhausted:
+    """Sent to a `Retry`'s listeners when its budget refused a retry.
+
+    The Retry then raises the last error at once (or returns the last
+    result, when the retry was asked for by ``on_result``).
+    """
+
+    name: str | None
+    """The Retry's name."""
+    budget: str | None
+    """The budget's name."""
+    attempt: int
+    """Attempts made so far (1-based): the one that failed last."""
+    error: BaseException | None
+    """The error that will be raised, or None when a result was to be retried."""
+    result: Any = None
+    """The rejected result that will be returned, for ``on_result`` retries."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetMetrics:
+    """A snapshot of a `RetryBudget`."""
+
+    balance: int
+    """Retries the budget would allow now."""
+    deposits: int
+    """Calls deposited since the budget was made."""
+    withdrawals: int
+    """Retries allowed since the budget was made."""
+    refused: int
+    """Retries refused since the budget was made."""
+
+
+class _Account:
+    """The state that a budget and its withdraw-only views share; see the module docs.
+
+    ``slots[n % SLICES]`` holds the tokens deposited minus withdrawn during
+    slice ``n`` (slices are numbered by absolute time, ``int(now // width)``),
+    for the ``SLICES`` slices up to ``latest``. Deposits of the current slice
+    sit in ``tally`` until the next `sync` folds them in: a deposit takes the
+    lock-free way only while ``now < edge``, the end of slice ``latest``, so
+    every tallied deposit belongs to that slice.
+    """
+
+    __slots__ = (
+        "clock",
+        "deposit_amount",
+        "edge",
+        "folded",
+        "latest",
+        "mutex",
+        "refused",
+        "reserve",
+        "slots",
+        "tally",
+        "width",
+        "withdraw_amount",
+        "withdrawals",
+    )
+
+    def __init__(self, ratio: float, min_per_second: float, ttl: float, clock: Clock) -> None:
+        self.clock = clock
+        # With no ratio, calls earn nothing and a retry costs 1: all credit is the reserve.
+        self.deposit_amount = SCALE if ratio else 0
+        self.withdraw_amount = int(SCALE / ratio) if ratio else 1
+        self.reserve = int(min_per_second * ttl * self.withdraw_amount)
+        self.width = ttl / SLICES
+        self.slots = [0] * SLICES
+        self.latest = int(clock.monotonic() // self.width)
+        self.edge = (self.latest + 1) * self.width
+        self.tally = Tally()
+        self.folded = 0  # deposits already moved from the tally into a slot
+        self.mutex = threading.Lock()
+        self.withdrawals = 0
+        self.refused = 0
+
+    def sync(self, now: float) -> None:
+        """Fold the tallied deposits into their slice, then move the window to ``now``."""
+        total = self.tally.total()
+        fresh = total - self.folded
+        if fresh:
+            self.folded = total
+            self.slots[self.latest % SLICES] += fresh * self.deposit_amount
+        bucket = int(now // self.width)
+        latest = self.latest
+        if bucket <= latest:
+            return
+        if bucket - latest >= SLICES:
+            self.slots = [0] * SLICES
+        else:
+            for number_ in range(latest + 1, bucket + 1):
+                self.slots[number_ % SLICES] = 0
+        self.latest = bucket
+        self.edge = (bucket + 1) * self.width
+
+    def tokens(self) -> int:
+        """Tokens available now: the window's net deposits plus the reserve (lock held)."""
+        return sum(self.slots) + self.reserve
+
+    def deposit_late(self) -> None:
+        """The first deposit of a new slice: move the window on, then count it."""
+        with self.mutex:
+            self.sync(self.clock.monotonic())
+            next(self.tally.counter)
+
+    def try_withdraw(self) -> bool:
+        with self.mutex:
+            self.sync(self.clock.monotonic())
+            cost = self.withdraw_amount
+            if self.tokens() >= cost:
+                self.slots[self.latest % SLICES] -= cost
+                self.withdrawals += 1
+                return True
+            self.refused += 1
+            return False
+
+    def balance(self) -> int:
+        with self.mutex:
+            self.sync(self.clock.monotonic())
+            return max(0, self.tokens() // self.withdraw_amount)
+
+    def metrics(self) -> RetryBudgetMetrics:
+        with self.mutex:
+            self.sync(self.clock.monotonic())
+            return RetryBudgetMetrics(
+                balance=max(0, self.tokens() // self.withdraw_amount),
+                deposits=self.folded,
+                withdrawals=self.withdrawals,
+                refused=self.refused,
+            )
+
+
+class RetryBudget:
+    """Allow retries up to ``ratio`` of recent calls, plus ``min_per_second``: Finagle's budget.
+
+    Every call deposits into the budget once; every retry asks it for a
+    withdrawal first. Over any ``ttl`` seconds (default 10) it allows about
+    ``ratio`` retries per call (default 0.2: a fifth of the calls may be
+    retried once) plus ``min_per_second * ttl`` retries (default 10 a
+    second), so a client that calls rarely can still retry.
+
+    Give the same budget to every `Retry` that calls one dependency, in one
+    pipeline or many: it bounds their retries together, so a failing
+    dependency sees at most ``1 + ratio`` times the calls plus the floor,
+    where ``attempts=3`` alone would triple them. When it refuses, the Retry
+    raises the last error at once, with a note, and sends a
+    `RetryBudgetExhausted` event.
+
+    ``ratio`` may be 0 (only the floor) up to 1000; ``min_per_second`` may be
+    0 (only the ratio); ``ttl`` is between 1 and 60 seconds, as in Finagle.
+    Deposits cost one lock-free step; withdrawals take a short lock. It is
+    safe to share between threads, tasks and event loops. `deposit`,
+    `try_withdraw` and `balance` let other code use it directly.
+    """
+
+    __slots__ = ("_account", "_deposits", "min_per_second", "name", "ratio", "ttl")
+
+    def __init__(
+        self,
+        ratio: float = 0.2,
+        *,
+        min_per_second: float = 10,
+        ttl: float | timedelta = 10.0,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.ratio = number(ratio, "ratio", minimum=0.0)
+        if self.ratio > SCALE:
+            raise ValueError(f"ratio must be <= {SCALE}, got {ratio!r}")
+        self.min_per_second = number(min_per_second, "min_per_second", minimum=0.0)
+        self.ttl = _seconds(ttl, "ttl")
+        if not 1.0 <= self.ttl <= 60.0:
+            raise ValueError(f"ttl must be between 1 and 60 seconds, got {ttl!r}")
+        self.name = optional_name(name)
+        self._account = _Account(self.ratio, self.min_per_second, self.ttl, validate_clock(clock))
+        self._deposits = True
+
+    @property
+    def clock(self) -> Clock:
+        """The clock that ages deposits and withdrawals."""
+        return self._account.clock
+
+    @property
+    def deposits(self) -> bool:
+        """False for a `withdraw_only` view: its `deposit` does nothing."""
+        return self._deposits
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        view = ", withdraw_only=True" if not self._deposits else ""
+        return (
+            f"RetryBudget({label}ratio={self.ratio:g}, min_per_second={self.min_per_second:g}, "
+            f"ttl={self.ttl:g}{view})"
+        )
+
+    def deposit(self) -> None:
+        """Count one call (a `Retry` does it once per call, before the first attempt)."""
+        if not self._deposits:
+            return
+        account = self._account
+        if account.clock.monotonic() < account.edge:
+            next(account.tally.counter)
+        else:
+            account.deposit_late()
+
+    def try_withdraw(self) -> bool:
+        """Take one retry from the budget: True if allowed, False (and nothing taken) if not."""
+        return self._account.try_withdraw()
+
+    @property
+    def balance(self) -> int:
+        """How many retries the budget would allow now."""
+        return self._account.balance()
+
+    def metrics(self) -> RetryBudgetMetrics:
+        """A consistent snapshot of the balance and the totals."""
+        return self._account.metrics()
+
+    def withdraw_only(self) -> RetryBudget:
+        """A view of this budget that withdraws but never deposits.
+
+        For a second `Retry` that retries the same calls (Finagle's
+        ``WithdrawOnlyRetryBudget``, for its requeue and retry filters): the
+        outer Retry deposits once per call, the inner one only withdraws, so
+        a call is not counted twice.
+        """
+        view = object.__new__(RetryBudget)
+        view.ratio = self.ratio
+        view.min_per_second = self.min_per_second
+        view.ttl = self.ttl
+        view.name = self.name
+        view._account = self._account
+        view._deposits = False
+        return view
+
+
+def describe_budget(budget: RetryBudget) -> str:
+    """How a Retry names its budget in notes."""
+    return f"retry budget {budget.name!r}" if budget.name else "retry budget"

@@ -1,0 +1,557 @@
+"""`Throttle`: a token bucket that admits calls at a steady rate, first come, first served."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, Literal
+
+from ._clock import Clock, validate_clock
+from ._context import VAR, remaining
+from ._errors import ThrottledError
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._validate import number, optional_name
+from ._validate import seconds as _seconds
+from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
+
+__all__ = ["Throttle", "ThrottleEvent", "ThrottleMetrics"]
+
+_UNSET: Any = object()
+
+# A grant due within this many seconds counts as due: a sleeper woken at the
+# computed instant must not miss it by a rounding error and sleep again. The
+# rounding grows with the clock reading, hence the few ulps on top (see `due`).
+SLACK = 1e-9
+
+
+def due(wait: float, now: float) -> bool:
+    """True when a wait of ``wait`` seconds, computed at clock time ``now``, is no wait."""
+    return wait <= SLACK + 4 * math.ulp(now)
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleMetrics:
+    """A snapshot of a `Throttle`."""
+
+    available: float
+    """Tokens in the bucket now."""
+    queued: int
+    """Callers waiting for tokens."""
+    rejected: int
+    """Calls and acquisitions refused since the throttle was made."""
+
+
+@dataclass(frozen=True, slots=True)
+class ThrottleEvent:
+    """Sent to the throttle's listeners when a call waited for its tokens or was refused."""
+
+    name: str | None
+    """The throttle's name."""
+    outcome: Literal["waited", "rejected"]
+    cost: float
+    """The tokens the call asked for."""
+    seconds: float
+    """Seconds the call waited ("waited"), or the ``retry_after`` of the refusal ("rejected")."""
+    error: ThrottledError | None = None
+    """The refusal, for "rejected"."""
+
+
+def _cost(value: object, burst: float, name: str = "cost") -> float:
+    """A cost that the bucket can ever grant: a number in [0, burst]."""
+    result = number(value, name, minimum=0.0)
+    if result > burst:
+        raise ValueError(
+            f"{name} must be <= burst ({burst:g}), got {value!r}: it could never be granted"
+        )
+    return result
+
+
+class TokenBucket:
+    """The throttle's core: bucket arithmetic and its FIFO queue, no I/O.
+
+    The whole state is one number (GCRA's "theoretical arrival time"): the
+    time ``full_at`` at which the bucket will be full again. The tokens in
+    it at time ``now`` are ``burst - max(0, full_at - now) / interval``.
+    Taking ``cost`` tokens moves ``full_at`` on by ``cost * interval``.
+    Times are relative to the bucket's birth (``epoch``): small floats keep
+    the sums of many small steps exact after months of uptime.
+
+    Whoever holds the *baton* owns the state. Taking it is one atomic
+    `deque` pop, about a third of the cost of a lock here, and the
+    throttle's fast path holds it for a few bytecodes. Everything else goes
+    through the mutex first (`lock`), so at most one thread ever spins for
+    the baton. It is the `Gate` of its `WaiterQueue`.
+    """
+
+    __slots__ = (
+        "baton",
+        "burst",
+        "capacity",
+        "clock",
+        "epoch",
+        "full_at",
+        "interval",
+        "mutex",
+        "queue",
+        "rejected",
+    )
+
+    def __init__(self, rate: float, per: float, burst: float, clock: Clock) -> None:
+        self.burst = burst
+        self.clock = clock
+        self.interval = per / rate  # seconds per token
+        self.capacity = burst * self.interval  # seconds of credit in a full bucket
+        self.epoch = clock.monotonic()
+        self.full_at = 0.0  # full from the start
+        self.baton: deque[None] = deque([None])
+        self.mutex = threading.Lock()
+        self.queue = WaiterQueue(self)
+        self.rejected = 0
+
+    def lock(self) -> None:
+        """Own the state: the mutex, then the baton."""
+        self.mutex.acquire()
+        try:
+            while True:
+                try:
+                    self.baton.pop()
+                except IndexError:  # a fast path holds it for a few bytecodes
+                    time.sleep(0)
+                else:
+                    return
+        except BaseException:
+            self.mutex.release()
+            raise
+
+    def unlock(self) -> None:
+        self.baton.append(None)
+        self.mutex.release()
+
+    def wait_for(self, cost: float, now: float) -> float:
+        """Seconds from ``now`` (relative) until the bucket holds ``cost`` tokens."""
+        full_at = self.full_at
+        return (full_at if full_at > now else now) + cost * self.interval - self.capacity - now
+
+    def try_take(self, cost: float, now: float) -> float:
+        """Take ``cost`` tokens at clock time ``now`` and return 0.0, or return the wait."""
+        relative = now - self.epoch
+        wait = self.wait_for(cost, relative)
+        if not due(wait, now):
+            return wait
+        full_at = self.full_at
+        self.full_at = (full_at if full_at > relative else relative) + cost * self.interval
+        return 0.0
+
+    def take(self, cost: float, now: float) -> bool:
+        return self.try_take(cost, now) == 0.0
+
+    def take_now(self, cost: float) -> bool:
+        """Take ``cost`` tokens now if nobody waits and they are there; never blocks.
+
+        The fast path of a call, through the baton only: False means "see the
+        slow path" (which also covers another thread holding the baton).
+        """
+        try:
+            self.baton.pop()
+        except IndexError:
+            return False
+        try:
+            return not self.queue.count and self.try_take(cost, self.clock.monotonic()) == 0.0
+        finally:
+            self.baton.append(None)
+
+    def ready_at(self, cost: float, now: float) -> float:
+        """Clock time at which the bucket will hold ``cost`` tokens."""
+        return now + self.wait_for(cost, now - self.epoch)
+
+    def give_back(self, cost: float, now: float) -> None:
+        """Return tokens granted to a waiter that left without using them."""
+        self.full_at -= cost * self.interval
+
+    def available(self, now: float) -> float:
+        """Tokens in the bucket at clock time ``now``."""
+        debt = max(0.0, self.full_at - (now - self.epoch)) / self.interval
+        return max(0.0, self.burst - debt)
+
+
+class Throttle(Middleware):
+    """Admit at most ``rate`` calls per ``per`` seconds: a token bucket.
+
+    The bucket holds at most ``burst`` tokens (default: ``rate``, the quota
+    of one period, and at least 1) and starts full; it refills continuously
+    at ``rate / per`` tokens a second. Each call takes ``cost`` tokens: a
+    number, or a function of the call's arguments (``cost=len`` for bytes).
+    Over any ``t`` seconds it admits at most ``burst + rate * t / per`` tokens'
+    worth of calls.
+
+    A call that finds too few tokens waits for them, first come first
+    served, if it can have them within ``max_wait`` seconds and before the
+    call's deadline; otherwise it is rejected at once with `ThrottledError`,
+    whose ``retry_after`` says when the tokens will be there. The FIFO queue
+    knows that time in advance, so no call waits in vain.
+
+    * ``max_wait=0`` (default): never wait, reject at once.
+    * ``max_wait=s``: wait up to ``s`` seconds (a sync call blocks its
+      thread, an async call awaits).
+    * ``max_wait=None``: wait as long as needed, but never past the call's
+      deadline.
+
+    Tokens are taken only when granted: a waiter that is cancelled or
+    interrupted takes none. One instance keeps one account for every thread,
+    task and event loop that uses it. `try_acquire`, `acquire` and `aacquire`
+    (and ``with`` / ``async with`` for one token) take tokens for work that
+    is not a call, such as bytes sent.
+    """
+
+    kind = "throttle"
+
+    def __init__(
+        self,
+        rate: float,
+        per: float | timedelta = 1.0,
+        *,
+        burst: float | None = None,
+        max_wait: float | timedelta | None = 0.0,
+        cost: float | Callable[..., float] = 1,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.rate = number(rate, "rate", minimum=0.0, inclusive=False)
+        self.per = _seconds(per, "per")
+        self.burst = (
+            max(self.rate, 1.0)
+            if burst is None
+            else number(burst, "burst", minimum=0.0, inclusive=False)
+        )
+        self.max_wait = (
+            None if max_wait is None else _seconds(max_wait, "max_wait", allow_zero=True)
+        )
+        if callable(cost):
+            self.cost: float | Callable[..., float] = cost
+            self._cost_of: Callable[..., float] | None = cost
+            self._cost = 1.0
+        else:
+            self.cost = self._cost = _cost(cost, self.burst)
+            self._cost_of = None
+        self.clock = validate_clock(clock)
+        self.name = optional_name(name)
+        self._bucket = TokenBucket(self.rate, self.per, self.burst, self.clock)
+
+    # -- description and observation ---------------------------------------------------
+
+    def settings(self) -> dict[str, Any]:
+        return {
+            "rate": self.rate,
+            "per": self.per,
+            "burst": self.burst,
+            "max_wait": self.max_wait,
+            "cost": self.cost,
+        }
+
+    def __repr__(self) -> str:
+        label = f"{self.name!r}, " if self.name else ""
+        wait = "None" if self.max_wait is None else f"{self.max_wait:g}"
+        cost = "" if self.cost == 1 else f", cost={getattr(self.cost, '__name__', self.cost)}"
+        return (
+            f"Throttle({label}rate={self.rate:g}, per={self.per:g}, burst={self.burst:g}, "
+            f"max_wait={wait}{cost})"
+        )
+
+    @property
+    def available(self) -> float:
+        """Tokens in the bucket now."""
+        return self.metrics().available
+
+    @property
+    def queued(self) -> int:
+        """Callers waiting for tokens now."""
+        return self._bucket.queue.count
+
+    @property
+    def rejected(self) -> int:
+        """Calls and acquisitions refused since the throttle was made."""
+        return self._bucket.rejected
+
+    def metrics(self) -> ThrottleMetrics:
+        """A consistent snapshot of the bucket, the queue and the refusals."""
+        bucket = self._bucket
+        bucket.lock()
+        try:
+            return ThrottleMetrics(
+                available=bucket.available(self.clock.monotonic()),
+                queued=bucket.queue.count,
+                rejected=bucket.rejected,
+            )
+        finally:
+            bucket.unlock()
+
+    # -- admission out of the fast path: take, queue, or refuse -------------------------
+
+    def _enter(
+        self, cost: float, max_wait: float | None, loop: asyncio.AbstractEventLoop | None
+    ) -> tuple[Waiter | None, float, float]:
+        """Take ``cost`` now (no waiter), or join the queue: ``(waiter, now, give_up)``.
+
+        Raises `ThrottledError` at once when the tokens would come later than
+        ``max_wait`` or the call's deadline allow: the queue says when.
+        """
+        bucket = self._bucket
+        bucket.lock()
+        try:
+            now = self.clock.monotonic()
+            queue = bucket.queue
+            if not queue.count and bucket.take(cost, now):
+                return None, now, now
+            wait = bucket.wait_for(queue.pending + cost, now - bucket.epoch)
+            limit = math.inf if max_wait is None else max_wait
+            left = remaining(VAR.get())
+            deadline_bound = False
+            if left is not None and left < limit:
+                limit = max(0.0, left)
+                deadline_bound = True
+            if due(wait - limit, now):
+                return queue.join(cost, loop), now, now + limit
+            bucket.rejected += 1
+        finally:
+            bucket.unlock()
+        raise self._rejection(cost, wait, limit, deadline_bound)
+
+    def _rejection(
+        self, cost: float, wait: float, limit: float, deadline_bound: bool
+    ) -> ThrottledError:
+        label = f"throttle {self.name!r}" if self.name else "throttle"
+        tokens = "a token" if cost == 1 else f"{cost:g} tokens"
+        if deadline_bound:
+            why = f", past the call's deadline ({limit:.3g}s left)"
+        elif limit > 0:
+            why = f", later than it may wait ({limit:g}s)"
+        else:
+            why = ""
+        error = ThrottledError(
+            f"{label} is out of tokens: {tokens} in {wait:.3g}s{why}",
+            name=self.name,
+            retry_after=wait,
+        )
+        if self._listeners:
+            self._emit(ThrottleEvent(self.name, "rejected", cost, wait, error))
+        return error
+
+    def _waited(self, cost: float, started: float, granted: bool) -> None:
+        """After a wait in the queue: report it, or refuse a waiter whose time ran out."""
+        if granted:
+            if self._listeners:
+                seconds = self.clock.monotonic() - started
+                self._emit(ThrottleEvent(self.name, "waited", cost, seconds))
+            return
+        bucket = self._bucket
+        bucket.lock()
+        try:
+            bucket.rejected += 1
+            now = self.clock.monotonic() - bucket.epoch
+            wait = max(0.0, bucket.wait_for(bucket.queue.pending + cost, now))
+        finally:
+            bucket.unlock()
+        raise self._rejection(cost, wait, 0.0, False)
+
+    def _admit(self, cost: float, max_wait: float | None) -> None:
+        """Take ``cost`` tokens for this thread, waiting in the queue if allowed, or raise."""
+        waiter, started, give_up = self._enter(cost, max_wait, None)
+        if waiter is not None:
+            bucket = self._bucket
+            self._waited(cost, started, wait_turn(bucket.queue, bucket, waiter, give_up))
+
+    async def _aadmit(self, cost: float, max_wait: float | None) -> None:
+        """`_admit` for this task."""
+        waiter, started, give_up = self._enter(cost, max_wait, asyncio.get_running_loop())
+        if waiter is not None:
+            bucket = self._bucket
+            self._waited(cost, started, await await_turn(bucket.queue, bucket, waiter, give_up))
+
+    # -- direct use: tokens for work that is not a call ---------------------------------
+
+    def try_acquire(self, cost: float = 1) -> bool:
+        """Take ``cost`` tokens if they are there now and nobody waits; never blocks."""
+        cost = _cost(cost, self.burst)
+        bucket = self._bucket
+        bucket.lock()
+        try:
+            if not bucket.queue.count and bucket.take(cost, self.clock.monotonic()):
+                return True
+            bucket.rejected += 1
+            return False
+        finally:
+            bucket.unlock()
+
+    def acquire(self, cost: float = 1, *, max_wait: float | timedelta | None = _UNSET) -> None:
+        """Take ``cost`` tokens, blocking this thread for them as a call would.
+
+        ``max_wait`` overrides the throttle's own for this acquisition. Raises
+        `ThrottledError` when the tokens cannot be had in time.
+        """
+        self._admit(_cost(cost, self.burst), self._max_wait(max_wait))
+
+    async def aacquire(
+        self, cost: float = 1, *, max_wait: float | timedelta | None = _UNSET
+    ) -> None:
+        """Take ``cost`` tokens, awaiting them as an async call would (see `acquire`)."""
+        await self._aadmit(_cost(cost, self.burst), self._max_wait(max_wait))
+
+    def _max_wait(self, value: object) -> float | None:
+        if value is _UNSET:
+            return self.max_wait
+        return None if value is None else _seconds(value, "max_wait", allow_zero=True)
+
+    def __enter__(self) -> None:
+        """``with throttle:`` takes one token (or raises `ThrottledError`)."""
+        self._admit(1.0, self.max_wait)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    async def __aenter__(self) -> None:
+        """``async with throttle:`` takes one token, as ``async with AsyncLimiter()`` does."""
+        await self._aadmit(1.0, self.max_wait)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+    # -- the shells: the bucket's fast path inline, the queue out of line -----------------
+
+    def _cost_for(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> float:
+        assert self._cost_of is not None
+        return _cost(self._cost_of(*args, **kwargs), self.burst, "the cost function's result")
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        if self._cost_of is not None:
+            return self._wrap_weighted(next)
+        bucket = self._bucket
+        monotonic = self.clock.monotonic
+        epoch = bucket.epoch
+        cost = self._cost
+        step = cost * bucket.interval
+        room = bucket.capacity - step  # >= 0: cost <= burst
+        queue = bucket.queue
+        take_baton = bucket.baton.pop
+        give_baton = bucket.baton.append
+        admit = self._admit
+        max_wait = self.max_wait
+        direct = next is terminal  # innermost: call the function without the extra hop
+
+        def throttle(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            try:
+                take_baton()
+            except IndexError:  # another thread is in the bucket this instant
+                admit(cost, max_wait)
+            else:
+                try:  # TokenBucket.try_take, inlined for one fixed cost
+                    now = monotonic() - epoch
+                    full_at = bucket.full_at
+                    granted = not queue.count
+                    if full_at <= now:  # a full bucket
+                        if granted:
+                            bucket.full_at = now + step
+                    elif full_at - room <= now and granted:
+                        bucket.full_at = full_at + step
+                    else:
+                        granted = False
+                finally:
+                    give_baton(None)
+                if not granted:
+                    admit(cost, max_wait)
+            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+
+        return throttle
+
+    def _wrap_weighted(self, next: Endpoint) -> Endpoint:
+        """The sync shell when each call has its own cost."""
+        cost_for = self._cost_for
+        take_now = self._bucket.take_now
+        admit = self._admit
+        max_wait = self.max_wait
+        direct = next is terminal
+
+        def throttle(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            cost = cost_for(args, kwargs)
+            if not take_now(cost):
+                admit(cost, max_wait)
+            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+
+        return throttle
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        if self._cost_of is not None:
+            return self._awrap_weighted(next)
+        bucket = self._bucket
+        monotonic = self.clock.monotonic
+        epoch = bucket.epoch
+        cost = self._cost
+        step = cost * bucket.interval
+        room = bucket.capacity - step
+        queue = bucket.queue
+        take_baton = bucket.baton.pop
+        give_baton = bucket.baton.append
+        admit = self._aadmit
+        max_wait = self.max_wait
+        direct = next is terminal
+
+        async def throttle(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            try:
+                take_baton()
+            except IndexError:  # a thread is in the bucket this instant
+                await admit(cost, max_wait)
+            else:
+                try:  # TokenBucket.try_take, inlined for one fixed cost
+                    now = monotonic() - epoch
+                    full_at = bucket.full_at
+                    granted = not queue.count
+                    if full_at <= now:  # a full bucket
+                        if granted:
+                            bucket.full_at = now + step
+                    elif full_at - room <= now and granted:
+                        bucket.full_at = full_at + step
+                    else:
+                        granted = False
+                finally:
+                    give_baton(None)
+                if not granted:
+                    await admit(cost, max_wait)
+            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+
+        return throttle
+
+    def _awrap_weighted(self, next: AsyncEndpoint) -> AsyncEndpoint:
+        """The async shell when each call has its own cost."""
+        cost_for = self._cost_for
+        take_now = self._bucket.take_now
+        admit = self._aadmit
+        max_wait = self.max_wait
+        direct = next is terminal
+
+        async def throttle(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            cost = cost_for(args, kwargs)
+            if not take_now(cost):
+                await admit(cost, max_wait)
+            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+
+        return throttle

@@ -1,0 +1,248 @@
+"""A FIFO queue of threads and tasks waiting for a policy to let them in.
+
+`Throttle` (waiting for tokens) and `Bulkhead` (waiting for a slot) share it,
+so neither carries its own thread and task waiting logic. The policy owns
+the resource and the lock; it implements the small `Gate` protocol, with no
+I/O, and this module does the waiting:
+
+* ``take(cost, now)`` takes ``cost`` of the resource if it is there;
+* ``ready_at(cost, now)`` says when the head of the queue could take its
+  cost, or None when only a release can tell (a bulkhead);
+* ``give_back(cost, now)`` returns a grant that its waiter never used;
+* ``lock()`` and ``unlock()`` bracket every use of the queue.
+
+The resource is taken only when it is *granted*, in queue order, by
+whichever thread or task finds it available: the head waiter when its
+timer fires, a call that releases a slot, a waiter that leaves. A waiter
+that leaves (it gives up, is cancelled or interrupted) takes nothing: when
+a grant reached it too late, it gives it back. Only the head ever sleeps on a
+timer (when the gate can tell its time); the others wait for a signal. When
+the head changes, a new head with a time to wait for is woken to set its
+own timer.
+
+Each waiter has a signal of its own, renewed at each round of its wait:
+a thread blocks on a `concurrent.futures.Future` (through the clock's
+``wait_future`` hook, so a `FakeClock` drives it), a task awaits an
+`asyncio.Future` of its loop, set with ``loop.call_soon_threadsafe`` from
+whichever thread grants it. One queue therefore serves threads and tasks of
+any number of event loops at once, in one order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import math
+from collections import deque
+from typing import Any, Protocol
+
+from ._clock import Clock, call_at, wait_future
+
+__all__ = ["Gate", "Waiter", "WaiterQueue", "await_turn", "wait_turn"]
+
+WAITING = 0
+GRANTED = 1
+LEFT = 2
+
+# An endless wait is done in rounds this long, so no timeout overflows.
+ROUND = 86_400.0
+
+
+class Gate(Protocol):
+    """What a policy gives its `WaiterQueue`; see the module docs."""
+
+    clock: Clock
+
+    def lock(self) -> None: ...
+
+    def unlock(self) -> None: ...
+
+    def take(self, cost: float, now: float) -> bool: ...
+
+    def ready_at(self, cost: float, now: float) -> float | None: ...
+
+    def give_back(self, cost: float, now: float) -> None: ...
+
+
+class Waiter:
+    """One thread or task in the queue."""
+
+    __slots__ = ("cost", "loop", "signal", "state")
+
+    def __init__(self, cost: float, loop: asyncio.AbstractEventLoop | None) -> None:
+        self.cost = cost
+        self.loop = loop  # None for a thread
+        self.state = WAITING
+        self.signal: Any = None  # this round's future, once the waiter waits
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _wake(waiter: Waiter) -> None:
+    """Wake a waiter from any thread (the gate's lock is held)."""
+    signal = waiter.signal
+    if signal is None:
+        return  # it has not waited yet, and will look at its state first
+    if waiter.loop is None:
+        if not signal.done():
+            signal.set_result(None)
+        return
+    with contextlib.suppress(RuntimeError):  # its loop closed: nobody is left to wake
+        waiter.loop.call_soon_threadsafe(_resolve, signal)
+
+
+class WaiterQueue:
+    """Waiters in arrival order; every method runs with the gate's lock held."""
+
+    __slots__ = ("_gate", "_waiters", "count", "pending")
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
+        self._waiters: deque[Waiter] = deque()
+        self.count = 0
+        """Waiters still waiting (read without the lock by the policies' fast paths)."""
+        self.pending = 0.0
+        """The total cost they wait for."""
+
+    def join(self, cost: float, loop: asyncio.AbstractEventLoop | None) -> Waiter:
+        """Add a waiter at the back of the queue."""
+        waiter = Waiter(cost, loop)
+        self._waiters.append(waiter)
+        self.count += 1
+        self.pending += cost
+        return waiter
+
+    def head(self) -> Waiter | None:
+        """The first waiter still waiting, dropping those that left."""
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters[0]
+            if waiter.state == WAITING:
+                return waiter
+            waiters.popleft()
+        return None
+
+    def serve(self, now: float) -> None:
+        """Grant waiters from the head while the gate has enough; wake a new head."""
+        gate = self._gate
+        first = self._waiters[0] if self._waiters else None
+        while (waiter := self.head()) is not None:
+            loop = waiter.loop
+            if loop is not None and loop.is_closed():
+                self._leave(waiter)  # a task that can never run again gets nothing
+                continue
+            if not gate.take(waiter.cost, now):
+                if waiter is not first and gate.ready_at(waiter.cost, now) is not None:
+                    _wake(waiter)  # the new head: time to set its own timer
+                return
+            self._waiters.popleft()
+            waiter.state = GRANTED
+            self.count -= 1
+            self.pending -= waiter.cost
+            _wake(waiter)
+        self.pending = 0.0  # the queue is empty: no float dust left over from the sums
+
+    def leave(self, waiter: Waiter, now: float) -> None:
+        """``waiter`` goes away: it takes nothing, and the queue moves on without it."""
+        if waiter.state == GRANTED:
+            waiter.state = LEFT
+            self._gate.give_back(waiter.cost, now)
+        elif waiter.state == WAITING:
+            self._leave(waiter)
+        self.serve(now)
+
+    def _leave(self, waiter: Waiter) -> None:
+        waiter.state = LEFT
+        self.count -= 1
+        self.pending -= waiter.cost
+
+
+def _next_round(
+    queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float
+) -> tuple[bool | None, float, float | None]:
+    """One decision, under the gate's lock: granted, gave up, or wait until when.
+
+    Returns ``(done, now, at)``: ``done`` is True when granted, False when the
+    waiter gave up (and left), None to wait again, on the head's timer ``at``
+    or on a signal.
+    """
+    now = gate.clock.monotonic()
+    if waiter.state == WAITING:
+        queue.serve(now)
+    if waiter.state == GRANTED:
+        return True, now, None
+    if now >= give_up:
+        queue.leave(waiter, now)
+        return False, now, None
+    at = gate.ready_at(waiter.cost, now) if queue.head() is waiter else None
+    return None, now, at
+
+
+def wait_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float) -> bool:
+    """Block this thread until ``waiter`` is granted (True) or ``give_up`` passes (False)."""
+    clock = gate.clock
+    try:
+        while True:
+            gate.lock()
+            try:
+                done, now, at = _next_round(queue, gate, waiter, give_up)
+                if done is not None:
+                    return done
+                signal: concurrent.futures.Future[None] = concurrent.futures.Future()
+                waiter.signal = signal
+            finally:
+                gate.unlock()
+            if at is not None:
+                # The head sleeps like any sleeper (an auto-advancing FakeClock moves on).
+                clock.sleep(max(0.0, min(at, give_up) - now))
+            else:
+                wait_future(clock, signal, min(give_up, now + ROUND))
+    except BaseException:
+        _abandon(queue, gate, waiter)
+        raise
+
+
+async def await_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float) -> bool:
+    """Suspend this task until ``waiter`` is granted (True) or ``give_up`` passes (False)."""
+    clock = gate.clock
+    loop = waiter.loop
+    assert loop is not None
+    try:
+        while True:
+            gate.lock()
+            try:
+                done, now, at = _next_round(queue, gate, waiter, give_up)
+                if done is not None:
+                    return done
+                signal: asyncio.Future[None] = loop.create_future()
+                waiter.signal = signal
+            finally:
+                gate.unlock()
+            if at is not None:
+                await clock.asleep(max(0.0, min(at, give_up) - now))
+                continue
+            timer = None
+            if not math.isinf(give_up):
+                timer = call_at(clock, give_up, functools.partial(_resolve, signal), loop)
+            try:
+                await signal
+            finally:
+                if timer is not None:
+                    timer.cancel()
+    except BaseException:
+        _abandon(queue, gate, waiter)
+        raise
+
+
+def _abandon(queue: WaiterQueue, gate: Gate, waiter: Waiter) -> None:
+    """The waiter was cancelled or interrupted: it leaves, giving back a late grant."""
+    gate.lock()
+    try:
+        queue.leave(waiter, gate.clock.monotonic())
+    finally:
+        gate.unlock()

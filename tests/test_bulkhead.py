@@ -1,0 +1,777 @@
+"""Tests of `resilience.Bulkhead`: slots, the FIFO queue, isolation, sync and async alike."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import inspect
+import math
+import pickle
+import random
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+import resilience as rs
+from resilience.testing import FakeClock
+
+USER: contextvars.ContextVar[str] = contextvars.ContextVar("USER", default="nobody")
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run the test once with threads through call(), once with tasks through acall()."""
+    return str(request.param)
+
+
+class WatchedClock(FakeClock):
+    """A manual FakeClock that tells the test when a thread blocks in the queue."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_advance=False)
+        self.blocked = threading.Semaphore(0)
+
+    def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
+        self.blocked.release()
+        super().wait_future(future, deadline)
+
+
+async def settle() -> None:
+    """Let the event loop run what is ready."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+class Traffic:
+    """Calls through one bulkhead that stay in flight until the test lets each one go.
+
+    In sync mode each call is a thread in ``call()``; in async mode, a task in ``acall()``.
+    ``start`` returns once the call is running, queued or refused, as the test expects.
+    """
+
+    def __init__(self, mode: str, bulkhead: rs.Bulkhead, clock: WatchedClock) -> None:
+        self.mode = mode
+        self.bulkhead = bulkhead
+        self.clock = clock
+        self.entered: list[int] = []  # the order in which calls got a slot
+        self.outcomes: dict[int, Any] = {}
+        self._entered_signal = threading.Semaphore(0)
+        self._gates: dict[int, threading.Event | asyncio.Event] = {}
+        self._workers: dict[int, threading.Thread | asyncio.Task[Any]] = {}
+
+    def _body(self, i: int) -> int:
+        self.entered.append(i)
+        self._entered_signal.release()
+        gate = self._gates[i]
+        assert isinstance(gate, threading.Event)
+        gate.wait(30)
+        return i
+
+    async def _abody(self, i: int) -> int:
+        self.entered.append(i)
+        gate = self._gates[i]
+        assert isinstance(gate, asyncio.Event)
+        await gate.wait()
+        return i
+
+    async def start(self, i: int, expect: str) -> None:
+        """Start call ``i``; return when it is "running", "queued" or "rejected"."""
+        if self.mode == "sync":
+            self._gates[i] = threading.Event()
+
+            def caller() -> None:
+                try:
+                    self.outcomes[i] = self.bulkhead.call(self._body, i)
+                except BaseException as exc:  # recorded for the test
+                    self.outcomes[i] = exc
+
+            thread = threading.Thread(target=caller)
+            self._workers[i] = thread
+            thread.start()
+            if expect == "running":
+                assert self._entered_signal.acquire(timeout=30)
+            elif expect == "queued":
+                assert self.clock.blocked.acquire(timeout=30)
+            else:
+                thread.join(30)
+        else:
+            self._gates[i] = asyncio.Event()
+
+            async def caller() -> None:
+                try:
+                    self.outcomes[i] = await self.bulkhead.acall(self._abody, i)
+                except Exception as exc:
+                    self.outcomes[i] = exc
+
+            self._workers[i] = asyncio.create_task(caller())
+            await settle()
+        state = {"running": i in self.entered, "rejected": i in self.outcomes}
+        assert state.get(expect, not state["running"] and not state["rejected"]), expect
+
+    async def let_go(self, i: int, *, then: int | None = None) -> None:
+        """Let call ``i`` finish; wait for it, and for call ``then`` to get its slot."""
+        self._gates[i].set()
+        worker = self._workers[i]
+        if isinstance(worker, threading.Thread):
+            worker.join(30)
+            if then is not None:
+                assert self._entered_signal.acquire(timeout=30)
+        else:
+            await worker
+            await settle()
+        assert self.outcomes[i] == i
+        if then is not None:
+            assert then in self.entered
+
+    async def join(self, i: int) -> Any:
+        """Wait for call ``i`` to end (without letting it go) and return its outcome."""
+        worker = self._workers[i]
+        if isinstance(worker, threading.Thread):
+            worker.join(30)
+        else:
+            await worker
+        return self.outcomes[i]
+
+
+# -- construction -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"max_concurrent": 0}, ValueError, r"^max_concurrent must be >= 1"),
+        ({"max_concurrent": 1.5}, TypeError, r"^max_concurrent must be an int"),
+        ({"max_concurrent": True}, TypeError, r"^max_concurrent must be an int"),
+        ({"max_concurrent": 2, "max_queue": -1}, ValueError, r"^max_queue must be >= 0"),
+        ({"max_concurrent": 2, "max_queue": "3"}, TypeError, r"^max_queue must be an int"),
+        ({"max_concurrent": 2, "max_wait": -1}, ValueError, r"^max_wait must be >= 0"),
+        ({"max_concurrent": 2, "max_wait": math.nan}, ValueError, r"^max_wait"),
+        ({"max_concurrent": 2, "isolation": "process"}, ValueError, r"^isolation must be"),
+        ({"max_concurrent": 2, "retry_after": -1}, ValueError, r"^retry_after must be >= 0"),
+        ({"max_concurrent": 2, "clock": FakeClock}, TypeError, r"^clock must provide"),
+        ({"max_concurrent": 2, "name": 7}, TypeError, r"^name must be a str"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Every bad argument is refused by the constructor, naming the parameter and its range."""
+    with pytest.raises(error, match=message):
+        rs.Bulkhead(**kwargs)
+
+
+def test_defaults_settings_and_repr() -> None:
+    """No queue by default; settings and repr show what was set."""
+    plain = rs.Bulkhead(4)
+    assert plain.settings() == {"max_concurrent": 4, "max_queue": 0, "max_wait": None}
+    assert repr(plain) == "Bulkhead(max_concurrent=4)"
+    assert plain.describe()["kind"] == "bulkhead"
+    full = rs.Bulkhead(
+        8, max_queue=16, max_wait=timedelta(seconds=2), isolation="thread", name="db"
+    )
+    assert full.settings() == {
+        "max_concurrent": 8,
+        "max_queue": 16,
+        "max_wait": 2.0,
+        "isolation": "thread",
+    }
+    assert (
+        repr(full)
+        == "Bulkhead('db', max_concurrent=8, max_queue=16, max_wait=2, isolation='thread')"
+    )
+    assert (full.in_flight, full.available, full.queued, full.rejected) == (0, 8, 0, 0)
+
+
+# -- slots and the queue -------------------------------------------------------------------
+
+
+async def test_full_without_a_queue_refuses_at_once(mode: str) -> None:
+    """Beyond max_concurrent calls in flight, the next is refused at once; nothing ran."""
+    clock = WatchedClock()
+    bulkhead = rs.Bulkhead(2, retry_after=0.5, clock=clock, name="db")
+    traffic = Traffic(mode, bulkhead, clock)
+    await traffic.start(1, "running")
+    await traffic.start(2, "running")
+    assert bulkhead.metrics() == rs.BulkheadMetrics(in_flight=2, available=0, queued=0, rejected=0)
+    await traffic.start(3, "rejected")
+    error = traffic.outcomes[3]
+    assert isinstance(error, rs.BulkheadFullError)
+    assert str(error) == "bulkhead 'db' is full: all 2 slots are taken"
+    assert (error.name, error.retry_after) == ("db", 0.5)
+    assert traffic.entered == [1, 2]
+    await traffic.let_go(1)
+    await traffic.start(4, "running")
+    await traffic.let_go(2)
+    await traffic.let_go(4)
+    assert bulkhead.metrics() == rs.BulkheadMetrics(in_flight=0, available=2, queued=0, rejected=1)
+
+
+async def test_queued_calls_get_slots_in_arrival_order(mode: str) -> None:
+    """Up to max_queue calls wait, first come first served; beyond that, refused."""
+    clock = WatchedClock()
+    bulkhead = rs.Bulkhead(1, max_queue=2, clock=clock)
+    traffic = Traffic(mode, bulkhead, clock)
+    await traffic.start(1, "running")
+    await traffic.start(2, "queued")
+    await traffic.start(3, "queued")
+    await traffic.start(4, "rejected")
+    assert "its queue of 2 is full" in str(traffic.outcomes[4])
+    assert (bulkhead.in_flight, bulkhead.queued, bulkhead.rejected) == (1, 2, 1)
+    await traffic.let_go(1, then=2)
+    await traffic.let_go(2, then=3)
+    await traffic.let_go(3)
+    assert traffic.entered == [1, 2, 3]
+    assert (bulkhead.in_flight, bulkhead.queued, bulkhead.available) == (0, 0, 1)
+
+
+async def test_a_queued_call_gives_up_after_max_wait(mode: str) -> None:
+    """A call that gets no slot within max_wait is refused and leaves the queue."""
+    clock = WatchedClock()
+    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=2, clock=clock)
+    events: list[rs.BulkheadEvent] = []
+    bulkhead.subscribe(events.append)
+    traffic = Traffic(mode, bulkhead, clock)
+    await traffic.start(1, "running")
+    await traffic.start(2, "queued")
+    clock.advance(2)
+    error = await traffic.join(2)
+    assert isinstance(error, rs.BulkheadFullError)
+    assert str(error) == "bulkhead is full: no slot came free in 2s"
+    assert (bulkhead.queued, bulkhead.rejected, bulkhead.in_flight) == (0, 1, 1)
+    assert events == [rs.BulkheadEvent(None, "rejected", 2.0, error)]
+    await traffic.let_go(1)
+    assert bulkhead.available == 1
+
+
+async def test_waits_are_reported_to_listeners(mode: str) -> None:
+    """A call that waited for its slot sends a "waited" event with the time it spent."""
+    clock = WatchedClock()
+    bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock, name="db")
+    events: list[rs.BulkheadEvent] = []
+    bulkhead.subscribe(events.append)
+    traffic = Traffic(mode, bulkhead, clock)
+    await traffic.start(1, "running")
+    await traffic.start(2, "queued")
+    clock.advance(1.5)
+    await traffic.let_go(1, then=2)
+    await traffic.let_go(2)
+    assert events == [rs.BulkheadEvent("db", "waited", 1.5)]
+
+
+async def test_a_queued_sync_call_gives_up_at_its_deadline() -> None:
+    """Waiting for a slot never crosses the call's deadline (here a cooperative Timeout's)."""
+    clock = WatchedClock()
+    bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock)
+    pipeline = rs.Pipeline([rs.Timeout(3, clock=clock), bulkhead])
+    with bulkhead:  # the only slot is taken
+        outcome: list[BaseException] = []
+
+        def caller() -> None:
+            try:
+                pipeline.call(lambda: None)
+            except rs.BulkheadFullError as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=caller)
+        thread.start()
+        assert clock.blocked.acquire(timeout=30)
+        clock.advance(3)
+        thread.join(30)
+    assert "no slot came free in 3s" in str(outcome[0])
+    assert (bulkhead.queued, bulkhead.available) == (0, 1)
+
+
+async def test_a_past_deadline_refuses_to_queue(mode: str) -> None:
+    """With the deadline already gone there is no time to wait: refused at once."""
+    clock = FakeClock()
+    bulkhead = rs.Bulkhead(1, max_queue=5, clock=clock)
+    outer = rs.Timeout(1, clock=clock)
+
+    def late() -> None:
+        clock.advance(2)
+        bulkhead.call(lambda: None)
+
+    async def alate() -> None:
+        clock.advance(2)
+        await bulkhead.acall(asyncio.sleep, 0)
+
+    async def through_outer() -> None:
+        if mode == "sync":
+            outer.call(late)
+        else:
+            await outer.acall(alate)
+
+    with bulkhead, pytest.raises(rs.BulkheadFullError, match="all 1 slots are taken"):
+        await through_outer()
+    assert bulkhead.rejected == 1
+
+
+async def test_an_outer_async_timeout_cancels_a_queued_call() -> None:
+    """A queued task cancelled by a Timeout leaves the queue; the Timeout reports it."""
+    clock = FakeClock(auto_advance=False)
+    bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock)
+    pipeline = rs.Pipeline([rs.Timeout(1, clock=clock), bulkhead])
+    with bulkhead:
+        task = asyncio.create_task(pipeline.acall(asyncio.sleep, 0))
+        await settle()
+        assert bulkhead.queued == 1
+        clock.advance(1)
+        with pytest.raises(rs.TimeoutExceeded):
+            await task
+        assert (bulkhead.queued, bulkhead.available) == (0, 0)
+    assert bulkhead.available == 1
+
+
+# -- a slot is always given back -----------------------------------------------------------
+
+
+async def test_slots_come_back_after_errors_and_control_flow(mode: str) -> None:
+    """Errors and control flow pass through unchanged, and the slot comes back."""
+    bulkhead = rs.Bulkhead(1)
+
+    def fail() -> None:
+        raise ConnectionError("down")
+
+    def interrupt() -> None:
+        raise KeyboardInterrupt
+
+    async def afail() -> None:
+        raise ConnectionError("down")
+
+    async def failing() -> None:
+        if mode == "sync":
+            bulkhead.call(fail)
+        else:
+            await bulkhead.acall(afail)
+
+    with pytest.raises(ConnectionError):
+        await failing()
+    assert bulkhead.available == 1
+    with pytest.raises(KeyboardInterrupt):
+        bulkhead.call(interrupt)
+    assert bulkhead.available == 1
+
+
+async def test_a_cancelled_running_call_gives_its_slot_back() -> None:
+    """Cancellation while running is not swallowed, and the slot comes back."""
+    bulkhead = rs.Bulkhead(1)
+    task = asyncio.create_task(bulkhead.acall(asyncio.Event().wait))
+    await settle()
+    assert bulkhead.in_flight == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert bulkhead.available == 1
+
+
+async def test_a_call_granted_then_cancelled_before_it_ran_gives_its_slot_back() -> None:
+    """A slot handed to a queued task that is cancelled before it resumes goes to the next."""
+    bulkhead = rs.Bulkhead(1, max_queue=2)
+    started: list[str] = []
+
+    async def work(name: str) -> None:
+        started.append(name)
+
+    with bulkhead:
+        first = asyncio.create_task(bulkhead.acall(work, "first"))
+        second = asyncio.create_task(bulkhead.acall(work, "second"))
+        await settle()
+        assert bulkhead.queued == 2
+    # Leaving the block handed the slot to "first", which has not run yet.
+    assert bulkhead.queued == 1
+    first.cancel()
+    await second
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert started == ["second"]
+    assert (bulkhead.available, bulkhead.queued) == (1, 0)
+
+
+async def test_thousands_of_random_cancellations_leave_every_slot_free() -> None:
+    """5,000 calls, thousands cancelled at random while queued or running: every slot back."""
+    bulkhead = rs.Bulkhead(10, max_queue=500)
+    rng = random.Random(20261123)
+    running = peak = cancelled_while_running = 0
+
+    async def work() -> None:
+        nonlocal running, peak, cancelled_while_running
+        running += 1
+        peak = max(peak, running)
+        try:
+            for _ in range(rng.randrange(1, 8)):
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            cancelled_while_running += 1
+            raise
+        finally:
+            running -= 1
+
+    tasks: list[asyncio.Task[None]] = []
+    for _ in range(50):
+        batch = [asyncio.create_task(bulkhead.acall(work)) for _ in range(100)]
+        tasks += batch
+        for _ in range(rng.randrange(1, 4)):  # every task has reached the bulkhead
+            await asyncio.sleep(0)
+        pending = [task for task in tasks if not task.done()]
+        for task in rng.sample(pending, min(60, len(pending))):
+            task.cancel()
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    cancelled = sum(isinstance(result, asyncio.CancelledError) for result in results)
+    refused = sum(isinstance(result, rs.BulkheadFullError) for result in results)
+    assert cancelled >= 1000
+    assert 0 < cancelled_while_running < cancelled  # both while running and while queued
+    assert cancelled + refused + results.count(None) == 5000
+    assert peak <= 10
+    assert bulkhead.metrics() == rs.BulkheadMetrics(
+        in_flight=0, available=10, queued=0, rejected=refused
+    )
+
+
+# -- one account for threads and tasks ---------------------------------------------------
+
+
+def test_real_threads_never_exceed_the_limit_and_counts_are_exact() -> None:
+    """Eight threads, 200 calls each, through 3 slots and a queue: all run, at most 3 at once."""
+    bulkhead = rs.Bulkhead(3, max_queue=100)
+    lock = threading.Lock()
+    running = peak = done = 0
+
+    def work() -> None:
+        nonlocal running, peak, done
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        with lock:
+            running -= 1
+            done += 1
+
+    def hammer() -> None:
+        for _ in range(200):
+            bulkhead.call(work)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert (done, bulkhead.rejected) == (1600, 0)
+    assert peak <= 3
+    assert (bulkhead.available, bulkhead.queued) == (3, 0)
+
+
+async def test_threads_and_a_thousand_tasks_share_one_account() -> None:
+    """Threads and 1,000 tasks on one bulkhead: never more than its slots, every slot back."""
+    bulkhead = rs.Bulkhead(5, max_queue=2000)
+    lock = threading.Lock()
+    running = peak = 0
+
+    def enter() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+
+    def leave() -> None:
+        nonlocal running
+        with lock:
+            running -= 1
+
+    def work() -> None:
+        enter()
+        leave()
+
+    async def awork(i: int) -> int:
+        enter()
+        try:
+            await asyncio.sleep(0)
+        finally:
+            leave()
+        return i
+
+    def hammer() -> None:
+        for _ in range(100):
+            bulkhead.call(work)
+
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    tasks = [asyncio.create_task(bulkhead.acall(awork, i)) for i in range(1000)]
+    for thread in threads:
+        thread.start()
+    assert await asyncio.gather(*tasks) == list(range(1000))
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 60)
+    assert peak <= 5
+    assert (bulkhead.available, bulkhead.queued, bulkhead.rejected) == (5, 0, 0)
+
+
+async def test_threads_holding_slots_are_seen_by_tasks() -> None:
+    """A slot held in a thread is a slot a task cannot have."""
+    bulkhead = rs.Bulkhead(1)
+    entered, leave = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with bulkhead:
+            entered.set()
+            leave.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert entered.wait(30)
+    with pytest.raises(rs.BulkheadFullError):
+        async with bulkhead:
+            pass
+    leave.set()
+    await asyncio.to_thread(thread.join, 30)
+    async with bulkhead:
+        assert bulkhead.in_flight == 1
+    assert bulkhead.available == 1
+
+
+# -- thread isolation ------------------------------------------------------------------------
+
+
+def test_isolated_calls_run_on_the_pool_with_the_callers_context() -> None:
+    """isolation="thread": the call runs on the bulkhead's own thread, with a copied context."""
+    bulkhead = rs.Bulkhead(2, isolation="thread", name="legacy")
+    token = USER.set("alice")
+    try:
+        name, user = bulkhead.call(lambda: (threading.current_thread().name, USER.get()))
+    finally:
+        USER.reset(token)
+    assert name == "resilience-legacy"
+    assert user == "alice"
+    assert bulkhead.available == 2
+
+    def fail() -> None:
+        raise KeyError("missing")
+
+    with pytest.raises(KeyError):
+        bulkhead.call(fail)
+    assert bulkhead.drain(10)
+    assert bulkhead.available == 2
+
+
+def test_an_isolated_call_is_left_at_the_deadline_and_keeps_its_slot() -> None:
+    """The caller leaves at the deadline with TimeoutExceeded; the call runs on, holding a slot."""
+    clock = FakeClock(auto_advance=False)
+    bulkhead = rs.Bulkhead(1, isolation="thread", clock=clock, name="legacy")
+    pipeline = rs.Pipeline([rs.Timeout(2, clock=clock), bulkhead])
+    started, release = threading.Event(), threading.Event()
+    seen: list[float | None] = []
+
+    def stuck() -> str:
+        seen.append(rs.current().deadline)
+        started.set()
+        release.wait(30)
+        return "late"
+
+    outcome: list[BaseException] = []
+
+    def caller() -> None:
+        try:
+            pipeline.call(stuck)
+        except rs.TimeoutExceeded as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller)
+    thread.start()
+    assert started.wait(30)
+    clock.advance(2)
+    thread.join(30)
+    assert isinstance(outcome[0], rs.TimeoutExceeded)
+    assert (outcome[0].seconds, outcome[0].name) == (2.0, "legacy")
+    assert seen == [2.0]
+    assert bulkhead.in_flight == 1  # the abandoned call still holds its slot
+    with pytest.raises(rs.BulkheadFullError):
+        bulkhead.call(lambda: None)
+    release.set()
+    assert bulkhead.drain(10)
+    assert bulkhead.available == 1
+    assert bulkhead.call(lambda: "room again") == "room again"
+
+
+def test_isolated_calls_that_finish_in_time_return_their_result() -> None:
+    """With a deadline that does not pass, the caller gets the result."""
+    clock = FakeClock(auto_advance=False)
+    bulkhead = rs.Bulkhead(1, isolation="thread", clock=clock)
+    assert rs.Pipeline([rs.Timeout(5, clock=clock), bulkhead]).call(lambda: 7) == 7
+    assert bulkhead.drain(10)
+
+
+def test_a_failed_hand_off_gives_the_slot_back_once() -> None:
+    """If the pool cannot take the call, the slot comes back, exactly once."""
+    bulkhead = rs.Bulkhead(1, isolation="thread")
+
+    class Broken(RuntimeError):
+        pass
+
+    def refuse() -> Any:
+        raise Broken("no threads left")
+
+    bulkhead._workers = refuse  # type: ignore[method-assign]
+    with pytest.raises(Broken):
+        bulkhead.call(lambda: None)
+    assert bulkhead.available == 1
+
+
+def test_a_slot_is_given_back_once_even_if_both_sides_try() -> None:
+    """The worker and a failing hand-off cannot both give the same slot back."""
+    bulkhead = rs.Bulkhead(1, isolation="thread")
+
+    class RunsThenFails:
+        def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+            fn(*args)  # the call runs (and gives its slot back)...
+            raise RuntimeError("lost the result")  # ...and the hand-off fails anyway
+
+    bulkhead._workers = RunsThenFails  # type: ignore[assignment,method-assign]
+    with pytest.raises(RuntimeError):
+        bulkhead.call(lambda: None)
+    assert bulkhead.available == 1
+    assert bulkhead.drain() is True
+
+
+async def test_the_slow_path_takes_a_slot_that_came_back(mode: str) -> None:
+    """Under the lock, a slot freed since the fast path looked is taken, not queued for."""
+    bulkhead = rs.Bulkhead(1, max_queue=1)
+    if mode == "sync":
+        bulkhead._admit()
+    else:
+        await bulkhead._aadmit()
+    assert (bulkhead.in_flight, bulkhead.queued) == (1, 0)
+
+
+async def test_async_calls_are_not_isolated() -> None:
+    """Async calls through an isolating bulkhead run on their event loop, not the pool."""
+    bulkhead = rs.Bulkhead(1, isolation="thread")
+
+    async def where() -> int:
+        return threading.get_ident()
+
+    assert await bulkhead.acall(where) == threading.get_ident()
+    assert bulkhead.drain(0)
+    with pytest.raises(ValueError, match=r"^timeout"):
+        bulkhead.drain(-1)
+
+
+# -- both sides of a call -------------------------------------------------------------------
+
+
+class Server:
+    """A handler behind a Bulkhead and a Throttle, answering "try later" when they refuse."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.bulkhead = rs.Bulkhead(2, retry_after=1.5, clock=clock, name="server")
+        self.throttle = rs.Throttle(10, burst=2, clock=clock, name="server")
+        self.handle = rs.Pipeline([self.bulkhead, self.throttle])(self._handle)
+        self.handled = 0
+
+    def _handle(self, request: str) -> str:
+        self.handled += 1
+        return request.upper()
+
+    def receive(self, request: str) -> bytes:
+        """One request off the wire; a refusal goes back as a pickled error (its 503)."""
+        try:
+            return pickle.dumps(("ok", self.handle(request)))
+        except rs.RejectedError as refusal:
+            return pickle.dumps(("busy", refusal))
+
+
+def test_both_sides_of_a_call() -> None:
+    """Server: bulkhead and throttle answer at once. Client: its Retry honours retry_after."""
+    clock = FakeClock()
+    server = Server(clock)
+    sleeps_before = len(clock.sleeps)
+
+    def send(request: str) -> str:
+        status, body = pickle.loads(server.receive(request))
+        if status == "busy":
+            raise body  # the refusal crossed the wire with its retry_after
+        return str(body)
+
+    client = rs.Pipeline(
+        [
+            rs.Retry(3, on=(ConnectionError, rs.ThrottledError), backoff=0.01, clock=clock),
+            rs.Throttle(100, burst=5, clock=clock, name="client"),
+        ]
+    )
+    assert [client.call(send, f"r{i}") for i in range(3)] == ["R0", "R1", "R2"]
+    assert clock.sleeps[sleeps_before:] == [pytest.approx(0.1)]  # the server's throttle said when
+
+    # A full server bulkhead: refused at once; a Retry that names it waits its hint.
+    with server.bulkhead, server.bulkhead, pytest.raises(rs.BulkheadFullError) as caught:
+        client.call(send, "r3")
+    assert caught.value.retry_after == 1.5
+    patient = rs.Retry(2, on=rs.BulkheadFullError, backoff=0, clock=clock)
+    held = [server.bulkhead.__enter__(), server.bulkhead.__enter__()]
+    original_sleep = clock.sleep
+
+    def sleep_then_free(seconds: float) -> None:
+        original_sleep(seconds)
+        for _ in held:
+            server.bulkhead.__exit__(None, None, None)
+        held.clear()
+
+    clock.sleep = sleep_then_free  # type: ignore[method-assign]
+    assert patient.call(send, "r4") == "R4"
+    assert clock.sleeps[-1] == 1.5
+
+
+# -- the rest ----------------------------------------------------------------------------------
+
+
+async def test_context_managers_hold_a_slot(mode: str) -> None:
+    """``with bulkhead:`` / ``async with bulkhead:`` hold a slot for the block."""
+    bulkhead = rs.Bulkhead(1)
+    if mode == "sync":
+        with bulkhead:
+            assert bulkhead.in_flight == 1
+            with pytest.raises(rs.BulkheadFullError), bulkhead:
+                pass
+    else:
+        async with bulkhead:
+            assert bulkhead.in_flight == 1
+            with pytest.raises(rs.BulkheadFullError):
+                async with bulkhead:
+                    pass
+    assert bulkhead.available == 1
+
+
+def test_decorator_keeps_the_signature() -> None:
+    """Decorating keeps the name, the signature and the async-ness."""
+    bulkhead = rs.Bulkhead(2)
+
+    @bulkhead
+    def fetch(user_id: int, *, verbose: bool = False) -> int:
+        return user_id
+
+    @bulkhead
+    async def afetch(user_id: int) -> int:
+        return user_id
+
+    assert fetch(3) == 3
+    assert str(inspect.signature(fetch)) == "(user_id: 'int', *, verbose: 'bool' = False) -> 'int'"
+    assert inspect.iscoroutinefunction(afetch)
+    assert asyncio.run(afetch(4)) == 4
+
+
+async def test_a_layer_that_is_not_innermost_calls_the_next(mode: str, clock: FakeClock) -> None:
+    """Not innermost, the bulkhead hands the call on to the next layer."""
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(rs.current().attempt)
+        if len(attempts) == 1:
+            raise ConnectionError
+        return "x"
+
+    async def aflaky() -> str:
+        return flaky()
+
+    pipeline = rs.Pipeline([rs.Bulkhead(1), rs.Retry(2, backoff=0, clock=clock)])
+    result = pipeline.call(flaky) if mode == "sync" else await pipeline.acall(aflaky)
+    assert result == "x"
+    assert attempts == [1, 2]

@@ -1,0 +1,789 @@
+"""Tests of `resilience.Throttle`: the bucket, the FIFO queue, deadlines, sync and async alike."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import math
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+from fractions import Fraction
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import resilience as rs
+from resilience.testing import FakeClock
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run the test once through call() with a def, once through acall() with an async def."""
+    return str(request.param)
+
+
+async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
+    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
+    if mode == "sync":
+        return policy.call(fn, *args)
+    body = fn
+
+    async def async_fn(*a: Any) -> Any:
+        return body(*a)
+
+    return await policy.acall(async_fn, *args)
+
+
+async def take(mode: str, throttle: rs.Throttle, cost: float = 1, **kwargs: Any) -> None:
+    """acquire() or aacquire() according to ``mode``."""
+    if mode == "sync":
+        throttle.acquire(cost, **kwargs)
+    else:
+        await throttle.aacquire(cost, **kwargs)
+
+
+class WatchedClock(FakeClock):
+    """A manual FakeClock that tells the test when a thread blocks waiting for tokens."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_advance=False)
+        self.blocked = threading.Semaphore(0)
+
+    def sleep(self, seconds_: float) -> None:
+        self.blocked.release()  # the head of the queue sleeps until its tokens are there
+        super().sleep(seconds_)
+
+    def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
+        self.blocked.release()  # the others wait for their turn
+        super().wait_future(future, deadline)
+
+
+async def settle() -> None:
+    """Let the event loop run what is ready (timers fired by the fake clock, woken waiters)."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def ok() -> str:
+    return "ok"
+
+
+# -- construction -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"rate": 0}, ValueError, r"^rate must be > 0"),
+        ({"rate": -5}, ValueError, r"^rate must be > 0"),
+        ({"rate": math.nan}, ValueError, r"^rate must be a finite number"),
+        ({"rate": math.inf}, ValueError, r"^rate must be a finite number"),
+        ({"rate": "10"}, TypeError, r"^rate must be a number"),
+        ({"rate": True}, TypeError, r"^rate must be a number"),
+        ({"rate": 10, "per": 0}, ValueError, r"^per must be > 0"),
+        ({"rate": 10, "per": "1s"}, TypeError, r"^per must be a number of seconds"),
+        ({"rate": 10, "burst": 0}, ValueError, r"^burst must be > 0"),
+        ({"rate": 10, "burst": math.nan}, ValueError, r"^burst must be a finite"),
+        ({"rate": 10, "max_wait": -1}, ValueError, r"^max_wait must be >= 0"),
+        ({"rate": 10, "max_wait": math.inf}, ValueError, r"^max_wait must be finite"),
+        ({"rate": 10, "max_wait": "1"}, TypeError, r"^max_wait must be a number"),
+        ({"rate": 10, "cost": -1}, ValueError, r"^cost must be >= 0"),
+        ({"rate": 10, "cost": "big"}, TypeError, r"^cost must be a number"),
+        ({"rate": 10, "burst": 2, "cost": 3}, ValueError, r"^cost must be <= burst \(2\)"),
+        ({"rate": 10, "clock": object()}, TypeError, r"^clock must provide"),
+        ({"rate": 10, "name": 1}, TypeError, r"^name must be a str"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(
+    kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    """Every bad argument is refused by the constructor, naming the parameter and its range."""
+    with pytest.raises(error, match=message):
+        rs.Throttle(**kwargs)
+
+
+def test_defaults_settings_and_repr() -> None:
+    """The default burst is one period's quota (at least 1); settings and repr show it all."""
+    throttle = rs.Throttle(100, name="api")
+    assert throttle.burst == 100
+    assert throttle.settings() == {
+        "rate": 100.0,
+        "per": 1.0,
+        "burst": 100.0,
+        "max_wait": 0.0,
+        "cost": 1.0,
+    }
+    assert repr(throttle) == "Throttle('api', rate=100, per=1, burst=100, max_wait=0)"
+    assert throttle.describe()["kind"] == "throttle"
+    slow = rs.Throttle(1, per=timedelta(minutes=1), max_wait=None, cost=len)
+    assert slow.burst == 1
+    assert slow.per == 60.0
+    assert repr(slow) == "Throttle(rate=1, per=60, burst=1, max_wait=None, cost=len)"
+    assert rs.Throttle(0.5).burst == 1.0
+    assert rs.Throttle(10, burst=3, max_wait=timedelta(milliseconds=250)).max_wait == 0.25
+
+
+# -- the bucket ------------------------------------------------------------------------
+
+
+async def test_admits_a_burst_then_rejects_with_retry_after(mode: str, clock: FakeClock) -> None:
+    """A full bucket admits ``burst`` calls at once; the next is refused, saying when to retry."""
+    throttle = rs.Throttle(2, burst=3, clock=clock, name="api")
+    for _ in range(3):
+        assert await run(mode, throttle, ok) == "ok"
+    reached: list[int] = []
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run(mode, throttle, reached.append, 1)
+    assert reached == []  # nothing downstream ran
+    assert caught.value.retry_after == 0.5
+    assert caught.value.name == "api"
+    assert str(caught.value) == "throttle 'api' is out of tokens: a token in 0.5s"
+    assert isinstance(caught.value, rs.RejectedError)
+    assert clock.sleeps == []  # max_wait=0: refused at once, no waiting
+    assert throttle.rejected == 1
+
+
+async def test_refills_continuously_up_to_the_burst(mode: str, clock: FakeClock) -> None:
+    """Tokens come back at rate/per a second, never more than burst of them."""
+    throttle = rs.Throttle(10, per=2, burst=2, clock=clock)  # 5 tokens a second
+    for _ in range(2):
+        await run(mode, throttle, ok)
+    assert throttle.available == 0
+    clock.advance(0.1)
+    assert throttle.available == pytest.approx(0.5)
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run(mode, throttle, ok)
+    assert caught.value.retry_after == pytest.approx(0.1)
+    clock.advance(0.1)
+    await run(mode, throttle, ok)
+    clock.advance(3600)
+    assert throttle.available == 2  # capped: an idle hour saves only a burst
+    for _ in range(2):
+        await run(mode, throttle, ok)
+    with pytest.raises(rs.ThrottledError):
+        await run(mode, throttle, ok)
+
+
+async def test_a_fixed_cost_per_call(mode: str, clock: FakeClock) -> None:
+    """cost=2 takes two tokens per call."""
+    throttle = rs.Throttle(4, burst=4, cost=2, clock=clock)
+    await run(mode, throttle, ok)
+    await run(mode, throttle, ok)
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run(mode, throttle, ok)
+    assert caught.value.retry_after == 0.5
+    assert "2 tokens in 0.5s" in str(caught.value)
+
+
+async def test_a_cost_function_of_the_arguments(mode: str, clock: FakeClock) -> None:
+    """cost=len charges each call by its argument: bytes per second."""
+    throttle = rs.Throttle(100, burst=100, cost=len, clock=clock)
+    assert await run(mode, throttle, len, b"x" * 60) == 60
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run(mode, throttle, len, b"x" * 50)
+    assert caught.value.retry_after == pytest.approx(0.1)
+    assert await run(mode, throttle, len, b"x" * 40) == 40
+
+
+@pytest.mark.parametrize(
+    ("result", "error", "message"),
+    [
+        (-1, ValueError, r"^the cost function's result must be >= 0"),
+        ("x", TypeError, r"^the cost function's result must be a number"),
+        (11, ValueError, r"^the cost function's result must be <= burst \(10\)"),
+    ],
+)
+async def test_a_bad_cost_from_the_function_is_refused(
+    mode: str, result: object, error: type[Exception], message: str
+) -> None:
+    """A cost function returning nonsense fails the call, naming what went wrong."""
+    throttle = rs.Throttle(10, cost=lambda: result)
+    with pytest.raises(error, match=message):
+        await run(mode, throttle, ok)
+    assert throttle.available == 10
+
+
+async def test_zero_cost_is_always_admitted_when_nobody_waits(mode: str, clock: FakeClock) -> None:
+    """A call that costs nothing passes an empty bucket."""
+    throttle = rs.Throttle(1, cost=lambda n: n, clock=clock)
+    await run(mode, throttle, abs, 1)
+    assert await run(mode, throttle, abs, 0) == 0
+
+
+# -- waiting ------------------------------------------------------------------------------
+
+
+async def test_max_wait_waits_for_the_tokens(mode: str, clock: FakeClock) -> None:
+    """With max_wait, a call that can have its tokens in time waits for them."""
+    throttle = rs.Throttle(2, burst=1, max_wait=1, clock=clock)
+    await run(mode, throttle, ok)
+    assert await run(mode, throttle, ok) == "ok"
+    assert clock.sleeps == [0.5]
+    assert clock.monotonic() == 0.5
+
+
+async def test_beyond_max_wait_is_refused_at_once(mode: str, clock: FakeClock) -> None:
+    """A call whose tokens would come later than max_wait does not wait in vain."""
+    throttle = rs.Throttle(1, burst=1, max_wait=0.5, clock=clock)
+    await run(mode, throttle, ok)
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run(mode, throttle, ok)
+    assert caught.value.retry_after == 1.0
+    assert "later than it may wait (0.5s)" in str(caught.value)
+    assert clock.sleeps == []
+
+
+async def test_endless_max_wait_stops_at_the_deadline(mode: str, clock: FakeClock) -> None:
+    """max_wait=None waits as long as needed, but never past the call's deadline."""
+    throttle = rs.Throttle(1, burst=1, max_wait=None, clock=clock)
+    await run(mode, throttle, ok)
+    pipeline = rs.Pipeline([rs.Timeout(0.5, clock=clock), throttle])
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run(mode, pipeline, ok)
+    assert caught.value.retry_after == 1.0
+    assert "past the call's deadline (0.5s left)" in str(caught.value)
+    assert clock.sleeps == []
+    assert await run(mode, rs.Pipeline([rs.Timeout(5, clock=clock), throttle]), ok) == "ok"
+    assert clock.sleeps == [1.0]
+    assert await run(mode, throttle, ok) == "ok"  # no deadline at all
+    assert clock.sleeps == [1.0, 1.0]
+
+
+async def test_a_past_deadline_refuses_any_wait(mode: str, clock: FakeClock) -> None:
+    """A deadline already gone leaves no time to wait, whatever max_wait says."""
+    throttle = rs.Throttle(1, burst=1, max_wait=10, clock=clock)
+    outer = rs.Timeout(1, clock=clock)
+
+    def late() -> str:
+        clock.advance(2)  # the outer deadline passes inside the call
+        throttle.try_acquire()  # and the token that came back meanwhile is spent
+        return str(throttle.call(ok))
+
+    async def alate() -> str:
+        clock.advance(2)
+        throttle.try_acquire()
+        return str(await throttle.acall(asyncio.sleep, 0, "x"))
+
+    async def through_outer() -> None:
+        if mode == "sync":
+            outer.call(late)
+        else:
+            await outer.acall(alate)
+
+    with pytest.raises(rs.ThrottledError, match=r"past the call's deadline \(0s left\)"):
+        await through_outer()
+    assert clock.sleeps == []
+
+
+async def test_waiters_are_served_first_come_first_served(mode: str) -> None:
+    """A small request does not overtake a big one queued before it (aiolimiter's would)."""
+    clock = WatchedClock()
+    throttle = rs.Throttle(1, burst=3, max_wait=None, clock=clock)
+    throttle.acquire(3)
+    order: list[str] = []
+
+    if mode == "sync":
+
+        def want(name: str, cost: float) -> None:
+            throttle.acquire(cost)
+            order.append(name)
+
+        threads = [
+            threading.Thread(target=want, args=("big", 3)),
+            threading.Thread(target=want, args=("small", 1)),
+        ]
+        for thread in threads:
+            thread.start()
+            assert clock.blocked.acquire(timeout=30)  # it is in the queue
+        clock.advance(1)  # one token: enough for "small", but "big" is first
+        assert order == []
+        clock.advance(2)
+        threads[0].join(30)
+        assert order == ["big"]
+        assert clock.blocked.acquire(timeout=30)  # "small", now the head, sleeps for its token
+        clock.advance(1)
+        threads[1].join(30)
+    else:
+
+        async def await_(name: str, cost: float) -> None:
+            await throttle.aacquire(cost)
+            order.append(name)
+
+        tasks = [asyncio.create_task(await_("big", 3)), asyncio.create_task(await_("small", 1))]
+        await settle()
+        assert throttle.queued == 2
+        clock.advance(1)
+        await settle()
+        assert order == []
+        clock.advance(2)
+        await settle()
+        assert order == ["big"]
+        clock.advance(1)
+        await asyncio.gather(*tasks)
+    assert order == ["big", "small"]
+    assert throttle.queued == 0
+
+
+async def test_newcomers_queue_behind_waiters_even_when_tokens_are_there() -> None:
+    """FIFO holds for newcomers too: with someone waiting, try_acquire says no."""
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
+    throttle.acquire(2)
+    task = asyncio.create_task(throttle.aacquire(2))
+    await settle()
+    clock.advance(1)  # one token back, the waiter needs two
+    assert not throttle.try_acquire(1)
+    assert throttle.rejected == 1
+    clock.advance(1)
+    await task
+    assert throttle.queued == 0
+
+
+async def test_a_cancelled_head_wakes_the_next_waiter() -> None:
+    """The head leaves without a token; the next one is served at once if it fits."""
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(1, burst=4, max_wait=None, clock=clock)
+    throttle.acquire(4)
+    clock.advance(1)
+    head = asyncio.create_task(throttle.aacquire(4))
+    second = asyncio.create_task(throttle.aacquire(1))
+    await settle()
+    assert throttle.queued == 2
+    head.cancel()
+    await second  # served with the one token there, no clock move needed
+    with pytest.raises(asyncio.CancelledError):
+        await head
+    assert throttle.available == 0
+    assert throttle.queued == 0
+
+
+async def test_a_cancelled_head_hands_its_timer_to_the_next() -> None:
+    """When the next waiter cannot be served yet, it sets its own, earlier, timer."""
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(1, burst=4, max_wait=None, clock=clock)
+    throttle.acquire(4)
+    head = asyncio.create_task(throttle.aacquire(4))
+    second = asyncio.create_task(throttle.aacquire(2))
+    await settle()
+    head.cancel()
+    await settle()
+    clock.advance(2)  # the second's tokens, long before the head's 4 would have come
+    await second
+    assert head.cancelled()
+
+
+async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back() -> None:
+    """Tokens are taken only when granted, and a grant the task never used is returned."""
+    clock = WatchedClock()
+    throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
+    throttle.acquire(2)
+    thread = threading.Thread(target=throttle.acquire, args=(1,))
+    thread.start()
+    assert clock.blocked.acquire(timeout=30)  # the thread is the head of the queue
+    task = asyncio.create_task(throttle.aacquire(1))
+    await settle()
+    assert throttle.queued == 2
+    clock.advance(2)  # the thread wakes and grants itself and the task...
+    thread.join(10)  # ...while this loop is blocked, so the task cannot run yet
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert throttle.available == 1  # the task's token is back in the bucket
+
+
+async def test_an_interrupted_sync_waiter_takes_no_token() -> None:
+    """KeyboardInterrupt while waiting passes through; the bucket keeps its tokens."""
+
+    class InterruptingClock(FakeClock):
+        def sleep(self, seconds_: float) -> None:
+            raise KeyboardInterrupt
+
+    clock = InterruptingClock()
+    throttle = rs.Throttle(1, burst=1, max_wait=5, clock=clock)
+    throttle.acquire()
+    clock.advance(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        throttle.call(ok)
+    assert throttle.queued == 0
+    assert throttle.available == 0.5
+    clock.advance(0.5)
+    assert throttle.call(ok) == "ok"
+
+
+async def test_a_waiter_whose_promise_is_broken_is_refused() -> None:
+    """Defensive: if the tokens do not come by the time the queue said, the waiter is refused."""
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(1, burst=1, max_wait=2, clock=clock)
+    throttle.acquire()
+    task = asyncio.create_task(throttle.aacquire())
+    await settle()
+    throttle._bucket.full_at += 10  # spent behind the queue's back (never happens in real use)
+    clock.advance(1)
+    await settle()
+    clock.advance(1)
+    with pytest.raises(rs.ThrottledError) as caught:
+        await task
+    assert caught.value.retry_after == pytest.approx(9)  # 10 s of debt, 1 s already gone
+    assert throttle.queued == 0
+    assert throttle.rejected == 1
+
+
+async def test_calls_meeting_due_waiters_serve_them_first(mode: str) -> None:
+    """A call that finds waiters whose tokens are due (not yet woken) serves them, then itself."""
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
+    throttle.acquire(2)
+    waiter = asyncio.create_task(throttle.aacquire(1))
+    await settle()
+    clock.advance(5)  # its timer fired, but the loop has not run it yet: the bucket is full
+    assert await run(mode, throttle, ok) == "ok"  # queued behind it, served at once
+    assert throttle.queued == 0
+    await waiter
+    assert throttle.available == 0
+
+
+def test_contention_for_the_baton_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """When a fast path holds the bucket, the slow path spins (yielding) until it is back."""
+    throttle = rs.Throttle(10, burst=10, cost=lambda: 1, clock=FakeClock())
+    bucket = throttle._bucket
+    spins: list[float] = []
+
+    def fast_path_finishes(seconds: float) -> None:
+        spins.append(seconds)
+        bucket.baton.append(None)  # the other thread gives the bucket back
+
+    monkeypatch.setattr("resilience._throttle.time.sleep", fast_path_finishes)
+    bucket.baton.pop()  # as if another thread were in its fast path
+    assert throttle.call(ok) == "ok"  # the weighted shell sees the baton gone...
+    assert spins == [0]  # ...and the slow path waited for it
+    assert throttle.available == 9
+
+
+def test_an_interrupt_while_waiting_for_the_baton_frees_the_mutex(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """KeyboardInterrupt while spinning passes through and leaves the throttle usable."""
+    throttle = rs.Throttle(10)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("resilience._throttle.time.sleep", interrupted)
+    throttle._bucket.baton.pop()
+    with pytest.raises(KeyboardInterrupt):
+        throttle.try_acquire()
+    throttle._bucket.baton.append(None)
+    assert throttle.try_acquire()
+
+
+async def test_the_fast_path_yields_to_a_busy_bucket(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A call that finds the bucket held by another thread goes the slow way, and gets its token."""
+    throttle = rs.Throttle(10, burst=10, clock=FakeClock())
+    bucket = throttle._bucket
+    monkeypatch.setattr(
+        "resilience._throttle.time.sleep", lambda seconds: bucket.baton.append(None)
+    )
+    bucket.baton.pop()  # as if another thread were in its fast path
+    assert await run(mode, throttle, ok) == "ok"
+    assert throttle.available == 9
+
+
+@pytest.mark.parametrize("start", [0.0, 3e8, 1e11])
+async def test_waiters_are_never_trapped_by_rounding(mode: str, start: float) -> None:
+    """Far from zero (a host up for years), a woken waiter is not a rounding error short."""
+    clock = FakeClock(start=start)
+    throttle = rs.Throttle(3, burst=1, max_wait=None, clock=clock)
+    for _ in range(10):
+        await take(mode, throttle)
+    assert clock.monotonic() - start == pytest.approx(3.0, abs=1e-6 + 4 * math.ulp(start))
+
+
+# -- direct use -------------------------------------------------------------------------------
+
+
+async def test_try_acquire_acquire_and_aacquire(mode: str, clock: FakeClock) -> None:
+    """Tokens for work that is not a call: never blocking, blocking, awaiting."""
+    throttle = rs.Throttle(10, burst=10, clock=clock)
+    assert throttle.try_acquire(6)
+    assert not throttle.try_acquire(6)
+    assert throttle.rejected == 1
+    await take(mode, throttle, 4)
+    with pytest.raises(rs.ThrottledError):
+        await take(mode, throttle, 1)
+    await take(mode, throttle, 5, max_wait=1)  # this once, it may wait
+    assert clock.sleeps == [0.5]
+    await take(mode, throttle, 10, max_wait=None)
+    assert clock.sleeps == [0.5, 1.0]
+    with pytest.raises(ValueError, match=r"^cost must be <= burst"):
+        await take(mode, throttle, 11)
+    with pytest.raises(ValueError, match=r"^max_wait must be >= 0"):
+        await take(mode, throttle, 1, max_wait=-1)
+    with pytest.raises(ValueError, match=r"^cost must be >= 0"):
+        throttle.try_acquire(-1)
+
+
+async def test_context_managers_take_one_token(clock: FakeClock) -> None:
+    """``with throttle:`` and ``async with throttle:`` take one token each."""
+    throttle = rs.Throttle(1, burst=2, clock=clock)
+    with throttle:
+        pass
+    async with throttle:
+        pass
+    with pytest.raises(rs.ThrottledError), throttle:
+        pass
+    with pytest.raises(rs.ThrottledError):
+        async with throttle:
+            pass
+
+
+# -- one account for threads and tasks ------------------------------------------------------------
+
+
+def test_real_threads_share_one_account_exactly() -> None:
+    """Eight threads hammering a frozen bucket get exactly its burst, no more, no less."""
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(1, burst=1000, clock=clock)
+    admitted: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def hammer() -> None:
+        barrier.wait(10)
+        mine = 0
+        for _ in range(300):
+            try:
+                throttle.call(ok)
+            except rs.ThrottledError:
+                continue
+            mine += 1
+        admitted.append(mine)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sum(admitted) == 1000
+    assert throttle.rejected == 8 * 300 - 1000
+
+
+async def test_threads_and_a_thousand_tasks_share_one_account() -> None:
+    """Threads and 1,000 tasks at once on one throttle: every token is counted once."""
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(100, burst=500, max_wait=None, clock=clock)
+    thread_admitted: list[int] = []
+
+    def hammer() -> None:
+        thread_admitted.append(sum(throttle.try_acquire() for _ in range(100)))
+
+    async def call(i: int) -> int:
+        return await throttle.acall(asyncio.sleep, 0, i)
+
+    tasks = [asyncio.create_task(call(i)) for i in range(1000)]
+    threads = [threading.Thread(target=hammer) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    await settle()  # the tasks take tokens or queue while the threads hammer
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 30)
+    await settle()
+    at_once = sum(task.done() for task in tasks)
+    assert at_once + sum(thread_admitted) == 500  # the burst, shared exactly
+    waiting = 1000 - at_once
+    assert throttle.queued == waiting
+    seconds = 0
+    while throttle.queued and seconds < 20:
+        clock.advance(1)  # 100 more tokens a second
+        seconds += 1
+        await settle()
+    assert seconds == math.ceil(waiting / 100)
+    assert await asyncio.gather(*tasks) == list(range(1000))
+    assert throttle.available == pytest.approx(seconds * 100 - waiting, abs=1e-6)
+
+
+def test_two_event_loops_in_two_threads_share_one_account() -> None:
+    """One throttle used from two asyncio.run() loops at once keeps one account."""
+    clock = FakeClock()
+    throttle = rs.Throttle(10, burst=10, max_wait=None, clock=clock)
+    counts: list[int] = []
+
+    async def spend() -> None:
+        for _ in range(10):
+            await throttle.aacquire()
+        counts.append(10)
+
+    threads = [threading.Thread(target=asyncio.run, args=(spend(),)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert counts == [10, 10]
+    assert clock.monotonic() == pytest.approx(1.0)  # 20 tokens: a burst of 10 plus 1 s of refill
+
+
+# -- in pipelines, events, observation ------------------------------------------------------------
+
+
+async def test_retry_waits_for_the_retry_after_of_a_throttle(mode: str, clock: FakeClock) -> None:
+    """A client-side Retry naming ThrottledError waits exactly until the next token."""
+    throttle = rs.Throttle(4, burst=1, clock=clock)
+    pipeline = rs.Pipeline([rs.Retry(3, on=rs.ThrottledError, backoff=0, clock=clock), throttle])
+    assert await run(mode, pipeline, ok) == "ok"
+    assert await run(mode, pipeline, ok) == "ok"
+    assert clock.sleeps == [0.25]
+
+
+async def test_events_report_waits_and_refusals(mode: str, clock: FakeClock) -> None:
+    """Listeners see each wait and each refusal; admitted calls make no event."""
+    throttle = rs.Throttle(1, burst=1, max_wait=1, clock=clock, name="api")
+    events: list[rs.ThrottleEvent] = []
+    throttle.subscribe(events.append)
+    await run(mode, throttle, ok)
+    await run(mode, throttle, ok)
+    clock.advance(0.5)
+    with pytest.raises(rs.ThrottledError) as caught:
+        await take(mode, throttle, 1, max_wait=0)
+    assert events == [
+        rs.ThrottleEvent("api", "waited", 1.0, 1.0),
+        rs.ThrottleEvent("api", "rejected", 1.0, 0.5, caught.value),
+    ]
+
+
+@pytest.mark.parametrize("cost", [1, lambda: 1], ids=["fixed", "weighted"])
+async def test_a_layer_that_is_not_innermost_calls_the_next(
+    mode: str, clock: FakeClock, cost: Any
+) -> None:
+    """Not innermost, the throttle hands the call on to the next layer (each attempt outside it)."""
+    attempts: list[int] = []
+
+    def flaky() -> str:
+        attempts.append(rs.current().attempt)
+        if len(attempts) == 1:
+            raise ConnectionError
+        return "x"
+
+    throttle = rs.Throttle(10, burst=10, cost=cost, clock=clock)
+    pipeline = rs.Pipeline([throttle, rs.Retry(2, backoff=0, clock=clock)])
+    assert await run(mode, pipeline, flaky) == "x"
+    assert attempts == [1, 2]
+    assert throttle.available == 9  # one token for the whole retried call
+
+
+def test_metrics_snapshot() -> None:
+    """metrics() shows the tokens, the queue and the refusals at one instant."""
+    clock = FakeClock()
+    throttle = rs.Throttle(2, burst=4, clock=clock)
+    assert throttle.metrics() == rs.ThrottleMetrics(available=4.0, queued=0, rejected=0)
+    throttle.try_acquire(3)
+    throttle.try_acquire(3)
+    clock.advance(0.25)
+    assert throttle.metrics() == rs.ThrottleMetrics(available=1.5, queued=0, rejected=1)
+
+
+def test_decorator_keeps_the_signature() -> None:
+    """Decorating keeps the name, the signature and the async-ness."""
+    throttle = rs.Throttle(10)
+
+    @throttle
+    def fetch(user_id: int, *, verbose: bool = False) -> int:
+        return user_id
+
+    @throttle
+    async def afetch(user_id: int) -> int:
+        return user_id
+
+    assert fetch(3) == 3
+    assert fetch.__name__ == "fetch"
+    assert str(inspect.signature(fetch)) == "(user_id: 'int', *, verbose: 'bool' = False) -> 'int'"
+    assert inspect.iscoroutinefunction(afetch)
+    assert asyncio.run(afetch(4)) == 4
+
+
+# -- accuracy: a window never admits more than burst + rate * t ----------------------------------
+
+
+class Bucket:
+    """The textbook token bucket in exact arithmetic: the model the throttle must match."""
+
+    def __init__(self, rate: Fraction, burst: Fraction) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.last = burst, Fraction(0)
+
+    def take(self, cost: int, now: Fraction) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+        if self.tokens >= cost:
+            self.tokens -= cost
+            return True
+        return False
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rate=st.sampled_from([1, 2, 4, 8, 16]),
+    per=st.sampled_from([0.5, 1.0, 2.0]),
+    burst=st.integers(min_value=1, max_value=8),
+    steps=st.lists(
+        st.tuples(st.integers(min_value=0, max_value=16), st.integers(min_value=1, max_value=8)),
+        min_size=1,
+        max_size=60,
+    ),
+)
+def test_decisions_match_the_model_and_no_window_exceeds_burst_plus_rate(
+    rate: int, per: float, burst: int, steps: list[tuple[int, int]]
+) -> None:
+    """On the fake clock, try_acquire decides as an exact token bucket, so any window of t
+    seconds admits at most burst + rate * t tokens."""
+    clock = FakeClock()
+    throttle = rs.Throttle(rate, per, burst=burst, clock=clock)
+    model = Bucket(Fraction(rate) / Fraction(per), Fraction(burst))
+    admitted: list[tuple[Fraction, int]] = []
+    now = Fraction(0)
+    for eighths, cost in steps:
+        clock.advance(eighths / 8)
+        now += Fraction(eighths, 8)
+        cost = min(cost, burst)
+        granted = throttle.try_acquire(cost)
+        assert granted == model.take(cost, now)
+        if granted:
+            admitted.append((now, cost))
+    per_second = Fraction(rate) / Fraction(per)
+    for i, (start, _) in enumerate(admitted):
+        total = 0
+        for end, cost in admitted[i:]:
+            total += cost
+            assert total <= burst + per_second * (end - start)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rate=st.sampled_from([1, 3, 10]),
+    burst=st.integers(min_value=1, max_value=5),
+    calls=st.lists(
+        st.tuples(st.floats(min_value=0, max_value=2), st.integers(min_value=1, max_value=5)),
+        min_size=1,
+        max_size=40,
+    ),
+)
+def test_waiting_callers_never_exceed_burst_plus_rate(
+    rate: int, burst: int, calls: list[tuple[float, int]]
+) -> None:
+    """Callers that wait for their tokens (auto-advancing clock) stay within the bound too."""
+    clock = FakeClock()
+    throttle = rs.Throttle(rate, burst=burst, max_wait=None, clock=clock)
+    admitted: list[tuple[float, int]] = []
+    for gap, cost in calls:
+        clock.advance(gap)
+        cost = min(cost, burst)
+        throttle.acquire(cost)
+        admitted.append((clock.monotonic(), cost))
+    for i, (start, _) in enumerate(admitted):
+        total = 0
+        for end, cost in admitted[i:]:
+            total += cost
+            assert total <= burst + rate * (end - start) + 1e-6

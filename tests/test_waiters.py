@@ -1,0 +1,264 @@
+"""Tests of the FIFO waiter queue shared by Throttle and Bulkhead, through a toy gate."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+
+import pytest
+
+from resilience._waiters import (
+    GRANTED,
+    LEFT,
+    ROUND,
+    WAITING,
+    Waiter,
+    WaiterQueue,
+    _wake,
+    await_turn,
+    wait_turn,
+)
+from resilience.testing import FakeClock
+
+
+class Units:
+    """A gate over a count of units: the simplest resource (a bulkhead's slots, say)."""
+
+    def __init__(self, units: int, clock: FakeClock, ready: float | None = None) -> None:
+        self.units = units
+        self.clock = clock
+        self.ready = ready  # a fixed ready_at, to exercise a timed head
+        self.mutex = threading.Lock()
+        self.queue = WaiterQueue(self)
+
+    def lock(self) -> None:
+        self.mutex.acquire()
+
+    def unlock(self) -> None:
+        self.mutex.release()
+
+    def take(self, cost: float, now: float) -> bool:
+        if self.units >= cost:
+            self.units -= int(cost)
+            return True
+        return False
+
+    def ready_at(self, cost: float, now: float) -> float | None:
+        return self.ready
+
+    def give_back(self, cost: float, now: float) -> None:
+        self.units += int(cost)
+
+    def release(self, units: int = 1) -> None:
+        """Give units back and serve the queue, as a finishing call does."""
+        with self.mutex:
+            self.units += units
+            self.queue.serve(self.clock.monotonic())
+
+
+def join(gate: Units, cost: float = 1, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
+    with gate.mutex:
+        return gate.queue.join(cost, loop)
+
+
+def test_waiters_are_granted_in_arrival_order_even_when_a_later_one_would_fit() -> None:
+    """A big request at the head is not overtaken by a small one behind it."""
+    gate = Units(0, FakeClock())
+    big, small = join(gate, 3), join(gate, 1)
+    gate.release(1)
+    assert (big.state, small.state) == (WAITING, WAITING)
+    assert (gate.queue.count, gate.queue.pending) == (2, 4)
+    gate.release(2)
+    assert (big.state, small.state) == (GRANTED, WAITING)
+    gate.release(1)
+    assert small.state == GRANTED
+    assert (gate.queue.count, gate.queue.pending, gate.units) == (0, 0, 0)
+
+
+def test_a_head_that_leaves_lets_the_next_one_through() -> None:
+    """Leaving takes nothing, and the waiter behind is served at once if it can be."""
+    gate = Units(1, FakeClock())
+    head, second = join(gate, 2), join(gate, 1)
+    with gate.mutex:
+        gate.queue.serve(0.0)
+        assert second.state == WAITING  # FIFO: it waits behind the head
+        gate.queue.leave(head, 0.0)
+    assert (head.state, second.state, gate.units) == (LEFT, GRANTED, 0)
+    with gate.mutex:
+        gate.queue.leave(head, 0.0)  # leaving twice changes nothing
+    assert gate.queue.count == 0
+
+
+def test_a_granted_waiter_that_leaves_gives_its_grant_back() -> None:
+    """A grant that came too late is returned, and passed on to the next waiter."""
+    gate = Units(0, FakeClock())
+    first, second = join(gate), join(gate)
+    gate.release(1)
+    assert first.state == GRANTED
+    with gate.mutex:
+        gate.queue.leave(first, 0.0)
+    assert (first.state, second.state, gate.units) == (LEFT, GRANTED, 0)
+
+
+def test_a_new_head_is_woken_to_set_its_timer() -> None:
+    """When the head changes, the new head's signal fires even though it is not granted."""
+    gate = Units(0, FakeClock(), ready=5.0)
+    head, second = join(gate), join(gate)
+    second.signal = concurrent.futures.Future()
+    with gate.mutex:
+        gate.queue.leave(head, 0.0)
+    assert second.state == WAITING
+    assert second.signal.done()
+
+
+def test_a_new_head_without_a_timer_is_left_alone() -> None:
+    """A gate with no ready time (a bulkhead) does not wake waiters for nothing."""
+    gate = Units(0, FakeClock())
+    head, second = join(gate), join(gate)
+    second.signal = concurrent.futures.Future()
+    with gate.mutex:
+        gate.queue.leave(head, 0.0)
+    assert not second.signal.done()
+
+
+async def test_a_task_on_a_closed_loop_is_dropped_not_granted() -> None:
+    """A waiter whose event loop has closed can never run: it gets nothing."""
+    dead_loop = asyncio.new_event_loop()
+    dead_loop.close()
+    gate = Units(0, FakeClock())
+    dead = join(gate, 1, dead_loop)
+    dead.signal = asyncio.get_running_loop().create_future()  # never resolved
+    alive = join(gate)
+    gate.release(1)
+    assert (dead.state, alive.state, gate.queue.count) == (LEFT, GRANTED, 0)
+
+
+def test_waking_a_thread_twice_is_harmless() -> None:
+    """A thread woken again before its next round (nudged, then granted) is left as it is."""
+    gate = Units(0, FakeClock())
+    waiter = join(gate)
+    waiter.signal = concurrent.futures.Future()
+    waiter.signal.set_result(None)
+    _wake(waiter)
+    assert waiter.signal.done()
+
+
+def test_waking_a_task_whose_loop_closed_is_harmless() -> None:
+    """A grant racing with the close of the waiter's loop does not raise."""
+    loop = asyncio.new_event_loop()
+    gate = Units(0, FakeClock())
+    waiter = join(gate, 1, loop)
+    waiter.signal = loop.create_future()
+    loop.close()
+    _wake(waiter)  # call_soon_threadsafe on a closed loop: nothing to wake, no error
+    assert not waiter.signal.done()
+
+
+def test_threads_wait_their_turn_and_give_up_on_time() -> None:
+    """Blocked threads are granted in order; one whose time runs out leaves empty-handed."""
+    clock = FakeClock(auto_advance=False)
+    gate = Units(0, clock)
+    results: dict[str, bool] = {}
+    waiters = {name: join(gate) for name in ("a", "b", "c")}
+
+    def run(name: str, give_up: float) -> None:
+        results[name] = wait_turn(gate.queue, gate, waiters[name], give_up)
+
+    threads = [
+        threading.Thread(target=run, args=("a", 100.0)),
+        threading.Thread(target=run, args=("b", 5.0)),
+        threading.Thread(target=run, args=("c", float("inf"))),
+    ]
+    for thread in threads:
+        thread.start()
+    gate.release(1)
+    threads[0].join(10)
+    assert results == {"a": True}
+    clock.advance(5)  # b gives up
+    threads[1].join(10)
+    assert results["b"] is False
+    assert waiters["b"].state == LEFT
+    clock.advance(ROUND * 2)  # c waits endlessly, in day-long rounds
+    assert waiters["c"].state == WAITING
+    gate.release(1)
+    threads[2].join(10)
+    assert results["c"] is True
+    assert gate.queue.count == 0
+
+
+def test_a_timed_head_sleeps_until_its_time() -> None:
+    """With a ready_at, the head sleeps on the clock (auto-advancing here) then is served."""
+    clock = FakeClock()
+    gate = Units(0, clock, ready=3.0)
+    waiter = join(gate)
+    original_sleep = clock.sleep
+
+    def sleep(seconds: float) -> None:
+        original_sleep(seconds)
+        gate.units = 1  # the resource is there when the head wakes
+
+    clock.sleep = sleep  # type: ignore[method-assign]
+    assert wait_turn(gate.queue, gate, waiter, 10.0)
+    assert clock.sleeps == [3.0]
+
+
+def test_an_interrupted_thread_leaves_the_queue() -> None:
+    """KeyboardInterrupt while waiting passes through, and the waiter takes nothing."""
+    clock = FakeClock()
+    gate = Units(0, clock, ready=1.0)
+    waiter, behind = join(gate), join(gate)
+
+    def interrupted(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    clock.sleep = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        wait_turn(gate.queue, gate, waiter, 10.0)
+    assert waiter.state == LEFT
+    gate.release(1)
+    assert behind.state == GRANTED
+
+
+async def test_tasks_wait_their_turn_give_up_and_are_cancelled() -> None:
+    """Awaiting tasks are granted in order; cancelled or timed-out ones take nothing."""
+    clock = FakeClock(auto_advance=False)
+    gate = Units(0, clock)
+    loop = asyncio.get_running_loop()
+    waiters = [join(gate, 1, loop) for _ in range(4)]
+    tasks = [
+        asyncio.create_task(await_turn(gate.queue, gate, waiters[0], float("inf"))),
+        asyncio.create_task(await_turn(gate.queue, gate, waiters[1], 2.0)),
+        asyncio.create_task(await_turn(gate.queue, gate, waiters[2], float("inf"))),
+        asyncio.create_task(await_turn(gate.queue, gate, waiters[3], float("inf"))),
+    ]
+    await asyncio.sleep(0)
+    tasks[2].cancel()
+    clock.advance(2)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert tasks[1].done()
+    assert tasks[1].result() is False
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[2]
+    gate.release(2)
+    assert await tasks[0] is True
+    assert await tasks[3] is True
+    assert [w.state for w in waiters] == [GRANTED, LEFT, LEFT, GRANTED]
+    assert (gate.queue.count, gate.units) == (0, 0)
+
+
+async def test_a_timed_task_head_sleeps_until_its_time() -> None:
+    """An async head with a ready_at sleeps on the clock, then is served."""
+    clock = FakeClock()
+    gate = Units(0, clock, ready=2.0)
+    waiter = join(gate, 1, asyncio.get_running_loop())
+    original = clock.asleep
+
+    async def asleep(seconds: float) -> None:
+        await original(seconds)
+        gate.units = 1
+
+    clock.asleep = asleep  # type: ignore[method-assign]
+    assert await await_turn(gate.queue, gate, waiter, 10.0)
+    assert clock.sleeps == [2.0]

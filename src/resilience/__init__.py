@@ -44,9 +44,9 @@ from ._fallback import Fallback, FallbackContext, FallbackEvent
 from ._faults import FaultEvent, FaultInjector, FaultPlan
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pipeline import Pipeline, PipelineBuilder, PipelineOrderWarning
-from ._retry import Retry, RetryEvent
+from ._retry import RetriesExhausted, Retry, RetryEvent
 from ._throttle import Throttle, ThrottleEvent, ThrottleMetrics
-from ._timeout import Timeout
+from ._timeout import Timeout, TimeoutEvent
 
 __version__ = "0.1.0"
 
@@ -93,6 +93,7 @@ __all__ = [
     "PipelineOrderWarning",
     "RejectedError",
     "ResilienceError",
+    "RetriesExhausted",
     "Retry",
     "RetryBudget",
     "RetryBudgetExhausted",
@@ -104,6 +105,7 @@ __all__ = [
     "ThrottleMetrics",
     "ThrottledError",
     "Timeout",
+    "TimeoutEvent",
     "TimeoutExceeded",
     "Vegas",
     "backoff",

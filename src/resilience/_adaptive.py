@@ -316,7 +316,8 @@ class Gradient2(LimitAlgorithm):
         if self.smoothing > 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing!r}")
         queue = _limit_function(queue_size, "queue_size")
-        assert queue is not None
+        if queue is None:
+            raise TypeError("queue_size must be a number or a function of the limit, got None")
         self.queue_size = queue
         self._queue_shown = queue_size
         self.long_window = integer(long_window, "long_window", minimum=1)
@@ -767,8 +768,11 @@ class AdaptiveLimiter(Middleware):
                 return
             if new != old:
                 core.resize(new)
-        if new != old and self._listeners:
-            self._emit(LimitChange(self.name, old, new, rtt, peak, dropped, now))
+        if new != old:
+            label = f" {self.name!r}" if self.name else ""
+            logger.debug("resilience: AdaptiveLimiter%s limit %d -> %d", label, old, new)
+            if self._listeners:
+                self._emit(LimitChange(self.name, old, new, rtt, peak, dropped, now))
 
     def _settle(self, error: BaseException, started: float, held: int) -> None:
         """A call raised: a drop, or an outcome that says nothing about load."""
@@ -837,15 +841,18 @@ class AdaptiveLimiter(Middleware):
         else:
             why = f"{limit} calls are running"
         error = LimitExceededError(f"{label} is at its limit: {why}", name=self.name)
+        logger.info("resilience: rejected: %s", error)
         if self._listeners:
             self._emit(AdaptiveLimiterEvent(self.name, "rejected", waited, limit, error))
         return error
 
     def _waited(self, started: float, granted: bool) -> None:
-        if granted and not self._listeners:
+        if granted and not self._listeners and not logger.isEnabledFor(logging.DEBUG):
             return
         seconds = self.clock.monotonic() - started
         if granted:
+            label = f" {self.name!r}" if self.name else ""
+            logger.debug("resilience: AdaptiveLimiter%s: a call waited %.3gs", label, seconds)
             self._emit(AdaptiveLimiterEvent(self.name, "waited", seconds, self._core.capacity))
             return
         core = self._core

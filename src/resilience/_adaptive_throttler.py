@@ -28,6 +28,7 @@ is the first of a new slice, or when it is rejected.
 from __future__ import annotations
 
 import builtins
+import logging
 import random as _random
 import threading
 from collections import deque
@@ -44,6 +45,8 @@ from ._validate import callable_or_none, exception_matcher, integer, number, opt
 from ._validate import seconds as _seconds
 
 __all__ = ["AdaptiveThrottler", "AdaptiveThrottlerEvent", "AdaptiveThrottlerMetrics"]
+
+logger = logging.getLogger("resilience")
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +258,7 @@ class AdaptiveThrottler(Middleware):
             f"{accepts} of the last {requests} requests)",
             name=self.name,
         )
+        logger.info("resilience: rejected: %s", error)
         if self._listeners:
             self._emit(AdaptiveThrottlerEvent(self.name, chance, requests, accepts, error))
         return error

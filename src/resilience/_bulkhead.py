@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import math
 import threading
 from collections import deque
@@ -23,6 +24,8 @@ from ._validate import seconds as _seconds
 from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
 
 __all__ = ["Bulkhead", "BulkheadEvent", "BulkheadMetrics"]
+
+logger = logging.getLogger("resilience")
 
 Isolation = Literal["thread"]
 
@@ -288,16 +291,19 @@ class Bulkhead(Middleware):
         error = BulkheadFullError(
             f"{label} is full: {why}", name=self.name, retry_after=self.retry_after
         )
+        logger.info("resilience: rejected: %s", error)
         if self._listeners:
             self._emit(BulkheadEvent(self.name, "rejected", waited, error))
         return error
 
     def _waited(self, started: float, granted: bool) -> None:
         """After a wait in the queue: report it, or refuse a waiter whose time ran out."""
-        if granted and not self._listeners:
+        if granted and not self._listeners and not logger.isEnabledFor(logging.DEBUG):
             return
         seconds = self.clock.monotonic() - started
         if granted:
+            label = f" {self.name!r}" if self.name else ""
+            logger.debug("resilience: Bulkhead%s: a call waited %.3gs", label, seconds)
             self._emit(BulkheadEvent(self.name, "waited", seconds))
             return
         slots = self._slots

@@ -192,6 +192,10 @@ class CircuitBreaker(Middleware):
         )
         self.failure_on = failure_on
         self.ignore = ignore
+        if failure_on is None:  # None means "no failures": a breaker that can never trip
+            raise TypeError(
+                "failure_on must be an exception type, a tuple of them, or a predicate, got None"
+            )
         is_failure = _matcher(failure_on, "failure_on")
         assert is_failure is not None
         self._is_failure = is_failure
@@ -298,6 +302,7 @@ class CircuitBreaker(Middleware):
             if retry_after is not None:
                 message += f" (next trial in {retry_after:.3g}s)"
         error = CircuitOpenError(message, name=self.name, retry_after=retry_after)
+        logger.info("resilience: rejected: %s", error)
         if self.on_outcome is not None:
             self._report("rejected", None, False, error)
         if self._listeners:

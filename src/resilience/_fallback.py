@@ -171,6 +171,11 @@ class Fallback(Middleware):
         """The value, or what the handler returns (an awaitable for an async handler)."""
         if self.on_fallback is not None:
             self._notify(self.on_fallback, error, result)
+        logger.info(
+            "resilience: Fallback%s served a substitute for %s",
+            f" {self.name!r}" if self.name else "",
+            _REPR.repr(error if error is not None else result),
+        )
         if self._listeners:
             self._emit(FallbackEvent(self.name, error, result))
         if self.handler is None:

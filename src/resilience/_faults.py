@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 import random as _random
 import threading
 from collections.abc import Callable
@@ -26,6 +27,8 @@ from ._validate import number, optional_name
 from ._validate import seconds as _seconds
 
 __all__ = ["FaultEvent", "FaultInjector", "FaultPlan"]
+
+logger = logging.getLogger("resilience")
 
 _UNSET: Any = object()
 
@@ -379,6 +382,13 @@ class FaultInjector(Middleware):
             return _NOTHING
         return FaultPlan(behaviour, latency, error, replace_result)
 
+    def _injected(self, plan: FaultPlan) -> None:
+        """Log a drawn plan and tell the listeners (only calls that get a fault come here)."""
+        label = f" {self.name!r}" if self.name else ""
+        logger.debug("resilience: FaultInjector%s injects %r", label, plan)
+        if self._listeners:
+            self._emit(FaultEvent(self.name, plan))
+
     # -- the shells -----------------------------------------------------------------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
@@ -395,8 +405,7 @@ class FaultInjector(Middleware):
             plan = draw(settings, None)
             if plan is _NOTHING:
                 return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            if self._listeners:
-                self._emit(FaultEvent(self.name, plan))
+            self._injected(plan)
             if plan.behaviour and settings.behaviour is not None:
                 outcome = settings.behaviour(current())
                 if inspect.isawaitable(outcome):
@@ -426,8 +435,7 @@ class FaultInjector(Middleware):
             plan = draw(settings, None)
             if plan is _NOTHING:
                 return await next(fn, args, kwargs)
-            if self._listeners:
-                self._emit(FaultEvent(self.name, plan))
+            self._injected(plan)
             if plan.behaviour and settings.behaviour is not None:
                 outcome = settings.behaviour(current())
                 if inspect.isawaitable(outcome):

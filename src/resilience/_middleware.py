@@ -120,6 +120,8 @@ class Middleware(ABC):
     # Built on first use and kept, so that a call pays two attribute reads.
     _sync_chain: Endpoint | None = None
     _async_chain: AsyncEndpoint | None = None
+    # [sync chain, async chain], shared with the functions this layer decorated.
+    _chain_cell: list[Any] | None = None
 
     def _chains(self) -> tuple[Endpoint, AsyncEndpoint]:
         sync_chain, async_chain = self._sync_chain, self._async_chain
@@ -128,10 +130,19 @@ class Middleware(ABC):
             async_chain = self._async_chain = self.awrap(terminal)
         return sync_chain, async_chain
 
+    def _set_chains(self, sync_chain: Endpoint, async_chain: AsyncEndpoint) -> None:
+        """Swap this layer's chains, for `call`, `acall` and the functions it decorated."""
+        self._sync_chain, self._async_chain = sync_chain, async_chain
+        cell = self._chain_cell
+        if cell is not None:
+            cell[:] = [sync_chain, async_chain]
+
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]:
         """Decorate a function, sync or async (decided once, here)."""
-        sync_chain, async_chain = self._chains()
-        return decorate(self.name, sync_chain, async_chain, fn)
+        cell = self._chain_cell
+        if cell is None:
+            cell = self._chain_cell = list(self._chains())
+        return decorate(self.name, cell, fn)
 
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Call ``fn(*args, **kwargs)`` through this layer, synchronously."""
@@ -164,13 +175,14 @@ def is_async_callable(fn: object) -> bool:
     return call is not None and inspect.iscoroutinefunction(call)
 
 
-def decorate(
-    name: str | None,
-    sync_chain: Endpoint,
-    async_chain: AsyncEndpoint,
-    fn: Callable[P, R],
-) -> Callable[P, R]:
-    """Wrap ``fn`` with a prebuilt chain, choosing the sync or async entry once."""
+def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap ``fn`` with a prebuilt chain, choosing the sync or async entry once.
+
+    ``cell`` is ``[sync chain, async chain]``, read at each call (one list
+    index, about 15 ns where an attribute read costs 35), so that a chain
+    swapped later with `Middleware._set_chains`, as
+    `resilience.telemetry.instrument` does, reaches functions decorated before.
+    """
     if not callable(fn):
         raise TypeError(f"can only decorate a callable, got {type(fn).__name__}")
     get = VAR.get
@@ -189,7 +201,7 @@ def decorate(
                 else [name, 1, parent[2], parent[3], parent[4]]
             )
             try:
-                return await async_chain(fn, args, kwargs)
+                return await cell[1](fn, args, kwargs)
             finally:
                 reset(token)
 
@@ -204,7 +216,7 @@ def decorate(
             else [name, 1, parent[2], parent[3], parent[4]]
         )
         try:
-            return sync_chain(fn, args, kwargs)
+            return cell[0](fn, args, kwargs)
         finally:
             reset(token)
 

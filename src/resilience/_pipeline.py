@@ -33,7 +33,12 @@ class Pipeline(Middleware):
 
     def __init__(self, layers: Iterable[Middleware] = (), *, name: str | None = None) -> None:
         self.name = optional_name(name)
-        self.layers: tuple[Middleware, ...] = tuple(layers)
+        try:
+            self.layers: tuple[Middleware, ...] = tuple(layers)
+        except TypeError:
+            raise TypeError(
+                f"layers must be an iterable of resilience.Middleware, got {type(layers).__name__}"
+            ) from None
         for index, layer in enumerate(self.layers):
             if not isinstance(layer, Middleware):
                 raise TypeError(

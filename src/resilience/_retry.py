@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from . import backoff as _backoff
 from ._budget import RetryBudget, RetryBudgetExhausted, describe_budget
@@ -18,7 +18,7 @@ from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._testing_mode import MODE
 from ._validate import callable_or_none, exception_matcher, integer, optional_name
 
-__all__ = ["Retry", "RetryEvent"]
+__all__ = ["RetriesExhausted", "Retry", "RetryEvent"]
 
 logger = logging.getLogger("resilience")
 
@@ -39,6 +39,25 @@ class RetryEvent:
     """The exception of the failed attempt, or None when its result was retried."""
     result: Any = None
     """The rejected result when ``on_result`` asked for a retry."""
+
+
+@dataclass(frozen=True, slots=True)
+class RetriesExhausted:
+    """Sent to a Retry's listeners when it gives up: the last outcome goes to the caller.
+
+    A refusal by the Retry's budget sends `RetryBudgetExhausted` instead.
+    """
+
+    name: str | None
+    """The Retry's name."""
+    attempts: int
+    """Attempts made, the first call included."""
+    reason: Literal["attempts", "deadline", "backoff"]
+    """Why: no attempt left, the next wait would pass the deadline, or an endless backoff."""
+    error: BaseException | None
+    """The error that will be raised, or None when a result was to be retried."""
+    result: Any = None
+    """The rejected result that will be returned, for ``on_result`` retries."""
 
 
 def _matcher(on: object) -> Callable[[BaseException], bool]:
@@ -150,6 +169,7 @@ class Retry(Middleware):
         if attempt >= limit:
             if error is not None:
                 error.add_note(f"resilience: Retry{label} gave up after {attempt} attempts")
+            self._give_up("attempts", attempt, error, result)
             return None
         delay = self.backoff.delay_for(attempt, previous, error, result)
         hint = getattr(error, "retry_after", None)
@@ -166,6 +186,7 @@ class Retry(Middleware):
                     f"resilience: Retry{label} stopped after {attempt} attempt(s): "
                     "its backoff asked for an endless wait"
                 )
+            self._give_up("backoff", attempt, error, result)
             return None
         if MODE.instant_waits:
             delay = 0.0
@@ -176,6 +197,7 @@ class Retry(Middleware):
                     f"resilience: Retry{label} stopped after {attempt} attempt(s): waiting "
                     f"{delay:.3g}s would pass the deadline ({max(left, 0.0):.3g}s left)"
                 )
+            self._give_up("deadline", attempt, error, result)
             return None
         budget = self.budget
         if budget is not None and not budget.try_withdraw():
@@ -184,9 +206,21 @@ class Retry(Middleware):
                     f"resilience: Retry{label} stopped after {attempt} attempt(s): its "
                     f"{describe_budget(budget)} is exhausted"
                 )
+            logger.info(
+                "resilience: Retry%s stopped after %d attempt(s): its retry budget is exhausted",
+                label,
+                attempt,
+            )
             if self._listeners:
                 self._emit(RetryBudgetExhausted(self.name, budget.name, attempt, error, result))
             return None
+        logger.debug(
+            "resilience: Retry%s retrying in %.3gs after attempt %d failed: %r",
+            label,
+            delay,
+            attempt,
+            error if error is not None else result,
+        )
         if self.on_retry is not None or self._listeners:
             event = RetryEvent(self.name, attempt, delay, error, result)
             if self.on_retry is not None:
@@ -196,6 +230,25 @@ class Retry(Middleware):
                     logger.exception("resilience: on_retry listener of Retry%s failed", label)
             self._emit(event)
         return delay
+
+    def _give_up(
+        self,
+        reason: Literal["attempts", "deadline", "backoff"],
+        attempt: int,
+        error: BaseException | None,
+        result: Any,
+    ) -> None:
+        """Log the end of the retries and tell the listeners."""
+        label = f" {self.name!r}" if self.name else ""
+        logger.info(
+            "resilience: Retry%s gave up after %d attempt(s) (%s): %r",
+            label,
+            attempt,
+            reason,
+            error if error is not None else result,
+        )
+        if self._listeners:
+            self._emit(RetriesExhausted(self.name, attempt, reason, error, result))
 
     # -- the shells: the first attempt inline, the rest out of the hot path ----
 

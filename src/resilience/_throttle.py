@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -22,6 +23,8 @@ from ._validate import seconds as _seconds
 from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
 
 __all__ = ["Throttle", "ThrottleEvent", "ThrottleMetrics"]
+
+logger = logging.getLogger("resilience")
 
 _UNSET: Any = object()
 
@@ -339,6 +342,7 @@ class Throttle(Middleware):
             name=self.name,
             retry_after=wait,
         )
+        logger.info("resilience: rejected: %s", error)
         if self._listeners:
             self._emit(ThrottleEvent(self.name, "rejected", cost, wait, error))
         return error
@@ -346,8 +350,10 @@ class Throttle(Middleware):
     def _waited(self, cost: float, started: float, granted: bool) -> None:
         """After a wait in the queue: report it, or refuse a waiter whose time ran out."""
         if granted:
-            if self._listeners:
+            if self._listeners or logger.isEnabledFor(logging.DEBUG):
                 seconds = self.clock.monotonic() - started
+                label = f" {self.name!r}" if self.name else ""
+                logger.debug("resilience: Throttle%s: a call waited %.3gs", label, seconds)
                 self._emit(ThrottleEvent(self.name, "waited", cost, seconds))
             return
         bucket = self._bucket
@@ -511,29 +517,36 @@ class Throttle(Middleware):
         max_wait = self.max_wait
         direct = next is terminal
 
-        async def throttle(
+        # The fast path is a plain function that returns the next layer's awaitable
+        # (the caller awaits it at once): no coroutine of its own, about 0.2 us less.
+        def throttle(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
+        ) -> Awaitable[Any]:
             try:
                 take_baton()
             except IndexError:  # a thread is in the bucket this instant
-                await admit(cost, max_wait)
-            else:
-                try:  # TokenBucket.try_take, inlined for one fixed cost
-                    now = monotonic() - epoch
-                    full_at = bucket.full_at
-                    granted = not queue.count
-                    if full_at <= now:  # a full bucket
-                        if granted:
-                            bucket.full_at = now + step
-                    elif full_at - room <= now and granted:
-                        bucket.full_at = full_at + step
-                    else:
-                        granted = False
-                finally:
-                    give_baton(None)
-                if not granted:
-                    await admit(cost, max_wait)
+                return admitted(fn, args, kwargs)
+            try:  # TokenBucket.try_take, inlined for one fixed cost
+                now = monotonic() - epoch
+                full_at = bucket.full_at
+                granted = not queue.count
+                if full_at <= now:  # a full bucket
+                    if granted:
+                        bucket.full_at = now + step
+                elif full_at - room <= now and granted:
+                    bucket.full_at = full_at + step
+                else:
+                    granted = False
+            finally:
+                give_baton(None)
+            if not granted:
+                return admitted(fn, args, kwargs)
+            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+
+        async def admitted(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            await admit(cost, max_wait)  # the queue, or ThrottledError
             return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
 
         return throttle

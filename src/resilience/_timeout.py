@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
@@ -18,7 +20,9 @@ from ._pool import WorkerPool
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
 
-__all__ = ["Timeout"]
+__all__ = ["Timeout", "TimeoutEvent"]
+
+logger = logging.getLogger("resilience")
 
 SyncMode = Literal["cooperative", "walk_away"]
 
@@ -28,6 +32,22 @@ def _run_in_context(
 ) -> Any:
     VAR.set(raw)  # runs inside a copied context of its own: nothing to restore
     return next(fn, args, kwargs)
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutEvent:
+    """Sent to the timeout's listeners when its own deadline fired.
+
+    Only the layer whose deadline it was sends one: an inner Timeout cut
+    short by an outer, earlier deadline sends none.
+    """
+
+    name: str | None
+    """The Timeout's name."""
+    seconds: float
+    """The limit that fired, in seconds."""
+    error: TimeoutExceeded
+    """The error raised to the caller."""
 
 
 class Timeout(Middleware):
@@ -104,6 +124,15 @@ class Timeout(Middleware):
         pool = self._pool
         return True if pool is None else pool.drain(timeout)
 
+    def _fired(self, seconds: float) -> TimeoutExceeded:
+        """The error for this layer's own deadline; logged and sent to listeners."""
+        error = TimeoutExceeded(seconds, self.name)
+        label = f" {self.name!r}" if self.name else ""
+        logger.info("resilience: Timeout%s fired after %gs", label, seconds)
+        if self._listeners:
+            self._emit(TimeoutEvent(self.name, seconds, error))
+        return error
+
     def _workers(self) -> WorkerPool:
         with self._pool_lock:
             if self._pool is None:
@@ -116,7 +145,7 @@ class Timeout(Middleware):
         if self.sync_mode == "walk_away":
             return self._wrap_walk_away(next)
         limit = self.seconds
-        name = self.name
+        fired = self._fired
         clock = self.clock
         monotonic = clock.monotonic
         get = VAR.get
@@ -140,7 +169,7 @@ class Timeout(Middleware):
             else:  # an earlier deadline is already in force
                 result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             if monotonic() >= own:
-                raise TimeoutExceeded(limit, name)
+                raise fired(limit)
             return result
 
         return timeout
@@ -148,6 +177,7 @@ class Timeout(Middleware):
     def _wrap_walk_away(self, next: Endpoint) -> Endpoint:
         limit = self.seconds
         name = self.name
+        fired = self._fired
         clock = self.clock
         workers = self._workers
 
@@ -163,7 +193,9 @@ class Timeout(Middleware):
             wait_future(clock, future, deadline)
             if future.done():
                 return future.result()
-            raise TimeoutExceeded(limit if deadline == own else max(0.0, deadline - now), name)
+            if deadline == own:
+                raise fired(limit)
+            raise TimeoutExceeded(max(0.0, deadline - now), name)  # the outer deadline's
 
         return timeout
 
@@ -171,7 +203,7 @@ class Timeout(Middleware):
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         limit = self.seconds
-        name = self.name
+        fired = self._fired
         clock = self.clock
         monotonic = clock.monotonic
         queues = self._deadline_queues
@@ -207,7 +239,7 @@ class Timeout(Middleware):
                 result = await next(fn, args, kwargs)
             except cancelled_error as exc:
                 if entry[3] and task.uncancel() <= cancelling:
-                    raise TimeoutExceeded(limit, name) from exc
+                    raise fired(limit) from exc
                 raise
             except BaseException:
                 if entry[3]:

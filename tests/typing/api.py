@@ -163,3 +163,16 @@ async def use_limits() -> None:
     api_limit.subscribe(on_throttle)
     db_slots.subscribe(on_bulkhead)
     rs.Pipeline([db_slots, rs.Retry(on=rs.ThrottledError), api_limit])
+
+
+# -- telemetry ---------------------------------------------------------------------------
+
+from resilience import telemetry  # noqa: E402
+
+instrumented = telemetry.instrument(users_get, attempt_spans=True, clock=FakeClock())
+assert_type(instrumented, telemetry.Instrumentation)
+assert_type(instrumented.target, rs.Middleware)
+assert_type(telemetry.event_name(rs.TimeoutEvent(None, 1.0, rs.TimeoutExceeded(1.0))), str | None)
+with instrumented:
+    pass
+instrumented.uninstrument()

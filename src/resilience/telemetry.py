@@ -1,0 +1,762 @@
+"""OpenTelemetry metrics and traces for pipelines and policies, built on the event hooks.
+
+::
+
+    from resilience import telemetry
+
+    telemetry.instrument(users_get)  # the global providers: no-ops until the app sets an SDK
+
+`instrument` subscribes to the layers' events (a counter, span events) and
+swaps the target's prebuilt chain for one that times each call and each
+attempt (two histograms, a span per call). Gauges read the policies' own
+``metrics()`` when a reader collects. Only ``opentelemetry-api`` is used:
+this module never sets a provider. See docs/telemetry.md for the set-up and
+the table of instruments.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from contextvars import Token
+from types import SimpleNamespace, TracebackType
+from typing import Any, Final
+
+from opentelemetry import context as _otel_context
+from opentelemetry import metrics as _metrics
+from opentelemetry import trace as _trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Counter,
+    Histogram,
+    Meter,
+    MeterProvider,
+    NoOpMeterProvider,
+    Observation,
+)
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
+from opentelemetry.util.types import AttributeValue
+
+from . import __version__
+from ._adaptive import AdaptiveLimiter, AdaptiveLimiterEvent, LimitChange
+from ._adaptive_throttler import AdaptiveThrottler, AdaptiveThrottlerEvent
+from ._budget import RetryBudgetExhausted
+from ._bulkhead import Bulkhead, BulkheadEvent
+from ._circuit_breaker import CircuitBreaker, CircuitOutcome, CircuitStateChange
+from ._circuit_store import CircuitState
+from ._clock import Clock, validate_clock
+from ._context import VAR
+from ._fallback import FallbackEvent
+from ._faults import FaultEvent
+from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._pipeline import Pipeline
+from ._retry import RetriesExhausted, RetryEvent
+from ._throttle import Throttle, ThrottleEvent
+from ._timeout import TimeoutEvent
+
+__all__ = [
+    "ATTEMPT_NUMBER",
+    "CIRCUIT_STATE",
+    "DURATION_BUCKETS",
+    "ERROR_TYPE",
+    "EVENT",
+    "OUTCOME",
+    "PIPELINE_NAME",
+    "POLICY_NAME",
+    "POLICY_TYPE",
+    "SCOPE",
+    "Instrumentation",
+    "event_name",
+    "instrument",
+]
+
+logger = logging.getLogger("resilience")
+
+SCOPE: Final = "resilience"
+"""The one instrumentation scope of every meter and tracer, with the package version."""
+
+PIPELINE_NAME: Final = "resilience.pipeline.name"
+"""Attribute: the name of the pipeline (or standalone policy) running the call."""
+POLICY_TYPE: Final = "resilience.policy.type"
+"""Attribute: the kind of layer that sent the event (``retry``, ``circuit_breaker``...)."""
+POLICY_NAME: Final = "resilience.policy.name"
+"""Attribute: the name of the layer that sent the event."""
+EVENT: Final = "resilience.event"
+"""Attribute: what happened (``retry_scheduled``, ``circuit_opened``, ``rejected``...)."""
+OUTCOME: Final = "resilience.outcome"
+"""Attribute: how a call or attempt ended: ``success``, ``failure`` or ``cancelled``."""
+ATTEMPT_NUMBER: Final = "resilience.attempt.number"
+"""Attribute: the attempt's number, 1-based."""
+ERROR_TYPE: Final = "error.type"
+"""Attribute (OpenTelemetry's own): the exception's class name."""
+CIRCUIT_STATE: Final = "resilience.circuit_breaker.state"
+"""Attribute: a circuit breaker state (``closed``, ``open``, ``half_open``...)."""
+
+DURATION_BUCKETS: Final = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    30.0,
+)
+"""Bucket bounds in seconds advised to the SDK for both duration histograms."""
+
+_CIRCUIT_VERBS = {
+    CircuitState.CLOSED: "circuit_closed",
+    CircuitState.OPEN: "circuit_opened",
+    CircuitState.HALF_OPEN: "circuit_half_opened",
+    CircuitState.ISOLATED: "circuit_isolated",
+    CircuitState.DISABLED: "circuit_disabled",
+}
+
+# A probe that never reports an SDK: for signals that are statically on or off.
+_NEVER = SimpleNamespace(_real_instrument=None, _TRACER_PROVIDER=None)
+
+Attributes = dict[str, AttributeValue]
+
+
+# -- events -> names ---------------------------------------------------------------------
+
+
+def _describe(event: object) -> tuple[str, BaseException | None, Attributes] | None:
+    """The event's name, its error, and the details that go on its span event only."""
+    if isinstance(event, RetryEvent):
+        return (
+            "retry_scheduled",
+            event.error,
+            {
+                ATTEMPT_NUMBER: event.attempt,
+                "resilience.retry.delay": event.delay,
+            },
+        )
+    if isinstance(event, RetriesExhausted):
+        return (
+            "retries_exhausted",
+            event.error,
+            {
+                "resilience.retry.attempts": event.attempts,
+                "resilience.retry.reason": event.reason,
+            },
+        )
+    if isinstance(event, RetryBudgetExhausted):
+        return "retry_budget_exhausted", event.error, {"resilience.retry.attempts": event.attempt}
+    if isinstance(event, CircuitStateChange):
+        return (
+            _CIRCUIT_VERBS[event.new],
+            None,
+            {
+                CIRCUIT_STATE: event.new.value,
+                "resilience.circuit_breaker.previous_state": event.old.value,
+            },
+        )
+    if isinstance(event, CircuitOutcome):  # only rejections are sent to listeners
+        return ("rejected", event.error, {}) if event.outcome == "rejected" else None
+    if isinstance(event, ThrottleEvent | BulkheadEvent | AdaptiveLimiterEvent):
+        return event.outcome, event.error, {"resilience.wait.seconds": event.seconds}
+    if isinstance(event, AdaptiveThrottlerEvent):
+        return "rejected", event.error, {"resilience.probability": event.probability}
+    if isinstance(event, LimitChange):
+        return (
+            "limit_changed",
+            None,
+            {
+                "resilience.adaptive_limiter.limit": event.new,
+                "resilience.adaptive_limiter.previous_limit": event.old,
+            },
+        )
+    if isinstance(event, TimeoutEvent):
+        return "timed_out", event.error, {"resilience.timeout.seconds": event.seconds}
+    if isinstance(event, FaultEvent):
+        plan = event.plan
+        return (
+            "fault_injected",
+            plan.error,
+            {
+                "resilience.fault.latency": plan.latency,
+                "resilience.fault.result": plan.replace_result,
+                "resilience.fault.behaviour": plan.behaviour,
+            },
+        )
+    if isinstance(event, FallbackEvent):
+        return "fallback_served", event.error, {}
+    error = getattr(event, "error", None)  # a custom layer's own event
+    return type(event).__name__, error if isinstance(error, BaseException) else None, {}
+
+
+def event_name(event: object) -> str | None:
+    """The ``resilience.event`` value an event is counted under (None: not counted).
+
+    ``retry_scheduled``, ``retries_exhausted``, ``retry_budget_exhausted``,
+    ``circuit_opened``, ``circuit_half_opened``, ``circuit_closed``,
+    ``circuit_isolated``, ``circuit_disabled``, ``rejected``, ``waited``,
+    ``limit_changed``, ``timed_out``, ``fault_injected``, ``fallback_served``;
+    a custom layer's event is counted under its class name.
+    """
+    described = _describe(event)
+    return None if described is None else described[0]
+
+
+def _error_type(error: BaseException) -> str:
+    return type(error).__qualname__
+
+
+# -- the instruments of one meter provider, shared by every instrumentation using it ----------
+
+
+class _Signals:
+    """The instruments of one meter, and the layers reporting through them (counted)."""
+
+    def __init__(self, meter: Meter) -> None:
+        self.events: Counter = meter.create_counter(
+            "resilience.events",
+            unit="{event}",
+            description="Notable events of the resilience policies.",
+        )
+        self.call_duration: Histogram = meter.create_histogram(
+            "resilience.pipeline.duration",
+            unit="s",
+            description="Duration of calls through an instrumented pipeline or policy.",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.attempt_duration: Histogram = meter.create_histogram(
+            "resilience.attempt.duration",
+            unit="s",
+            description="Duration of each call of the protected function (one per attempt).",
+            explicit_bucket_boundaries_advisory=DURATION_BUCKETS,
+        )
+        self.lock = threading.Lock()
+        # id(layer) -> [layer, instrumentations using it, unsubscribe]
+        self.layers: dict[int, list[Any]] = {}
+        gauges: list[tuple[str, str, str, Callable[[], Iterator[Observation]]]] = [
+            (
+                "resilience.circuit_breaker.state",
+                "1",
+                "1 for the breaker's current state, 0 for the others.",
+                self._breaker_states,
+            ),
+            (
+                "resilience.bulkhead.in_flight",
+                "{call}",
+                "Calls holding a bulkhead slot.",
+                self._gauge(Bulkhead, lambda b: b.metrics().in_flight),
+            ),
+            (
+                "resilience.bulkhead.queued",
+                "{call}",
+                "Calls waiting for a bulkhead slot.",
+                self._gauge(Bulkhead, lambda b: b.metrics().queued),
+            ),
+            (
+                "resilience.throttle.tokens",
+                "{token}",
+                "Tokens in the throttle's bucket.",
+                self._gauge(Throttle, lambda t: t.metrics().available),
+            ),
+            (
+                "resilience.throttle.queued",
+                "{call}",
+                "Calls waiting for throttle tokens.",
+                self._gauge(Throttle, lambda t: t.metrics().queued),
+            ),
+            (
+                "resilience.adaptive_limiter.limit",
+                "{call}",
+                "The adaptive limiter's current limit.",
+                self._gauge(AdaptiveLimiter, lambda a: a.metrics().limit),
+            ),
+            (
+                "resilience.adaptive_throttler.probability",
+                "1",
+                "The probability that the adaptive throttler rejects the next call locally.",
+                self._gauge(AdaptiveThrottler, lambda a: a.metrics().probability),
+            ),
+            (
+                "resilience.adaptive_limiter.in_flight",
+                "{call}",
+                "Calls holding an adaptive limiter slot.",
+                self._gauge(AdaptiveLimiter, lambda a: a.metrics().in_flight),
+            ),
+            (
+                "resilience.adaptive_limiter.queued",
+                "{call}",
+                "Calls waiting for an adaptive limiter slot.",
+                self._gauge(AdaptiveLimiter, lambda a: a.metrics().queued),
+            ),
+        ]
+        for name, unit, description, observe in gauges:
+            meter.create_observable_gauge(
+                name, callbacks=[_callback(observe)], unit=unit, description=description
+            )
+
+    def _snapshot(self, kind: type[Any]) -> list[Any]:
+        with self.lock:
+            return [entry[0] for entry in self.layers.values() if isinstance(entry[0], kind)]
+
+    def _breaker_states(self) -> Iterator[Observation]:
+        for breaker in self._snapshot(CircuitBreaker):
+            now = breaker.state
+            base = _policy_attributes(breaker)
+            for state in CircuitState:
+                yield Observation(1 if state is now else 0, {**base, CIRCUIT_STATE: state.value})
+
+    def _gauge(
+        self, kind: type[Any], read: Callable[[Any], float]
+    ) -> Callable[[], Iterator[Observation]]:
+        def observe() -> Iterator[Observation]:
+            for layer in self._snapshot(kind):
+                yield Observation(read(layer), _policy_attributes(layer))
+
+        return observe
+
+    # -- subscriptions, counted: a layer shared by two pipelines reports once -------------
+
+    def attach(self, layer: Middleware) -> None:
+        with self.lock:
+            entry = self.layers.get(id(layer))
+            if entry is not None:
+                entry[1] += 1
+                return
+            self.layers[id(layer)] = [layer, 1, layer.subscribe(self._listener(layer))]
+
+    def detach(self, layer: Middleware) -> None:
+        with self.lock:
+            entry = self.layers[id(layer)]
+            entry[1] -= 1
+            if entry[1]:
+                return
+            del self.layers[id(layer)]
+        entry[2]()
+
+    def _listener(self, layer: Middleware) -> Callable[[object], None]:
+        policy = _policy_attributes(layer)
+        add = self.events.add
+
+        def on_event(event: object) -> None:
+            described = _describe(event)
+            if described is None:
+                return
+            name, error, details = described
+            attributes: Attributes = {**policy, EVENT: name}
+            pipeline = VAR.get()[0]
+            if pipeline is not None:
+                attributes[PIPELINE_NAME] = pipeline
+            if error is not None:
+                attributes[ERROR_TYPE] = _error_type(error)
+            add(1, attributes)
+            span = _trace.get_current_span()
+            if span.is_recording():
+                span.add_event(f"resilience.{name}", {**attributes, **details})
+
+        return on_event
+
+
+def _callback(
+    observe: Callable[[], Iterator[Observation]],
+) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        return list(observe())
+
+    return callback
+
+
+def _policy_attributes(layer: Middleware) -> Attributes:
+    attributes: Attributes = {POLICY_TYPE: layer.kind}
+    if layer.name is not None:
+        attributes[POLICY_NAME] = layer.name
+    return attributes
+
+
+_GLOBAL_KEY = object()
+_SIGNALS: dict[object, _Signals] = {}
+_SIGNALS_BY_PROVIDER: weakref.WeakKeyDictionary[MeterProvider, _Signals] = (
+    weakref.WeakKeyDictionary()
+)
+# id(target) -> its handle, which holds the target until uninstrument()
+_INSTRUMENTED: dict[int, Instrumentation] = {}
+_LOCK = threading.RLock()
+
+
+def _signals_for(meter_provider: MeterProvider | None) -> _Signals:
+    """One set of instruments per meter provider: the SDK warns on duplicates."""
+    if meter_provider is None or meter_provider is _metrics.get_meter_provider():
+        signals = _SIGNALS.get(_GLOBAL_KEY)
+        if signals is None:
+            signals = _SIGNALS[_GLOBAL_KEY] = _Signals(_metrics.get_meter(SCOPE, __version__))
+        return signals
+    signals = _SIGNALS_BY_PROVIDER.get(meter_provider)
+    if signals is None:
+        meter = _metrics.get_meter(SCOPE, __version__, meter_provider=meter_provider)
+        signals = _SIGNALS_BY_PROVIDER[meter_provider] = _Signals(meter)
+    return signals
+
+
+def _leaves(layer: Middleware) -> Iterator[Middleware]:
+    if isinstance(layer, Pipeline):
+        for inner in layer.layers:
+            yield from _leaves(inner)
+    else:
+        yield layer
+
+
+# -- the handle -------------------------------------------------------------------------------
+
+
+class Instrumentation:
+    """What `instrument` did to one pipeline or policy; `uninstrument` undoes it.
+
+    Also a context manager that uninstruments on exit.
+    """
+
+    def __init__(
+        self,
+        target: Middleware,
+        signals: _Signals,
+        tracer: Tracer,
+        metrics_state: tuple[bool, Any],
+        traces_state: tuple[bool, Any],
+        attempt_spans: bool,
+        clock: Clock | None,
+    ) -> None:
+        self.target = target
+        """The pipeline or policy instrumented."""
+        self.attempt_spans = attempt_spans
+        """Whether each attempt gets a child span."""
+        self._signals = signals
+        self._tracer = tracer
+        self._metrics_on, self._metrics_probe = metrics_state
+        self._traces_on, self._traces_probe = traces_state
+        self._now = time.perf_counter if clock is None else clock.monotonic
+        self._layers = list(_leaves(target))
+        self._active = True
+        label = target.name or target.kind
+        self._span_name = f"resilience {label}"
+        self._base: Attributes = {} if target.name is None else {PIPELINE_NAME: target.name}
+        self._original = target._chains()
+        self._full: tuple[Endpoint, AsyncEndpoint] | None = None
+        for layer in self._layers:
+            signals.attach(layer)
+        off = not (self._metrics_on or self._metrics_probe is not _NEVER)
+        off = off and not (self._traces_on or self._traces_probe is not _NEVER)
+        if off:
+            pass  # no-op providers: nothing to time, nothing to trace
+        elif self._metrics_on or self._traces_on:
+            self._install(self._build())
+        else:  # the API's global providers, no SDK yet: decide at the first call
+            self._install(self._first_call())
+
+    def __repr__(self) -> str:
+        state = "active" if self._active else "removed"
+        return f"Instrumentation({self.target!r}, {state})"
+
+    def uninstrument(self) -> None:
+        """Put the original chain back and stop listening; a second call does nothing."""
+        with _LOCK:
+            if not self._active:
+                return
+            self._active = False
+            if self.target._sync_chain is not self._original[0]:
+                self._install(self._original)
+            if _INSTRUMENTED.get(id(self.target)) is self:
+                del _INSTRUMENTED[id(self.target)]
+        for layer in self._layers:
+            self._signals.detach(layer)
+
+    def __enter__(self) -> Instrumentation:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.uninstrument()
+
+    # -- chains -----------------------------------------------------------------------------
+
+    def _install(self, chains: tuple[Endpoint, AsyncEndpoint]) -> None:
+        self.target._set_chains(*chains)
+
+    def _resolve(self) -> tuple[Endpoint, AsyncEndpoint]:
+        """At the first call: the timed chains if an SDK is set by now, else the original."""
+        with _LOCK:
+            if not self._active:
+                return self._original
+            if self._full is not None:
+                return self._full
+            metering = self._metrics_on or self._metrics_probe._real_instrument is not None
+            tracing = self._traces_on or self._traces_probe._TRACER_PROVIDER is not None
+            if metering or tracing:
+                chains = self._build()
+            else:
+                chains = self._original
+                logger.debug(
+                    "resilience: no OpenTelemetry SDK at the first call of %r: "
+                    "events are reported, durations and call spans are not; "
+                    "instrument it again after setting up the SDK",
+                    self.target,
+                )
+            self._install(chains)
+            return chains
+
+    def _first_call(self) -> tuple[Endpoint, AsyncEndpoint]:
+        """Chains that resolve the global providers once, at the first call, then step aside."""
+        resolve = self._resolve
+
+        def first_call(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            return resolve()[0](fn, args, kwargs)
+
+        async def afirst_call(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            return await resolve()[1](fn, args, kwargs)
+
+        return first_call, afirst_call
+
+    def _build(self) -> tuple[Endpoint, AsyncEndpoint]:
+        """The timed, traced chains: the target's layers around an attempt hook."""
+        target = self.target
+        sync_inner = target.wrap(self._attempt())
+        async_inner = target.awrap(self._aattempt())
+        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
+        traces_on, traces_probe = self._traces_on, self._traces_probe
+        tracer = self._tracer
+        span_name = self._span_name
+        base = self._base
+        now = self._now
+        finish = self._finish
+        record = self._signals.call_duration.record
+        internal = SpanKind.INTERNAL
+        attach = _otel_context.attach
+        in_context = _trace.set_span_in_context
+
+        def instrumented(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            metering = metrics_on or metrics_probe._real_instrument is not None
+            span: Span | None = None
+            token: Token[Context] | None = None
+            if traces_on or traces_probe._TRACER_PROVIDER is not None:
+                span = tracer.start_span(span_name, kind=internal, attributes=base)
+                token = attach(in_context(span))
+            started = now()
+            try:
+                result = sync_inner(fn, args, kwargs)
+            except BaseException as error:
+                finish(record if metering else None, base, now() - started, error, span, token)
+                raise
+            finish(record if metering else None, base, now() - started, None, span, token)
+            return result
+
+        async def ainstrumented(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            metering = metrics_on or metrics_probe._real_instrument is not None
+            span: Span | None = None
+            token: Token[Context] | None = None
+            if traces_on or traces_probe._TRACER_PROVIDER is not None:
+                span = tracer.start_span(span_name, kind=internal, attributes=base)
+                token = attach(in_context(span))
+            started = now()
+            try:
+                result = await async_inner(fn, args, kwargs)
+            except BaseException as error:
+                finish(record if metering else None, base, now() - started, error, span, token)
+                raise
+            finish(record if metering else None, base, now() - started, None, span, token)
+            return result
+
+        self._full = (instrumented, ainstrumented)
+        return self._full
+
+    def _attempt(self) -> Endpoint:
+        """The innermost endpoint: times (and optionally traces) each call of the function."""
+        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
+        spans = self.attempt_spans
+        traces_on, traces_probe = self._traces_on, self._traces_probe
+        start = self._start_attempt
+        finish = self._finish
+        record = self._signals.attempt_duration.record
+        now = self._now
+        get = VAR.get
+
+        def attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            metering = metrics_on or metrics_probe._real_instrument is not None
+            tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
+            if not (metering or tracing):
+                return fn(*args, **kwargs)
+            attributes, span, token = start(get()[1], tracing)
+            started = now()
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as error:
+                finish(
+                    record if metering else None, attributes, now() - started, error, span, token
+                )
+                raise
+            finish(record if metering else None, attributes, now() - started, None, span, token)
+            return result
+
+        return attempt
+
+    def _aattempt(self) -> AsyncEndpoint:
+        """`_attempt` for async calls."""
+        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
+        spans = self.attempt_spans
+        traces_on, traces_probe = self._traces_on, self._traces_probe
+        start = self._start_attempt
+        finish = self._finish
+        record = self._signals.attempt_duration.record
+        now = self._now
+        get = VAR.get
+
+        async def attempt(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            metering = metrics_on or metrics_probe._real_instrument is not None
+            tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
+            if not (metering or tracing):
+                return await fn(*args, **kwargs)
+            attributes, span, token = start(get()[1], tracing)
+            started = now()
+            try:
+                result = await fn(*args, **kwargs)
+            except BaseException as error:
+                finish(
+                    record if metering else None, attributes, now() - started, error, span, token
+                )
+                raise
+            finish(record if metering else None, attributes, now() - started, None, span, token)
+            return result
+
+        return attempt
+
+    def _start_attempt(
+        self, number: int, tracing: bool
+    ) -> tuple[Attributes, Span | None, Token[Context] | None]:
+        attributes: Attributes = {**self._base, ATTEMPT_NUMBER: number}
+        if not tracing:
+            return attributes, None, None
+        span = self._tracer.start_span(
+            f"{self._span_name} attempt", kind=SpanKind.INTERNAL, attributes=attributes
+        )
+        return attributes, span, _otel_context.attach(_trace.set_span_in_context(span))
+
+    @staticmethod
+    def _finish(
+        record: Callable[[float, Attributes], None] | None,
+        base: Attributes,
+        seconds: float,
+        error: BaseException | None,
+        span: Span | None,
+        token: Token[Context] | None,
+    ) -> None:
+        """Record the duration with its outcome, and end the span."""
+        if error is None:
+            attributes = {**base, OUTCOME: "success"}
+        else:
+            outcome = "failure" if isinstance(error, Exception) else "cancelled"
+            attributes = {**base, OUTCOME: outcome, ERROR_TYPE: _error_type(error)}
+        if record is not None:
+            record(seconds, attributes)
+        if span is not None:
+            span.set_attributes(attributes)
+            if isinstance(error, Exception):
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, _error_type(error)))
+            span.end()
+            if token is not None:
+                _otel_context.detach(token)
+
+
+def _metrics_state(signals: _Signals, provider: MeterProvider | None) -> tuple[bool, Any]:
+    """``(always on, probe)``: the probe's ``_real_instrument`` is None while no SDK is set."""
+    if isinstance(provider, NoOpMeterProvider):
+        return False, _NEVER
+    histogram = signals.call_duration
+    if isinstance(histogram, _metrics.NoOpHistogram):
+        return False, _NEVER
+    if getattr(histogram, "_real_instrument", True) is None:
+        return False, histogram  # the API's proxy before an SDK is set: check per call
+    return True, _NEVER
+
+
+def _traces_state(tracer: Tracer) -> tuple[bool, Any]:
+    """``(always on, probe)``: the probe's ``_TRACER_PROVIDER`` is None while no SDK is set."""
+    if isinstance(tracer, _trace.NoOpTracer):
+        return False, _NEVER
+    if isinstance(tracer, _trace.ProxyTracer) and getattr(_trace, "_TRACER_PROVIDER", 1) is None:
+        return False, _trace  # the API's proxy before an SDK is set: check per call
+    return True, _NEVER
+
+
+def instrument(
+    target: Middleware,
+    *,
+    meter_provider: MeterProvider | None = None,
+    tracer_provider: TracerProvider | None = None,
+    attempt_spans: bool = False,
+    clock: Clock | None = None,
+) -> Instrumentation:
+    """Report a pipeline's (or a policy's) calls and events to OpenTelemetry.
+
+    * a ``resilience.events`` counter and a span event for every event of
+      every layer (nested pipelines included);
+    * ``resilience.pipeline.duration`` for each call through ``target``, and
+      ``resilience.attempt.duration`` for each call of the protected function;
+    * a span per call (and per attempt, with ``attempt_spans=True``) when the
+      tracer records;
+    * gauges of the breakers', bulkheads', throttles' and adaptive limiters'
+      state, read at collection.
+
+    The providers default to the global ones of ``opentelemetry-api``, which
+    do nothing until the application sets an SDK. With those, the choice is
+    made at the first call through ``target``: if an SDK is set by then,
+    calls are timed and traced from then on; if not, the original chain is
+    put back and calls cost nothing more, while events still reach the API's
+    proxies (which deliver once an SDK is set). Instrument again after
+    setting up an SDK late. Functions decorated with ``target`` before this
+    call are instrumented too. Returns an `Instrumentation`; its
+    `~Instrumentation.uninstrument` undoes all this. A target can be
+    instrumented once at a time.
+    """
+    if not isinstance(target, Middleware):
+        raise TypeError(f"can only instrument a resilience.Middleware, got {type(target).__name__}")
+    if not isinstance(attempt_spans, bool):
+        raise TypeError(f"attempt_spans must be a bool, got {type(attempt_spans).__name__}")
+    if clock is not None:
+        clock = validate_clock(clock)
+    with _LOCK:
+        if id(target) in _INSTRUMENTED:
+            raise ValueError(f"{target!r} is already instrumented: uninstrument() it first")
+        signals = _signals_for(meter_provider)
+        tracer = _trace.get_tracer(SCOPE, __version__, tracer_provider=tracer_provider)
+        handle = Instrumentation(
+            target,
+            signals,
+            tracer,
+            _metrics_state(signals, meter_provider),
+            _traces_state(tracer),
+            attempt_spans,
+            clock,
+        )
+        _INSTRUMENTED[id(target)] = handle
+        return handle

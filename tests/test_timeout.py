@@ -539,3 +539,19 @@ async def test_many_concurrent_tasks_time_out_exactly() -> None:
     results = await asyncio.gather(*tasks, return_exceptions=True)
     assert [r for r in results if isinstance(r, int)] == list(range(0, 200, 2))
     assert sum(isinstance(r, rs.TimeoutExceeded) for r in results) == 100
+
+
+def test_idle_walk_away_workers_exit() -> None:
+    """Workers with nothing to do leave after idle_seconds, so dropped policies leak no threads."""
+    from resilience._pool import WorkerPool
+
+    pool = WorkerPool(3, "idle-test", idle_seconds=0.01)
+    futures = [pool.submit(lambda i: i * 2, i) for i in range(3)]
+    assert [f.result(10) for f in futures] == [0, 2, 4]
+    workers = [t for t in threading.enumerate() if t.name == "resilience-idle-test"]
+    assert workers
+    for worker in workers:
+        worker.join(10)
+    assert not any(worker.is_alive() for worker in workers)
+    assert pool.threads == 0
+    assert pool.submit(lambda: "again").result(10) == "again"  # a new worker starts

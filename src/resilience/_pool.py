@@ -25,10 +25,19 @@ _Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...
 class WorkerPool:
     """At most ``max_workers`` calls running at once; more are rejected (or queued, if asked)."""
 
-    def __init__(self, max_workers: int, name: str, *, reject_when_busy: bool = True) -> None:
+    def __init__(
+        self,
+        max_workers: int,
+        name: str,
+        *,
+        reject_when_busy: bool = True,
+        idle_seconds: float = 30.0,
+    ) -> None:
         self.max_workers = max_workers
         self.name = name
         self.reject_when_busy = reject_when_busy
+        self.idle_seconds = idle_seconds
+        """A worker with nothing to do for this long exits (a new one starts when needed)."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._queue: queue.SimpleQueue[_Work] = queue.SimpleQueue()
@@ -63,9 +72,23 @@ class WorkerPool:
             threading.Thread(target=self._work, name=f"resilience-{self.name}", daemon=True).start()
         return future
 
+    @property
+    def threads(self) -> int:
+        """Worker threads alive now (idle ones exit after ``idle_seconds``)."""
+        return self._threads
+
     def _work(self) -> None:
         while True:
-            future, fn, args = self._queue.get()
+            try:
+                future, fn, args = self._queue.get(timeout=self.idle_seconds)
+            except queue.Empty:
+                with self._lock:
+                    # Leave only while more workers exist than calls to run, so
+                    # every call submitted (even one not queued yet) has a worker.
+                    if self._threads > self._busy:
+                        self._threads -= 1
+                        return
+                continue
             try:
                 if future.set_running_or_notify_cancel():
                     try:

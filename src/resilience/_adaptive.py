@@ -36,7 +36,6 @@ import asyncio
 import logging
 import math
 import random as _random
-import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
@@ -44,13 +43,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
+from ._bulkhead import Slots
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import LimitExceededError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._validate import CONTROL_FLOW, exception_matcher, integer, number, optional_name
 from ._validate import seconds as _seconds
-from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
+from ._waiters import Waiter, await_turn, wait_turn
 
 logger = logging.getLogger("resilience")
 
@@ -421,59 +421,33 @@ class AdaptiveLimiterMetrics:
 # -- the core: slots, samples and windows, no I/O ---------------------------------------------
 
 
-class _Core:
+class _Core(Slots):
     """Tokens, owed tokens, the window's samples and its end; the `Gate` of its queue.
 
-    ``top = capacity + owed`` is what the fast path subtracts the free
-    tokens from to read the calls in flight.
+    A bulkhead's `Slots` whose size can change: ``top = capacity + owed`` is
+    what the fast path subtracts the free tokens from to read the calls in
+    flight, and a token given back pays a debt first when the limit fell.
     """
 
     __slots__ = (
         "capacity",
-        "clock",
         "dropped",
         "drops",
-        "free",
-        "mutex",
         "owed",
-        "queue",
-        "rejected",
         "samples",
         "top",
         "window_end",
     )
 
     def __init__(self, capacity: int, clock: Clock, window_seconds: float) -> None:
-        self.clock = clock
+        super().__init__(capacity, clock)
         self.capacity = capacity
         self.owed = 0
         self.top = capacity
-        self.free: deque[None] = deque([None] * capacity)
         self.samples: deque[tuple[float, int]] = deque(maxlen=MAX_WINDOW_SAMPLES)
         self.dropped = False
         self.drops = 0
-        self.rejected = 0
-        self.mutex = threading.Lock()
-        self.queue = WaiterQueue(self)
         self.window_end = clock.monotonic() + window_seconds
-
-    # The Gate protocol, for the WaiterQueue (its methods run with the mutex held).
-
-    def lock(self) -> None:
-        self.mutex.acquire()
-
-    def unlock(self) -> None:
-        self.mutex.release()
-
-    def take(self, cost: float, now: float) -> bool:
-        try:
-            self.free.pop()
-        except IndexError:
-            return False
-        return True
-
-    def ready_at(self, cost: float, now: float) -> None:
-        return None  # only a release can tell
 
     def give_back(self, cost: float, now: float) -> None:
         self._returned()

@@ -20,3 +20,12 @@ def _clean_call_context() -> None:
 def clock() -> FakeClock:
     """A fake clock starting at 0 that advances instantly when slept on."""
     return FakeClock()
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run the test once synchronously through call(), once under asyncio through acall().
+
+    See ``tests/modes.py`` for the helpers that turn one body into both.
+    """
+    return str(request.param)

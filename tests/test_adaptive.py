@@ -15,27 +15,9 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import run_yielding
 from resilience._adaptive import log10_root
 from resilience.testing import EventRecorder, FakeClock
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
-
-
-async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args)
-    body = fn
-
-    async def async_fn(*a: Any) -> Any:
-        await asyncio.sleep(0)
-        return body(*a)
-
-    return await policy.acall(async_fn, *args)
 
 
 class Scripted(rs.LimitAlgorithm):
@@ -420,7 +402,7 @@ async def test_a_full_limiter_refuses_with_its_own_error(mode: str, clock: FakeC
         EventRecorder().watch(adaptive) as recorder,
         pytest.raises(rs.LimitExceededError) as caught,
     ):
-        await run(mode, adaptive, lambda: "never")
+        await run_yielding(mode, adaptive, lambda: "never")
     assert str(caught.value) == "adaptive limiter 'search' is at its limit: 1 calls are running"
     assert isinstance(caught.value, rs.RejectedError)
     assert (caught.value.name, caught.value.retry_after) == ("search", None)
@@ -428,7 +410,7 @@ async def test_a_full_limiter_refuses_with_its_own_error(mode: str, clock: FakeC
         rs.AdaptiveLimiterEvent("search", "rejected", 0.0, 1, caught.value)
     ]
     held.ignore()
-    assert await run(mode, adaptive, lambda: "now") == "now"
+    assert await run_yielding(mode, adaptive, lambda: "now") == "now"
     assert adaptive.rejected == 1
 
 
@@ -444,10 +426,10 @@ async def test_timeouts_are_drops_other_errors_are_ignored(mode: str, clock: Fak
 
     clock.advance(1)
     with pytest.raises(ValueError, match="bad input"):
-        await run(mode, adaptive, fails)
+        await run_yielding(mode, adaptive, fails)
     assert adaptive.limit == 8
     with pytest.raises(rs.TimeoutExceeded):
-        await run(mode, adaptive, times_out)
+        await run_yielding(mode, adaptive, times_out)
     assert adaptive.limit == 4
     assert adaptive.metrics().dropped == 1
     assert adaptive.in_flight == 0
@@ -458,7 +440,7 @@ async def test_drop_on_takes_types_or_a_predicate(mode: str, clock: FakeClock) -
     adaptive = limiter(rs.AIMD(backoff_ratio=0.5), clock=clock, initial_limit=8, drop_on=KeyError)
     clock.advance(1)
     with pytest.raises(KeyError):
-        await run(mode, adaptive, {}.__getitem__, "x")
+        await run_yielding(mode, adaptive, {}.__getitem__, "x")
     assert adaptive.limit == 4
 
     def broken(error: BaseException) -> bool:
@@ -466,7 +448,7 @@ async def test_drop_on_takes_types_or_a_predicate(mode: str, clock: FakeClock) -
 
     picky = limiter(clock=clock, initial_limit=2, drop_on=broken)
     with pytest.raises(RuntimeError, match="predicate"):
-        await run(mode, picky, {}.__getitem__, "x")
+        await run_yielding(mode, picky, {}.__getitem__, "x")
     assert picky.in_flight == 0
 
 
@@ -491,7 +473,7 @@ async def test_successes_are_timed_samples(mode: str, clock: FakeClock) -> None:
         clock.advance(2)
         return "done"
 
-    assert await run(mode, adaptive, takes_two_seconds) == "done"
+    assert await run_yielding(mode, adaptive, takes_two_seconds) == "done"
     assert scripted.seen == [(2.0, 1, False)]
     assert adaptive.limit == 3
 

@@ -12,25 +12,8 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import run_plain
 from resilience.testing import EventRecorder, FakeClock
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
-
-
-async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args)
-    body = fn
-
-    async def async_fn(*a: Any) -> Any:
-        return body(*a)
-
-    return await policy.acall(async_fn, *args)
 
 
 class Overloaded(Exception):
@@ -167,7 +150,7 @@ async def test_rejections_follow_the_formula_exactly(mode: str) -> None:
         rejected = model.decide(now)
         expected.append(rejected)
         try:
-            await run(mode, throttler, backend)
+            await run_plain(mode, throttler, backend)
         except rs.ThrottledError:
             decisions.append(True)
         except Overloaded:
@@ -192,7 +175,7 @@ async def test_a_healthy_backend_is_never_throttled(mode: str, clock: FakeClock)
     """While everything is accepted, requests == accepts and the probability stays 0."""
     throttler = rs.AdaptiveThrottler(clock=clock, seed=1)
     for _ in range(500):
-        assert await run(mode, throttler, lambda: "ok") == "ok"
+        assert await run_plain(mode, throttler, lambda: "ok") == "ok"
         clock.advance(0.1)
     assert throttler.metrics() == rs.AdaptiveThrottlerMetrics(
         requests=500, accepts=500, probability=0.0, rejected=0
@@ -213,12 +196,12 @@ async def test_what_counts_as_accepted(mode: str, clock: FakeClock) -> None:
 
     for error in (ConnectionError("down"), TimeoutError(), rs.CircuitOpenError("open")):
         with pytest.raises(type(error)):
-            await run(mode, throttler, raising(error))
-    assert await run(mode, throttler, lambda: 503) == 503
+            await run_plain(mode, throttler, raising(error))
+    assert await run_plain(mode, throttler, lambda: 503) == 503
     assert throttler.metrics().accepts == 0
     with pytest.raises(KeyError):
-        await run(mode, throttler, raising(KeyError("no such user")))
-    assert await run(mode, throttler, lambda: 200) == 200
+        await run_plain(mode, throttler, raising(KeyError("no such user")))
+    assert await run_plain(mode, throttler, lambda: 200) == 200
     metrics = throttler.metrics()
     assert (metrics.requests, metrics.accepts) == (6, 2)
 
@@ -264,12 +247,12 @@ async def test_a_local_rejection_is_a_throttled_error_with_an_event(
         raise ConnectionError("down")
 
     with pytest.raises(ConnectionError):
-        await run(mode, throttler, down)
+        await run_plain(mode, throttler, down)
     with (
         EventRecorder().watch(throttler) as recorder,
         pytest.raises(rs.ThrottledError) as caught,
     ):
-        await run(mode, throttler, down)
+        await run_plain(mode, throttler, down)
     assert str(caught.value) == (
         "adaptive throttler 'search' rejected the call locally "
         "(p=0.50: the backend accepted 0 of the last 1 requests)"

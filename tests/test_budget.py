@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -14,25 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience as rs
+from modes import run_plain
 from resilience.testing import EventRecorder, FakeClock
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
-
-
-async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args)
-    body = fn
-
-    async def async_fn(*a: Any) -> Any:
-        return body(*a)
-
-    return await policy.acall(async_fn, *args)
 
 
 class Down:
@@ -263,7 +245,7 @@ async def test_a_call_deposits_once_and_each_retry_withdraws(mode: str, clock: F
     retry = rs.Retry(3, backoff=0, budget=budget, clock=clock)
     down = Down()
     with pytest.raises(ConnectionError):
-        await run(mode, retry, down)
+        await run_plain(mode, retry, down)
     assert down.calls == 3
     assert budget.metrics() == rs.RetryBudgetMetrics(
         balance=8, deposits=1, withdrawals=2, refused=0
@@ -281,7 +263,7 @@ async def test_a_refused_retry_raises_the_last_error_with_a_note_and_an_event(
         EventRecorder().watch(retry) as recorder,
         pytest.raises(ConnectionError, match=r"down \(1\)") as caught,
     ):
-        await run(mode, retry, down)
+        await run_plain(mode, retry, down)
     assert down.calls == 1
     assert clock.sleeps == []  # refused before any wait
     assert notes(caught.value) == [
@@ -298,7 +280,7 @@ async def test_a_refused_result_retry_returns_the_last_result(mode: str, clock: 
     budget = rs.RetryBudget(0, min_per_second=0, clock=clock)
     retry = rs.Retry(3, on_result=lambda value: value == "busy", budget=budget, clock=clock)
     with EventRecorder().watch(retry) as recorder:
-        assert await run(mode, retry, lambda: "busy") == "busy"
+        assert await run_plain(mode, retry, lambda: "busy") == "busy"
     [event] = recorder.of(rs.RetryBudgetExhausted)
     assert (event.error, event.result, event.budget) == (None, "busy", None)
 
@@ -310,11 +292,11 @@ async def test_the_budget_is_not_asked_when_no_retry_would_follow(
     budget = rs.RetryBudget(clock=clock)
     once = rs.Retry(1, budget=budget, clock=clock)
     with pytest.raises(ConnectionError):
-        await run(mode, once, Down())
+        await run_plain(mode, once, Down())
     picky = rs.Retry(3, on=KeyError, budget=budget, clock=clock)
     with pytest.raises(ConnectionError):
-        await run(mode, picky, Down())
-    assert await run(mode, picky, lambda: "fine") == "fine"
+        await run_plain(mode, picky, Down())
+    assert await run_plain(mode, picky, lambda: "fine") == "fine"
     metrics = budget.metrics()
     assert (metrics.deposits, metrics.withdrawals, metrics.refused) == (3, 0, 0)
 
@@ -330,7 +312,7 @@ async def test_a_withdraw_only_inner_retry_leaves_one_deposit_per_call(
         pipeline = rs.Pipeline.builder().add(outer).add(inner).build()
     for _ in range(10):
         with pytest.raises(ConnectionError):
-            await run(mode, pipeline, Down())
+            await run_plain(mode, pipeline, Down())
     metrics = budget.metrics()
     assert metrics.deposits == 10
     assert metrics.withdrawals == 2  # 10 calls earn 2 retries at 0.2
@@ -344,7 +326,7 @@ async def offer(mode: str, retry: rs.Retry, clock: FakeClock, per_second: int, s
     down = Down()
     for _ in range(per_second * seconds):
         with pytest.raises(ConnectionError):
-            await run(mode, retry, down)
+            await run_plain(mode, retry, down)
         clock.advance(1 / per_second)
     return down.calls
 
@@ -379,7 +361,7 @@ async def test_one_budget_caps_several_pipelines_together(mode: str, clock: Fake
     down = Down()
     for index in range(500):
         with pytest.raises(ConnectionError):
-            await run(mode, first if index % 2 else second, down)
+            await run_plain(mode, first if index % 2 else second, down)
         clock.advance(0.01)
     assert down.calls == 500 + 100  # 5 s of calls, all inside one ttl: 0.2 x 500 retries
 

@@ -22,12 +22,6 @@ from resilience.testing import FakeClock
 USER: contextvars.ContextVar[str] = contextvars.ContextVar("USER", default="nobody")
 
 
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once with threads through call(), once with tasks through acall()."""
-    return str(request.param)
-
-
 class WatchedClock(FakeClock):
     """A manual FakeClock that tells the test when a thread blocks in the queue."""
 

@@ -13,14 +13,9 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import run_yielding
 from resilience import CircuitState, backoff
 from resilience.testing import FakeClock
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
 
 
 @pytest.fixture(params=["memory", "generic"])
@@ -39,19 +34,6 @@ def breaker(store_kind: str = "memory", **kwargs: Any) -> rs.CircuitBreaker:
     return rs.CircuitBreaker(store=store, **kwargs)
 
 
-async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args)
-    body = fn
-
-    async def async_fn(*a: Any) -> Any:
-        await asyncio.sleep(0)
-        return body(*a)
-
-    return await policy.acall(async_fn, *args)
-
-
 def ok() -> str:
     return "ok"
 
@@ -63,7 +45,7 @@ def fail() -> None:
 async def outcome(mode: str, policy: rs.Middleware, fn: Callable[..., Any]) -> str:
     """What happened to one call: its result, the error's type name, or "rejected"."""
     try:
-        return str(await run(mode, policy, fn))
+        return str(await run_yielding(mode, policy, fn))
     except rs.CircuitOpenError:
         return "rejected"
     except Exception as exc:
@@ -318,7 +300,7 @@ async def test_control_flow_never_counts(mode: str, store_kind: str) -> None:
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        await run(mode, cb, interrupted)
+        await run_yielding(mode, cb, interrupted)
     metrics = cb.metrics()
     assert (metrics.calls, metrics.failures, metrics.state) == (0, 0, CircuitState.CLOSED)
 
@@ -331,7 +313,7 @@ async def test_a_failing_predicate_raises_and_counts_nothing(mode: str) -> None:
 
     cb = rs.CircuitBreaker(failure_result=broken)
     with pytest.raises(RuntimeError, match="bad predicate"):
-        await run(mode, cb, ok)
+        await run_yielding(mode, cb, ok)
     assert cb.metrics().calls == 0
 
 
@@ -352,7 +334,7 @@ async def test_open_rejects_with_retry_after_then_half_opens(
     await outcome(mode, cb, fail)
     clock.advance(4)
     with pytest.raises(rs.CircuitOpenError) as caught:
-        await run(mode, cb, counted)
+        await run_yielding(mode, cb, counted)
     assert calls == []
     assert caught.value.retry_after == 6.0
     assert caught.value.name == "db"
@@ -465,7 +447,7 @@ async def test_isolate_disable_reset(mode: str, store_kind: str, clock: FakeCloc
     cb.isolate()
     assert cb.state is CircuitState.ISOLATED
     with pytest.raises(rs.CircuitOpenError, match="'pay' is isolated") as caught:
-        await run(mode, cb, ok)
+        await run_yielding(mode, cb, ok)
     assert caught.value.retry_after is None
     clock.advance(1000)
     assert await outcome(mode, cb, ok) == "rejected"  # no break ends an isolation
@@ -589,7 +571,7 @@ async def test_retry_outside_the_breaker_waits_its_retry_after(mode: str) -> Non
             raise value
         return value
 
-    assert await run(mode, pipeline, flaky) == "recovered"
+    assert await run_yielding(mode, pipeline, flaky) == "recovered"
     assert clock.sleeps == [0.0, 7.0]  # then the rejected attempt waited its retry_after
 
 
@@ -597,9 +579,9 @@ async def test_fallback_serves_while_the_breaker_is_open(mode: str) -> None:
     """Fallback outside the breaker turns rejections into a default answer."""
     cb = rs.CircuitBreaker(consecutive_failures=1)
     pipeline = rs.Pipeline([rs.Fallback(value="cached"), cb])
-    assert await run(mode, pipeline, fail) == "cached"
+    assert await run_yielding(mode, pipeline, fail) == "cached"
     assert cb.state is CircuitState.OPEN
-    assert await run(mode, pipeline, ok) == "cached"
+    assert await run_yielding(mode, pipeline, ok) == "cached"
     assert cb.metrics().rejected == 1
 
 

@@ -13,35 +13,9 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import flavour, run
 from resilience import Fallback, FallbackContext, FallbackEvent
 from resilience.testing import FakeClock
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
-
-
-def flavour(mode: str, body: Callable[..., Any]) -> Callable[..., Any]:
-    """``body`` itself in sync mode; an async def that yields once, then runs it, in async mode."""
-    if mode == "sync":
-        return body
-
-    async def async_body(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return body(*args, **kwargs)
-
-    return async_body
-
-
-async def run(
-    mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args, **kwargs)
-    return await policy.acall(fn, *args, **kwargs)
 
 
 class Raises:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import run_yielding
 from resilience.testing import FakeClock, FaultScope, set_testing
 
 
@@ -24,12 +25,6 @@ def _faults_on() -> Iterator[None]:
     """Every test starts with injection switched on, and leaves the switch as it found it."""
     with set_testing(inject_faults=True):
         yield
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
 
 
 class Real:
@@ -44,23 +39,10 @@ class Real:
         return self.value
 
 
-async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args)
-    body = fn
-
-    async def async_fn(*a: Any) -> Any:
-        await asyncio.sleep(0)
-        return body(*a)
-
-    return await policy.acall(async_fn, *args)
-
-
 async def outcome(mode: str, policy: rs.Middleware, fn: Callable[..., Any]) -> str:
     """What happened to one call: its result, or the error's type name."""
     try:
-        return str(await run(mode, policy, fn))
+        return str(await run_yielding(mode, policy, fn))
     except Exception as exc:
         return type(exc).__name__
 
@@ -180,7 +162,7 @@ async def test_an_exception_instance_is_copied_for_each_call(mode: str) -> None:
     raised: list[BaseException] = []
     for _ in range(3):
         with pytest.raises(ConnectionError, match=r"^connection reset$") as caught:
-            await run(mode, injector, real)
+            await run_yielding(mode, injector, real)
         raised.append(caught.value)
     assert real.calls == 0
     assert len({id(error) for error in raised}) == 3
@@ -201,7 +183,7 @@ async def test_a_copied_instance_keeps_its_message_and_attributes(mode: str) -> 
     injector = rs.FaultInjector(error=NeedsArguments(503))
     for _ in range(2):
         with pytest.raises(NeedsArguments) as caught:
-            await run(mode, injector, Real())
+            await run_yielding(mode, injector, Real())
         assert str(caught.value) == "HTTP 503"
         assert caught.value.status == 503
 
@@ -213,7 +195,7 @@ async def test_an_instance_whose_init_takes_other_arguments_is_still_copied(mode
     raised = []
     for _ in range(2):
         with pytest.raises(TwoArguments, match=r"^users answered 503$") as caught:
-            await run(mode, injector, Real())
+            await run_yielding(mode, injector, Real())
         assert (caught.value.service, caught.value.status) == ("users", 503)
         raised.append(caught.value)
     assert raised[0] is not raised[1]
@@ -236,7 +218,7 @@ async def test_an_instance_that_cannot_be_rebuilt_is_raised_as_it_is(mode: str) 
     injector = rs.FaultInjector(error=template)
     for _ in range(2):
         with pytest.raises(OddNew, match=r"^users/503$") as caught:
-            await run(mode, injector, Real())
+            await run_yielding(mode, injector, Real())
         assert caught.value is template
 
 
@@ -253,7 +235,7 @@ async def test_notes_added_to_an_injected_copy_stay_on_that_copy(mode: str) -> N
     )
     for _ in range(3):
         with pytest.raises(ConnectionError) as caught:
-            await run(mode, pipeline, Real())
+            await run_yielding(mode, pipeline, Real())
         assert caught.value.__notes__[0] == "from the template"
         assert len(caught.value.__notes__) == 2  # the template's note and the Retry's one
     assert template.__notes__ == ["from the template"]
@@ -265,7 +247,7 @@ async def test_an_exception_class_is_instantiated_for_each_call(mode: str) -> No
     raised = []
     for _ in range(2):
         with pytest.raises(TimeoutError) as caught:
-            await run(mode, injector, Real())
+            await run_yielding(mode, injector, Real())
         raised.append(caught.value)
     assert raised[0] is not raised[1]
 
@@ -281,7 +263,7 @@ async def test_an_error_factory_receives_the_call_context(mode: str) -> None:
     pipeline = rs.Pipeline.builder("users.get").add(rs.FaultInjector(error=factory)).build()
     real = Real()
     with rs.tags(tenant="acme"), pytest.raises(ConnectionError, match=r"^users.get for acme$"):
-        await run(mode, pipeline, real)
+        await run_yielding(mode, pipeline, real)
     assert real.calls == 0
     assert [(c.pipeline, c.attempt) for c in seen] == [("users.get", 1)]
 
@@ -291,7 +273,7 @@ async def test_an_error_factory_must_return_an_exception(mode: str) -> None:
     injector = rs.FaultInjector(error=lambda context: "not an exception")  # type: ignore[arg-type]
     real = Real()
     with pytest.raises(TypeError, match=r"error factory of a FaultInjector must return an exc"):
-        await run(mode, injector, real)
+        await run_yielding(mode, injector, real)
     assert real.calls == 0
 
 
@@ -300,12 +282,12 @@ async def test_error_rate_alone_injects_injected_fault(mode: str) -> None:
     injector = rs.FaultInjector(error_rate=1.0, name="chaos")
     real = Real()
     with pytest.raises(rs.InjectedFault, match=r"^error injected by FaultInjector 'chaos'$") as c:
-        await run(mode, injector, real)
+        await run_yielding(mode, injector, real)
     assert isinstance(c.value, rs.ResilienceError)
     assert real.calls == 0
     unnamed = rs.FaultInjector(error_rate=1.0)
     with pytest.raises(rs.InjectedFault, match=r"^error injected by FaultInjector$"):
-        await run(mode, unnamed, real)
+        await run_yielding(mode, unnamed, real)
 
 
 async def test_injecting_keyboard_interrupt_is_allowed_and_propagates(mode: str) -> None:
@@ -321,7 +303,7 @@ async def test_injecting_keyboard_interrupt_is_allowed_and_propagates(mode: str)
     )
     real = Real()
     with pytest.raises(KeyboardInterrupt):
-        await run(mode, pipeline, real)
+        await run_yielding(mode, pipeline, real)
     assert real.calls == 0
     assert breaker.state is rs.CircuitState.CLOSED  # control flow is no failure
     assert clock.sleeps == []  # and is never retried
@@ -336,7 +318,7 @@ async def test_latency_is_slept_on_the_clock_before_the_call(mode: str) -> None:
     injector = rs.FaultInjector(latency=3600, clock=clock)
     real = Real()
     started = time.perf_counter()
-    assert await run(mode, injector, real) == "real"
+    assert await run_yielding(mode, injector, real) == "real"
     assert time.perf_counter() - started < 5  # an hour of fake time, no real sleeping
     assert real.calls == 1
     assert clock.sleeps == [3600.0]
@@ -346,7 +328,9 @@ async def test_latency_is_slept_on_the_clock_before_the_call(mode: str) -> None:
 async def test_latency_as_a_timedelta_or_a_factory(mode: str) -> None:
     """A timedelta is seconds; a factory is called with the call context for each call."""
     clock = FakeClock()
-    await run(mode, rs.FaultInjector(latency=timedelta(milliseconds=1500), clock=clock), Real())
+    await run_yielding(
+        mode, rs.FaultInjector(latency=timedelta(milliseconds=1500), clock=clock), Real()
+    )
     assert clock.sleeps == [1.5]
 
     seen: list[str | None] = []
@@ -358,8 +342,8 @@ async def test_latency_as_a_timedelta_or_a_factory(mode: str) -> None:
     injector = rs.FaultInjector(latency=slow_for_reports, clock=clock)
     reports = rs.Pipeline.builder("reports").add(injector).build()
     users = rs.Pipeline.builder("users").add(injector).build()
-    await run(mode, reports, Real())
-    await run(mode, users, Real())  # a factory returning 0 adds nothing
+    await run_yielding(mode, reports, Real())
+    await run_yielding(mode, users, Real())  # a factory returning 0 adds nothing
     assert clock.sleeps == [1.5, 5.0]
     assert seen == ["reports", "users"]
 
@@ -368,7 +352,7 @@ async def test_a_latency_factory_returning_a_bad_value_fails_the_call(mode: str)
     """The factory's result is checked like a duration argument, naming the factory."""
     injector = rs.FaultInjector(latency=lambda context: -1.0, clock=FakeClock())
     with pytest.raises(ValueError, match=r"^the latency factory's result must be >= 0"):
-        await run(mode, injector, Real())
+        await run_yielding(mode, injector, Real())
 
 
 async def test_injected_latency_trips_an_async_timeout_outside() -> None:
@@ -420,10 +404,10 @@ def test_injected_latency_makes_a_cooperative_sync_timeout_raise_after_the_retur
 async def test_a_result_replaces_the_call(mode: str) -> None:
     """The configured result is returned instead of calling the function, even None."""
     real = Real()
-    assert await run(mode, rs.FaultInjector(result=[]), real) == []
-    assert await run(mode, rs.FaultInjector(result=None), real) is None
+    assert await run_yielding(mode, rs.FaultInjector(result=[]), real) == []
+    assert await run_yielding(mode, rs.FaultInjector(result=None), real) is None
     assert real.calls == 0
-    assert await run(mode, rs.FaultInjector(result="x", result_rate=0.0), real) == "real"
+    assert await run_yielding(mode, rs.FaultInjector(result="x", result_rate=0.0), real) == "real"
     assert real.calls == 1
 
 
@@ -431,7 +415,7 @@ async def test_an_error_wins_over_a_result(mode: str) -> None:
     """With both drawn for one call, the error is raised and the result is not used."""
     injector = rs.FaultInjector(error=ValueError("e"), result="r")
     with pytest.raises(ValueError, match=r"^e$"):
-        await run(mode, injector, Real())
+        await run_yielding(mode, injector, Real())
     plan = injector.draw()
     assert plan.error is not None
     assert not plan.replace_result
@@ -452,7 +436,7 @@ async def test_a_behaviour_runs_before_the_call_with_the_context(mode: str) -> N
         return "ok"
 
     pipeline = rs.Pipeline.builder("users").add(rs.FaultInjector(behaviour=behaviour)).build()
-    assert await run(mode, pipeline, fetch) == "ok"
+    assert await run_yielding(mode, pipeline, fetch) == "ok"
     assert log == ["behaviour users 1", "call"]
 
 
@@ -509,7 +493,7 @@ async def test_a_behaviour_that_raises_fails_the_call(mode: str) -> None:
 
     real = Real()
     with pytest.raises(BrokenPipeError):
-        await run(mode, rs.FaultInjector(behaviour=behaviour), real)
+        await run_yielding(mode, rs.FaultInjector(behaviour=behaviour), real)
     assert real.calls == 0
 
 
@@ -536,7 +520,7 @@ async def test_order_is_behaviour_then_latency_then_error_or_result(mode: str, l
         return "real"
 
     try:
-        value = await run(mode, injector, fetch)
+        value = await run_yielding(mode, injector, fetch)
     except ValueError:
         log.append("error")
     else:
@@ -552,7 +536,7 @@ async def test_enabled_false_lets_every_call_through(mode: str) -> None:
     """A disabled injector calls the function and draws nothing."""
     injector = rs.FaultInjector(error_rate=1.0, enabled=False, seed=1)
     real = Real()
-    assert await run(mode, injector, real) == "real"
+    assert await run_yielding(mode, injector, real) == "real"
     assert real.calls == 1
     assert injector.draw() == rs.FaultPlan()
     assert not injector.enabled
@@ -584,8 +568,8 @@ async def test_a_predicate_sees_the_pipeline_name(mode: str) -> None:
     )
     users = rs.Pipeline.builder("users.get").add(injector).build()
     orders = rs.Pipeline.builder("orders.get").add(injector).build()
-    assert await run(mode, users, Real()) == "injected"
-    assert await run(mode, orders, Real()) == "real"
+    assert await run_yielding(mode, users, Real()) == "injected"
+    assert await run_yielding(mode, orders, Real()) == "real"
 
 
 async def test_a_predicate_on_one_tenant_with_a_decorated_function(mode: str) -> None:
@@ -762,13 +746,13 @@ async def test_enable_keeps_a_predicate(mode: str) -> None:
     injector = rs.FaultInjector(result="x", enabled=lambda context: "chaos" in context.tags)
     injector.disable()
     with rs.tags(chaos=True):
-        assert await run(mode, injector, Real()) == "real"
+        assert await run_yielding(mode, injector, Real()) == "real"
     injector.enable()
     with rs.tags(chaos=True):
-        assert await run(mode, injector, Real()) == "x"
-    assert await run(mode, injector, Real()) == "real"
+        assert await run_yielding(mode, injector, Real()) == "x"
+    assert await run_yielding(mode, injector, Real()) == "real"
     injector.update(enabled=True)  # a bool replaces the predicate
-    assert await run(mode, injector, Real()) == "x"
+    assert await run_yielding(mode, injector, Real()) == "x"
 
 
 async def test_update_changes_only_what_it_names(mode: str) -> None:
@@ -776,17 +760,17 @@ async def test_update_changes_only_what_it_names(mode: str) -> None:
     clock = FakeClock()
     injector = rs.FaultInjector(latency=1.0, clock=clock)
     injector.update(result="cached")
-    assert await run(mode, injector, Real()) == "cached"
+    assert await run_yielding(mode, injector, Real()) == "cached"
     assert clock.sleeps == [1.0]
     injector.update(result_rate=0.0)
-    assert await run(mode, injector, Real()) == "real"
+    assert await run_yielding(mode, injector, Real()) == "real"
     injector.update(latency=None)
-    assert await run(mode, injector, Real()) == "real"
+    assert await run_yielding(mode, injector, Real()) == "real"
     assert clock.sleeps == [1.0, 1.0]
     injector.update(error=KeyError("k"))
     assert await outcome(mode, injector, Real()) == "KeyError"
     injector.update(error=None)
-    assert await run(mode, injector, Real()) == "real"
+    assert await run_yielding(mode, injector, Real()) == "real"
     injector.update(error_rate=1.0)  # the fault was removed: the default error comes back
     assert await outcome(mode, injector, Real()) == "InjectedFault"
     injector.update(error_rate=None)
@@ -821,9 +805,9 @@ async def test_a_call_uses_the_configuration_it_drew_from(mode: str) -> None:
         return True
 
     injector.update(enabled=switch_to_b)
-    assert await run(mode, injector, Real()) == "A"
+    assert await run_yielding(mode, injector, Real()) == "A"
     assert clock.sleeps == []  # configuration A had no latency
-    assert await run(mode, injector, Real()) == "B"
+    assert await run_yielding(mode, injector, Real()) == "B"
     assert clock.sleeps == [1.0]
 
 
@@ -847,7 +831,7 @@ async def test_updates_from_another_thread_never_tear_a_call(mode: str) -> None:
     try:
         for _ in range(2000):
             slept = len(clock.sleeps)
-            result = await run(mode, injector, Real())
+            result = await run_yielding(mode, injector, Real())
             seen.add((result, len(clock.sleeps) > slept))
     finally:
         stop.set()
@@ -883,7 +867,7 @@ async def test_each_injection_is_sent_to_the_listeners(mode: str) -> None:
     events: list[rs.FaultEvent] = []
     injector = rs.FaultInjector(result="r", result_rate=0.5, seed=5, name="chaos")
     stop = injector.subscribe(events.append)
-    results = [await run(mode, injector, Real()) for _ in range(20)]
+    results = [await run_yielding(mode, injector, Real()) for _ in range(20)]
     stop()
     assert len(events) == results.count("r") > 0
     assert all(e.name == "chaos" and e.plan == rs.FaultPlan(replace_result=True) for e in events)
@@ -969,12 +953,12 @@ async def test_innermost_in_a_pipeline_with_retry_and_breaker(mode: str) -> None
     )
     real = Real()
     with pytest.raises(rs.InjectedFault):
-        await run(mode, pipeline, real)
+        await run_yielding(mode, pipeline, real)
     assert attempts == [1, 2, 3]
     assert clock.sleeps == [0.5, 0.5]
     assert breaker.state is rs.CircuitState.OPEN
     with pytest.raises(rs.CircuitOpenError):
-        await run(mode, pipeline, real)
+        await run_yielding(mode, pipeline, real)
     assert attempts == [1, 2, 3]  # rejected by the breaker: the injector never saw the call
     assert real.calls == 0
 

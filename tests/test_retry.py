@@ -17,35 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience
+from modes import flavour, run
 from resilience import Retry, RetryEvent, backoff
 from resilience.testing import FakeClock
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
-
-
-def flavour(mode: str, body: Callable[..., Any]) -> Callable[..., Any]:
-    """``body`` itself in sync mode; an async def that yields once, then runs it, in async mode."""
-    if mode == "sync":
-        return body
-
-    async def async_body(*args: Any, **kwargs: Any) -> Any:
-        await asyncio.sleep(0)
-        return body(*args, **kwargs)
-
-    return async_body
-
-
-async def run(
-    mode: str, policy: resilience.Middleware, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args, **kwargs)
-    return await policy.acall(fn, *args, **kwargs)
 
 
 class Flaky:

@@ -7,7 +7,6 @@ import concurrent.futures
 import inspect
 import math
 import threading
-from collections.abc import Callable
 from datetime import timedelta
 from fractions import Fraction
 from typing import Any
@@ -17,25 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience as rs
+from modes import run_plain
 from resilience.testing import FakeClock
-
-
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once through call() with a def, once through acall() with an async def."""
-    return str(request.param)
-
-
-async def run(mode: str, policy: rs.Middleware, fn: Callable[..., Any], /, *args: Any) -> Any:
-    """Call ``fn`` through ``policy`` with call() or acall() according to ``mode``."""
-    if mode == "sync":
-        return policy.call(fn, *args)
-    body = fn
-
-    async def async_fn(*a: Any) -> Any:
-        return body(*a)
-
-    return await policy.acall(async_fn, *args)
 
 
 async def take(mode: str, throttle: rs.Throttle, cost: float = 1, **kwargs: Any) -> None:
@@ -134,10 +116,10 @@ async def test_admits_a_burst_then_rejects_with_retry_after(mode: str, clock: Fa
     """A full bucket admits ``burst`` calls at once; the next is refused, saying when to retry."""
     throttle = rs.Throttle(2, burst=3, clock=clock, name="api")
     for _ in range(3):
-        assert await run(mode, throttle, ok) == "ok"
+        assert await run_plain(mode, throttle, ok) == "ok"
     reached: list[int] = []
     with pytest.raises(rs.ThrottledError) as caught:
-        await run(mode, throttle, reached.append, 1)
+        await run_plain(mode, throttle, reached.append, 1)
     assert reached == []  # nothing downstream ran
     assert caught.value.retry_after == 0.5
     assert caught.value.name == "api"
@@ -151,30 +133,30 @@ async def test_refills_continuously_up_to_the_burst(mode: str, clock: FakeClock)
     """Tokens come back at rate/per a second, never more than burst of them."""
     throttle = rs.Throttle(10, per=2, burst=2, clock=clock)  # 5 tokens a second
     for _ in range(2):
-        await run(mode, throttle, ok)
+        await run_plain(mode, throttle, ok)
     assert throttle.available == 0
     clock.advance(0.1)
     assert throttle.available == pytest.approx(0.5)
     with pytest.raises(rs.ThrottledError) as caught:
-        await run(mode, throttle, ok)
+        await run_plain(mode, throttle, ok)
     assert caught.value.retry_after == pytest.approx(0.1)
     clock.advance(0.1)
-    await run(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
     clock.advance(3600)
     assert throttle.available == 2  # capped: an idle hour saves only a burst
     for _ in range(2):
-        await run(mode, throttle, ok)
+        await run_plain(mode, throttle, ok)
     with pytest.raises(rs.ThrottledError):
-        await run(mode, throttle, ok)
+        await run_plain(mode, throttle, ok)
 
 
 async def test_a_fixed_cost_per_call(mode: str, clock: FakeClock) -> None:
     """cost=2 takes two tokens per call."""
     throttle = rs.Throttle(4, burst=4, cost=2, clock=clock)
-    await run(mode, throttle, ok)
-    await run(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
     with pytest.raises(rs.ThrottledError) as caught:
-        await run(mode, throttle, ok)
+        await run_plain(mode, throttle, ok)
     assert caught.value.retry_after == 0.5
     assert "2 tokens in 0.5s" in str(caught.value)
 
@@ -182,11 +164,11 @@ async def test_a_fixed_cost_per_call(mode: str, clock: FakeClock) -> None:
 async def test_a_cost_function_of_the_arguments(mode: str, clock: FakeClock) -> None:
     """cost=len charges each call by its argument: bytes per second."""
     throttle = rs.Throttle(100, burst=100, cost=len, clock=clock)
-    assert await run(mode, throttle, len, b"x" * 60) == 60
+    assert await run_plain(mode, throttle, len, b"x" * 60) == 60
     with pytest.raises(rs.ThrottledError) as caught:
-        await run(mode, throttle, len, b"x" * 50)
+        await run_plain(mode, throttle, len, b"x" * 50)
     assert caught.value.retry_after == pytest.approx(0.1)
-    assert await run(mode, throttle, len, b"x" * 40) == 40
+    assert await run_plain(mode, throttle, len, b"x" * 40) == 40
 
 
 @pytest.mark.parametrize(
@@ -203,15 +185,15 @@ async def test_a_bad_cost_from_the_function_is_refused(
     """A cost function returning nonsense fails the call, naming what went wrong."""
     throttle = rs.Throttle(10, cost=lambda: result)
     with pytest.raises(error, match=message):
-        await run(mode, throttle, ok)
+        await run_plain(mode, throttle, ok)
     assert throttle.available == 10
 
 
 async def test_zero_cost_is_always_admitted_when_nobody_waits(mode: str, clock: FakeClock) -> None:
     """A call that costs nothing passes an empty bucket."""
     throttle = rs.Throttle(1, cost=lambda n: n, clock=clock)
-    await run(mode, throttle, abs, 1)
-    assert await run(mode, throttle, abs, 0) == 0
+    await run_plain(mode, throttle, abs, 1)
+    assert await run_plain(mode, throttle, abs, 0) == 0
 
 
 # -- waiting ------------------------------------------------------------------------------
@@ -220,8 +202,8 @@ async def test_zero_cost_is_always_admitted_when_nobody_waits(mode: str, clock: 
 async def test_max_wait_waits_for_the_tokens(mode: str, clock: FakeClock) -> None:
     """With max_wait, a call that can have its tokens in time waits for them."""
     throttle = rs.Throttle(2, burst=1, max_wait=1, clock=clock)
-    await run(mode, throttle, ok)
-    assert await run(mode, throttle, ok) == "ok"
+    await run_plain(mode, throttle, ok)
+    assert await run_plain(mode, throttle, ok) == "ok"
     assert clock.sleeps == [0.5]
     assert clock.monotonic() == 0.5
 
@@ -229,9 +211,9 @@ async def test_max_wait_waits_for_the_tokens(mode: str, clock: FakeClock) -> Non
 async def test_beyond_max_wait_is_refused_at_once(mode: str, clock: FakeClock) -> None:
     """A call whose tokens would come later than max_wait does not wait in vain."""
     throttle = rs.Throttle(1, burst=1, max_wait=0.5, clock=clock)
-    await run(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
     with pytest.raises(rs.ThrottledError) as caught:
-        await run(mode, throttle, ok)
+        await run_plain(mode, throttle, ok)
     assert caught.value.retry_after == 1.0
     assert "later than it may wait (0.5s)" in str(caught.value)
     assert clock.sleeps == []
@@ -240,16 +222,16 @@ async def test_beyond_max_wait_is_refused_at_once(mode: str, clock: FakeClock) -
 async def test_endless_max_wait_stops_at_the_deadline(mode: str, clock: FakeClock) -> None:
     """max_wait=None waits as long as needed, but never past the call's deadline."""
     throttle = rs.Throttle(1, burst=1, max_wait=None, clock=clock)
-    await run(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
     pipeline = rs.Pipeline([rs.Timeout(0.5, clock=clock), throttle])
     with pytest.raises(rs.ThrottledError) as caught:
-        await run(mode, pipeline, ok)
+        await run_plain(mode, pipeline, ok)
     assert caught.value.retry_after == 1.0
     assert "past the call's deadline (0.5s left)" in str(caught.value)
     assert clock.sleeps == []
-    assert await run(mode, rs.Pipeline([rs.Timeout(5, clock=clock), throttle]), ok) == "ok"
+    assert await run_plain(mode, rs.Pipeline([rs.Timeout(5, clock=clock), throttle]), ok) == "ok"
     assert clock.sleeps == [1.0]
-    assert await run(mode, throttle, ok) == "ok"  # no deadline at all
+    assert await run_plain(mode, throttle, ok) == "ok"  # no deadline at all
     assert clock.sleeps == [1.0, 1.0]
 
 
@@ -440,7 +422,7 @@ async def test_calls_meeting_due_waiters_serve_them_first(mode: str) -> None:
     waiter = asyncio.create_task(throttle.aacquire(1))
     await settle()
     clock.advance(5)  # its timer fired, but the loop has not run it yet: the bucket is full
-    assert await run(mode, throttle, ok) == "ok"  # queued behind it, served at once
+    assert await run_plain(mode, throttle, ok) == "ok"  # queued behind it, served at once
     assert throttle.queued == 0
     await waiter
     assert throttle.available == 0
@@ -490,7 +472,7 @@ async def test_the_fast_path_yields_to_a_busy_bucket(
         "resilience._throttle.time.sleep", lambda seconds: bucket.baton.append(None)
     )
     bucket.baton.pop()  # as if another thread were in its fast path
-    assert await run(mode, throttle, ok) == "ok"
+    assert await run_plain(mode, throttle, ok) == "ok"
     assert throttle.available == 9
 
 
@@ -633,8 +615,8 @@ async def test_retry_waits_for_the_retry_after_of_a_throttle(mode: str, clock: F
     """A client-side Retry naming ThrottledError waits exactly until the next token."""
     throttle = rs.Throttle(4, burst=1, clock=clock)
     pipeline = rs.Pipeline([rs.Retry(3, on=rs.ThrottledError, backoff=0, clock=clock), throttle])
-    assert await run(mode, pipeline, ok) == "ok"
-    assert await run(mode, pipeline, ok) == "ok"
+    assert await run_plain(mode, pipeline, ok) == "ok"
+    assert await run_plain(mode, pipeline, ok) == "ok"
     assert clock.sleeps == [0.25]
 
 
@@ -643,8 +625,8 @@ async def test_events_report_waits_and_refusals(mode: str, clock: FakeClock) -> 
     throttle = rs.Throttle(1, burst=1, max_wait=1, clock=clock, name="api")
     events: list[rs.ThrottleEvent] = []
     throttle.subscribe(events.append)
-    await run(mode, throttle, ok)
-    await run(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
     clock.advance(0.5)
     with pytest.raises(rs.ThrottledError) as caught:
         await take(mode, throttle, 1, max_wait=0)
@@ -669,7 +651,7 @@ async def test_a_layer_that_is_not_innermost_calls_the_next(
 
     throttle = rs.Throttle(10, burst=10, cost=cost, clock=clock)
     pipeline = rs.Pipeline([throttle, rs.Retry(2, backoff=0, clock=clock)])
-    assert await run(mode, pipeline, flaky) == "x"
+    assert await run_plain(mode, pipeline, flaky) == "x"
     assert attempts == [1, 2]
     assert throttle.available == 9  # one token for the whole retried call
 

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from resilience import _context
 from resilience.testing import FakeClock
 
 USER_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("USER_VAR", default="unset")
@@ -280,9 +281,13 @@ def test_walk_away_leaves_at_the_deadline_and_the_call_runs_on() -> None:
 
 
 def test_walk_away_respects_an_earlier_outer_deadline() -> None:
+    """The walk-away layer leaves at the outer deadline; the outer layer reports it as its own."""
     clock = FakeClock(auto_advance=False)
-    outer = rs.Timeout(1, clock=clock)
-    inner = rs.Timeout(10, sync_mode="walk_away", clock=clock)
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(10, sync_mode="walk_away", clock=clock, name="inner")
+    fired: list[tuple[str | None, float]] = []
+    for layer in (outer, inner):
+        layer.subscribe(lambda event: fired.append((event.name, event.seconds)))
     started, release = threading.Event(), threading.Event()
     seen: list[float | None] = []
 
@@ -299,9 +304,54 @@ def test_walk_away_respects_an_earlier_outer_deadline() -> None:
     release.set()
     assert seen == [1.0]
     error = outcome["error"]
-    assert isinstance(error, rs.TimeoutExceeded)
-    assert error.seconds == 1.0  # the time this layer actually allowed
+    assert type(error) is rs.TimeoutExceeded
+    assert (error.name, error.seconds) == ("outer", 1.0)  # the deadline that fired
+    assert isinstance(error.__cause__, rs.TimeoutExceeded)  # the walk-away layer's exit
+    assert fired == [("outer", 1.0)]  # the inner layer's own 10 s never fired
     assert inner.drain(10)
+
+
+@pytest.mark.parametrize("nested", ["walk-away in walk-away", "no Timeout owns the deadline"])
+def test_walk_away_cut_short_by_an_enclosing_deadline(nested: str) -> None:
+    """Inside a tighter walk-away layer, or under a deadline no sync Timeout set."""
+    clock = FakeClock(auto_advance=False)
+    inner = rs.Timeout(10, sync_mode="walk_away", clock=clock, name="inner")
+    started, release = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        started.set()
+        release.wait()
+
+    outcome: dict[str, BaseException | str] = {}
+    if nested == "walk-away in walk-away":
+        outer = rs.Timeout(1, sync_mode="walk_away", clock=clock, name="outer")
+        caller = _walk_away_call(outer, lambda: inner.call(stuck), outcome)
+    else:
+        # A deadline that came with the context (as from an async caller),
+        # with no cooperative Timeout on this thread to claim it.
+        def under_deadline() -> None:
+            with rs.tags():
+                context = rs.current()
+                assert context.deadline is None
+                _context.VAR.get()[2] = 1.0
+                _context.VAR.get()[3] = clock
+                inner.call(stuck)
+
+        caller = _walk_away_call(rs.Pipeline([], name="plain"), under_deadline, outcome)
+    assert started.wait(10)
+    clock.advance(1)
+    caller.join(10)
+    release.set()
+    error = outcome["error"]
+    assert isinstance(error, rs.TimeoutExceeded)
+    if nested == "walk-away in walk-away":
+        assert (type(error), error.name, error.seconds) == (rs.TimeoutExceeded, "outer", 1.0)
+    else:
+        assert (error.name, error.seconds) == (None, 1.0)  # not the inner layer's 10 s
+        assert "10s" not in str(error)
+    assert inner.drain(10)
+    if nested == "walk-away in walk-away":
+        assert outer.drain(10)
 
 
 def test_walk_away_pool_counts_are_exact_under_concurrency() -> None:

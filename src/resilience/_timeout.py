@@ -27,6 +27,16 @@ logger = logging.getLogger("resilience")
 SyncMode = Literal["cooperative", "walk_away"]
 
 
+class DeadlineCut(TimeoutExceeded):
+    """A walk-away layer left at an enclosing Timeout's deadline, not its own.
+
+    The enclosing cooperative `Timeout` whose deadline it was turns it into
+    its own `TimeoutExceeded` (its name, its seconds, its event); where no
+    such layer exists (the deadline came from an async caller, say) users
+    see it as a plain `TimeoutExceeded`.
+    """
+
+
 def _run_in_context(
     raw: Raw, next: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
@@ -163,6 +173,8 @@ class Timeout(Middleware):
                 ctx[3] = clock
                 try:
                     result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+                except DeadlineCut as exc:  # a walk-away layer inside left at our deadline
+                    raise fired(limit) from exc
                 finally:
                     ctx[2] = saved
                     ctx[3] = outer_clock
@@ -176,7 +188,6 @@ class Timeout(Middleware):
 
     def _wrap_walk_away(self, next: Endpoint) -> Endpoint:
         limit = self.seconds
-        name = self.name
         fired = self._fired
         clock = self.clock
         workers = self._workers
@@ -192,10 +203,12 @@ class Timeout(Middleware):
             future = workers().submit(context.run, _run_in_context, inner, next, fn, args, kwargs)
             wait_future(clock, future, deadline)
             if future.done():
+                if deadline == own and isinstance(future.exception(), DeadlineCut):
+                    raise fired(limit) from future.exception()  # a walk-away layer inside
                 return future.result()
             if deadline == own:
                 raise fired(limit)
-            raise TimeoutExceeded(max(0.0, deadline - now), name)  # the outer deadline's
+            raise DeadlineCut(max(0.0, deadline - now))  # an enclosing layer's deadline
 
         return timeout
 

@@ -596,10 +596,18 @@ def test_idle_walk_away_workers_exit() -> None:
     from resilience._pool import WorkerPool
 
     pool = WorkerPool(3, "idle-test", idle_seconds=0.01)
-    futures = [pool.submit(lambda i: i * 2, i) for i in range(3)]
-    assert [f.result(10) for f in futures] == [0, 2, 4]
+    all_running = threading.Barrier(4)  # three workers and this thread
+
+    def job(i: int) -> int:
+        all_running.wait(10)
+        return i * 2
+
+    futures = [pool.submit(job, i) for i in range(3)]
+    all_running.wait(10)
+    # Listed while all three are busy: none can have left yet.
     workers = [t for t in threading.enumerate() if t.name == "resilience-idle-test"]
-    assert workers
+    assert len(workers) == 3
+    assert [f.result(10) for f in futures] == [0, 2, 4]
     for worker in workers:
         worker.join(10)
     assert not any(worker.is_alive() for worker in workers)

@@ -231,8 +231,8 @@ async def _run(
                 rate = 100.0 * result.answered / done if done else 0.0
                 extra = on_tick(elapsed(), result) if on_tick else ""
                 print(
-                    f"  {label:<12} t={second:>3}s  requests={done:>6}  answered={rate:5.1f}%"
-                    f"  downstream calls={service.calls:>6}{extra}",
+                    f"  {label:<12} t={second:>3}s  requests done={done:>6}"
+                    f"  answered={rate:5.1f}%  downstream calls started={service.calls:>6}{extra}",
                     flush=True,
                 )
 

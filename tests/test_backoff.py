@@ -544,3 +544,61 @@ def test_from_tenacity_rejects_non_callables(wait: object) -> None:
     """from_tenacity() refuses anything that is not a callable wait, naming `wait`."""
     with pytest.raises(TypeError, match=r"^wait "):
         backoff.from_tenacity(wait)  # type: ignore[arg-type]
+
+
+# -- functions of the retry number ------------------------------------------------
+
+
+def test_from_function_gives_the_function_of_the_retry_number() -> None:
+    """from_function(fn) calls fn(1), fn(2), ... and keeps what it returns, as floats."""
+    seen: list[int] = []
+
+    def stepped(retry: int) -> float:
+        seen.append(retry)
+        return [0, 1, 5][min(retry, 3) - 1]
+
+    strategy = backoff.from_function(stepped)
+    delays = list(strategy.delays(4))
+    assert delays == [0.0, 1.0, 5.0, 5.0]
+    assert all(type(d) is float for d in delays)
+    assert seen == [1, 2, 3, 4]
+    assert repr(strategy) == f"from_function({stepped!r})"
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [(-1.0, ValueError), (math.nan, ValueError), ("1", TypeError), (None, TypeError)],
+)
+def test_from_function_refuses_what_is_not_seconds(value: object, error: type) -> None:
+    """A function returning a negative, NaN or non-number delay fails with the value named."""
+    with pytest.raises(error, match=r"returned"):
+        backoff.from_function(lambda retry: value).delay(1, 0.0)  # type: ignore[arg-type,return-value]
+
+
+@pytest.mark.parametrize("fn", [3, "fn", None, backoff.constant(1.0)])
+def test_from_function_rejects_non_functions(fn: object) -> None:
+    """from_function() refuses anything that is not a function, naming `fn`."""
+    with pytest.raises(TypeError, match=r"^fn "):
+        backoff.from_function(fn)  # type: ignore[arg-type]
+
+
+def test_a_function_of_the_retry_number_is_refused_as_a_tenacity_wait() -> None:
+    """backoff=lambda retry: ... is caught at construction and points to from_function."""
+    with pytest.raises(TypeError, match=r"^backoff: .*backoff\.from_function\(fn\)"):
+        backoff.coerce(lambda retry: 0.1 * retry)
+    with pytest.raises(TypeError, match=r"not a number of seconds"):
+        backoff.coerce(lambda state: "soon")
+
+
+def test_tenacity_waits_of_both_kinds_are_still_taken() -> None:
+    """A builtin tenacity wait, and a plain function of the RetryCallState, as tenacity allows."""
+    calls: list[int] = []
+
+    def my_wait(state: tenacity.RetryCallState) -> float:
+        calls.append(state.attempt_number)
+        return 0.25 * state.attempt_number
+
+    assert list(backoff.coerce(tenacity.wait_fixed(2)).delays(2)) == [2.0, 2.0]
+    strategy = backoff.coerce(my_wait)
+    assert calls == [1]  # tried once, at construction
+    assert list(strategy.delays(3)) == [0.25, 0.5, 0.75]

@@ -13,7 +13,8 @@ Backoff and Jitter" (2015): with ``d`` the capped delay,
 * decorrelated jitter: ``min(maximum, uniform(initial, previous * 3))``.
 
 A tenacity wait strategy (``tenacity.wait_exponential(...)`` and friends) is
-accepted by `resilience.Retry` wherever a backoff is, through `from_tenacity`.
+accepted by `resilience.Retry` wherever a backoff is, through `from_tenacity`;
+a function of the retry number, through `from_function`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "decorrelated",
     "exponential",
     "fibonacci",
+    "from_function",
     "from_tenacity",
     "linear",
 ]
@@ -291,9 +293,10 @@ class _Tenacity(Backoff):
     def delay(self, retry: int, previous: float) -> float:
         return self.delay_for(retry, previous, None, None)
 
-    def delay_for(
+    def retry_state(
         self, retry: int, previous: float, error: BaseException | None, result: Any
-    ) -> float:
+    ) -> Any:
+        """The ``tenacity.RetryCallState`` tenacity would pass before retry ``retry``."""
         tenacity = self._tenacity
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
         state.attempt_number = retry
@@ -305,7 +308,12 @@ class _Tenacity(Backoff):
         state.outcome = outcome
         state.outcome_timestamp = state.start_time
         state.idle_for = previous
-        value = float(self.wait(state))
+        return state
+
+    def delay_for(
+        self, retry: int, previous: float, error: BaseException | None, result: Any
+    ) -> float:
+        value = float(self.wait(self.retry_state(retry, previous, error, result)))
         if math.isnan(value) or value < 0:
             raise ValueError(f"tenacity wait strategy {self.wait!r} returned {value!r}")
         return value
@@ -325,6 +333,64 @@ def from_tenacity(wait: Callable[[Any], float]) -> Backoff:
     return _Tenacity(wait)
 
 
+class _Function(Backoff):
+    """A function of the retry number, giving seconds."""
+
+    def __init__(self, fn: Callable[[int], float]) -> None:
+        self.fn = fn
+
+    def delay(self, retry: int, previous: float) -> float:
+        value = self.fn(retry)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(
+                f"backoff function {self.fn!r} returned {value!r}, not a number of seconds"
+            )
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"backoff function {self.fn!r} returned {value!r}")
+        return float(value)
+
+    def __repr__(self) -> str:
+        return f"from_function({self.fn!r})"
+
+
+def from_function(fn: Callable[[int], float]) -> Backoff:
+    """A backoff from ``fn(retry) -> seconds``, ``retry`` counting from 1 for the first retry.
+
+    Polly's ``DelayGenerator`` and resilience4j's ``IntervalFunction`` are
+    this shape. Returning ``math.inf`` stops the retries, as for every
+    strategy.
+    """
+    if isinstance(fn, Backoff) or not callable(fn):
+        raise TypeError(f"fn must be a function of the retry number, got {type(fn).__name__}")
+    return _Function(fn)
+
+
+def _check_tenacity_wait(value: Callable[[Any], float], name: str) -> Backoff:
+    """A callable given as a backoff, taken for a tenacity wait: tried once, here.
+
+    A builtin tenacity wait is taken as is. Any other callable is called once
+    with a made-up ``RetryCallState`` (first retry, no outcome), so that a
+    function of the retry number, which cannot take one, is refused now
+    with a pointer to `from_function` instead of failing inside a call.
+    """
+    strategy = _Tenacity(value)
+    wait_base = getattr(getattr(strategy._tenacity, "wait", None), "wait_base", None)
+    if wait_base is not None and isinstance(value, wait_base):
+        return strategy
+    try:
+        delay = value(strategy.retry_state(1, 0.0, None, None))
+        if isinstance(delay, bool) or not isinstance(delay, int | float):
+            raise TypeError(f"it returned {delay!r}, not a number of seconds")
+    except Exception as exc:
+        raise TypeError(
+            f"{name}: {value!r} was taken for a tenacity wait strategy (called with a "
+            f"tenacity.RetryCallState) and failed: {exc!r}. For a function of the retry "
+            f"number, pass backoff.from_function(fn); for a strategy of your own, "
+            f"subclass backoff.Backoff"
+        ) from exc
+    return strategy
+
+
 def coerce(value: object, name: str = "backoff") -> Backoff:
     """A `Backoff` from a Backoff, a number of seconds, or a tenacity wait strategy."""
     if isinstance(value, Backoff):
@@ -332,7 +398,7 @@ def coerce(value: object, name: str = "backoff") -> Backoff:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return constant(number(value, name, minimum=0.0))
     if callable(value):
-        return from_tenacity(value)
+        return _check_tenacity_wait(value, name)
     raise TypeError(
         f"{name} must be a resilience.backoff strategy, a number of seconds, or a tenacity "
         f"wait strategy, got {type(value).__name__}"

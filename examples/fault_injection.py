@@ -112,6 +112,18 @@ def main() -> None:
             assert chaos.call(recommendations, 3) == ["book-3", "film-3"]
         print("  disable() and set_testing(inject_faults=False) let calls through")
 
+    # A rate computed per call: one tenant always fails, the others never.
+    per_tenant = rs.FaultInjector(
+        error_rate=lambda ctx: 1.0 if ctx.tags.get("tenant") == "acme" else 0.0
+    )
+    for tenant in ("acme", "globex"):
+        with rs.tags(tenant=tenant):
+            try:
+                answer = per_tenant.call(recommendations, 4)
+            except rs.InjectedFault:
+                answer = "injected"
+        print(f"  tenant {tenant}: {answer}")
+
     real_seconds = time.perf_counter() - started
     print(f"done in {real_seconds:.2f} s of real time")
     assert real_seconds < 30

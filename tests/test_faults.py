@@ -689,6 +689,97 @@ def test_rates_are_statistically_plausible() -> None:
     assert all(isinstance(plan.error, rs.InjectedFault) for plan in plans if plan.error)
 
 
+# -- rates computed per call ------------------------------------------------------------------
+
+
+async def test_a_rate_function_sets_the_chance_per_call(mode: str) -> None:
+    """error_rate=fn(context): one tenant always fails, another never, in one injector."""
+    seen: list[rs.CallContext] = []
+
+    def by_tenant(context: rs.CallContext) -> float:
+        seen.append(context)
+        return {"acme": 1.0, "globex": 0.0}.get(context.tags.get("tenant"), 0.5)
+
+    injector = rs.FaultInjector(error_rate=by_tenant, seed=5)
+    real = Real()
+    with rs.tags(tenant="acme"):
+        for _ in range(20):
+            with pytest.raises(rs.InjectedFault):
+                await run_yielding(mode, injector, real)
+    with rs.tags(tenant="globex"):
+        for _ in range(20):
+            assert await run_yielding(mode, injector, real) == "real"
+    assert real.calls == 20
+    assert len(seen) == 40
+    assert {c.tags["tenant"] for c in seen[:20]} == {"acme"}
+
+
+async def test_every_kind_takes_a_rate_function(mode: str) -> None:
+    """latency, result and behaviour rates may be functions too; 0 and 1 turn them off and on."""
+    clock = FakeClock()
+    ran: list[str] = []
+    on = {"behaviour": 1.0, "latency": 1.0, "result": 1.0}
+
+    def rate(kind: str) -> Callable[[rs.CallContext], float]:
+        return lambda context: on[kind]
+
+    injector = rs.FaultInjector(
+        behaviour=lambda context: ran.append("behaviour"),
+        behaviour_rate=rate("behaviour"),
+        latency=2.0,
+        latency_rate=rate("latency"),
+        result="stub",
+        result_rate=rate("result"),
+        clock=clock,
+    )
+    assert await run_yielding(mode, injector, Real()) == "stub"
+    assert (ran, clock.sleeps) == (["behaviour"], [2.0])
+    on.update(behaviour=0.0, latency=0.0, result=0.0)
+    assert await run_yielding(mode, injector, Real()) == "real"
+    assert (ran, clock.sleeps) == (["behaviour"], [2.0])
+
+
+def test_a_rate_function_draws_like_the_same_fixed_rate() -> None:
+    """A function always returning 0.3 makes exactly the draws of error_rate=0.3, same seed."""
+    fixed = rs.FaultInjector(error_rate=0.3, result="r", result_rate=0.5, seed=11)
+    computed = rs.FaultInjector(
+        error_rate=lambda context: 0.3, result="r", result_rate=lambda context: 0.5, seed=11
+    )
+
+    def letters(injector: rs.FaultInjector) -> str:
+        plans = [injector.draw() for _ in range(500)]
+        return "".join("X" if p.error else "R" if p.replace_result else "." for p in plans)
+
+    drawn = letters(fixed)
+    assert drawn == letters(computed)
+    assert {"X", "R", "."} <= set(drawn)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, math.nan, "0.5", None])
+def test_a_rate_function_returning_a_bad_rate_fails_the_call(value: object) -> None:
+    """The result must be a number in [0, 1]; the error names the rate."""
+    injector = rs.FaultInjector(error_rate=lambda context: value)
+    with pytest.raises((ValueError, TypeError), match="error_rate"):
+        injector.call(Real())
+
+
+def test_a_rate_function_in_settings_update_and_repr() -> None:
+    """settings() gives the function back; repr shows it; update() can set and clear one."""
+
+    def half(context: rs.CallContext) -> float:
+        return 0.5
+
+    injector = rs.FaultInjector(error_rate=half, name="chaos")
+    assert injector.settings()["error_rate"] is half
+    assert repr(injector) == f"FaultInjector('chaos', error_rate={half!r})"
+    injector.update(error_rate=0.25)
+    assert injector.settings()["error_rate"] == 0.25
+    injector.update(latency=1.0, latency_rate=half)
+    assert injector.settings()["latency_rate"] is half
+    injector.update(latency_rate=None)
+    assert "latency_rate" not in injector.settings()
+
+
 # -- draw() -----------------------------------------------------------------------------------
 
 

@@ -14,7 +14,7 @@ import logging
 import random as _random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
@@ -36,11 +36,37 @@ ErrorSpec = BaseException | type[BaseException] | Callable[[CallContext], BaseEx
 LatencySpec = float | timedelta | Callable[[CallContext], float]
 
 
-def _rate(value: object, name: str) -> float:
+RateSpec = float | Callable[[CallContext], float]
+
+
+def _fixed_rate(value: object, name: str) -> float:
     result = number(value, name, minimum=0.0)
     if result > 1.0:
         raise ValueError(f"{name} must be in [0, 1], got {value!r}")
     return result
+
+
+class _RateFunction:
+    """A rate computed per call from the call context (Polly's injection-rate generator)."""
+
+    __slots__ = ("fn", "name")
+
+    def __init__(self, fn: Callable[[CallContext], float], name: str) -> None:
+        self.fn = fn
+        self.name = name
+
+    def __call__(self, context: CallContext) -> float:
+        return _fixed_rate(self.fn(context), f"the result of the {self.name} function")
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
+
+
+def _rate(value: object, name: str) -> float | _RateFunction:
+    """A fixed rate in [0, 1], or a function of the call context giving one per call."""
+    if callable(value):
+        return _RateFunction(value, name)
+    return _fixed_rate(value, name)
 
 
 def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
@@ -128,23 +154,35 @@ class _Settings:
 
     enabled: bool
     error: Callable[[CallContext], BaseException] | None
-    error_rate: float
+    error_rate: float | _RateFunction
     latency: Callable[[CallContext], float] | None
-    latency_rate: float
+    latency_rate: float | _RateFunction
     result: Any
-    result_rate: float
+    result_rate: float | _RateFunction
     behaviour: Callable[[CallContext], object] | None
-    behaviour_rate: float
+    behaviour_rate: float | _RateFunction
     when: Callable[[CallContext], bool] | None = None
     error_spec: object = None
     latency_spec: object = None
+
+    # Derived, kept so that a draw reads them in one step: the four rates in
+    # the order they are drawn, and whether any is computed per call.
+    rates: tuple[float | _RateFunction, ...] = field(init=False)
+    dynamic: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        rates = (self.behaviour_rate, self.latency_rate, self.error_rate, self.result_rate)
+        object.__setattr__(self, "rates", rates)
+        dynamic = any(isinstance(rate, _RateFunction) for rate in rates)
+        object.__setattr__(self, "dynamic", dynamic)
 
 
 class FaultInjector(Middleware):
     """Inject faults into calls on purpose, to test what the other layers do.
 
     Each kind of fault has its own rate, the chance in [0, 1] that a call
-    gets it (1.0 when you give the fault and no rate):
+    gets it (1.0 when you give the fault and no rate), or a function of the
+    `CallContext` returning that chance for each call:
 
     * ``error``: raised *instead of* calling the function. An exception
       instance (copied for each call), a type (instantiated without
@@ -172,13 +210,13 @@ class FaultInjector(Middleware):
         self,
         *,
         error: ErrorSpec | None = None,
-        error_rate: float | None = None,
+        error_rate: RateSpec | None = None,
         latency: LatencySpec | None = None,
-        latency_rate: float | None = None,
+        latency_rate: RateSpec | None = None,
         result: Any = _UNSET,
-        result_rate: float | None = None,
+        result_rate: RateSpec | None = None,
         behaviour: Callable[[CallContext], object] | None = None,
-        behaviour_rate: float | None = None,
+        behaviour_rate: RateSpec | None = None,
         enabled: bool | Callable[[CallContext], bool] = True,
         seed: int | _random.Random | None = None,
         clock: Clock | None = None,
@@ -195,7 +233,7 @@ class FaultInjector(Middleware):
         self._lock = threading.Lock()
         self._settings = _Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0)
 
-        def given(rate: float | None) -> Any:  # an omitted rate follows its fault
+        def given(rate: RateSpec | None) -> Any:  # an omitted rate follows its fault
             return _UNSET if rate is None else rate
 
         self.update(
@@ -216,13 +254,13 @@ class FaultInjector(Middleware):
         self,
         *,
         error: ErrorSpec | None = _UNSET,
-        error_rate: float | None = _UNSET,
+        error_rate: RateSpec | None = _UNSET,
         latency: LatencySpec | None = _UNSET,
-        latency_rate: float | None = _UNSET,
+        latency_rate: RateSpec | None = _UNSET,
         result: Any = _UNSET,
-        result_rate: float | None = _UNSET,
+        result_rate: RateSpec | None = _UNSET,
         behaviour: Callable[[CallContext], object] | None = _UNSET,
-        behaviour_rate: float | None = _UNSET,
+        behaviour_rate: RateSpec | None = _UNSET,
         enabled: bool | Callable[[CallContext], bool] = _UNSET,
     ) -> None:
         """Change some settings; the others stay. Takes effect from the next call.
@@ -318,16 +356,16 @@ class FaultInjector(Middleware):
         out: dict[str, Any] = {"enabled": s.enabled if s.when is None else s.enabled and s.when}
         if s.error_rate:
             out["error"] = InjectedFault if s.error_spec is None else s.error_spec
-            out["error_rate"] = s.error_rate
+            out["error_rate"] = _rate_spec(s.error_rate)
         if s.latency_rate:
             out["latency"] = s.latency_spec
-            out["latency_rate"] = s.latency_rate
+            out["latency_rate"] = _rate_spec(s.latency_rate)
         if s.result_rate:
             out["result"] = s.result
-            out["result_rate"] = s.result_rate
+            out["result_rate"] = _rate_spec(s.result_rate)
         if s.behaviour_rate:
             out["behaviour"] = s.behaviour
-            out["behaviour_rate"] = s.behaviour_rate
+            out["behaviour_rate"] = _rate_spec(s.behaviour_rate)
         return out
 
     def __repr__(self) -> str:
@@ -339,7 +377,9 @@ class FaultInjector(Middleware):
             ("result", s.result_rate),
             ("behaviour", s.behaviour_rate),
         ):
-            if rate:
+            if isinstance(rate, _RateFunction):
+                parts.append(f"{label}_rate={rate!r}")
+            elif rate:
                 parts.append(f"{label}_rate={rate:g}")
         if not s.enabled:
             parts.append("disabled")
@@ -367,17 +407,22 @@ class FaultInjector(Middleware):
             context = context or current()
             if not when(context):
                 return _NOTHING
+        rates: tuple[Any, ...] = s.rates
+        if s.dynamic:  # rates computed per call (Polly's injection-rate generators)
+            context = context or current()
+            rates = tuple(r(context) if isinstance(r, _RateFunction) else r for r in rates)
+        behaviour_rate, latency_rate, error_rate, result_rate = rates
         roll = self.random.random
-        behaviour = bool(s.behaviour_rate) and roll() < s.behaviour_rate
+        behaviour = bool(behaviour_rate) and roll() < behaviour_rate
         latency = 0.0
-        if s.latency_rate and roll() < s.latency_rate and s.latency is not None:
+        if latency_rate and roll() < latency_rate and s.latency is not None:
             context = context or current()
             latency = s.latency(context)
         error = None
-        if s.error_rate and roll() < s.error_rate and s.error is not None:
+        if error_rate and roll() < error_rate and s.error is not None:
             context = context or current()
             error = s.error(context)
-        replace_result = error is None and bool(s.result_rate) and roll() < s.result_rate
+        replace_result = error is None and bool(result_rate) and roll() < result_rate
         if not (behaviour or latency or error is not None or replace_result):
             return _NOTHING
         return FaultPlan(behaviour, latency, error, replace_result)
@@ -449,6 +494,11 @@ class FaultInjector(Middleware):
             return await next(fn, args, kwargs)
 
         return fault_injection
+
+
+def _rate_spec(rate: float | _RateFunction) -> RateSpec:
+    """The rate as the user gave it: a number, or their function."""
+    return rate.fn if isinstance(rate, _RateFunction) else rate
 
 
 def _latency_factory(latency: object) -> Callable[[CallContext], float] | None:

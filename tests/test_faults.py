@@ -142,6 +142,25 @@ def test_boundaries_and_zero_rates_are_accepted() -> None:
     rs.FaultInjector(latency_rate=0, result_rate=0, behaviour_rate=0)
 
 
+async def test_a_rate_of_none_turns_its_fault_off_in_the_constructor(mode: str) -> None:
+    """error_rate=None (a missing setting, say) is off, as in update(), not "always"."""
+    injector = rs.FaultInjector(
+        error=ConnectionError("down"),
+        error_rate=None,
+        result="canned",
+        result_rate=None,
+        latency=5.0,
+        latency_rate=None,
+        behaviour=lambda context: None,
+        behaviour_rate=None,
+    )
+    assert await run_yielding(mode, injector, Real()) == "real"
+    assert injector.settings() == {"enabled": True}
+    injector.update(error_rate=1.0)  # the fault was kept for later
+    with pytest.raises(ConnectionError, match="down"):
+        await run_yielding(mode, injector, Real())
+
+
 def test_an_empty_injector_does_nothing() -> None:
     """With no fault configured every call goes through and the plan is empty."""
     injector = rs.FaultInjector()
@@ -186,6 +205,38 @@ async def test_a_copied_instance_keeps_its_message_and_attributes(mode: str) -> 
             await run_yielding(mode, injector, Real())
         assert str(caught.value) == "HTTP 503"
         assert caught.value.status == 503
+
+
+class Slotted(Exception):
+    """An exception keeping an attribute in __slots__, with a default in __init__."""
+
+    __slots__ = ("__secret", "status")
+
+    def __init__(self, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.status = status
+        self.__secret = "default"
+
+    @property
+    def secret(self) -> str:
+        return self.__secret
+
+
+async def test_a_copied_instance_keeps_its_slots_and_cause(mode: str) -> None:
+    """Slot attributes (mangled ones too) and the cause of the given instance are kept."""
+    try:
+        raise Slotted("service unavailable", status=503) from ConnectionResetError("reset")
+    except Slotted as exc:
+        template = exc
+    template._Slotted__secret = "set later"  # type: ignore[attr-defined]
+    injector = rs.FaultInjector(error=template)
+    with pytest.raises(Slotted) as caught:
+        await run_yielding(mode, injector, Real())
+    assert caught.value is not template
+    assert (caught.value.args, caught.value.status) == (("service unavailable",), 503)
+    assert caught.value.secret == "set later"
+    assert isinstance(caught.value.__cause__, ConnectionResetError)
+    assert caught.value.__suppress_context__
 
 
 async def test_an_instance_whose_init_takes_other_arguments_is_still_copied(mode: str) -> None:

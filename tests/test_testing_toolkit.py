@@ -87,6 +87,40 @@ def test_switches_left_out_stay_as_they_are() -> None:
     assert MODE.max_attempts is None
 
 
+def test_scopes_that_end_out_of_order_keep_each_others_switches() -> None:
+    """Two overlapping scopes (threads, tasks) each put back only what they changed."""
+    from resilience._testing_mode import MODE
+
+    first = set_testing(instant_waits=True)
+    second = set_testing(inject_faults=False)
+    first.restore()  # ends first, though it started first
+    assert (MODE.instant_waits, MODE.inject_faults) == (False, False)
+    second.restore()
+    assert (MODE.instant_waits, MODE.inject_faults, MODE.max_attempts) == (False, True, None)
+
+
+async def test_overlapping_scopes_in_two_tasks_leak_nothing() -> None:
+    """Task A sets instant_waits, task B inject_faults; A ends first: both come back."""
+    from resilience._testing_mode import MODE
+
+    a_set, b_set, a_done = asyncio.Event(), asyncio.Event(), asyncio.Event()
+
+    async def task_a() -> None:
+        with set_testing(instant_waits=True):
+            a_set.set()
+            await b_set.wait()
+        a_done.set()
+
+    async def task_b() -> None:
+        await a_set.wait()
+        with set_testing(inject_faults=False):
+            b_set.set()
+            await a_done.wait()
+
+    await asyncio.gather(task_a(), task_b())
+    assert (MODE.instant_waits, MODE.inject_faults, MODE.max_attempts) == (False, True, None)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [

@@ -8,6 +8,7 @@ seeded random source; the sync and async shells only carry out the plan
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import logging
@@ -30,7 +31,15 @@ __all__ = ["FaultEvent", "FaultInjector", "FaultPlan"]
 
 logger = logging.getLogger("resilience")
 
-_UNSET: Any = object()
+
+class _NotGiven:
+    """The default of the keywords whose absence means something of its own."""
+
+    def __repr__(self) -> str:
+        return "<not given>"
+
+
+_UNSET: Any = _NotGiven()
 
 ErrorSpec = BaseException | type[BaseException] | Callable[[CallContext], BaseException]
 LatencySpec = float | timedelta | Callable[[CallContext], float]
@@ -69,10 +78,25 @@ def _rate(value: object, name: str) -> float | _RateFunction:
     return _fixed_rate(value, name)
 
 
+def _slot_names(kind: type) -> tuple[str, ...]:
+    """The attribute names behind the ``__slots__`` of ``kind`` and its bases (mangled)."""
+    names: list[str] = []
+    for klass in kind.__mro__:
+        declared = klass.__dict__.get("__slots__", ())
+        for slot in (declared,) if isinstance(declared, str) else declared:
+            if slot in ("__dict__", "__weakref__"):
+                continue
+            if slot.startswith("__") and not slot.endswith("__"):
+                slot = f"_{klass.__name__.lstrip('_')}{slot}"
+            names.append(slot)
+    return tuple(names)
+
+
 def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
     """A function making a fresh exception per injection, from what the user gave."""
     if isinstance(error, BaseException):
         template = error
+        slots = _slot_names(type(template))
 
         def from_instance(_: CallContext) -> BaseException:
             try:
@@ -84,8 +108,15 @@ def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
                     fresh.__dict__.update(template.__dict__)
                 except Exception:  # a __new__ that cannot either: reuse the template
                     fresh = template
-            if fresh is not template and "__notes__" in template.__dict__:
-                fresh.__notes__ = list(template.__notes__)  # a list of its own
+            if fresh is not template:
+                # copy.copy carries args and __dict__ only: slots and the cause too.
+                for slot in slots:
+                    with contextlib.suppress(AttributeError):  # unset on the template
+                        setattr(fresh, slot, getattr(template, slot))
+                fresh.__cause__ = template.__cause__
+                fresh.__suppress_context__ = template.__suppress_context__
+                if "__notes__" in template.__dict__:
+                    fresh.__notes__ = list(template.__notes__)  # a list of its own
             return fresh.with_traceback(None)
 
         return from_instance
@@ -181,8 +212,9 @@ class FaultInjector(Middleware):
     """Inject faults into calls on purpose, to test what the other layers do.
 
     Each kind of fault has its own rate, the chance in [0, 1] that a call
-    gets it (1.0 when you give the fault and no rate), or a function of the
-    `CallContext` returning that chance for each call:
+    gets it, or a function of the `CallContext` returning that chance for
+    each call. A fault given without a rate gets 1.0; a rate of 0 or None
+    turns its kind off:
 
     * ``error``: raised *instead of* calling the function. An exception
       instance (copied for each call), a type (instantiated without
@@ -210,13 +242,13 @@ class FaultInjector(Middleware):
         self,
         *,
         error: ErrorSpec | None = None,
-        error_rate: RateSpec | None = None,
+        error_rate: RateSpec | None = _UNSET,
         latency: LatencySpec | None = None,
-        latency_rate: RateSpec | None = None,
+        latency_rate: RateSpec | None = _UNSET,
         result: Any = _UNSET,
-        result_rate: RateSpec | None = None,
+        result_rate: RateSpec | None = _UNSET,
         behaviour: Callable[[CallContext], object] | None = None,
-        behaviour_rate: RateSpec | None = None,
+        behaviour_rate: RateSpec | None = _UNSET,
         enabled: bool | Callable[[CallContext], bool] = True,
         seed: int | _random.Random | None = None,
         clock: Clock | None = None,
@@ -233,18 +265,16 @@ class FaultInjector(Middleware):
         self._lock = threading.Lock()
         self._settings = _Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0)
 
-        def given(rate: RateSpec | None) -> Any:  # an omitted rate follows its fault
-            return _UNSET if rate is None else rate
-
+        # An omitted rate follows its fault (1.0 with it, else off); None is off.
         self.update(
             error=error,
-            error_rate=given(error_rate),
+            error_rate=error_rate,
             latency=latency,
-            latency_rate=given(latency_rate),
+            latency_rate=latency_rate,
             result=result,
-            result_rate=given(result_rate),
+            result_rate=result_rate,
             behaviour=behaviour,
-            behaviour_rate=given(behaviour_rate),
+            behaviour_rate=behaviour_rate,
             enabled=enabled,
         )
 
@@ -395,7 +425,9 @@ class FaultInjector(Middleware):
         """Roll the dice for one call: which faults it gets.
 
         The shells call this for every call; tests may call it to see what an
-        injector would do. Returns a plan with nothing in it when disabled.
+        injector would do. Nothing is called, slept or run, except an error
+        factory (the plan holds the error it made). Returns a plan with
+        nothing in it when disabled.
         """
         return self._draw(self._settings, context)
 

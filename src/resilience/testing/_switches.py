@@ -15,16 +15,21 @@ _UNSET: Any = object()
 
 
 class TestingSettings:
-    """What `set_testing` changed; leaving it as a context manager restores the old values."""
+    """What `set_testing` changed; leaving it as a context manager restores the old values.
+
+    Only the switches that call set are put back, so scopes that end out of
+    order (two threads or tasks, say) do not undo each other's switches.
+    """
 
     __slots__ = ("_previous",)
 
-    def __init__(self, previous: tuple[bool, bool, int | None]) -> None:
+    def __init__(self, previous: dict[str, object]) -> None:
         self._previous = previous
 
     def restore(self) -> None:
-        """Put back the switches as they were before `set_testing`."""
-        MODE.instant_waits, MODE.inject_faults, MODE.max_attempts = self._previous
+        """Put back the switches this `set_testing` call changed, as they were before it."""
+        for switch, value in self._previous.items():
+            setattr(MODE, switch, value)
 
     def __enter__(self) -> TestingSettings:
         return self
@@ -58,19 +63,22 @@ def set_testing(
         with set_testing(instant_waits=True, max_attempts=1):
             ...
     """
-    previous = (MODE.instant_waits, MODE.inject_faults, MODE.max_attempts)
     if instant_waits is not _UNSET and not isinstance(instant_waits, bool):
         raise TypeError(f"instant_waits must be a bool, got {type(instant_waits).__name__}")
     if inject_faults is not _UNSET and not isinstance(inject_faults, bool):
         raise TypeError(f"inject_faults must be a bool, got {type(inject_faults).__name__}")
     if max_attempts is not _UNSET and max_attempts is not None:
         integer(max_attempts, "max_attempts", minimum=1)
-    if instant_waits is not _UNSET:
-        MODE.instant_waits = instant_waits
-    if inject_faults is not _UNSET:
-        MODE.inject_faults = inject_faults
-    if max_attempts is not _UNSET:
-        MODE.max_attempts = max_attempts
+    changes = {
+        "instant_waits": instant_waits,
+        "inject_faults": inject_faults,
+        "max_attempts": max_attempts,
+    }
+    previous: dict[str, object] = {}
+    for switch, value in changes.items():
+        if value is not _UNSET:
+            previous[switch] = getattr(MODE, switch)
+            setattr(MODE, switch, value)
     return TestingSettings(previous)
 
 

@@ -613,3 +613,168 @@ def test_idle_walk_away_workers_exit() -> None:
     assert not any(worker.is_alive() for worker in workers)
     assert pool.threads == 0
     assert pool.submit(lambda: "again").result(10) == "again"  # a new worker starts
+
+
+# -- the layer whose deadline it was reports it -------------------------------------------------
+
+
+def test_nested_sync_timeouts_the_earlier_deadline_reports() -> None:
+    """Outer 1 s around inner 5 s, a 6 s call: the outer's error and event, not the inner's."""
+    clock = FakeClock()
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(5, clock=clock, name="inner")
+    fired: list[str | None] = []
+    for layer in (outer, inner):
+        layer.subscribe(lambda event: fired.append(event.name))
+    with pytest.raises(rs.TimeoutExceeded) as caught:
+        outer.call(inner.call, clock.sleep, 6)
+    assert (type(caught.value), caught.value.name, caught.value.seconds) == (
+        rs.TimeoutExceeded,
+        "outer",
+        1,
+    )
+    assert fired == ["outer"]
+
+
+def test_a_cooperative_timeout_under_a_deadline_nobody_owns_raises_it_unnamed() -> None:
+    """A deadline in the context with no sync Timeout to report it: an unnamed TimeoutExceeded."""
+    clock = FakeClock()
+    inner = rs.Timeout(5, clock=clock, name="inner")
+    with rs.tags():
+        _context.VAR.get()[2] = 2.0
+        _context.VAR.get()[3] = clock
+        with pytest.raises(rs.TimeoutExceeded) as caught:
+            inner.call(clock.sleep, 6)
+    assert (caught.value.name, caught.value.seconds) == (None, 2.0)
+
+
+async def test_nested_async_timeouts_report_only_the_outer_event() -> None:
+    """Outer 1 s, inner 5 s, same task: the outer raises and is the only one to send an event."""
+    clock = FakeClock(auto_advance=False)
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(5, clock=clock, name="inner")
+    fired: list[str | None] = []
+    for layer in (outer, inner):
+        layer.subscribe(lambda event: fired.append(event.name))
+
+    async def body() -> int:
+        with pytest.raises(rs.TimeoutExceeded) as caught:
+            await outer.acall(inner.acall, asyncio.Event().wait)
+        assert caught.value.name == "outer"
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    task = asyncio.create_task(body())
+    await asyncio.sleep(0)
+    clock.advance(1)
+    assert await task == 0  # every cancellation the layers made was taken back
+    assert fired == ["outer"]
+
+
+async def test_a_task_started_inside_a_call_is_held_to_its_deadline() -> None:
+    """A child task inherits the deadline; its own looser Timeout still stops at it."""
+    clock = FakeClock(auto_advance=False)
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(5, clock=clock, name="inner")
+    children: list[asyncio.Task[None]] = []
+
+    async def parent() -> str:
+        children.append(asyncio.create_task(inner.acall(asyncio.Event().wait)))
+        await asyncio.sleep(0)  # the child enters its Timeout while the deadline is in force
+        return "parent done"
+
+    assert await outer.acall(parent) == "parent done"
+    await asyncio.sleep(0)
+    clock.advance(1)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert children[0].done()  # stopped at 1 s, not left to run until its own 5 s
+    with pytest.raises(rs.TimeoutExceeded) as caught:
+        await children[0]
+    assert (caught.value.name, caught.value.seconds) == (None, 1.0)  # the parent's deadline
+    assert "5s" not in str(caught.value)
+
+
+def test_an_async_call_run_from_a_sync_timeout_stops_at_its_deadline() -> None:
+    """asyncio.run inside a sync Timeout: the inner async Timeout stops at the outer deadline."""
+    clock = FakeClock()
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(5, clock=clock, name="inner")
+    fired: list[str | None] = []
+    for layer in (outer, inner):
+        layer.subscribe(lambda event: fired.append(event.name))
+
+    finished: list[bool] = []
+
+    async def slow() -> None:
+        await clock.asleep(10)
+        finished.append(True)
+
+    def sync_body() -> None:
+        asyncio.run(inner.acall(slow))
+
+    with pytest.raises(rs.TimeoutExceeded) as caught:
+        outer.call(sync_body)
+    assert (caught.value.name, caught.value.seconds) == ("outer", 1)
+    assert fired == ["outer"]
+    assert finished == []  # cancelled at the outer deadline, not let run for 10 s
+
+
+# -- a chain run where no call set a context -----------------------------------------------------
+
+
+class OffThread(rs.Middleware):
+    """A custom layer that runs the rest of the chain on a thread without the context."""
+
+    def __init__(self) -> None:
+        self.contexts: list[rs.CallContext] = []
+
+    def wrap(self, next: Any) -> Any:
+        def endpoint(fn: Any, args: Any, kwargs: Any) -> Any:
+            outcome: list[Any] = []
+
+            def run() -> None:
+                try:
+                    outcome.append(next(fn, args, kwargs))
+                except BaseException as exc:
+                    outcome.append(exc)
+
+            worker = threading.Thread(target=run)
+            worker.start()
+            worker.join(10)
+            if isinstance(outcome[0], BaseException):
+                raise outcome[0]
+            return outcome[0]
+
+        return endpoint
+
+    def awrap(self, next: Any) -> Any:
+        return next
+
+
+@pytest.mark.parametrize("inner", ["timeout", "retry"])
+def test_timeout_and_retry_work_in_a_chain_run_outside_any_call(inner: str) -> None:
+    """They give the call a context of their own instead of writing into the empty one."""
+    clock = FakeClock()
+    seen: list[tuple[int, float | None]] = []
+    failures = [ConnectionError("once")]
+
+    def flaky() -> str:
+        context = rs.current()
+        seen.append((context.attempt, context.deadline))
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    layer = rs.Timeout(2, clock=clock) if inner == "timeout" else rs.Retry(2, backoff=0)
+    pipeline = rs.Pipeline([OffThread(), layer])
+    if inner == "timeout":
+        with pytest.raises(ConnectionError):
+            pipeline.call(flaky)
+        assert pipeline.call(flaky) == "ok"
+        assert seen == [(1, 2.0), (1, 2.0)]
+    else:
+        assert pipeline.call(flaky) == "ok"
+        assert len(seen) == 2
+        assert seen[1][0] == 2  # the retry runs in a context of its own

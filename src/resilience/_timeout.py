@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from ._clock import Clock, validate_clock, wait_future
-from ._context import VAR, Raw, effective_deadline
+from ._clock import Clock, call_at, validate_clock, wait_future
+from ._context import EMPTY, NO_TAGS, VAR, Raw, effective_deadline
 from ._deadlines import DeadlineQueues
 from ._errors import TimeoutExceeded
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
@@ -35,6 +35,42 @@ class DeadlineCut(TimeoutExceeded):
     such layer exists (the deadline came from an async caller, say) users
     see it as a plain `TimeoutExceeded`.
     """
+
+
+def outside_any_call(
+    layer: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """Run ``layer`` in a call context of its own: a chain run where no call set one."""
+    token = VAR.set([None, 1, None, None, NO_TAGS])
+    try:
+        return layer(fn, args, kwargs)
+    finally:
+        VAR.reset(token)
+
+
+async def aoutside_any_call(
+    layer: AsyncEndpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    """`outside_any_call` for async chains."""
+    token = VAR.set([None, 1, None, None, NO_TAGS])
+    try:
+        return await layer(fn, args, kwargs)
+    finally:
+        VAR.reset(token)
+
+
+def _watch(
+    clock: Clock, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], deadline: float
+) -> tuple[list[Any], Any]:
+    """Cancel ``task`` at ``deadline`` with a timer of its own: ``(entry, handle)``."""
+    entry: list[Any] = [deadline, task, False, False]  # as a DeadlineQueue entry
+
+    def expire() -> None:
+        if not entry[2]:
+            entry[3] = True
+            task.cancel()
+
+    return entry, call_at(clock, deadline, expire, loop)
 
 
 def _run_in_context(
@@ -159,6 +195,7 @@ class Timeout(Middleware):
         clock = self.clock
         monotonic = clock.monotonic
         get = VAR.get
+        empty = EMPTY
         direct = next is terminal  # innermost: call the function without the extra hop
 
         def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -169,19 +206,25 @@ class Timeout(Middleware):
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, own - limit)
             if outer is None or own < outer:
+                if ctx is empty:  # run outside any call (a custom layer's own thread)
+                    return outside_any_call(timeout, fn, args, kwargs)
                 ctx[2] = own
                 ctx[3] = clock
                 try:
                     result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-                except DeadlineCut as exc:  # a walk-away layer inside left at our deadline
+                except DeadlineCut as exc:  # a layer inside stopped at our deadline
                     raise fired(limit) from exc
                 finally:
                     ctx[2] = saved
                     ctx[3] = outer_clock
-            else:  # an earlier deadline is already in force
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            if monotonic() >= own:
-                raise fired(limit)
+                if monotonic() >= own:
+                    raise fired(limit)
+                return result
+            # An earlier deadline is in force: it is the one that can pass, and
+            # the layer that set it reports it (see DeadlineCut).
+            result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            if monotonic() >= outer:
+                raise DeadlineCut(max(0.0, outer - (own - limit)))
             return result
 
         return timeout
@@ -221,6 +264,7 @@ class Timeout(Middleware):
         monotonic = clock.monotonic
         queues = self._deadline_queues
         get = VAR.get
+        empty = EMPTY
         get_loop = asyncio.get_running_loop
         current_task = asyncio.current_task
         cancelled_error = asyncio.CancelledError
@@ -234,10 +278,6 @@ class Timeout(Middleware):
                 raise RuntimeError("resilience.Timeout needs to run inside an asyncio task")
             now = monotonic()
             own = now + limit
-            deadlines = queues.last
-            if deadlines is None or deadlines.loop is not loop:
-                deadlines = queues.for_loop(loop)
-            entry = deadlines.add(own, task)  # [deadline, task, finished, fired]
             ctx = get()
             outer = saved = ctx[2]
             outer_clock = ctx[3]
@@ -245,13 +285,32 @@ class Timeout(Middleware):
                 outer = effective_deadline(ctx, clock, now)
             tighter = outer is None or own < outer
             if tighter:
+                if ctx is empty:  # run outside any call (a custom layer's own task)
+                    return await aoutside_any_call(timeout, fn, args, kwargs)
+                deadlines = queues.last
+                if deadlines is None or deadlines.loop is not loop:
+                    deadlines = queues.for_loop(loop)
+                entry = deadlines.add(own, task)  # [deadline, task, finished, fired]
+                handle = None
                 ctx[2] = own
                 ctx[3] = clock
+            else:
+                # An earlier deadline is in force, perhaps set where nothing cancels
+                # this task at it (a parent task, a sync caller): watch it too.
+                entry, handle = _watch(clock, loop, task, outer)
             cancelling = task.cancelling()
             try:
                 result = await next(fn, args, kwargs)
             except cancelled_error as exc:
-                if entry[3] and task.uncancel() <= cancelling:
+                if entry[3] and task.uncancel() <= cancelling:  # our cancellation alone
+                    if tighter:
+                        raise fired(limit) from exc
+                    raise DeadlineCut(max(0.0, outer - now)) from exc
+                raise
+            except DeadlineCut as exc:  # a layer inside stopped at a deadline
+                if entry[3]:
+                    task.uncancel()
+                if tighter and monotonic() >= own:  # ours
                     raise fired(limit) from exc
                 raise
             except BaseException:
@@ -263,6 +322,8 @@ class Timeout(Middleware):
                 if tighter:
                     ctx[2] = saved
                     ctx[3] = outer_clock
+                elif handle is not None:
+                    handle.cancel()
             if entry[3]:  # the call swallowed our cancellation and returned
                 task.uncancel()
             return result

@@ -147,6 +147,31 @@ def test_settings_of_a_time_window_with_slow_calls() -> None:
     assert "slow_call_seconds=0.5" in repr(cb)
 
 
+@pytest.mark.parametrize(
+    ("strategy", "nominal"),
+    [
+        (lambda: backoff.exponential(1, maximum=60, jitter="full", seed=1), 1.0),
+        (lambda: backoff.exponential(100, maximum=60, jitter="equal", seed=1), 60.0),
+        (lambda: backoff.decorrelated(2, maximum=60, seed=1), 2.0),
+        (lambda: backoff.constant(7), 7.0),
+    ],
+)
+def test_the_default_trial_bound_draws_nothing_from_a_jittered_break(
+    strategy: Callable[[], backoff.Backoff], nominal: float
+) -> None:
+    """half_open_max_seconds defaults to the first break before jitter; breaks keep their seed."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(consecutive_failures=1, open_seconds=strategy(), clock=clock)
+    assert cb.half_open_max_seconds == nominal
+    assert rs.CircuitBreaker(open_seconds=strategy()).half_open_max_seconds == nominal
+    first_break = next(strategy().delays(1))  # the seeded sequence, untouched
+    with pytest.raises(ValueError, match="down"):
+        cb.call(lambda: (_ for _ in ()).throw(ValueError("down")))
+    with pytest.raises(rs.CircuitOpenError) as caught:
+        cb.call(lambda: "rejected")
+    assert caught.value.retry_after == pytest.approx(first_break)
+
+
 # -- closed: the trip rules ------------------------------------------------------------
 
 

@@ -93,6 +93,21 @@ def _break_seconds(value: object) -> tuple[Callable[[int], float], float | _back
     return (lambda _streak: fixed), fixed
 
 
+def _nominal_first_break(open_seconds: float | _backoff.Backoff) -> float:
+    """The first break duration before any jitter, drawing nothing from the strategy.
+
+    The default bound on a half-open trial: it must neither be a random draw
+    nor shift the seeded sequence of the breaks themselves.
+    """
+    if not isinstance(open_seconds, _backoff.Backoff):
+        return open_seconds
+    if isinstance(open_seconds, _backoff._Capped):
+        return min(open_seconds.base_delay(1), open_seconds.maximum)
+    if isinstance(open_seconds, _backoff._Decorrelated):
+        return open_seconds.initial
+    return open_seconds.delay(1, 0.0)  # a strategy of the user's: asked once
+
+
 class CircuitBreaker(Middleware):
     """Reject calls to a dependency that keeps failing, then let trial calls probe it.
 
@@ -116,8 +131,8 @@ class CircuitBreaker(Middleware):
     breaker *half-open*: up to ``half_open_calls`` trial calls run at once,
     the rest are rejected. It closes when that many trials succeed, and
     reopens at the first failed or slow one. Trials that have not reported
-    back after ``half_open_max_seconds`` (default: the first break duration)
-    no longer hold it: the next call reopens it.
+    back after ``half_open_max_seconds`` (default: the first break duration,
+    before jitter) no longer hold it: the next call reopens it.
 
     ``failure_on`` says which exceptions are failures (default: any
     `Exception`), ``ignore`` which count neither way, and ``failure_result``
@@ -186,7 +201,7 @@ class CircuitBreaker(Middleware):
         break_seconds, self.open_seconds = _break_seconds(open_seconds)
         self.half_open_calls = integer(half_open_calls, "half_open_calls", minimum=1)
         self.half_open_max_seconds = (
-            break_seconds(1)
+            _nominal_first_break(self.open_seconds)
             if half_open_max_seconds is None
             else _seconds(half_open_max_seconds, "half_open_max_seconds")
         )

@@ -7,6 +7,7 @@ import heapq
 import logging
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -389,6 +390,63 @@ def test_the_core_pays_debts_before_it_frees_tokens(clock: FakeClock) -> None:
     assert core.owed == 1
     core.release()
     assert (core.owed, len(core.free)) == (0, 0)
+
+
+class Snatching(deque[None]):
+    """A free list where, once armed, another call's fast path takes each token as it lands."""
+
+    def __init__(self, tokens: deque[None]) -> None:
+        super().__init__(tokens)
+        self.armed = False
+        self.snatched = 0
+
+    def append(self, token: None) -> None:
+        super().append(token)
+        if self.armed:
+            self.pop()  # the other call's lock-free take, between two of our steps
+            self.snatched += 1
+
+
+async def test_a_slot_given_back_while_owed_never_passes_through_the_free_list(
+    mode: str, clock: FakeClock
+) -> None:
+    """After the limit falls below the calls running, an ending call pays the debt directly.
+
+    Were the slot put in the free list first, a new call could take it before the
+    debt was paid and run over the lowered limit.
+    """
+    adaptive = limiter(clock=clock, initial_limit=2)
+    core = adaptive._core
+    free = core.free = Snatching(core.free)
+    held = adaptive.try_acquire()
+    assert held is not None
+
+    def lowered_while_running() -> str:
+        with core.mutex:
+            core.resize(1)  # both slots are out: one is owed
+        free.armed = True
+        return "done"
+
+    assert await run_yielding(mode, adaptive, lowered_while_running) == "done"
+    assert (core.owed, free.snatched, core.in_flight()) == (0, 0, 1)
+    free.armed = False
+    held.ignore()
+    assert (core.owed, len(core.free), core.in_flight()) == (0, 1, 0)
+
+
+def test_a_permit_ended_while_owed_pays_the_debt_directly(clock: FakeClock) -> None:
+    """The same for a permit (and every release outside the fast path)."""
+    adaptive = limiter(clock=clock, initial_limit=2)
+    core = adaptive._core
+    first, second = adaptive.try_acquire(), adaptive.try_acquire()
+    assert first is not None
+    assert second is not None
+    with core.mutex:
+        core.resize(1)
+    free = core.free = Snatching(core.free)
+    free.armed = True
+    first.ignore()
+    assert (core.owed, free.snatched, core.in_flight()) == (0, 0, 1)
 
 
 # -- calls through the limiter ---------------------------------------------------------------------

@@ -476,10 +476,25 @@ class _Core(Slots):
             if self.queue.count:
                 self.queue.serve(0.0)
 
+    def pay(self) -> None:
+        """Give a slot back while a debt is owed: under the mutex, never through `free`.
+
+        A token put in `free` first could be taken by another call's lock-free
+        fast path before `settle` reclaimed it, running a call over the lowered
+        limit.
+        """
+        with self.mutex:
+            self._returned()
+            if self.queue.count:
+                self.queue.serve(0.0)
+
     def release(self) -> None:
         """Give a slot back from any thread, outside the fast path."""
+        if self.owed:
+            self.pay()
+            return
         self.free.append(None)
-        if self.owed or self.queue.count:
+        if self.owed or self.queue.count:  # a debt made meanwhile: settle reclaims it
             self.settle()
 
     def resize(self, capacity: int) -> None:
@@ -861,6 +876,7 @@ class AdaptiveLimiter(Middleware):
         admit = self._admit
         settle = self._settle
         after = core.settle
+        pay = core.pay
         close = self._close
         direct = next is terminal  # innermost: call the function without the extra hop
 
@@ -883,9 +899,12 @@ class AdaptiveLimiter(Middleware):
                 raise
             end = monotonic()
             record((end - started, held))
-            give(None)  # _Core.release, inlined
-            if core.owed or queue.count:
-                after()
+            if core.owed:  # _Core.release, inlined
+                pay()
+            else:
+                give(None)
+                if queue.count or core.owed:
+                    after()
             if end >= core.window_end:
                 close(end)
             return result
@@ -903,6 +922,7 @@ class AdaptiveLimiter(Middleware):
         admit = self._aadmit
         settle = self._settle
         after = core.settle
+        pay = core.pay
         close = self._close
 
         async def adaptive_limiter(
@@ -924,9 +944,12 @@ class AdaptiveLimiter(Middleware):
                 raise
             end = monotonic()
             record((end - started, held))
-            give(None)
-            if core.owed or queue.count:
-                after()
+            if core.owed:  # _Core.release, inlined
+                pay()
+            else:
+                give(None)
+                if queue.count or core.owed:
+                    after()
             if end >= core.window_end:
                 close(end)
             return result

@@ -449,6 +449,27 @@ def test_a_permit_ended_while_owed_pays_the_debt_directly(clock: FakeClock) -> N
     assert (core.owed, free.snatched, core.in_flight()) == (0, 0, 1)
 
 
+def test_a_permit_ended_from_many_threads_at_once_gives_one_slot_back(clock: FakeClock) -> None:
+    """Ending is atomic: of 8 threads ending one permit together, one gives the slot back."""
+    for _ in range(50):
+        adaptive = limiter(clock=clock, initial_limit=4)
+        permit = adaptive.try_acquire()
+        assert permit is not None
+        start = threading.Barrier(8)
+
+        def end(permit: rs.LimitPermit = permit, start: threading.Barrier = start) -> None:
+            start.wait(10)
+            permit.ignore()
+
+        threads = [threading.Thread(target=end) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+        assert (len(adaptive._core.free), adaptive.in_flight) == (4, 0)
+        assert repr(permit) == "LimitPermit(done=True)"
+
+
 # -- calls through the limiter ---------------------------------------------------------------------
 
 

@@ -528,18 +528,19 @@ class LimitPermit:
     outcome says nothing about load. Later calls do nothing.
     """
 
-    __slots__ = ("_done", "_held", "_limiter", "_started")
+    __slots__ = ("_held", "_limiter", "_started", "_token")
 
     def __init__(self, limiter: AdaptiveLimiter, started: float, held: int) -> None:
         self._limiter = limiter
         self._started = started
         self._held = held
-        self._done = False
+        self._token = [None]  # taken by the one end that counts (list.pop is atomic)
 
     def _end(self) -> bool:
-        if self._done:
+        try:
+            self._token.pop()
+        except IndexError:
             return False
-        self._done = True
         return True
 
     def record(self) -> None:
@@ -558,7 +559,7 @@ class LimitPermit:
             self._limiter._core.release()
 
     def __repr__(self) -> str:
-        return f"LimitPermit(done={self._done})"
+        return f"LimitPermit(done={not self._token})"
 
 
 class AdaptiveLimiter(Middleware):

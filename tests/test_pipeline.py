@@ -272,3 +272,31 @@ def test_nested_retry_warning_shows_the_real_attempts() -> None:
     inner = rs.Pipeline.builder("inner").add(rs.Retry(attempts=5)).build()
     with pytest.warns(rs.PipelineOrderWarning, match=r"\(3 x 5 attempts = 15 calls\)"):
         rs.Pipeline.builder("outer").add(rs.Retry(attempts=3)).add(inner).build()
+
+
+async def test_decorating_above_staticmethod_and_classmethod_wraps_the_function() -> None:
+    """@layer over @staticmethod / @classmethod protects the function and keeps the binding."""
+    calls: list[str] = []
+    retry = rs.Retry(attempts=2, backoff=0)
+
+    class Client:
+        @retry
+        @staticmethod
+        async def fetch(key: str) -> str:
+            calls.append(key)
+            if len(calls) == 1:
+                raise ConnectionError("once")
+            return key.upper()
+
+        @retry
+        @classmethod
+        def kind(cls, key: str) -> tuple[str, str]:
+            calls.append(key)
+            return cls.__name__, key
+
+    assert isinstance(Client.__dict__["fetch"], staticmethod)
+    assert isinstance(Client.__dict__["kind"], classmethod)
+    assert await Client().fetch("a") == "A"  # retried once, no self passed
+    assert await Client.fetch("b") == "B"
+    assert Client().kind("c") == ("Client", "c")
+    assert calls == ["a", "a", "b", "c"]

@@ -116,7 +116,7 @@ class CircuitBreaker(Middleware):
 
     * ``failure_ratio``: failures over calls in the window reach this ratio,
       once the window holds at least ``minimum_calls`` calls (default 0.5,
-      unless you set only ``consecutive_failures``);
+      or off when you set ``consecutive_failures`` and no ratio);
     * ``consecutive_failures``: that many failures in a row;
     * ``slow_call_ratio``: with ``slow_call_seconds`` set, calls slower than it
       reach this ratio of the window (default 1.0: every call slow).

@@ -183,6 +183,8 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
     swapped later with `Middleware._set_chains`, as
     `resilience.telemetry.instrument` does, reaches functions decorated before.
     """
+    if isinstance(fn, staticmethod | classmethod):  # placed above @staticmethod: wrap inside
+        return cast(Callable[P, R], type(fn)(decorate(name, cell, fn.__func__)))
     if not callable(fn):
         raise TypeError(f"can only decorate a callable, got {type(fn).__name__}")
     get = VAR.get

@@ -778,3 +778,68 @@ def test_timeout_and_retry_work_in_a_chain_run_outside_any_call(inner: str) -> N
         assert pipeline.call(flaky) == "ok"
         assert len(seen) == 2
         assert seen[1][0] == 2  # the retry runs in a context of its own
+
+
+async def test_an_async_timeout_reports_a_deadline_a_sync_layer_inside_stopped_at() -> None:
+    """Sync code blocking the loop inside an async Timeout: the inner sync layer stops at the
+    outer deadline, and the async layer whose deadline it was reports it."""
+    clock = FakeClock()
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(5, clock=clock, name="inner")
+    fired: list[str | None] = []
+    for layer in (outer, inner):
+        layer.subscribe(lambda event: fired.append(event.name))
+
+    async def blocking() -> None:
+        inner.call(clock.sleep, 2)  # sync, so nothing cancels it before it returns
+
+    async def body() -> int:
+        with pytest.raises(rs.TimeoutExceeded) as caught:
+            await outer.acall(blocking)
+        assert (type(caught.value), caught.value.name) == (rs.TimeoutExceeded, "outer")
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+
+    assert await asyncio.create_task(body()) == 0
+    assert fired == ["outer"]
+
+
+class InFreshContext(rs.Middleware):
+    """A custom async layer that runs the rest of the chain in a task with an empty context."""
+
+    def wrap(self, next: Any) -> Any:
+        return next
+
+    def awrap(self, next: Any) -> Any:
+        async def endpoint(fn: Any, args: Any, kwargs: Any) -> Any:
+            return await asyncio.create_task(next(fn, args, kwargs), context=contextvars.Context())
+
+        return endpoint
+
+
+@pytest.mark.parametrize("inner", ["timeout", "retry"])
+async def test_async_timeout_and_retry_work_in_a_chain_run_outside_any_call(inner: str) -> None:
+    """The async shells also make a context of their own where the chain runs without one."""
+    clock = FakeClock()
+    seen: list[tuple[int, float | None]] = []
+    failures = [ConnectionError("once")]
+
+    async def flaky() -> str:
+        context = rs.current()
+        seen.append((context.attempt, context.deadline))
+        if failures:
+            raise failures.pop()
+        return "ok"
+
+    layer = rs.Timeout(2, clock=clock) if inner == "timeout" else rs.Retry(2, backoff=0)
+    pipeline = rs.Pipeline([InFreshContext(), layer])
+    if inner == "timeout":
+        with pytest.raises(ConnectionError):
+            await pipeline.acall(flaky)
+        assert await pipeline.acall(flaky) == "ok"
+        assert seen == [(1, 2.0), (1, 2.0)]
+    else:
+        assert await pipeline.acall(flaky) == "ok"
+        assert len(seen) == 2
+        assert seen[1][0] == 2

@@ -582,23 +582,34 @@ def test_from_function_rejects_non_functions(fn: object) -> None:
         backoff.from_function(fn)  # type: ignore[arg-type]
 
 
-def test_a_function_of_the_retry_number_is_refused_as_a_tenacity_wait() -> None:
-    """backoff=lambda retry: ... is caught at construction and points to from_function."""
-    with pytest.raises(TypeError, match=r"^backoff: .*backoff\.from_function\(fn\)"):
-        backoff.coerce(lambda retry: 0.1 * retry)
-    with pytest.raises(TypeError, match=r"not a number of seconds"):
-        backoff.coerce(lambda state: "soon")
+def test_a_function_of_the_retry_number_fails_with_a_pointer_to_from_function() -> None:
+    """backoff=lambda retry: ... is taken for a tenacity wait; its failure says what to use."""
+    strategy = backoff.coerce(lambda retry: 0.1 * retry)
+    with pytest.raises(TypeError, match=r"backoff\.from_function\(fn\)") as caught:
+        strategy.delay_for(1, 0.0, ConnectionError("down"), None)
+    assert isinstance(caught.value.__cause__, TypeError)
 
 
-def test_tenacity_waits_of_both_kinds_are_still_taken() -> None:
-    """A builtin tenacity wait, and a plain function of the RetryCallState, as tenacity allows."""
+def test_tenacity_waits_of_every_kind_are_taken_as_they_are() -> None:
+    """Builtin waits, and functions of the RetryCallState, including ones that read the error.
+
+    Nothing is called at construction: a seeded wait keeps its sequence.
+    """
     calls: list[int] = []
 
     def my_wait(state: tenacity.RetryCallState) -> float:
         calls.append(state.attempt_number)
         return 0.25 * state.attempt_number
 
+    def server_hint(state: tenacity.RetryCallState) -> float:
+        assert state.outcome is not None
+        return float(state.outcome.exception().retry_after)  # type: ignore[union-attr]
+
+    class Busy(Exception):
+        retry_after = 0.5
+
     assert list(backoff.coerce(tenacity.wait_fixed(2)).delays(2)) == [2.0, 2.0]
     strategy = backoff.coerce(my_wait)
-    assert calls == [1]  # tried once, at construction
+    assert calls == []  # not called at construction
     assert list(strategy.delays(3)) == [0.25, 0.5, 0.75]
+    assert backoff.coerce(server_hint).delay_for(1, 0.0, Busy(), None) == 0.5

@@ -833,11 +833,12 @@ class _Endless(backoff.Backoff):
 
 
 def test_a_retry_with_a_function_of_the_retry_number() -> None:
-    """backoff.from_function waits fn(1), fn(2); the bare function is refused at construction."""
+    """backoff.from_function waits fn(1), fn(2); the bare function fails with a pointer to it."""
     clock = FakeClock()
     flaky = Flaky([ConnectionError("1"), ConnectionError("2")])
     retry = Retry(attempts=3, backoff=backoff.from_function(lambda n: 0.1 * n), clock=clock)
     assert retry.call(flaky) == "ok"
     assert clock.sleeps == pytest.approx([0.1, 0.2])
+    wrong = Retry(attempts=3, backoff=lambda n: 0.1 * n, clock=clock)  # taken for tenacity's
     with pytest.raises(TypeError, match="from_function"):
-        Retry(backoff=lambda n: 0.1 * n)
+        wrong.call(Flaky([ConnectionError("1")]))

@@ -672,55 +672,6 @@ async def test_nested_async_timeouts_report_only_the_outer_event() -> None:
     assert fired == ["outer"]
 
 
-async def test_a_task_started_inside_a_call_is_held_to_its_deadline() -> None:
-    """A child task inherits the deadline; its own looser Timeout still stops at it."""
-    clock = FakeClock(auto_advance=False)
-    outer = rs.Timeout(1, clock=clock, name="outer")
-    inner = rs.Timeout(5, clock=clock, name="inner")
-    children: list[asyncio.Task[None]] = []
-
-    async def parent() -> str:
-        children.append(asyncio.create_task(inner.acall(asyncio.Event().wait)))
-        await asyncio.sleep(0)  # the child enters its Timeout while the deadline is in force
-        return "parent done"
-
-    assert await outer.acall(parent) == "parent done"
-    await asyncio.sleep(0)
-    clock.advance(1)
-    for _ in range(5):
-        await asyncio.sleep(0)
-    assert children[0].done()  # stopped at 1 s, not left to run until its own 5 s
-    with pytest.raises(rs.TimeoutExceeded) as caught:
-        await children[0]
-    assert (caught.value.name, caught.value.seconds) == (None, 1.0)  # the parent's deadline
-    assert "5s" not in str(caught.value)
-
-
-def test_an_async_call_run_from_a_sync_timeout_stops_at_its_deadline() -> None:
-    """asyncio.run inside a sync Timeout: the inner async Timeout stops at the outer deadline."""
-    clock = FakeClock()
-    outer = rs.Timeout(1, clock=clock, name="outer")
-    inner = rs.Timeout(5, clock=clock, name="inner")
-    fired: list[str | None] = []
-    for layer in (outer, inner):
-        layer.subscribe(lambda event: fired.append(event.name))
-
-    finished: list[bool] = []
-
-    async def slow() -> None:
-        await clock.asleep(10)
-        finished.append(True)
-
-    def sync_body() -> None:
-        asyncio.run(inner.acall(slow))
-
-    with pytest.raises(rs.TimeoutExceeded) as caught:
-        outer.call(sync_body)
-    assert (caught.value.name, caught.value.seconds) == ("outer", 1)
-    assert fired == ["outer"]
-    assert finished == []  # cancelled at the outer deadline, not let run for 10 s
-
-
 # -- a chain run where no call set a context -----------------------------------------------------
 
 
@@ -843,3 +794,35 @@ async def test_async_timeout_and_retry_work_in_a_chain_run_outside_any_call(inne
         assert await pipeline.acall(flaky) == "ok"
         assert len(seen) == 2
         assert seen[1][0] == 2
+
+
+async def test_a_timeout_around_a_task_group_reports_its_own_deadline() -> None:
+    """Children with looser Timeouts of their own: the outer layer's error, not a group."""
+    clock = FakeClock(auto_advance=False)
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    fired: list[str | None] = []
+    outer.subscribe(lambda event: fired.append(event.name))
+
+    async def fan_out() -> None:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(2):
+                group.create_task(rs.Timeout(5, clock=clock).acall(asyncio.Event().wait))
+
+    task = asyncio.create_task(outer.acall(fan_out))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    clock.advance(1)
+    with pytest.raises(rs.TimeoutExceeded) as caught:
+        await task
+    assert (type(caught.value), caught.value.name) == (rs.TimeoutExceeded, "outer")
+    assert fired == ["outer"]
+
+
+def test_an_outer_deadline_on_another_clock_is_judged_on_that_clock() -> None:
+    """A deadline set on a clock that never moved has not passed, whatever the inner clock says."""
+    still = FakeClock(auto_advance=False)  # the outer layer's clock: never advanced
+    moving = FakeClock()  # the inner layer's clock: sleeping advances it
+    outer = rs.Timeout(0.2, clock=still, name="outer")
+    inner = rs.Timeout(5, clock=moving, name="inner")
+    assert outer.call(inner.call, lambda: moving.sleep(2) or "done") == "done"
+    assert still.monotonic() == 0.0

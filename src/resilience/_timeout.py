@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from ._clock import Clock, call_at, validate_clock, wait_future
+from ._clock import Clock, validate_clock, wait_future
 from ._context import EMPTY, NO_TAGS, VAR, Raw, effective_deadline
 from ._deadlines import DeadlineQueues
 from ._errors import TimeoutExceeded
@@ -57,20 +57,6 @@ async def aoutside_any_call(
         return await layer(fn, args, kwargs)
     finally:
         VAR.reset(token)
-
-
-def _watch(
-    clock: Clock, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], deadline: float
-) -> tuple[list[Any], Any]:
-    """Cancel ``task`` at ``deadline`` with a timer of its own: ``(entry, handle)``."""
-    entry: list[Any] = [deadline, task, False, False]  # as a DeadlineQueue entry
-
-    def expire() -> None:
-        if not entry[2]:
-            entry[3] = True
-            task.cancel()
-
-    return entry, call_at(clock, deadline, expire, loop)
 
 
 def _run_in_context(
@@ -212,18 +198,20 @@ class Timeout(Middleware):
                 ctx[3] = clock
                 try:
                     result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-                except DeadlineCut as exc:  # a layer inside stopped at our deadline
-                    raise fired(limit) from exc
+                except DeadlineCut as exc:  # a layer inside stopped at a deadline
+                    if monotonic() >= own:  # ours, on our own clock
+                        raise fired(limit) from exc
+                    raise
                 finally:
                     ctx[2] = saved
                     ctx[3] = outer_clock
                 if monotonic() >= own:
                     raise fired(limit)
                 return result
-            # An earlier deadline is in force: it is the one that can pass, and
-            # the layer that set it reports it (see DeadlineCut).
+            # An earlier deadline is in force: it is the one that can pass, judged
+            # on its own clock, and the layer that set it reports it (DeadlineCut).
             result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            if monotonic() >= outer:
+            if outer_clock.monotonic() >= saved:
                 raise DeadlineCut(max(0.0, outer - (own - limit)))
             return result
 
@@ -284,30 +272,23 @@ class Timeout(Middleware):
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, now)
             tighter = outer is None or own < outer
+            if tighter and ctx is empty:  # run outside any call (a custom layer's own task)
+                return await aoutside_any_call(timeout, fn, args, kwargs)
+            deadlines = queues.last
+            if deadlines is None or deadlines.loop is not loop:
+                deadlines = queues.for_loop(loop)
+            entry = deadlines.add(own, task)  # [deadline, task, finished, fired]
             if tighter:
-                if ctx is empty:  # run outside any call (a custom layer's own task)
-                    return await aoutside_any_call(timeout, fn, args, kwargs)
-                deadlines = queues.last
-                if deadlines is None or deadlines.loop is not loop:
-                    deadlines = queues.for_loop(loop)
-                entry = deadlines.add(own, task)  # [deadline, task, finished, fired]
-                handle = None
                 ctx[2] = own
                 ctx[3] = clock
-            else:
-                # An earlier deadline is in force, perhaps set where nothing cancels
-                # this task at it (a parent task, a sync caller): watch it too.
-                entry, handle = _watch(clock, loop, task, outer)
             cancelling = task.cancelling()
             try:
                 result = await next(fn, args, kwargs)
             except cancelled_error as exc:
-                if entry[3] and task.uncancel() <= cancelling:  # our cancellation alone
-                    if tighter:
-                        raise fired(limit) from exc
-                    raise DeadlineCut(max(0.0, outer - now)) from exc
+                if entry[3] and task.uncancel() <= cancelling:
+                    raise fired(limit) from exc
                 raise
-            except DeadlineCut as exc:  # a layer inside stopped at a deadline
+            except DeadlineCut as exc:  # a sync layer inside stopped at a deadline
                 if entry[3]:
                     task.uncancel()
                 if tighter and monotonic() >= own:  # ours
@@ -322,8 +303,6 @@ class Timeout(Middleware):
                 if tighter:
                     ctx[2] = saved
                     ctx[3] = outer_clock
-                elif handle is not None:
-                    handle.cancel()
             if entry[3]:  # the call swallowed our cancellation and returned
                 task.uncancel()
             return result

@@ -313,7 +313,16 @@ class _Tenacity(Backoff):
     def delay_for(
         self, retry: int, previous: float, error: BaseException | None, result: Any
     ) -> float:
-        value = float(self.wait(self.retry_state(retry, previous, error, result)))
+        state = self.retry_state(retry, previous, error, result)
+        try:
+            value = float(self.wait(state))
+        except (TypeError, AttributeError) as exc:
+            # Most likely a function of the retry number, which cannot take a state.
+            raise TypeError(
+                f"backoff {self.wait!r} was called as a tenacity wait strategy (with a "
+                f"tenacity.RetryCallState) and failed: {exc!r}. For a function of the "
+                f"retry number, pass backoff.from_function(fn)"
+            ) from exc
         if math.isnan(value) or value < 0:
             raise ValueError(f"tenacity wait strategy {self.wait!r} returned {value!r}")
         return value
@@ -365,32 +374,6 @@ def from_function(fn: Callable[[int], float]) -> Backoff:
     return _Function(fn)
 
 
-def _check_tenacity_wait(value: Callable[[Any], float], name: str) -> Backoff:
-    """A callable given as a backoff, taken for a tenacity wait: tried once, here.
-
-    A builtin tenacity wait is taken as is. Any other callable is called once
-    with a made-up ``RetryCallState`` (first retry, no outcome), so that a
-    function of the retry number, which cannot take one, is refused now
-    with a pointer to `from_function` instead of failing inside a call.
-    """
-    strategy = _Tenacity(value)
-    wait_base = getattr(getattr(strategy._tenacity, "wait", None), "wait_base", None)
-    if wait_base is not None and isinstance(value, wait_base):
-        return strategy
-    try:
-        delay = value(strategy.retry_state(1, 0.0, None, None))
-        if isinstance(delay, bool) or not isinstance(delay, int | float):
-            raise TypeError(f"it returned {delay!r}, not a number of seconds")
-    except Exception as exc:
-        raise TypeError(
-            f"{name}: {value!r} was taken for a tenacity wait strategy (called with a "
-            f"tenacity.RetryCallState) and failed: {exc!r}. For a function of the retry "
-            f"number, pass backoff.from_function(fn); for a strategy of your own, "
-            f"subclass backoff.Backoff"
-        ) from exc
-    return strategy
-
-
 def coerce(value: object, name: str = "backoff") -> Backoff:
     """A `Backoff` from a Backoff, a number of seconds, or a tenacity wait strategy."""
     if isinstance(value, Backoff):
@@ -398,7 +381,7 @@ def coerce(value: object, name: str = "backoff") -> Backoff:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return constant(number(value, name, minimum=0.0))
     if callable(value):
-        return _check_tenacity_wait(value, name)
+        return from_tenacity(value)
     raise TypeError(
         f"{name} must be a resilience.backoff strategy, a number of seconds, or a tenacity "
         f"wait strategy, got {type(value).__name__}"

@@ -17,8 +17,10 @@ _UNSET: Any = object()
 class TestingSettings:
     """What `set_testing` changed; leaving it as a context manager restores the old values.
 
-    Only the switches that call set are put back, so scopes that end out of
-    order (two threads or tasks, say) do not undo each other's switches.
+    Only the switches that call set are put back, so scopes that set
+    different switches and end out of order (two threads or tasks, say) do
+    not undo each other's. Scopes setting the same switch must end in
+    reverse order, as nested ``with`` blocks do.
     """
 
     __slots__ = ("_previous",)

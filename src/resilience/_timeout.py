@@ -28,12 +28,14 @@ SyncMode = Literal["cooperative", "walk_away"]
 
 
 class DeadlineCut(TimeoutExceeded):
-    """A walk-away layer left at an enclosing Timeout's deadline, not its own.
+    """A Timeout stopped at an enclosing layer's deadline, not its own.
 
-    The enclosing cooperative `Timeout` whose deadline it was turns it into
-    its own `TimeoutExceeded` (its name, its seconds, its event); where no
-    such layer exists (the deadline came from an async caller, say) users
-    see it as a plain `TimeoutExceeded`.
+    Raised by a sync layer (cooperative or walk-away) when an earlier
+    deadline, set outside it, has passed. The enclosing `Timeout` whose
+    deadline it was, sync or async, turns it into its own `TimeoutExceeded`
+    (its name, its seconds, its event); where no such layer is on the way
+    out (the deadline came with a copied context, say) users see it as a
+    plain `TimeoutExceeded` with no name.
     """
 
 

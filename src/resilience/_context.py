@@ -82,6 +82,22 @@ def current() -> CallContext:
 
 
 @contextlib.contextmanager
+def own_context() -> Iterator[Raw]:
+    """A call context of its own for a chain run where no call set one.
+
+    A custom layer may run the rest of its chain on a thread or in a task
+    without the caller's context; the layers that write into the context
+    (Timeout, Retry) then make one here instead of writing into `EMPTY`.
+    """
+    raw: Raw = [None, 1, None, None, NO_TAGS]
+    token = VAR.set(raw)
+    try:
+        yield raw
+    finally:
+        VAR.reset(token)
+
+
+@contextlib.contextmanager
 def tags(**values: Any) -> Iterator[Mapping[str, Any]]:
     """Attach tags to every resilient call made inside the ``with`` block.
 

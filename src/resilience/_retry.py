@@ -12,7 +12,7 @@ from typing import Any, Literal
 from . import backoff as _backoff
 from ._budget import RetryBudget, RetryBudgetExhausted, describe_budget
 from ._clock import Clock, validate_clock
-from ._context import EMPTY, NO_TAGS, VAR, remaining
+from ._context import EMPTY, VAR, own_context, remaining
 from ._errors import RejectedError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._testing_mode import MODE
@@ -319,11 +319,8 @@ class Retry(Middleware):
     ) -> Any:
         ctx = VAR.get()
         if ctx is EMPTY:  # run outside any call (a custom layer's own thread)
-            token = VAR.set([None, 1, None, None, NO_TAGS])
-            try:
+            with own_context():
                 return self._again(next, fn, args, kwargs, error, result)
-            finally:
-                VAR.reset(token)
         first = ctx[1]
         attempt = 1
         previous = 0.0
@@ -420,11 +417,8 @@ class Retry(Middleware):
     ) -> Any:
         ctx = VAR.get()
         if ctx is EMPTY:  # run outside any call (a custom layer's own task)
-            token = VAR.set([None, 1, None, None, NO_TAGS])
-            try:
+            with own_context():
                 return await self._aagain(next, fn, args, kwargs, error, result)
-            finally:
-                VAR.reset(token)
         first = ctx[1]
         attempt = 1
         previous = 0.0

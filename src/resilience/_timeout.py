@@ -12,7 +12,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._clock import Clock, validate_clock, wait_future
-from ._context import EMPTY, NO_TAGS, VAR, Raw, effective_deadline
+from ._context import EMPTY, VAR, Raw, effective_deadline, own_context
 from ._deadlines import DeadlineQueues
 from ._errors import TimeoutExceeded
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
@@ -37,28 +37,6 @@ class DeadlineCut(TimeoutExceeded):
     out (the deadline came with a copied context, say) users see it as a
     plain `TimeoutExceeded` with no name.
     """
-
-
-def outside_any_call(
-    layer: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """Run ``layer`` in a call context of its own: a chain run where no call set one."""
-    token = VAR.set([None, 1, None, None, NO_TAGS])
-    try:
-        return layer(fn, args, kwargs)
-    finally:
-        VAR.reset(token)
-
-
-async def aoutside_any_call(
-    layer: AsyncEndpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    """`outside_any_call` for async chains."""
-    token = VAR.set([None, 1, None, None, NO_TAGS])
-    try:
-        return await layer(fn, args, kwargs)
-    finally:
-        VAR.reset(token)
 
 
 def _run_in_context(
@@ -195,7 +173,8 @@ class Timeout(Middleware):
                 outer = effective_deadline(ctx, clock, own - limit)
             if outer is None or own < outer:
                 if ctx is empty:  # run outside any call (a custom layer's own thread)
-                    return outside_any_call(timeout, fn, args, kwargs)
+                    with own_context():
+                        return timeout(fn, args, kwargs)
                 ctx[2] = own
                 ctx[3] = clock
                 try:
@@ -275,7 +254,8 @@ class Timeout(Middleware):
                 outer = effective_deadline(ctx, clock, now)
             tighter = outer is None or own < outer
             if tighter and ctx is empty:  # run outside any call (a custom layer's own task)
-                return await aoutside_any_call(timeout, fn, args, kwargs)
+                with own_context():
+                    return await timeout(fn, args, kwargs)
             deadlines = queues.last
             if deadlines is None or deadlines.loop is not loop:
                 deadlines = queues.for_loop(loop)

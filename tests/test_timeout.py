@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import run_plain
 from resilience import _context
 from resilience.testing import FakeClock
 
@@ -675,11 +676,9 @@ async def test_nested_async_timeouts_report_only_the_outer_event() -> None:
 # -- a chain run where no call set a context -----------------------------------------------------
 
 
-class OffThread(rs.Middleware):
-    """A custom layer that runs the rest of the chain on a thread without the context."""
-
-    def __init__(self) -> None:
-        self.contexts: list[rs.CallContext] = []
+class WithoutContext(rs.Middleware):
+    """A custom layer that runs the rest of the chain without the caller's context:
+    on a thread of its own (sync), in a task with an empty context (async)."""
 
     def wrap(self, next: Any) -> Any:
         def endpoint(fn: Any, args: Any, kwargs: Any) -> Any:
@@ -701,11 +700,16 @@ class OffThread(rs.Middleware):
         return endpoint
 
     def awrap(self, next: Any) -> Any:
-        return next
+        async def endpoint(fn: Any, args: Any, kwargs: Any) -> Any:
+            return await asyncio.create_task(next(fn, args, kwargs), context=contextvars.Context())
+
+        return endpoint
 
 
 @pytest.mark.parametrize("inner", ["timeout", "retry"])
-def test_timeout_and_retry_work_in_a_chain_run_outside_any_call(inner: str) -> None:
+async def test_timeout_and_retry_work_in_a_chain_run_outside_any_call(
+    inner: str, mode: str
+) -> None:
     """They give the call a context of their own instead of writing into the empty one."""
     clock = FakeClock()
     seen: list[tuple[int, float | None]] = []
@@ -719,14 +723,14 @@ def test_timeout_and_retry_work_in_a_chain_run_outside_any_call(inner: str) -> N
         return "ok"
 
     layer = rs.Timeout(2, clock=clock) if inner == "timeout" else rs.Retry(2, backoff=0)
-    pipeline = rs.Pipeline([OffThread(), layer])
+    pipeline = rs.Pipeline([WithoutContext(), layer])
     if inner == "timeout":
         with pytest.raises(ConnectionError):
-            pipeline.call(flaky)
-        assert pipeline.call(flaky) == "ok"
+            await run_plain(mode, pipeline, flaky)
+        assert await run_plain(mode, pipeline, flaky) == "ok"
         assert seen == [(1, 2.0), (1, 2.0)]
     else:
-        assert pipeline.call(flaky) == "ok"
+        assert await run_plain(mode, pipeline, flaky) == "ok"
         assert len(seen) == 2
         assert seen[1][0] == 2  # the retry runs in a context of its own
 
@@ -754,46 +758,6 @@ async def test_an_async_timeout_reports_a_deadline_a_sync_layer_inside_stopped_a
 
     assert await asyncio.create_task(body()) == 0
     assert fired == ["outer"]
-
-
-class InFreshContext(rs.Middleware):
-    """A custom async layer that runs the rest of the chain in a task with an empty context."""
-
-    def wrap(self, next: Any) -> Any:
-        return next
-
-    def awrap(self, next: Any) -> Any:
-        async def endpoint(fn: Any, args: Any, kwargs: Any) -> Any:
-            return await asyncio.create_task(next(fn, args, kwargs), context=contextvars.Context())
-
-        return endpoint
-
-
-@pytest.mark.parametrize("inner", ["timeout", "retry"])
-async def test_async_timeout_and_retry_work_in_a_chain_run_outside_any_call(inner: str) -> None:
-    """The async shells also make a context of their own where the chain runs without one."""
-    clock = FakeClock()
-    seen: list[tuple[int, float | None]] = []
-    failures = [ConnectionError("once")]
-
-    async def flaky() -> str:
-        context = rs.current()
-        seen.append((context.attempt, context.deadline))
-        if failures:
-            raise failures.pop()
-        return "ok"
-
-    layer = rs.Timeout(2, clock=clock) if inner == "timeout" else rs.Retry(2, backoff=0)
-    pipeline = rs.Pipeline([InFreshContext(), layer])
-    if inner == "timeout":
-        with pytest.raises(ConnectionError):
-            await pipeline.acall(flaky)
-        assert await pipeline.acall(flaky) == "ok"
-        assert seen == [(1, 2.0), (1, 2.0)]
-    else:
-        assert await pipeline.acall(flaky) == "ok"
-        assert len(seen) == 2
-        assert seen[1][0] == 2
 
 
 async def test_a_timeout_around_a_task_group_reports_its_own_deadline() -> None:

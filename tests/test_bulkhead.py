@@ -549,10 +549,16 @@ def test_isolated_calls_run_on_the_pool_with_the_callers_context() -> None:
 
 
 def test_an_isolated_call_is_left_at_the_deadline_and_keeps_its_slot() -> None:
-    """The caller leaves at the deadline with TimeoutExceeded; the call runs on, holding a slot."""
+    """The caller leaves at the deadline with TimeoutExceeded; the call runs on, holding a slot.
+
+    The deadline is the Timeout's: it reports it (its name, its event), not the bulkhead.
+    """
     clock = FakeClock(auto_advance=False)
     bulkhead = rs.Bulkhead(1, isolation="thread", clock=clock, name="legacy")
-    pipeline = rs.Pipeline([rs.Timeout(2, clock=clock), bulkhead])
+    timeout = rs.Timeout(2, clock=clock, name="total")
+    fired: list[rs.TimeoutEvent] = []
+    timeout.subscribe(fired.append)
+    pipeline = rs.Pipeline([timeout, bulkhead])
     started, release = threading.Event(), threading.Event()
     seen: list[float | None] = []
 
@@ -575,8 +581,9 @@ def test_an_isolated_call_is_left_at_the_deadline_and_keeps_its_slot() -> None:
     assert started.wait(30)
     clock.advance(2)
     thread.join(30)
-    assert isinstance(outcome[0], rs.TimeoutExceeded)
-    assert (outcome[0].seconds, outcome[0].name) == (2.0, "legacy")
+    assert type(outcome[0]) is rs.TimeoutExceeded
+    assert (outcome[0].seconds, outcome[0].name) == (2.0, "total")
+    assert [(event.name, event.seconds) for event in fired] == [("total", 2.0)]
     assert seen == [2.0]
     assert bulkhead.in_flight == 1  # the abandoned call still holds its slot
     with pytest.raises(rs.BulkheadFullError):

@@ -464,22 +464,32 @@ async def test_failing_on_fallback_does_not_break_the_call(
     assert isinstance(records[0].exc_info[1], RuntimeError)
 
 
-async def test_async_on_fallback_is_refused_with_a_log(
-    mode: str, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An async listener is not run (listeners are plain functions): its coroutine is closed
-    and an error is logged; the call still gets its substitute."""
-    started: list[bool] = []
+def test_async_on_fallback_is_refused_at_construction() -> None:
+    """An async listener could never run (listeners are called, not awaited): a TypeError."""
 
     async def listener(event: FallbackEvent) -> None:
+        raise AssertionError("never")
+
+    with pytest.raises(TypeError, match=r"^on_fallback must be a plain function"):
+        Fallback(value="default", on_fallback=listener)
+
+
+async def test_a_listener_returning_a_coroutine_is_closed_with_a_log(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain function that returns a coroutine (which construction cannot see): the coroutine
+    is closed, an error is logged, and the call still gets its substitute."""
+    started: list[bool] = []
+
+    async def work(event: FallbackEvent) -> None:
         started.append(True)
 
-    fallback = Fallback(value="default", on_fallback=listener)
+    fallback = Fallback(value="default", on_fallback=lambda event: work(event))
     with caplog.at_level(logging.ERROR, logger="resilience"):
         assert await run(mode, fallback, flavour(mode, Raises(ValueError()))) == "default"
     assert started == []
     (record,) = [r for r in caplog.records if r.name == "resilience"]
-    assert "is async" in record.getMessage()
+    assert "did not run" in record.getMessage()
 
 
 # -- construction ---------------------------------------------------------------------

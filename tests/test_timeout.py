@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import gc
 import inspect
 import math
 import threading
+import weakref
 from datetime import timedelta
 from typing import Any
 
@@ -790,3 +792,36 @@ def test_an_outer_deadline_on_another_clock_is_judged_on_that_clock() -> None:
     inner = rs.Timeout(5, clock=moving, name="inner")
     assert outer.call(inner.call, lambda: moving.sleep(2) or "done") == "done"
     assert still.monotonic() == 0.0
+
+
+async def test_finished_calls_beside_a_slow_one_release_their_tasks_and_results() -> None:
+    """One slow call under a Timeout beside many fast ones: every fast call's task and result
+    is freed as soon as it ends, and the deadline queue stays short (issue: 500 results of
+    1 MB kept 501 MB alive until the slow call ended)."""
+    timeout = rs.Timeout(10)
+    gate = asyncio.Event()
+
+    async def slow() -> None:
+        await gate.wait()
+
+    class Result:
+        """Stands for a large answer: only its lifetime matters."""
+
+    async def fast() -> Result:
+        return Result()
+
+    slow_task = asyncio.create_task(timeout.acall(slow))
+    await asyncio.sleep(0)  # the slow call is queued first, at the head
+    alive: list[weakref.ref[Any]] = []
+    for _ in range(500):
+        task = asyncio.create_task(timeout.acall(fast))
+        result = await task
+        alive += [weakref.ref(task), weakref.ref(result)]
+        del task, result
+    await asyncio.sleep(0)  # leave the wake-up of the last task, which holds it
+    gc.collect()
+    assert [i for i, ref in enumerate(alive) if ref() is not None] == []
+    queue = timeout._deadline_queues.last
+    assert queue is not None and len(queue.queue) <= 2 * 64
+    gate.set()
+    await slow_task

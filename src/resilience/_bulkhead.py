@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from ._clock import Clock, validate_clock, wait_future
 from ._context import VAR, Raw, effective_deadline, remaining
-from ._errors import BulkheadFullError, TimeoutExceeded
+from ._errors import BulkheadFullError, DeadlineCut
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool
 from ._validate import integer, optional_name
@@ -403,7 +403,6 @@ class Bulkhead(Middleware):
         release = self._slots.release
         workers = self._workers
         clock = self.clock
-        name = self.name
 
         def bulkhead(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             acquire()
@@ -434,7 +433,8 @@ class Bulkhead(Middleware):
             wait_future(clock, future, deadline)
             if future.done():
                 return future.result()
-            raise TimeoutExceeded(max(0.0, deadline - now), name)
+            # An enclosing layer's deadline: the layer that set it reports it.
+            raise DeadlineCut(max(0.0, deadline - now))
 
         return bulkhead
 

@@ -21,7 +21,7 @@ from ._circuit_store import (
 )
 from ._clock import Clock, validate_clock
 from ._errors import CircuitOpenError
-from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._validate import callable_or_none, exception_matcher, integer, number, optional_name
 from ._validate import seconds as _seconds
 
@@ -298,10 +298,7 @@ class CircuitBreaker(Middleware):
             return
         event = CircuitStateChange(self.name, old, new, at)
         if listener is not None:
-            try:
-                listener(event)
-            except Exception:
-                logger.exception("resilience: on_state_change listener of%s failed", label)
+            notify(listener, event, f"the on_state_change listener of circuit breaker{label}")
         self._emit(event)
 
     def _rejection(self) -> CircuitOpenError:
@@ -330,11 +327,9 @@ class CircuitBreaker(Middleware):
         listener = self.on_outcome
         if listener is None:
             return
-        try:
-            listener(CircuitOutcome(self.name, outcome, seconds, slow, error))
-        except Exception:
-            label = f" {self.name!r}" if self.name else ""
-            logger.exception("resilience: on_outcome listener of%s failed", label)
+        label = f" {self.name!r}" if self.name else ""
+        event = CircuitOutcome(self.name, outcome, seconds, slow, error)
+        notify(listener, event, f"the on_outcome listener of circuit breaker{label}")
 
     # -- the core of a call's end: classify, then record ---------------------------
 

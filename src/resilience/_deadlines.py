@@ -24,28 +24,50 @@ from ._clock import SYSTEM_CLOCK, Clock, call_at
 # An entry is a list: [deadline, task, finished, fired].
 DEADLINE, TASK, FINISHED, FIRED = 0, 1, 2, 3
 
+#: The queue length at which finished entries behind a running call are first dropped.
+COMPACT_AT = 64
+
 
 class DeadlineQueue:
     """Deadlines of one Timeout on one event loop, oldest first."""
 
-    __slots__ = ("clock", "handle", "loop", "queue")
+    __slots__ = ("clock", "handle", "limit", "loop", "queue")
 
     def __init__(self, clock: Clock, loop: asyncio.AbstractEventLoop) -> None:
         self.clock = clock
         self.loop = loop
         self.queue: deque[list[Any]] = deque()
         self.handle: Any = None
+        self.limit = COMPACT_AT
 
     def add(self, deadline: float, task: asyncio.Task[Any]) -> list[Any]:
-        """Watch ``task`` until ``deadline``; mark the returned entry finished when done."""
+        """Watch ``task`` until ``deadline``.
+
+        The caller marks the returned entry finished and drops its task
+        (``entry[FINISHED] = True; entry[TASK] = None``) when the call ends.
+        """
         queue = self.queue
         while queue and queue[0][FINISHED]:
             queue.popleft()
+        if queue and len(queue) >= self.limit:
+            queue = self._compact()
         entry = [deadline, task, False, False]
         queue.append(entry)
         if self.handle is None:
             self._arm(deadline)
         return entry
+
+    def _compact(self) -> deque[list[Any]]:
+        """Drop the finished entries queued behind a call still running.
+
+        Calls that end behind a slow one would otherwise wait in the queue
+        until it ends. Compacting whenever the queue has doubled since the
+        last time costs O(1) per call, amortised, and keeps the queue within
+        twice the calls in flight (plus `COMPACT_AT`).
+        """
+        queue = self.queue = deque(entry for entry in self.queue if not entry[FINISHED])
+        self.limit = max(COMPACT_AT, 2 * len(queue))
+        return queue
 
     def _arm(self, when: float) -> None:
         clock = self.clock

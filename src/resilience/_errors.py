@@ -36,6 +36,19 @@ class TimeoutExceeded(ResilienceError, TimeoutError):
         return (type(self), (self.seconds, self.name), self.__dict__)
 
 
+class DeadlineCut(TimeoutExceeded):
+    """A Timeout stopped at an enclosing layer's deadline, not its own.
+
+    Raised by a sync layer (a cooperative or walk-away Timeout, a
+    thread-isolated Bulkhead) when an earlier
+    deadline, set outside it, has passed. The enclosing `Timeout` whose
+    deadline it was, sync or async, turns it into its own `TimeoutExceeded`
+    (its name, its seconds, its event); where no such layer is on the way
+    out (the deadline came with a copied context, say) users see it as a
+    plain `TimeoutExceeded` with no name.
+    """
+
+
 class RejectedError(ResilienceError):
     """A policy refused to start the call: nothing downstream was called.
 

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
 
-from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
+from ._misuse import Misuse
 from ._retry import _show
 from ._validate import callable_or_none, exception_matcher, optional_name
 
@@ -170,7 +171,12 @@ class Fallback(Middleware):
     ) -> Any:
         """The value, or what the handler returns (an awaitable for an async handler)."""
         if self.on_fallback is not None:
-            self._notify(self.on_fallback, error, result)
+            label = f" {self.name!r}" if self.name else ""
+            notify(
+                self.on_fallback,
+                FallbackEvent(self.name, error, result),
+                f"the on_fallback listener of Fallback{label}",
+            )
         logger.info(
             "resilience: Fallback%s served a substitute for %s",
             f" {self.name!r}" if self.name else "",
@@ -181,23 +187,6 @@ class Fallback(Middleware):
         if self.handler is None:
             return self.value
         return self.handler(FallbackContext(error, result, args, MappingProxyType(kwargs)))
-
-    def _notify(
-        self, listener: Callable[[FallbackEvent], object], error: Exception | None, result: Any
-    ) -> None:
-        label = f" {self.name!r}" if self.name else ""
-        try:
-            returned = listener(FallbackEvent(self.name, error, result))
-        except Exception:
-            logger.exception("resilience: on_fallback listener of Fallback%s failed", label)
-            return
-        if inspect.iscoroutine(returned):
-            returned.close()
-            logger.error(
-                "resilience: on_fallback listener of Fallback%s is async; "
-                "listeners must be plain functions, so it did not run",
-                label,
-            )
 
     # -- the shells: a plain try/except around the call --------------------------
 
@@ -228,9 +217,12 @@ class Fallback(Middleware):
         if self.handler is not None and inspect.isawaitable(substitute):
             if inspect.iscoroutine(substitute):
                 substitute.close()  # never awaited, and it should not warn that it was not
-            raise TypeError(
-                f"the handler of {self!r} returned an awaitable in a sync call; use a plain "
-                "function as the handler, or make the call async (acall() or an async def)"
+            raise Misuse(
+                TypeError(
+                    f"the handler of {self!r} returned an awaitable in a sync call; use a "
+                    "plain function as the handler, or make the call async (acall() or an "
+                    "async def)"
+                )
             )
         return substitute
 

@@ -23,6 +23,7 @@ from ._clock import Clock, validate_clock
 from ._context import CallContext, current
 from ._errors import InjectedFault
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._misuse import Misuse, refuse_async
 from ._testing_mode import MODE
 from ._validate import number, optional_name
 from ._validate import seconds as _seconds
@@ -74,6 +75,7 @@ class _RateFunction:
 def _rate(value: object, name: str) -> float | _RateFunction:
     """A fixed rate in [0, 1], or a function of the call context giving one per call."""
     if callable(value):
+        refuse_async(value, name)
         return _RateFunction(value, name)
     return _fixed_rate(value, name)
 
@@ -133,6 +135,7 @@ def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
         kind = error
         return lambda _: kind()
     if callable(error):
+        refuse_async(error, "error")
         factory = error
 
         def from_factory(context: CallContext) -> BaseException:
@@ -349,6 +352,7 @@ class FaultInjector(Middleware):
                     changes["enabled"] = enabled
                     changes["when"] = None
                 elif callable(enabled):
+                    refuse_async(enabled, "enabled")
                     changes["enabled"] = True
                     changes["when"] = enabled
                 else:
@@ -488,7 +492,12 @@ class FaultInjector(Middleware):
                 if inspect.isawaitable(outcome):
                     if inspect.iscoroutine(outcome):
                         outcome.close()
-                    raise TypeError("an async behaviour cannot run in a sync call")
+                    raise Misuse(
+                        TypeError(
+                            f"{self!r} has an async behaviour, which cannot run in a sync "
+                            "call: give it a plain function, or make the call async"
+                        )
+                    )
             if plan.latency > 0:
                 sleep(plan.latency)
             if plan.error is not None:
@@ -540,6 +549,7 @@ def _latency_factory(latency: object) -> Callable[[CallContext], float] | None:
         fixed = _seconds(latency, "latency", allow_zero=True)
         return lambda _: fixed
     if callable(latency):
+        refuse_async(latency, "latency")
         factory = latency
 
         def checked(context: CallContext) -> float:

@@ -21,8 +21,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
 from ._context import EMPTY, NO_TAGS, VAR
+from ._misuse import (
+    Misuse,
+    check_async_entry,
+    check_decorated,
+    check_sync_entry,
+    is_async_callable,
+    refuse_async,
+)
 
-__all__ = ["AsyncEndpoint", "Endpoint", "Middleware"]
+__all__ = ["AsyncEndpoint", "Endpoint", "Middleware", "is_async_callable"]
 
 logger = logging.getLogger("resilience")
 _SUBSCRIBE_LOCK = threading.Lock()
@@ -55,6 +63,16 @@ class Middleware(ABC):
 
     name: str | None = None
     """Optional name shown in `describe()`, errors and the call context."""
+
+    _read_only: ClassVar[frozenset[str]] = frozenset()
+    """Configuration attributes that cannot be set once set: change them with ``update()``."""
+
+    def __setattr__(self, attribute: str, value: Any) -> None:
+        if attribute in self._read_only and attribute in self.__dict__:
+            kind = type(self).__name__
+            hint = f"; use {kind}.update({attribute}=...)" if hasattr(self, "update") else ""
+            raise AttributeError(f"{kind}.{attribute} is read-only{hint}")
+        object.__setattr__(self, attribute, value)
 
     @abstractmethod
     def wrap(self, next: Endpoint, /) -> Endpoint:
@@ -93,6 +111,7 @@ class Middleware(ABC):
         """
         if not callable(listener):
             raise TypeError(f"listener must be callable, got {type(listener).__name__}")
+        refuse_async(listener, "listener")
         with _SUBSCRIBE_LOCK:
             self._listeners = (*self._listeners, listener)
 
@@ -108,12 +127,7 @@ class Middleware(ABC):
     def _emit(self, event: object) -> None:
         """Hand ``event`` to every listener; their errors are logged, never raised."""
         for listener in self._listeners:
-            try:
-                listener(event)
-            except Exception:
-                logger.exception(
-                    "resilience: a listener of %s failed on %s", self, type(event).__name__
-                )
+            notify(listener, event, f"a listener of {self!r}")
 
     # -- the call interface -------------------------------------------------
 
@@ -138,41 +152,88 @@ class Middleware(ABC):
             cell[:] = [sync_chain, async_chain]
 
     def __call__(self, fn: Callable[P, R], /) -> Callable[P, R]:
-        """Decorate a function, sync or async (decided once, here)."""
+        """Decorate a function, sync or async (decided once, here).
+
+        A generator function or an async generator function is refused with
+        `TypeError`: its body runs only when the caller iterates, after the
+        layers have returned, so nothing would protect it. Protect the call
+        that opens the stream, or consume the stream inside a protected
+        function.
+        """
         cell = self._chain_cell
         if cell is None:
             cell = self._chain_cell = list(self._chains())
         return decorate(self.name, cell, fn)
 
+    # The last plain function `call` / `acall` checked, so a call site that calls the
+    # same function again skips the check (an identity test).
+    _checked_sync: object = None
+    _checked_async: object = None
+
     def call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Call ``fn(*args, **kwargs)`` through this layer, synchronously."""
+        """Call ``fn(*args, **kwargs)`` through this layer, synchronously.
+
+        ``fn`` must be a plain (sync) callable: an async function raises
+        `TypeError` at once (use `acall`), and so does a generator function
+        (see `resilience.Middleware.__call__`).
+        """
+        if fn is not self._checked_sync:
+            check_sync_entry(fn, self)
         chain = self._sync_chain or self._chains()[0]
         parent = VAR.get()
         token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
         try:
             return chain(fn, args, kwargs)  # type: ignore[no-any-return]
+        except Misuse as misuse:
+            raise misuse.error from None
         finally:
             VAR.reset(token)
 
     async def acall(self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Await ``fn(*args, **kwargs)`` through this layer."""
+        """Await ``fn(*args, **kwargs)`` through this layer.
+
+        ``fn`` is the async function itself, not a coroutine: ``acall(fetch,
+        1)``, not ``acall(fetch(1))``. A plain callable that returns an
+        awaitable (a lambda, a partial) is fine; one that returns anything
+        else raises `TypeError` after its first call, and no layer retries,
+        counts or replaces that error.
+        """
+        if fn is not self._checked_async:
+            fn = check_async_entry(fn, self)
         chain = self._async_chain or self._chains()[1]
         parent = VAR.get()
         token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
         try:
             return await chain(fn, args, kwargs)  # type: ignore[no-any-return]
+        except Misuse as misuse:
+            raise misuse.error from None
         finally:
             VAR.reset(token)
 
 
-def is_async_callable(fn: object) -> bool:
-    """True for coroutine functions, partials of them and objects with an async ``__call__``."""
-    while isinstance(fn, functools.partial):
-        fn = fn.func
-    if inspect.iscoroutinefunction(fn):
-        return True
-    call = getattr(fn, "__call__", None)  # noqa: B004 - the bound method, not callable()
-    return call is not None and inspect.iscoroutinefunction(call)
+def notify(listener: Callable[[Any], object], event: object, whose: str) -> None:
+    """Hand ``event`` to one listener; its errors are logged, never raised.
+
+    A listener that turns out to return an awaitable (a lambda around an
+    async function, which `subscribe` could not tell) never runs: the
+    awaitable is closed and an error is logged, instead of a warning at
+    garbage collection.
+    """
+    try:
+        returned = listener(event)
+    except Exception:
+        logger.exception("resilience: %s failed on %s", whose, type(event).__name__)
+        return
+    if inspect.isawaitable(returned):
+        if inspect.iscoroutine(returned):
+            returned.close()
+        logger.error(
+            "resilience: %s returned an awaitable for %s, so it did not run: listeners "
+            "must be plain functions (schedule async work from one, e.g. with "
+            "loop.create_task)",
+            whose,
+            type(event).__name__,
+        )
 
 
 def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[P, R]:
@@ -187,13 +248,14 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
         return cast(Callable[P, R], type(fn)(decorate(name, cell, fn.__func__)))
     if not callable(fn):
         raise TypeError(f"can only decorate a callable, got {type(fn).__name__}")
+    is_async = check_decorated(fn, name)
     get = VAR.get
     set_ = VAR.set
     reset = VAR.reset
     empty = EMPTY
     no_tags = NO_TAGS
 
-    if is_async_callable(fn):
+    if is_async:
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
             parent = get()
@@ -204,6 +266,8 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
             )
             try:
                 return await cell[1](fn, args, kwargs)
+            except Misuse as misuse:
+                raise misuse.error from None
             finally:
                 reset(token)
 
@@ -219,6 +283,8 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
         )
         try:
             return cell[0](fn, args, kwargs)
+        except Misuse as misuse:
+            raise misuse.error from None
         finally:
             reset(token)
 

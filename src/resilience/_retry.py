@@ -14,7 +14,7 @@ from ._budget import RetryBudget, RetryBudgetExhausted, describe_budget
 from ._clock import Clock, validate_clock
 from ._context import EMPTY, VAR, own_context, remaining
 from ._errors import RejectedError
-from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._testing_mode import MODE
 from ._validate import callable_or_none, exception_matcher, integer, optional_name
 
@@ -224,10 +224,7 @@ class Retry(Middleware):
         if self.on_retry is not None or self._listeners:
             event = RetryEvent(self.name, attempt, delay, error, result)
             if self.on_retry is not None:
-                try:
-                    self.on_retry(event)
-                except Exception:
-                    logger.exception("resilience: on_retry listener of Retry%s failed", label)
+                notify(self.on_retry, event, f"the on_retry listener of Retry{label}")
             self._emit(event)
         return delay
 

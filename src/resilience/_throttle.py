@@ -18,6 +18,7 @@ from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import ThrottledError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._misuse import refuse_async
 from ._validate import number, optional_name
 from ._validate import seconds as _seconds
 from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
@@ -237,6 +238,7 @@ class Throttle(Middleware):
             None if max_wait is None else _seconds(max_wait, "max_wait", allow_zero=True)
         )
         if callable(cost):
+            refuse_async(cost, "cost")
             self.cost: float | Callable[..., float] = cost
             self._cost_of: Callable[..., float] | None = cost
             self._cost = 1.0

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from ._clock import Clock, validate_clock, wait_future
 from ._context import EMPTY, VAR, Raw, effective_deadline, own_context
 from ._deadlines import DeadlineQueues
-from ._errors import TimeoutExceeded
+from ._errors import DeadlineCut, TimeoutExceeded
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool
 from ._validate import integer, optional_name
@@ -25,18 +25,6 @@ __all__ = ["Timeout", "TimeoutEvent"]
 logger = logging.getLogger("resilience")
 
 SyncMode = Literal["cooperative", "walk_away"]
-
-
-class DeadlineCut(TimeoutExceeded):
-    """A Timeout stopped at an enclosing layer's deadline, not its own.
-
-    Raised by a sync layer (cooperative or walk-away) when an earlier
-    deadline, set outside it, has passed. The enclosing `Timeout` whose
-    deadline it was, sync or async, turns it into its own `TimeoutExceeded`
-    (its name, its seconds, its event); where no such layer is on the way
-    out (the deadline came with a copied context, say) users see it as a
-    plain `TimeoutExceeded` with no name.
-    """
 
 
 def _run_in_context(
@@ -281,7 +269,8 @@ class Timeout(Middleware):
                     task.uncancel()
                 raise
             finally:
-                entry[2] = True
+                entry[2] = True  # finished: the timer skips it
+                entry[1] = None  # and the queue holds nothing of the call any more
                 if tighter:
                     ctx[2] = saved
                     ctx[3] = outer_clock

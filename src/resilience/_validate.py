@@ -7,6 +7,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from ._misuse import refuse_async
+
 Predicate = Callable[[BaseException], bool]
 
 #: Control flow that no policy may retry, count as a failure or swallow.
@@ -69,6 +71,7 @@ def optional_name(value: object, name: str = "name") -> str | None:
 def callable_or_none(value: object, name: str) -> Callable[..., Any] | None:
     if value is not None and not callable(value):
         raise TypeError(f"{name} must be callable or None, got {type(value).__name__}")
+    refuse_async(value, name)
     return value
 
 
@@ -91,6 +94,7 @@ def exception_matcher(
                 raise TypeError(f"{name} must contain only exception types, got {item!r}")
         return types, None
     if callable(value):
+        refuse_async(value, name)
         return (), value
     raise TypeError(
         f"{name} must be an exception type, a tuple of them, or a predicate, "

@@ -25,6 +25,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+from ._misuse import refuse_async
 from ._validate import number
 
 __all__ = [
@@ -339,6 +340,7 @@ def from_tenacity(wait: Callable[[Any], float]) -> Backoff:
     """
     if isinstance(wait, Backoff) or not callable(wait):
         raise TypeError(f"wait must be a tenacity wait strategy, got {type(wait).__name__}")
+    refuse_async(wait, "wait")
     return _Tenacity(wait)
 
 
@@ -371,6 +373,7 @@ def from_function(fn: Callable[[int], float]) -> Backoff:
     """
     if isinstance(fn, Backoff) or not callable(fn):
         raise TypeError(f"fn must be a function of the retry number, got {type(fn).__name__}")
+    refuse_async(fn, "fn")
     return _Function(fn)
 
 

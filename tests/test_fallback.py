@@ -398,7 +398,7 @@ def test_async_handler_in_a_sync_call_is_a_type_error() -> None:
     original = ValueError("x")
     with pytest.raises(TypeError, match="awaitable in a sync call") as excinfo:
         Fallback(handler=handler).call(Raises(original))
-    assert excinfo.value.__context__ is original
+    assert excinfo.value.__cause__ is original  # the failure it was replacing
     assert started == []
 
 

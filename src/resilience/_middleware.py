@@ -185,7 +185,7 @@ class Middleware(ABC):
         try:
             return chain(fn, args, kwargs)  # type: ignore[no-any-return]
         except Misuse as misuse:
-            raise misuse.error from None
+            raise misuse.error from misuse.__context__
         finally:
             VAR.reset(token)
 
@@ -206,7 +206,7 @@ class Middleware(ABC):
         try:
             return await chain(fn, args, kwargs)  # type: ignore[no-any-return]
         except Misuse as misuse:
-            raise misuse.error from None
+            raise misuse.error from misuse.__context__
         finally:
             VAR.reset(token)
 
@@ -267,7 +267,7 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
             try:
                 return await cell[1](fn, args, kwargs)
             except Misuse as misuse:
-                raise misuse.error from None
+                raise misuse.error from misuse.__context__
             finally:
                 reset(token)
 
@@ -284,7 +284,7 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
         try:
             return cell[0](fn, args, kwargs)
         except Misuse as misuse:
-            raise misuse.error from None
+            raise misuse.error from misuse.__context__
         finally:
             reset(token)
 

@@ -377,19 +377,44 @@ def test_a_lower_limit_is_owed_by_the_calls_running(clock: FakeClock) -> None:
     assert adaptive.rejected == 4
 
 
-def test_the_core_pays_debts_before_it_frees_tokens(clock: FakeClock) -> None:
-    """The slot core (no I/O): a grant given back, or a release, pays what is owed first."""
+def test_the_core_owes_what_running_calls_hold_and_forgives_on_a_rise(clock: FakeClock) -> None:
+    """The slot core (no I/O): a lower limit owes the slots held above it, which vanish as they
+    come back; a higher limit first cancels debts not yet collected."""
     core = limiter(clock=clock, initial_limit=2)._core
-    assert (core.take(1, 0), core.take(1, 0), core.take(1, 0)) == (True, True, False)
-    core.resize(1)  # both tokens are out: one is owed
-    assert (core.capacity, core.owed, core.in_flight()) == (1, 1, 2)
-    core.give_back(1, 0)  # a waiter that left with its grant: the debt takes it
-    assert (core.owed, len(core.free), core.ready_at(1, 0)) == (0, 0, None)
-    core.owed = 1  # a debt, and a release whose token another call took at once
-    core.settle()
-    assert core.owed == 1
+    with core.mutex:
+        assert (core.take(1, 0), core.take(1, 0), core.take(1, 0)) == (True, True, False)
+        core.resize(1)  # both slots are out: one is owed
+    assert (core.capacity, core.queue.debts, core.in_flight()) == (1, 1, 2)
+    assert core.queue.waiting == 0  # a debt is nobody waiting
+    core.release()  # the debt takes it: the slot is gone
+    assert (core.queue.debts, core.available(), core.in_flight()) == (0, 0, 1)
     core.release()
-    assert (core.owed, len(core.free)) == (0, 0)
+    assert (core.available(), core.in_flight()) == (1, 0)
+    with core.mutex:
+        assert core.take(1, 0)
+        core.resize(3)  # two more, kept in the reserve until used
+    assert (core.available(), core.in_flight(), len(core.free)) == (2, 1, 0)
+    with core.mutex:
+        core.resize(1)  # the two unused slots are taken back, nothing owed
+    assert (core.available(), core.queue.debts, core.in_flight()) == (0, 0, 1)
+    with core.mutex:
+        assert core.take(1, 0) is False
+
+
+def test_a_rise_cancels_debts_not_yet_collected(clock: FakeClock) -> None:
+    """Lowered below the calls running, then raised again before they end: nothing is owed."""
+    core = limiter(clock=clock, initial_limit=3)._core
+    with core.mutex:
+        for _ in range(3):
+            assert core.take(1, 0)
+        core.resize(1)
+    assert core.queue.debts == 2
+    with core.mutex:
+        core.resize(4)
+    assert (core.queue.debts, core.queue.count, core.available(), core.in_flight()) == (0, 0, 1, 3)
+    for _ in range(3):
+        core.release()
+    assert (core.available(), core.in_flight()) == (4, 0)
 
 
 class Snatching(deque[None]):
@@ -428,10 +453,10 @@ async def test_a_slot_given_back_while_owed_never_passes_through_the_free_list(
         return "done"
 
     assert await run_yielding(mode, adaptive, lowered_while_running) == "done"
-    assert (core.owed, free.snatched, core.in_flight()) == (0, 0, 1)
+    assert (core.queue.debts, free.snatched, core.in_flight()) == (0, 0, 1)
     free.armed = False
     held.ignore()
-    assert (core.owed, len(core.free), core.in_flight()) == (0, 1, 0)
+    assert (core.queue.debts, len(core.free), core.in_flight()) == (0, 1, 0)
 
 
 def test_a_permit_ended_while_owed_pays_the_debt_directly(clock: FakeClock) -> None:
@@ -446,7 +471,7 @@ def test_a_permit_ended_while_owed_pays_the_debt_directly(clock: FakeClock) -> N
     free = core.free = Snatching(core.free)
     free.armed = True
     first.ignore()
-    assert (core.owed, free.snatched, core.in_flight()) == (0, 0, 1)
+    assert (core.queue.debts, free.snatched, core.in_flight()) == (0, 0, 1)
 
 
 def test_a_permit_ended_from_many_threads_at_once_gives_one_slot_back(clock: FakeClock) -> None:
@@ -787,8 +812,8 @@ def test_eight_threads_never_exceed_the_limit_and_leak_no_slot() -> None:
     assert outcomes["refused"] == adaptive.rejected
     assert peak <= 6
     core = adaptive._core
-    assert core.owed == 0
-    assert len(core.free) == core.capacity == adaptive.limit
+    assert core.queue.debts == 0
+    assert core.available() == core.capacity == adaptive.limit
     assert adaptive.in_flight == 0
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import contextvars
 import inspect
 import math
 import pickle
 import random
 import threading
+import tracemalloc
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -776,3 +778,172 @@ async def test_a_layer_that_is_not_innermost_calls_the_next(mode: str, clock: Fa
     result = pipeline.call(flaky) if mode == "sync" else await pipeline.acall(aflaky)
     assert result == "x"
     assert attempts == [1, 2]
+
+
+# -- size: memory, runtime updates -------------------------------------------------------------
+
+
+def test_memory_does_not_grow_with_the_limit() -> None:
+    """Bulkhead(10**8) allocated 1.6 GB and took 4 s; 10**30 raised OverflowError. Slots are
+    made as calls use them, so the limit costs nothing up front."""
+    tracemalloc.start()
+    try:
+        huge = rs.Bulkhead(10**8)
+        size, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert size < 100_000
+    assert huge.metrics() == rs.BulkheadMetrics(0, 10**8, 0, 0)
+    enormous = rs.Bulkhead(10**30)
+    assert enormous.call(lambda: "ok") == "ok"
+    assert enormous.available == 10**30
+
+
+async def test_calls_beyond_the_first_tokens_come_from_the_reserve(mode: str) -> None:
+    """More calls in flight than the tokens made up front: each gets a slot, all come back."""
+    bulkhead = rs.Bulkhead(200)
+    gate = threading.Barrier(150) if mode == "sync" else None
+    if mode == "sync":
+        assert gate is not None
+
+        def hold() -> int:
+            gate.wait(30)
+            return bulkhead.in_flight
+
+        with concurrent.futures.ThreadPoolExecutor(150) as pool:
+            seen = list(pool.map(lambda _: bulkhead.call(hold), range(150)))
+    else:
+        started = asyncio.Event()
+        count = 0
+
+        async def ahold() -> int:
+            nonlocal count
+            count += 1
+            if count == 150:
+                started.set()
+            await started.wait()
+            return bulkhead.in_flight
+
+        seen = await asyncio.gather(*(bulkhead.acall(ahold) for _ in range(150)))
+    assert max(seen) == 150
+    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 200, 0, 0)
+
+
+def test_settings_are_read_only() -> None:
+    """Assigning a setting is refused with a pointer to update()."""
+    bulkhead = rs.Bulkhead(5)
+    for attribute in ("max_concurrent", "max_queue", "max_wait", "isolation", "name"):
+        with pytest.raises(AttributeError, match=rf"^Bulkhead.{attribute} is read-only; use"):
+            setattr(bulkhead, attribute, 1)
+
+
+async def test_a_higher_limit_lets_waiters_in_at_once(clock: FakeClock) -> None:
+    """update(max_concurrent=) up: queued calls start without waiting for a release."""
+    bulkhead = rs.Bulkhead(1, max_queue=5, clock=clock)
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def hold(i: int) -> None:
+        started.append(i)
+        await release.wait()
+
+    tasks = [asyncio.create_task(bulkhead.acall(hold, i)) for i in range(4)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (started, bulkhead.queued) == ([0], 3)
+    bulkhead.update(max_concurrent=3)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (started, bulkhead.queued, bulkhead.in_flight) == ([0, 1, 2], 1, 3)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 3, 0, 0)
+
+
+def test_a_lower_limit_is_taken_back_as_calls_end() -> None:
+    """update(max_concurrent=) below the calls running: no new call starts until they are
+    under the new limit; then it holds."""
+    bulkhead = rs.Bulkhead(3)
+    holds = [threading.Event() for _ in range(3)]
+    entered = threading.Barrier(4)
+
+    def hold(i: int) -> None:
+        entered.wait(30)
+        holds[i].wait(30)
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        running = [pool.submit(bulkhead.call, hold, i) for i in range(3)]
+        entered.wait(30)
+        bulkhead.update(max_concurrent=1)
+        assert (bulkhead.in_flight, bulkhead.available, bulkhead.queued) == (3, 0, 0)
+        with pytest.raises(rs.BulkheadFullError, match="all 1 slots are taken"):
+            bulkhead.call(lambda: None)
+        holds[0].set()
+        running[0].result(30)
+        assert bulkhead.in_flight == 2
+        with pytest.raises(rs.BulkheadFullError):
+            bulkhead.call(lambda: None)
+        holds[1].set()
+        holds[2].set()
+        for future in running:
+            future.result(30)
+    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 1, 0, 2)  # two refused above
+    assert bulkhead.call(lambda: "one at a time") == "one at a time"
+
+
+def test_update_checks_its_arguments_and_keeps_the_others() -> None:
+    """Bad values name the parameter; what is not given stays."""
+    bulkhead = rs.Bulkhead(4, max_queue=2, max_wait=1.5)
+    with pytest.raises(ValueError, match=r"^max_concurrent must be >= 1"):
+        bulkhead.update(max_concurrent=0)
+    with pytest.raises(TypeError, match=r"^max_queue must be an int"):
+        bulkhead.update(max_queue=1.5)  # type: ignore[arg-type]
+    bulkhead.update(max_queue=7)
+    assert bulkhead.settings() == {"max_concurrent": 4, "max_queue": 7, "max_wait": 1.5}
+    bulkhead.update(max_wait=None)
+    assert bulkhead.max_wait is None
+
+
+def test_an_isolated_bulkhead_resizes_its_pool() -> None:
+    """With thread isolation the pool follows the limit."""
+    bulkhead = rs.Bulkhead(2, isolation="thread")
+    assert bulkhead.call(lambda: 1) == 1
+    bulkhead.update(max_concurrent=5)
+    assert bulkhead._pool is not None and bulkhead._pool.max_workers == 5
+    assert bulkhead.drain(10)
+
+
+def test_updates_under_threads_never_run_over_the_limit() -> None:
+    """Threads hammer a bulkhead whose limit keeps changing: never more in flight than the
+    largest limit in force since the call started, and every slot comes back."""
+    bulkhead = rs.Bulkhead(4)
+    lock = threading.Lock()
+    running = 0
+    over: list[int] = []
+    stop = threading.Event()
+
+    def work() -> None:
+        nonlocal running
+        with lock:
+            running += 1
+            if running > 4:
+                over.append(running)
+        with lock:
+            running -= 1
+
+    def hammer() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(rs.BulkheadFullError):
+                bulkhead.call(work)
+
+    threads = [threading.Thread(target=hammer) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for i in range(300):
+        bulkhead.update(max_concurrent=(1, 4, 2, 3)[i % 4])
+    bulkhead.update(max_concurrent=4)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert over == []
+    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 4, 0, bulkhead.rejected)

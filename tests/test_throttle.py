@@ -78,6 +78,10 @@ def ok() -> str:
         ({"rate": 10, "burst": 2, "cost": 3}, ValueError, r"^cost must be <= burst \(2\)"),
         ({"rate": 10, "clock": object()}, TypeError, r"^clock must provide"),
         ({"rate": 10, "name": 1}, TypeError, r"^name must be a str"),
+        ({"rate": 1e-320}, ValueError, r"^rate must give a token at least every"),
+        ({"rate": 1e-300, "per": 1e300}, ValueError, r"^rate must give a token"),
+        ({"rate": 10, "initial_tokens": 11}, ValueError, r"^initial_tokens must be <= burst"),
+        ({"rate": 10, "initial_tokens": -1}, ValueError, r"^initial_tokens must be >= 0"),
     ],
 )
 def test_bad_arguments_fail_at_construction(
@@ -107,6 +111,122 @@ def test_defaults_settings_and_repr() -> None:
     assert repr(slow) == "Throttle(rate=1, per=60, burst=1, max_wait=None, cost=len)"
     assert rs.Throttle(0.5).burst == 1.0
     assert rs.Throttle(10, burst=3, max_wait=timedelta(milliseconds=250)).max_wait == 0.25
+
+
+async def test_initial_tokens_give_a_strict_start(mode: str, clock: FakeClock) -> None:
+    """initial_tokens=0: the first second admits the rate, not the burst on top of it."""
+    throttle = rs.Throttle(4, initial_tokens=0, clock=clock)
+    assert throttle.available == 0
+    assert throttle.settings()["initial_tokens"] == 0
+    with pytest.raises(rs.ThrottledError):
+        await run_plain(mode, throttle, ok)
+    clock.advance(1)
+    for _ in range(4):
+        assert await run_plain(mode, throttle, ok) == "ok"
+    with pytest.raises(rs.ThrottledError):
+        await run_plain(mode, throttle, ok)
+
+
+# -- runtime updates and read-only settings ----------------------------------------------
+
+
+def test_settings_are_read_only() -> None:
+    """Assigning a setting used to be accepted and change nothing: now it says how to change it."""
+    throttle = rs.Throttle(100)
+    for attribute in ("rate", "per", "burst", "max_wait", "cost", "name", "clock"):
+        with pytest.raises(AttributeError, match=rf"^Throttle.{attribute} is read-only; use"):
+            setattr(throttle, attribute, 5)
+    assert throttle.rate == 100
+
+
+async def test_update_changes_the_rate_and_keeps_the_tokens(mode: str, clock: FakeClock) -> None:
+    """update(rate=...) keeps what the bucket holds and refills at the new rate from now on."""
+    throttle = rs.Throttle(10, burst=10, clock=clock)
+    for _ in range(6):
+        await run_plain(mode, throttle, ok)
+    assert throttle.available == pytest.approx(4)
+    throttle.update(rate=1)
+    assert throttle.available == pytest.approx(4)
+    assert (throttle.rate, throttle.burst) == (1.0, 10.0)  # a burst given stays
+    for _ in range(4):
+        await run_plain(mode, throttle, ok)
+    with pytest.raises(rs.ThrottledError) as refused:
+        await run_plain(mode, throttle, ok)
+    assert refused.value.retry_after == pytest.approx(1.0)  # one token a second now
+    clock.advance(3)
+    assert throttle.available == pytest.approx(3)
+    throttle.update(burst=2)  # fewer tokens than held: the bucket is cut to the new burst
+    assert throttle.available == pytest.approx(2)
+    assert throttle.settings()["burst"] == 2
+
+
+def test_a_default_burst_follows_a_new_rate_and_a_given_one_stays() -> None:
+    """The default burst is the rate: update(rate=) moves it; a burst given keeps it."""
+    clock = FakeClock()
+    following = rs.Throttle(10, clock=clock)
+    following.update(rate=50)
+    assert following.burst == 50
+    following.update(burst=5)
+    following.update(rate=100)
+    assert following.burst == 5
+    fixed = rs.Throttle(10, burst=3, clock=clock)
+    fixed.update(rate=100, per=2)
+    assert (fixed.rate, fixed.per, fixed.burst) == (100.0, 2.0, 3.0)
+
+
+def test_update_checks_like_the_constructor() -> None:
+    """Bad values are refused, naming the parameter, and leave the throttle as it was."""
+    throttle = rs.Throttle(10, cost=4)
+    with pytest.raises(ValueError, match=r"^rate must be > 0"):
+        throttle.update(rate=0)
+    with pytest.raises(ValueError, match=r"^cost must be <= burst \(3\)"):
+        throttle.update(burst=3)
+    with pytest.raises(ValueError, match=r"^max_wait must be >= 0"):
+        throttle.update(max_wait=-1)
+    with pytest.raises(TypeError):
+        throttle.update(rates=5)  # type: ignore[call-arg]
+    assert throttle.settings()["rate"] == 10 and throttle.burst == 10
+
+
+async def test_update_of_max_wait_reaches_built_chains(mode: str, clock: FakeClock) -> None:
+    """A chain built before update(max_wait=...) waits (or stops waiting) as told."""
+    throttle = rs.Throttle(1, burst=1, clock=clock)
+    pipeline = rs.Pipeline([throttle])
+    await run_plain(mode, pipeline, ok)
+    with pytest.raises(rs.ThrottledError):
+        await run_plain(mode, pipeline, ok)
+    throttle.update(max_wait=5)
+    assert await run_plain(mode, pipeline, ok) == "ok"  # waited its second on the fake clock
+    assert clock.sleeps == [1.0]
+
+
+def test_update_is_atomic_under_threads() -> None:
+    """Threads calling while another keeps changing the rate: every call is admitted or
+    refused cleanly, and tokens are never negative nor above the burst."""
+    throttle = rs.Throttle(1e6, burst=1000)
+    stop = threading.Event()
+    problems: list[BaseException] = []
+
+    def caller() -> None:
+        while not stop.is_set():
+            try:
+                throttle.call(ok)
+            except rs.ThrottledError:
+                pass
+            except BaseException as exc:  # pragma: no cover - the failure this test is for
+                problems.append(exc)
+
+    threads = [threading.Thread(target=caller) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for i in range(300):
+        throttle.update(rate=1e6 if i % 2 else 10.0, burst=1000 if i % 3 else 500)
+        available = throttle.available
+        assert 0.0 <= available <= throttle.burst
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert problems == []
 
 
 # -- the bucket ------------------------------------------------------------------------
@@ -425,7 +545,9 @@ async def test_calls_meeting_due_waiters_serve_them_first(mode: str) -> None:
     assert await run_plain(mode, throttle, ok) == "ok"  # queued behind it, served at once
     assert throttle.queued == 0
     await waiter
-    assert throttle.available == 0
+    # The waiter, due at 1 s, was charged as if served then (its credit, one token at most):
+    # the bucket had refilled by 5 s, so one token is left after both.
+    assert throttle.available == 1
 
 
 def test_contention_for_the_baton_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+from typing import Any
 
 import pytest
+
+import resilience as rs
 
 from resilience._waiters import (
     GRANTED,
@@ -38,7 +41,7 @@ class Units:
     def unlock(self) -> None:
         self.mutex.release()
 
-    def take(self, cost: float, now: float) -> bool:
+    def take(self, cost: float, now: float, since: float | None = None) -> bool:
         if self.units >= cost:
             self.units -= int(cost)
             return True
@@ -59,7 +62,7 @@ class Units:
 
 def join(gate: Units, cost: float = 1, loop: asyncio.AbstractEventLoop | None = None) -> Waiter:
     with gate.mutex:
-        return gate.queue.join(cost, loop)
+        return gate.queue.join(cost, loop, gate.clock.monotonic())
 
 
 def test_waiters_are_granted_in_arrival_order_even_when_a_later_one_would_fit() -> None:
@@ -262,3 +265,45 @@ async def test_a_timed_task_head_sleeps_until_its_time() -> None:
     clock.asleep = asleep  # type: ignore[method-assign]
     assert await await_turn(gate.queue, gate, waiter, 10.0)
     assert clock.sleeps == [2.0]
+
+
+@pytest.mark.parametrize("kind", ["bulkhead", "adaptive limiter", "throttle"])
+async def test_a_sync_wait_on_an_event_loop_thread_is_refused(kind: str) -> None:
+    """`with bulkhead:` or a sync call inside a coroutine, while a task of the same loop holds
+    the slot, used to hang the loop for good; now it raises at once and leaves the queue."""
+    policy: Any
+    if kind == "bulkhead":
+        policy = rs.Bulkhead(1, max_queue=1)
+    elif kind == "adaptive limiter":
+        policy = rs.AdaptiveLimiter(initial_limit=1, min_limit=1, max_limit=1, max_queue=1)
+    else:
+        policy = rs.Throttle(1, burst=1, max_wait=None, clock=FakeClock(auto_advance=False))
+    holding, done = asyncio.Event(), asyncio.Event()
+
+    async def holder() -> None:
+        async def hold() -> None:
+            holding.set()
+            await done.wait()
+
+        await policy.acall(hold)
+
+    task = asyncio.create_task(holder())
+    await holding.wait()
+    ahead = None
+    if kind == "throttle":  # the first in line sleeps on a timer: queue behind a task instead
+        ahead = asyncio.create_task(policy.aacquire())
+        await asyncio.sleep(0)
+        assert policy.queued == 1
+    with pytest.raises(RuntimeError, match=r"runs an event loop.*acall"):
+        policy.call(lambda: None)
+    if kind == "bulkhead":
+        with pytest.raises(RuntimeError, match=r"async with"):
+            with policy:
+                pass
+    assert policy.queued == (1 if ahead else 0)  # the refused caller left the queue
+    done.set()
+    await task
+    if ahead is not None:
+        ahead.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await ahead

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from ._bulkhead import Slots
+from ._slots import Slots
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import LimitExceededError
@@ -422,102 +422,20 @@ class AdaptiveLimiterMetrics:
 
 
 class _Core(Slots):
-    """Tokens, owed tokens, the window's samples and its end; the `Gate` of its queue.
+    """The limiter's `Slots` (see `resilience._slots`), plus the window's samples and its end.
 
-    A bulkhead's `Slots` whose size can change: ``top = capacity + owed`` is
-    what the fast path subtracts the free tokens from to read the calls in
-    flight, and a token given back pays a debt first when the limit fell.
+    A new limit goes through `Slots.resize`: more slots, or free ones taken
+    back and the rest owed by the calls running.
     """
 
-    __slots__ = (
-        "capacity",
-        "dropped",
-        "drops",
-        "owed",
-        "samples",
-        "top",
-        "window_end",
-    )
+    __slots__ = ("dropped", "drops", "samples", "window_end")
 
     def __init__(self, capacity: int, clock: Clock, window_seconds: float) -> None:
         super().__init__(capacity, clock)
-        self.capacity = capacity
-        self.owed = 0
-        self.top = capacity
         self.samples: deque[tuple[float, int]] = deque(maxlen=MAX_WINDOW_SAMPLES)
         self.dropped = False
         self.drops = 0
         self.window_end = clock.monotonic() + window_seconds
-
-    def give_back(self, cost: float, now: float) -> None:
-        self._returned()
-
-    # Slots.
-
-    def _returned(self) -> None:
-        """A token came back (mutex held): pay a debt with it, or make it free."""
-        if self.owed:
-            self.owed -= 1
-            self.top -= 1
-        else:
-            self.free.append(None)
-
-    def settle(self) -> None:
-        """After a release that found debts or waiters: pay one, then serve the queue."""
-        with self.mutex:
-            if self.owed:
-                try:
-                    self.free.pop()  # the token just given back, or another as good
-                except IndexError:
-                    pass
-                else:
-                    self.owed -= 1
-                    self.top -= 1
-            if self.queue.count:
-                self.queue.serve(0.0)
-
-    def pay(self) -> None:
-        """Give a slot back while a debt is owed: under the mutex, never through `free`.
-
-        A token put in `free` first could be taken by another call's lock-free
-        fast path before `settle` reclaimed it, running a call over the lowered
-        limit.
-        """
-        with self.mutex:
-            self._returned()
-            if self.queue.count:
-                self.queue.serve(0.0)
-
-    def release(self) -> None:
-        """Give a slot back from any thread, outside the fast path."""
-        if self.owed:
-            self.pay()
-            return
-        self.free.append(None)
-        if self.owed or self.queue.count:  # a debt made meanwhile: settle reclaims it
-            self.settle()
-
-    def resize(self, capacity: int) -> None:
-        """Move to a new limit (mutex held): add tokens, or take them back or owe them."""
-        change = capacity - self.capacity
-        self.capacity = capacity
-        if change > 0:
-            paid = min(change, self.owed)
-            self.owed -= paid
-            for _ in range(change - paid):
-                self.free.append(None)
-            if self.queue.count:
-                self.queue.serve(0.0)
-        else:
-            for _ in range(-change):
-                try:
-                    self.free.pop()
-                except IndexError:  # the rest are out in running calls
-                    self.owed += 1
-        self.top = self.capacity + self.owed
-
-    def in_flight(self) -> int:
-        return max(0, self.top - len(self.free))
 
 
 class LimitPermit:
@@ -682,7 +600,7 @@ class AdaptiveLimiter(Middleware):
     @property
     def queued(self) -> int:
         """Calls waiting for a slot now."""
-        return self._core.queue.count
+        return self._core.queue.waiting
 
     @property
     def rejected(self) -> int:
@@ -696,7 +614,7 @@ class AdaptiveLimiter(Middleware):
             return AdaptiveLimiterMetrics(
                 limit=core.capacity,
                 in_flight=core.in_flight(),
-                queued=core.queue.count,
+                queued=core.queue.waiting,
                 rejected=core.rejected,
                 dropped=core.drops,
             )
@@ -790,15 +708,11 @@ class AdaptiveLimiter(Middleware):
         `LimitPermit.ignore`. A refusal counts in `rejected`.
         """
         core = self._core
-        if not core.queue.count:
-            try:
-                core.free.pop()
-            except IndexError:
-                pass
-            else:
-                held = core.top - len(core.free)
-                return LimitPermit(self, self.clock.monotonic(), held)
+        if not core.queue.count and core.take_free():
+            return LimitPermit(self, self.clock.monotonic(), core.in_flight())
         with core.mutex:
+            if not core.queue.count and core.take(1.0, 0.0):  # the reserve
+                return LimitPermit(self, self.clock.monotonic(), core.in_flight())
             core.rejected += 1
         return None
 
@@ -813,9 +727,9 @@ class AdaptiveLimiter(Middleware):
             left = remaining(VAR.get())
             if left is not None and left < limit:
                 limit = max(0.0, left)
-            if queue.count < self.max_queue and limit > 0.0:
-                waiter = queue.join(1.0, loop)
+            if queue.waiting < self.max_queue and limit > 0.0:
                 now = self.clock.monotonic()
+                waiter = queue.join(1.0, loop, now)
                 queue.serve(now)  # a slot given back since we looked is not left idle
                 return waiter, now, now + limit
             core.rejected += 1
@@ -876,8 +790,8 @@ class AdaptiveLimiter(Middleware):
         monotonic = self.clock.monotonic
         admit = self._admit
         settle = self._settle
-        after = core.settle
-        pay = core.pay
+        hand_over = core.hand_over
+        serve = core.serve
         close = self._close
         direct = next is terminal  # innermost: call the function without the extra hop
 
@@ -900,12 +814,12 @@ class AdaptiveLimiter(Middleware):
                 raise
             end = monotonic()
             record((end - started, held))
-            if core.owed:  # _Core.release, inlined
-                pay()
+            if queue.count:  # Slots.release, inlined
+                hand_over()
             else:
                 give(None)
-                if queue.count or core.owed:
-                    after()
+                if queue.count:
+                    serve()
             if end >= core.window_end:
                 close(end)
             return result
@@ -922,8 +836,8 @@ class AdaptiveLimiter(Middleware):
         monotonic = self.clock.monotonic
         admit = self._aadmit
         settle = self._settle
-        after = core.settle
-        pay = core.pay
+        hand_over = core.hand_over
+        serve = core.serve
         close = self._close
 
         async def adaptive_limiter(
@@ -945,12 +859,12 @@ class AdaptiveLimiter(Middleware):
                 raise
             end = monotonic()
             record((end - started, held))
-            if core.owed:  # _Core.release, inlined
-                pay()
+            if queue.count:  # Slots.release, inlined
+                hand_over()
             else:
                 give(None)
-                if queue.count or core.owed:
-                    after()
+                if queue.count:
+                    serve()
             if end >= core.window_end:
                 close(end)
             return result

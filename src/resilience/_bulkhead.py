@@ -21,13 +21,16 @@ from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
-from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
+from ._slots import Slots
+from ._waiters import Waiter, await_turn, wait_turn
 
 __all__ = ["Bulkhead", "BulkheadEvent", "BulkheadMetrics"]
 
 logger = logging.getLogger("resilience")
 
 Isolation = Literal["thread"]
+
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,61 +58,6 @@ class BulkheadMetrics:
     """Calls waiting for a slot."""
     rejected: int
     """Calls refused since the bulkhead was made (full queue, or no slot in time)."""
-
-
-class Slots:
-    """The bulkhead's core: slot accounting and its FIFO queue, no I/O.
-
-    The free slots are items in a `deque`: taking one is an atomic ``pop``,
-    giving it back an atomic ``append``, so the fast path needs no lock.
-    The mutex guards the queue only. A call that gives a slot back while
-    somebody waits hands it on under the mutex (`hand_over`), and a waiter
-    that joins the queue serves it once more after joining, so a slot given
-    back in between is never left idle. It is the `Gate` of its
-    `WaiterQueue`.
-    """
-
-    __slots__ = ("clock", "free", "mutex", "queue", "rejected")
-
-    def __init__(self, size: int, clock: Clock) -> None:
-        self.clock = clock
-        self.free: deque[None] = deque([None] * size)
-        self.mutex = threading.Lock()
-        self.queue = WaiterQueue(self)
-        self.rejected = 0
-
-    def lock(self) -> None:
-        self.mutex.acquire()
-
-    def unlock(self) -> None:
-        self.mutex.release()
-
-    def take(self, cost: float, now: float) -> bool:
-        try:
-            self.free.pop()
-        except IndexError:
-            return False
-        return True
-
-    def ready_at(self, cost: float, now: float) -> None:
-        return None  # only a release can tell
-
-    def give_back(self, cost: float, now: float) -> None:
-        self.free.append(None)
-
-    def hand_over(self) -> None:
-        """A slot came back while calls wait: give it to the first of them."""
-        self.mutex.acquire()
-        try:
-            self.queue.serve(0.0)
-        finally:
-            self.mutex.release()
-
-    def release(self) -> None:
-        """Give a slot back (from any thread, with or without waiters)."""
-        self.free.append(None)
-        if self.queue.count:
-            self.hand_over()
 
 
 def _run_in_slot(
@@ -154,6 +102,9 @@ class Bulkhead(Middleware):
     """
 
     kind = "bulkhead"
+    _read_only = frozenset(
+        {"max_concurrent", "max_queue", "max_wait", "isolation", "retry_after", "clock", "name"}
+    )
 
     def __init__(
         self,
@@ -183,6 +134,36 @@ class Bulkhead(Middleware):
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
 
+    def update(
+        self,
+        *,
+        max_concurrent: int = _UNSET,
+        max_queue: int = _UNSET,
+        max_wait: float | timedelta | None = _UNSET,
+    ) -> None:
+        """Change the limit, the queue's length or ``max_wait``, atomically, from any thread.
+
+        A higher limit lets waiters in at once. A lower one takes back free
+        slots; slots held by running calls above it are taken back as those
+        calls end, and until then no new call starts. Calls already waiting
+        keep their places even if the queue is now shorter.
+        """
+        limit = (
+            self.max_concurrent
+            if max_concurrent is _UNSET
+            else integer(max_concurrent, "max_concurrent", minimum=1)
+        )
+        queue = self.max_queue if max_queue is _UNSET else integer(max_queue, "max_queue", minimum=0)
+        wait = self.max_wait if max_wait is _UNSET else max_wait
+        wait = None if wait is None else _seconds(wait, "max_wait", allow_zero=True)
+        slots = self._slots
+        with slots.mutex:
+            slots.resize(limit)
+            self._set(max_concurrent=limit, max_queue=queue, max_wait=wait)
+            pool = self._pool
+            if pool is not None:
+                pool.max_workers = limit
+
     # -- description and observation --------------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
@@ -207,17 +188,17 @@ class Bulkhead(Middleware):
     @property
     def in_flight(self) -> int:
         """Calls holding a slot now."""
-        return self.max_concurrent - len(self._slots.free)
+        return self._slots.in_flight()
 
     @property
     def available(self) -> int:
         """Free slots now."""
-        return len(self._slots.free)
+        return self._slots.available()
 
     @property
     def queued(self) -> int:
         """Calls waiting for a slot now."""
-        return self._slots.queue.count
+        return self._slots.queue.waiting
 
     @property
     def rejected(self) -> int:
@@ -227,17 +208,13 @@ class Bulkhead(Middleware):
     def metrics(self) -> BulkheadMetrics:
         """A consistent snapshot of the slots, the queue and the refusals."""
         slots = self._slots
-        slots.lock()
-        try:
-            free = len(slots.free)
+        with slots.mutex:
             return BulkheadMetrics(
-                in_flight=self.max_concurrent - free,
-                available=free,
-                queued=slots.queue.count,
+                in_flight=slots.in_flight(),
+                available=slots.available(),
+                queued=slots.queue.waiting,
                 rejected=slots.rejected,
             )
-        finally:
-            slots.unlock()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for isolated calls still running on the pool, abandoned ones included.
@@ -268,9 +245,9 @@ class Bulkhead(Middleware):
             left = remaining(VAR.get())
             if left is not None and left < limit:
                 limit = max(0.0, left)
-            if queue.count < self.max_queue and limit > 0.0:
-                waiter = queue.join(1.0, loop)
+            if queue.waiting < self.max_queue and limit > 0.0:
                 now = self.clock.monotonic()
+                waiter = queue.join(1.0, loop, now)
                 queue.serve(now)  # a slot given back since we looked is not left idle
                 return waiter, now, now + limit
             slots.rejected += 1
@@ -329,11 +306,11 @@ class Bulkhead(Middleware):
             self._waited(started, await await_turn(slots.queue, slots, waiter, give_up))
 
     def _acquire(self) -> None:
-        if self._slots.queue.count or not self._slots.take(1.0, 0.0):
+        if self._slots.queue.count or not self._slots.take_free():
             self._admit()
 
     async def _aacquire(self) -> None:
-        if self._slots.queue.count or not self._slots.take(1.0, 0.0):
+        if self._slots.queue.count or not self._slots.take_free():
             await self._aadmit()
 
     def __enter__(self) -> None:
@@ -370,6 +347,7 @@ class Bulkhead(Middleware):
         take = slots.free.pop
         give = slots.free.append
         hand_over = slots.hand_over
+        serve = slots.serve
         admit = self._admit
         direct = next is terminal  # innermost: call the function without the extra hop
 
@@ -384,9 +362,12 @@ class Bulkhead(Middleware):
             try:
                 return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             finally:
-                give(None)  # Slots.release, inlined
-                if queue.count:
+                if queue.count:  # Slots.release, inlined
                     hand_over()
+                else:
+                    give(None)
+                    if queue.count:
+                        serve()
 
         return bulkhead
 
@@ -444,6 +425,7 @@ class Bulkhead(Middleware):
         take = slots.free.pop
         give = slots.free.append
         hand_over = slots.hand_over
+        serve = slots.serve
         admit = self._aadmit
         direct = next is terminal
 
@@ -460,8 +442,11 @@ class Bulkhead(Middleware):
             try:
                 return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
             finally:
-                give(None)  # Slots.release, inlined
-                if queue.count:
+                if queue.count:  # Slots.release, inlined
                     hand_over()
+                else:
+                    give(None)
+                    if queue.count:
+                        serve()
 
         return bulkhead

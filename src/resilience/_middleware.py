@@ -95,6 +95,11 @@ class Middleware(ABC):
             **self.settings(),
         }
 
+    def _set(self, **values: Any) -> None:
+        """Set read-only configuration attributes: for the layer's own ``update()``."""
+        for attribute, value in values.items():
+            object.__setattr__(self, attribute, value)
+
     # -- events ----------------------------------------------------------------
 
     _listeners: tuple[Callable[[Any], object], ...] = ()

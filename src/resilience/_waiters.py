@@ -5,7 +5,8 @@ so neither carries its own thread and task waiting logic. The policy owns
 the resource and the lock; it implements the small `Gate` protocol, with no
 I/O, and this module does the waiting:
 
-* ``take(cost, now)`` takes ``cost`` of the resource if it is there;
+* ``take(cost, now, since)`` takes ``cost`` of the resource if it is there,
+  for a waiter that joined the queue at clock time ``since``;
 * ``ready_at(cost, now)`` says when the head of the queue could take its
   cost, or None when only a release can tell (a bulkhead);
 * ``give_back(cost, now)`` returns a grant that its waiter never used;
@@ -36,6 +37,7 @@ import contextlib
 import functools
 import math
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ._clock import Clock, call_at, wait_future
@@ -59,7 +61,7 @@ class Gate(Protocol):
 
     def unlock(self) -> None: ...
 
-    def take(self, cost: float, now: float) -> bool: ...
+    def take(self, cost: float, now: float, since: float | None = None) -> bool: ...
 
     def ready_at(self, cost: float, now: float) -> float | None: ...
 
@@ -67,15 +69,23 @@ class Gate(Protocol):
 
 
 class Waiter:
-    """One thread or task in the queue."""
+    """One thread or task in the queue, or a debt (see `WaiterQueue.owe`)."""
 
-    __slots__ = ("cost", "loop", "signal", "state")
+    __slots__ = ("collect", "cost", "loop", "signal", "since", "state")
 
-    def __init__(self, cost: float, loop: asyncio.AbstractEventLoop | None) -> None:
+    def __init__(
+        self,
+        cost: float,
+        loop: asyncio.AbstractEventLoop | None,
+        since: float,
+        collect: Callable[[], None] | None = None,
+    ) -> None:
         self.cost = cost
         self.loop = loop  # None for a thread
+        self.since = since  # clock time it joined the queue
         self.state = WAITING
         self.signal: Any = None  # this round's future, once the waiter waits
+        self.collect = collect  # for a debt: called (lock held) when it takes its grant
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -99,19 +109,61 @@ def _wake(waiter: Waiter) -> None:
 class WaiterQueue:
     """Waiters in arrival order; every method runs with the gate's lock held."""
 
-    __slots__ = ("_gate", "_waiters", "count", "pending")
+    __slots__ = ("_gate", "_waiters", "count", "debts", "pending")
 
     def __init__(self, gate: Gate) -> None:
         self._gate = gate
         self._waiters: deque[Waiter] = deque()
         self.count = 0
-        """Waiters still waiting (read without the lock by the policies' fast paths)."""
+        """Waiters and debts still waiting (read without the lock by the policies' fast paths)."""
+        self.debts = 0
+        """Debts among them: grants owed to nobody (see `owe`)."""
         self.pending = 0.0
         """The total cost they wait for."""
 
-    def join(self, cost: float, loop: asyncio.AbstractEventLoop | None) -> Waiter:
-        """Add a waiter at the back of the queue."""
-        waiter = Waiter(cost, loop)
+    @property
+    def waiting(self) -> int:
+        """Callers waiting, debts left out."""
+        return self.count - self.debts
+
+    def owe(self, count: int, collect: Callable[[], None]) -> None:
+        """Put ``count`` debts at the head of the queue.
+
+        A debt is served like a waiter, before every waiter, and swallows its
+        grant: ``collect()`` runs when it takes it. A gate whose capacity
+        shrank below what is out uses them to take back what comes back.
+        """
+        for _ in range(count):
+            self._waiters.appendleft(Waiter(1.0, None, 0.0, collect))
+        self.count += count
+        self.debts += count
+        self.pending += count
+
+    def collect_debt(self) -> None:
+        """Settle the first debt with a grant that never enters the gate (a slot given back)."""
+        waiter = self.head()
+        assert waiter is not None and waiter.collect is not None  # debts come first
+        self._waiters.popleft()
+        waiter.state = GRANTED
+        self.count -= 1
+        self.debts -= 1
+        self.pending -= waiter.cost
+        waiter.collect()
+
+    def forgive(self, count: int) -> int:
+        """Cancel up to ``count`` debts not yet collected; returns how many."""
+        forgiven = 0
+        for waiter in self._waiters:
+            if forgiven == count:
+                break
+            if waiter.collect is not None and waiter.state == WAITING:
+                self._leave(waiter)
+                forgiven += 1
+        return forgiven
+
+    def join(self, cost: float, loop: asyncio.AbstractEventLoop | None, now: float) -> Waiter:
+        """Add a waiter at the back of the queue, at clock time ``now``."""
+        waiter = Waiter(cost, loop, now)
         self._waiters.append(waiter)
         self.count += 1
         self.pending += cost
@@ -136,7 +188,7 @@ class WaiterQueue:
             if loop is not None and loop.is_closed():
                 self._leave(waiter)  # a task that can never run again gets nothing
                 continue
-            if not gate.take(waiter.cost, now):
+            if not gate.take(waiter.cost, now, waiter.since):
                 if waiter is not first and gate.ready_at(waiter.cost, now) is not None:
                     _wake(waiter)  # the new head: time to set its own timer
                 return
@@ -144,6 +196,10 @@ class WaiterQueue:
             waiter.state = GRANTED
             self.count -= 1
             self.pending -= waiter.cost
+            if waiter.collect is not None:
+                self.debts -= 1
+                waiter.collect()
+                continue
             _wake(waiter)
         self.pending = 0.0  # the queue is empty: no float dust left over from the sums
 
@@ -160,6 +216,8 @@ class WaiterQueue:
         waiter.state = LEFT
         self.count -= 1
         self.pending -= waiter.cost
+        if waiter.collect is not None:
+            self.debts -= 1
 
 
 def _next_round(
@@ -183,8 +241,30 @@ def _next_round(
     return None, now, at
 
 
+def _refuse_on_an_event_loop() -> None:
+    """A thread that runs an event loop must never block on the queue.
+
+    Its tasks could hold what it waits for and never run again to give it
+    back: the loop would hang for good.
+    """
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(
+        "resilience: a sync call would block this thread to wait its turn, but the thread "
+        "runs an event loop, whose tasks could never run again to let it in (a deadlock): "
+        "use `async with` or `await policy.acall(...)` (or an async def) in async code"
+    )
+
+
 def wait_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float) -> bool:
-    """Block this thread until ``waiter`` is granted (True) or ``give_up`` passes (False)."""
+    """Block this thread until ``waiter`` is granted (True) or ``give_up`` passes (False).
+
+    A waiter that would wait for a signal (not on a timer of its own) while
+    this thread runs an event loop raises `RuntimeError` instead, leaving
+    the queue: the signal could have to come from a task of that loop.
+    """
     clock = gate.clock
     try:
         while True:
@@ -201,6 +281,7 @@ def wait_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float) ->
                 # The head sleeps like any sleeper (an auto-advancing FakeClock moves on).
                 clock.sleep(max(0.0, min(at, give_up) - now))
             else:
+                _refuse_on_an_event_loop()
                 wait_future(clock, signal, min(give_up, now + ROUND))
     except BaseException:
         _abandon(queue, gate, waiter)

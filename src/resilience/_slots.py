@@ -1,0 +1,157 @@
+"""`Slots`: the concurrency account of `Bulkhead` and `AdaptiveLimiter`, with no I/O.
+
+A free slot is a token in a `deque`: taking one is an atomic ``pop``, giving
+it back an atomic ``append``, so the fast path of a call needs no lock. The
+mutex guards everything else: the FIFO `WaiterQueue` (whose `Gate` this
+is), the size, and the *reserve*.
+
+The reserve is the slots never handed out yet, kept as a number: only the
+slots that calls have actually used become tokens, so a limit of
+``10**9`` costs no more memory than a limit of 10 (the memory follows the
+calls in flight, not the limit).
+
+A smaller limit cannot take back slots held by running calls. Those slots
+are *owed*: each debt is a waiter placed at the head of the queue that
+takes the next slot given back and never returns it. The fast paths see
+the queue is not empty and go the slow way, so no call runs over the new
+limit, and the release path stays one ``append`` and one check.
+
+``top`` is the number of slots that exist (free, reserved or held,
+debts included): the calls in flight are ``top - len(free)``, readable
+without the lock.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from ._clock import Clock
+from ._waiters import WaiterQueue
+
+__all__ = ["Slots"]
+
+#: Tokens made up front: a small pool serves most bulkheads without a trip to the reserve.
+PREFILL = 64
+
+
+class Slots:
+    """Free slots, the reserve, debts and the FIFO queue; see the module docs."""
+
+    __slots__ = ("capacity", "clock", "free", "mutex", "queue", "rejected", "reserve", "top")
+
+    def __init__(self, size: int, clock: Clock) -> None:
+        self.clock = clock
+        ready = min(size, PREFILL)
+        self.free: deque[None] = deque([None] * ready)
+        self.reserve = size - ready
+        self.capacity = size
+        self.top = size - self.reserve  # slots that exist as tokens or calls (no debt yet)
+        self.mutex = threading.Lock()
+        self.queue = WaiterQueue(self)
+        self.rejected = 0
+
+    # -- the Gate of the queue (mutex held) ----------------------------------------------
+
+    def lock(self) -> None:
+        self.mutex.acquire()
+
+    def unlock(self) -> None:
+        self.mutex.release()
+
+    def take(self, cost: float, now: float, since: float | None = None) -> bool:
+        """Take a slot: a free token, else one from the reserve."""
+        try:
+            self.free.pop()
+        except IndexError:
+            if not self.reserve:
+                return False
+            self.reserve -= 1
+            self.top += 1
+        return True
+
+    def take_free(self) -> bool:
+        """Take a free token without the mutex (False: see the slow path, which has the reserve)."""
+        try:
+            self.free.pop()
+        except IndexError:
+            return False
+        return True
+
+    def ready_at(self, cost: float, now: float) -> None:
+        return None  # only a release can tell
+
+    def give_back(self, cost: float, now: float) -> None:
+        """A waiter that was granted a slot left without using it (the queue serves it next)."""
+        self.free.append(None)
+
+    # -- giving slots back ------------------------------------------------------------------
+
+    def release(self) -> None:
+        """Give a slot back, from any thread.
+
+        With waiters or debts in the queue it goes to them under the mutex,
+        never through the free list, where another call's fast path could
+        take it first.
+        """
+        if self.queue.count:
+            self.hand_over()
+            return
+        self.free.append(None)
+        if self.queue.count:  # somebody joined in between: serve them
+            self.serve()
+
+    def hand_over(self) -> None:
+        """Give a slot straight to the head of the queue: a debt swallows it, a waiter gets it."""
+        with self.mutex:
+            queue = self.queue
+            if queue.debts:
+                queue.collect_debt()  # the slot stops existing, never seen free
+            else:
+                self.free.append(None)
+                queue.serve(0.0)
+
+    def serve(self) -> None:
+        """Serve the queue from the free slots (after a release that found it empty)."""
+        with self.mutex:
+            self.queue.serve(0.0)
+
+    # -- the size ---------------------------------------------------------------------------
+
+    def resize(self, size: int) -> None:
+        """A new limit (mutex held): add slots, or take back free ones and owe the rest."""
+        change = size - self.capacity
+        self.capacity = size
+        queue = self.queue
+        if change > 0:
+            paid = queue.forgive(change)  # debts not yet collected are cancelled first
+            self.reserve += change - paid
+            if queue.count:
+                queue.serve(0.0)
+        else:
+            owe = -change
+            taken = min(owe, self.reserve)
+            self.reserve -= taken
+            owe -= taken
+            while owe:
+                try:
+                    self.free.pop()
+                except IndexError:
+                    break
+                self.top -= 1
+                owe -= 1
+            if owe:
+                queue.owe(owe, self._collected)
+        self.top = self.capacity + queue.debts - self.reserve
+
+    def _collected(self) -> None:
+        """A debt took a slot given back: that slot stops existing (mutex held)."""
+        self.top -= 1
+
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return max(0, self.top - len(self.free))
+
+    def available(self) -> int:
+        """Free slots now, the reserve included."""
+        return len(self.free) + self.reserve

@@ -24,6 +24,8 @@ a failure; they fold the tallied deposits into the slice they belong to.
 
 from __future__ import annotations
 
+import math
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
@@ -217,6 +219,12 @@ class RetryBudget:
         if not 1.0 <= self.ttl <= 60.0:
             raise ValueError(f"ttl must be between 1 and 60 seconds, got {ttl!r}")
         self.name = optional_name(name)
+        withdrawal = int(SCALE / self.ratio) if self.ratio else 1
+        if not math.isfinite(self.min_per_second * self.ttl * withdrawal):
+            raise ValueError(
+                f"min_per_second must be at most about {sys.float_info.max / (60 * SCALE * 1000):.3g} "
+                f"(its reserve of retries must be a finite number), got {min_per_second!r}"
+            )
         self._account = _Account(self.ratio, self.min_per_second, self.ttl, validate_clock(clock))
         self._deposits = True
 

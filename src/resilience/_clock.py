@@ -19,11 +19,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
+
+#: The longest single blocking wait the platform takes; longer ones are done in rounds.
+LONGEST_WAIT = min(threading.TIMEOUT_MAX, 86_400.0 * 365)
+
+
+def _sleep(seconds: float) -> None:
+    """`time.sleep`, for any finite length (a huge one sleeps in rounds, never overflows)."""
+    while seconds > LONGEST_WAIT:
+        time.sleep(LONGEST_WAIT)
+        seconds -= LONGEST_WAIT
+    time.sleep(seconds)
+
+
+def _wait(future: concurrent.futures.Future[Any], deadline: float, monotonic: Callable[[], float]) -> None:
+    """Block until ``future`` is done or ``monotonic()`` reaches ``deadline``, in rounds."""
+    while True:
+        left = deadline - monotonic()
+        if left <= 0:
+            return
+        concurrent.futures.wait((future,), timeout=min(left, LONGEST_WAIT))
+        if future.done():
+            return
 
 
 @runtime_checkable
@@ -53,7 +76,7 @@ class SystemClock:
     __slots__ = ()
 
     monotonic = staticmethod(time.monotonic)
-    sleep = staticmethod(time.sleep)
+    sleep = staticmethod(_sleep)
 
     async def asleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
@@ -64,7 +87,7 @@ class SystemClock:
         return loop.call_at(when, callback)
 
     def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
-        concurrent.futures.wait((future,), timeout=max(0.0, deadline - time.monotonic()))
+        _wait(future, deadline, time.monotonic)
 
     def __repr__(self) -> str:
         return "SystemClock()"
@@ -89,7 +112,7 @@ def wait_future(clock: Clock, future: concurrent.futures.Future[Any], deadline: 
     if hook is not None:
         hook(future, deadline)
         return
-    concurrent.futures.wait((future,), timeout=max(0.0, deadline - clock.monotonic()))
+    _wait(future, deadline, clock.monotonic)
 
 
 def validate_clock(clock: object, name: str = "clock") -> Clock:

@@ -65,10 +65,29 @@ class Middleware(ABC):
     """Optional name shown in `describe()`, errors and the call context."""
 
     _read_only: ClassVar[frozenset[str]] = frozenset()
-    """Configuration attributes that cannot be set once set: change them with ``update()``."""
+    """Configuration attributes that cannot be assigned once the layer is built.
+
+    They were accepted and changed nothing (the chains had read them when
+    built); the layer's ``update()`` changes what can change at run time.
+    """
+    _sealed = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "__init__" not in cls.__dict__:
+            return
+        init = cls.__dict__["__init__"]
+
+        @functools.wraps(init)
+        def sealing_init(self: Middleware, *args: Any, **kwargs: Any) -> None:
+            init(self, *args, **kwargs)
+            if type(self).__init__ is sealing_init:  # the outermost __init__ is done
+                object.__setattr__(self, "_sealed", True)
+
+        cls.__init__ = sealing_init  # type: ignore[method-assign]
 
     def __setattr__(self, attribute: str, value: Any) -> None:
-        if attribute in self._read_only and attribute in self.__dict__:
+        if self._sealed and attribute in self._read_only:
             kind = type(self).__name__
             hint = f"; use {kind}.update({attribute}=...)" if hasattr(self, "update") else ""
             raise AttributeError(f"{kind}.{attribute} is read-only{hint}")

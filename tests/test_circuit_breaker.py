@@ -189,19 +189,32 @@ async def test_consecutive_failures_trip(mode: str, store_kind: str, clock: Fake
 async def test_failure_ratio_waits_for_minimum_calls(
     mode: str, store_kind: str, clock: FakeClock
 ) -> None:
-    """The ratio is judged only once the window holds minimum_calls calls."""
-    cb = breaker(store_kind, failure_ratio=0.5, minimum_calls=4, window_calls=10, clock=clock)
-    for fn in (fail, fail, fail):  # 100 % failures, but only 3 calls
+    """The ratio is judged only once the window holds minimum_calls calls, and then at once,
+    whether the call that filled it failed or not (resilience4j trips the same way)."""
+    cb = breaker(store_kind, failure_ratio=0.5, minimum_calls=5, window_calls=10, clock=clock)
+    for fn in (fail, fail, fail, ok):  # 100 % then 75 % failures, but fewer than 5 calls
         await outcome(mode, cb, fn)
     assert cb.state is CircuitState.CLOSED
-    await outcome(mode, cb, ok)  # 3 of 4 fail, but a success does not trip
-    assert cb.state is CircuitState.CLOSED
-    await outcome(mode, cb, fail)  # 4 of 5 fail
+    await outcome(mode, cb, ok)  # F F F S S: the fifth call, a success, fills the window
     assert cb.state is CircuitState.OPEN
     metrics = cb.metrics()
-    assert (metrics.calls, metrics.failures) == (5, 4)
-    assert metrics.failure_ratio == 0.8
+    assert (metrics.calls, metrics.failures) == (5, 3)
+    assert metrics.failure_ratio == 0.6
     assert metrics.trips == 1
+
+
+async def test_successes_after_the_window_is_full_never_trip(
+    mode: str, store_kind: str, clock: FakeClock
+) -> None:
+    """Below the ratio once the window holds minimum_calls, successes keep it closed (they take
+    the lock-free path again), and a failure is judged as before."""
+    cb = breaker(store_kind, failure_ratio=0.5, minimum_calls=4, window_calls=4, clock=clock)
+    for fn in (fail, ok, ok, ok, ok, ok):
+        await outcome(mode, cb, fn)
+    assert cb.state is CircuitState.CLOSED
+    for fn in (fail, fail):
+        await outcome(mode, cb, fn)
+    assert (cb.state, cb.metrics().failures) == (CircuitState.OPEN, 2)
 
 
 async def test_count_window_forgets_old_calls(mode: str, store_kind: str) -> None:
@@ -627,3 +640,192 @@ def test_decorator_keeps_the_signature() -> None:
     assert str(inspect.signature(add)) == "(a: 'int', b: 'int' = 1) -> 'int'"
     assert inspect.iscoroutinefunction(aadd)
     assert asyncio.run(aadd(3)) == 3
+
+
+# -- the review's cases: half-open counts and rules, rules that can never trip -------------
+
+
+async def test_consecutive_failures_count_half_open_trials(mode: str, clock: FakeClock) -> None:
+    """"Failures since the last success", trials included (pybreaker's counter): a successful
+    trial resets it, a failed one adds to it."""
+    cb = rs.CircuitBreaker(consecutive_failures=2, half_open_calls=2, open_seconds=5, clock=clock)
+    for _ in range(2):
+        await outcome(mode, cb, fail)
+    assert (cb.state, cb.metrics().consecutive_failures) == (CircuitState.OPEN, 2)
+    clock.advance(5)
+    assert await outcome(mode, cb, ok) == "ok"
+    assert (cb.state, cb.metrics().consecutive_failures) == (CircuitState.HALF_OPEN, 0)
+    assert await outcome(mode, cb, fail) == "ConnectionError"
+    assert (cb.state, cb.metrics().consecutive_failures) == (CircuitState.OPEN, 1)
+
+
+async def test_the_ratio_rule_decides_after_all_trials(mode: str, clock: FakeClock) -> None:
+    """half_open_rule="ratio" (resilience4j): the trials run to the end, then the failure
+    ratio of the trials decides. metrics() in half-open counts the trials only."""
+    cb = rs.CircuitBreaker(
+        failure_ratio=0.5,
+        minimum_calls=2,
+        window_calls=2,
+        half_open_calls=4,
+        half_open_rule="ratio",
+        open_seconds=5,
+        clock=clock,
+    )
+    assert cb.settings()["half_open_rule"] == "ratio"
+    for _ in range(2):
+        await outcome(mode, cb, fail)
+    assert cb.state is CircuitState.OPEN
+    assert (cb.metrics().calls, cb.metrics().failures) == (2, 2)  # open: the window that tripped
+    clock.advance(5)
+    for fn in (ok, fail, ok):  # a failed trial does not reopen under this rule
+        await outcome(mode, cb, fn)
+    metrics = cb.metrics()
+    assert (metrics.state, metrics.calls, metrics.failures) == (CircuitState.HALF_OPEN, 3, 1)
+    await outcome(mode, cb, ok)  # 1 of 4 failed: below 0.5
+    assert cb.state is CircuitState.CLOSED
+    for _ in range(2):
+        await outcome(mode, cb, fail)
+    clock.advance(5)
+    for fn in (fail, ok, fail, ok):  # 2 of 4: reaches 0.5
+        await outcome(mode, cb, fn)
+    assert (cb.state, cb.metrics().trips) == (CircuitState.OPEN, 3)  # closed, tripped, reopened
+
+
+def test_the_first_failure_rule_stays_the_default() -> None:
+    """With several trials, the default still reopens at the first failed one."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(consecutive_failures=1, half_open_calls=3, open_seconds=1, clock=clock)
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    clock.advance(1)
+    cb.call(ok)
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    assert cb.state is CircuitState.OPEN
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"failure_ratio": None}, r"^failure_ratio=None with no other rule"),
+        ({"failure_on": ()}, r"^failure_on=\(\) counts no error"),
+        ({"half_open_rule": "ratio", "consecutive_failures": 3}, r"^half_open_rule='ratio'"),
+        ({"half_open_rule": "majority"}, r"^half_open_rule must be"),
+    ],
+)
+def test_breakers_that_could_never_open_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    """No rule, or no failure that counts, would build a breaker that never opens."""
+    with pytest.raises(ValueError, match=message):
+        rs.CircuitBreaker(**kwargs)
+
+
+def test_a_latency_only_breaker_is_allowed() -> None:
+    """failure_on=() with a slow-call rule trips on latency alone."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(
+        failure_ratio=None,
+        failure_on=(),
+        slow_call_seconds=1,
+        minimum_calls=1,
+        window_calls=1,
+        clock=clock,
+    )
+    with pytest.raises(ConnectionError):
+        cb.call(fail)  # no failure counts
+    assert cb.state is CircuitState.CLOSED
+
+    def slow() -> str:
+        clock.advance(2)
+        return "late"
+
+    cb.call(slow)
+    assert cb.state is CircuitState.OPEN
+
+
+# -- runtime updates ----------------------------------------------------------------------
+
+
+def test_settings_are_read_only() -> None:
+    """Assigning a threshold used to change nothing: now it points to update()."""
+    cb = rs.CircuitBreaker()
+    for attribute in ("failure_ratio", "minimum_calls", "open_seconds", "store", "failure_on"):
+        with pytest.raises(AttributeError, match=rf"^CircuitBreaker.{attribute} is read-only"):
+            setattr(cb, attribute, 1)
+
+
+async def test_update_changes_thresholds_and_keeps_the_window(
+    mode: str, store_kind: str, clock: FakeClock
+) -> None:
+    """A lower ratio trips a closed breaker at once when the window already breaks it."""
+    cb = breaker(store_kind, failure_ratio=0.9, minimum_calls=4, window_calls=10, clock=clock)
+    for fn in (fail, fail, ok, ok):
+        await outcome(mode, cb, fn)
+    assert cb.state is CircuitState.CLOSED
+    cb.update(failure_ratio=0.5)
+    assert (cb.failure_ratio, cb.state) == (0.5, CircuitState.OPEN)
+    assert cb.metrics().calls == 4
+
+
+async def test_update_of_the_break_and_trials(mode: str, clock: FakeClock) -> None:
+    """open_seconds and half_open_calls take effect from the next trip and trial."""
+    cb = rs.CircuitBreaker(consecutive_failures=1, open_seconds=10, clock=clock)
+    cb.update(open_seconds=2, half_open_calls=2)
+    assert cb.half_open_max_seconds == 2  # the default bound follows the break
+    await outcome(mode, cb, fail)
+    assert cb.metrics().retry_after == 2
+    clock.advance(2)
+    assert await outcome(mode, cb, ok) == "ok"
+    assert cb.state is CircuitState.HALF_OPEN  # a second trial is needed now
+    assert await outcome(mode, cb, ok) == "ok"
+    assert cb.state is CircuitState.CLOSED
+
+
+def test_update_of_the_window_size_starts_it_empty() -> None:
+    """A window of another size starts empty; a window kind cannot change."""
+    cb = rs.CircuitBreaker(minimum_calls=2, window_calls=5, clock=FakeClock())
+    cb.call(ok)
+    cb.update(window_calls=8)
+    assert (cb.window_calls, cb.metrics().calls) == (8, 0)
+    with pytest.raises(ValueError, match=r"cannot switch between a count and a time window"):
+        cb.update(window_seconds=10)
+    with pytest.raises(ValueError, match=r"slow-call rule on or off"):
+        cb.update(slow_call_seconds=1)
+    with pytest.raises(ValueError, match=r"^minimum_calls must be <= window_calls \(8\)"):
+        cb.update(minimum_calls=9)
+    with pytest.raises(TypeError, match=r"update\(\) takes the thresholds"):
+        cb.update(failure_on=ValueError)
+    assert cb.minimum_calls == 2
+
+
+def test_a_store_that_cannot_change_its_rules_says_so() -> None:
+    """A custom store without reconfigure() refuses update() clearly."""
+
+    class Fixed(rs.CircuitStore):
+        def configure(self, rules: Any, clock: Any, notify: Any) -> None:
+            pass
+
+        def acquire(self) -> int:
+            return 0
+
+        def record(self, permit: int, outcome: int, now: float) -> None:
+            pass
+
+        def release(self, permit: int) -> None:
+            pass
+
+        def state(self) -> CircuitState:
+            return CircuitState.CLOSED
+
+        def retry_after(self) -> float | None:
+            return None
+
+        def transition(self, state: CircuitState) -> None:
+            pass
+
+        def metrics(self) -> rs.CircuitMetrics:
+            raise NotImplementedError
+
+    cb = rs.CircuitBreaker(store=Fixed())
+    with pytest.raises(NotImplementedError, match=r"Fixed cannot change its rules"):
+        cb.update(failure_ratio=0.2)
+    assert cb.failure_ratio == 0.5

@@ -98,6 +98,7 @@ class Config:
     failure_on: Literal["default", "types", "predicate"]
     ignore: Literal["types", "predicate"]
     failure_result: bool
+    half_open_rule: Literal["first_failure", "ratio"] = "first_failure"
 
     def breaker(self, clock: FakeClock) -> CircuitBreaker:
         """A breaker built with this configuration."""
@@ -107,6 +108,7 @@ class Config:
             "slow_call_seconds": self.slow_call_seconds,
             "slow_call_ratio": self.slow_call_ratio,
             "half_open_calls": self.half_open_calls,
+            "half_open_rule": self.half_open_rule,
             "clock": clock,
         }
         if self.window_seconds is None:
@@ -152,22 +154,33 @@ def configs(draw: st.DrawFn, window: Literal["calls", "seconds"]) -> Config:
         window_seconds = draw(st.sampled_from([1.0, 2.0, 4.0]))
         buckets = draw(st.sampled_from([1, 2, 4]))
         minimum_calls = draw(st.integers(1, 5))
+    failure_ratio = draw(
+        st.sampled_from(["unset", None, 0.1, 0.25, 0.3, 0.5, 0.6, 0.7, 0.75, 0.9, 1.0])
+    )
+    consecutive_failures = draw(st.none() | st.integers(1, 4))
+    slow_call_seconds = draw(st.sampled_from([None, 0.5, 1.0]))
+    if failure_ratio is None and consecutive_failures is None and slow_call_seconds is None:
+        failure_ratio = "unset"  # a breaker with no rule at all is refused
+    ratio_given = failure_ratio is not None and not (
+        failure_ratio == "unset" and consecutive_failures is not None
+    )
     return Config(
         window_calls=window_calls,
         window_seconds=window_seconds,
         window_buckets=buckets,
         minimum_calls=minimum_calls,
-        failure_ratio=draw(
-            st.sampled_from(["unset", None, 0.1, 0.25, 0.3, 0.5, 0.6, 0.7, 0.75, 0.9, 1.0])
-        ),
-        consecutive_failures=draw(st.none() | st.integers(1, 4)),
-        slow_call_seconds=draw(st.sampled_from([None, 0.5, 1.0])),
+        failure_ratio=failure_ratio,
+        consecutive_failures=consecutive_failures,
+        slow_call_seconds=slow_call_seconds,
         slow_call_ratio=draw(st.sampled_from([0.3, 0.5, 1.0])),
         half_open_calls=draw(st.integers(1, 3)),
         open_seconds=draw(st.sampled_from(BREAKS)),
         failure_on=draw(st.sampled_from(["default", "types", "predicate"])),
         ignore=draw(st.sampled_from(["types", "predicate"])),
         failure_result=draw(st.booleans()),
+        half_open_rule=draw(st.sampled_from(["first_failure", "ratio"]))
+        if ratio_given
+        else "first_failure",
     )
 
 
@@ -204,7 +217,7 @@ class Model:
         self.streak = 0
         self.open_until = 0.0
         self.in_flight = 0
-        self.trial_successes = 0
+        self.trials: list[Outcome] = []
         self.trips = 0
         self.rejected = 0
 
@@ -285,9 +298,12 @@ class Model:
         if limit is not None and self.consecutive >= limit:
             return True
         window = self.window()
-        calls = len(window)
-        if calls < self.config.minimum_calls:
+        if len(window) < self.config.minimum_calls:
             return False
+        return self.ratios_trip(window)
+
+    def ratios_trip(self, window: list[Outcome]) -> bool:
+        calls = len(window)
         failures = sum(outcome.failed for outcome in window)
         slow = sum(outcome.slow for outcome in window)
         ratio = self.failure_ratio
@@ -306,9 +322,10 @@ class Model:
             return True, False, None
         if self.state is OPEN and self.now >= self.open_until:
             self.enter(HALF_OPEN)
-            self.in_flight = self.trial_successes = 0
+            self.in_flight = 0
+            self.trials = []
         if self.state is HALF_OPEN:
-            if self.in_flight + self.trial_successes < self.config.half_open_calls:
+            if self.in_flight + len(self.trials) < self.config.half_open_calls:
                 self.in_flight += 1
                 return True, True, None
             if self.in_flight and self.now - self.since >= self.half_open_max_seconds:
@@ -320,18 +337,24 @@ class Model:
         """A call admitted in ``epoch`` ended now."""
         if epoch != self.epoch:
             return
+        self.consecutive = self.consecutive + 1 if failed else 0
         if self.state is HALF_OPEN:
             self.in_flight -= 1
-            if failed or slow:
-                self.trip(self.streak + 1)
-            else:
-                self.trial_successes += 1
-                if self.trial_successes >= self.config.half_open_calls:
+            self.trials.append(Outcome(self.now, failed, slow))
+            done = len(self.trials) >= self.config.half_open_calls
+            if self.config.half_open_rule == "first_failure":
+                if failed or slow:
+                    self.trip(self.streak + 1)
+                elif done:
+                    self.close()
+            elif done:
+                if self.ratios_trip(self.trials):
+                    self.trip(self.streak + 1)
+                else:
                     self.close()
             return
         self.outcomes.append(Outcome(self.now, failed, slow))
-        self.consecutive = self.consecutive + 1 if failed else 0
-        if self.state is CLOSED and (failed or slow) and self.should_trip():
+        if self.state is CLOSED and self.should_trip():
             self.trip(1)
 
     def hand_back(self, epoch: int, trial: bool) -> None:
@@ -345,7 +368,7 @@ class Model:
         return max(0.0, self.open_until - self.now) if self.state is OPEN else None
 
     def metrics(self) -> CircuitMetrics:
-        window = self.window()
+        window = self.trials if self.state is HALF_OPEN else self.window()
         return CircuitMetrics(
             state=self.state,
             calls=len(window),
@@ -554,18 +577,18 @@ def trip(breaker: CircuitBreaker) -> None:
 
 
 @pytest.mark.parametrize("window", [{"window_calls": 3}, {"window_seconds": 60.0}])
-def test_a_success_never_trips_even_when_it_brings_in_minimum_calls(
+def test_a_success_that_brings_in_minimum_calls_trips_at_the_ratio(
     window: dict[str, Any],
 ) -> None:
-    """Trips are checked only on failures: a success that fills minimum_calls at 2/3 leaves it."""
+    """A success that fills minimum_calls at 2/3 failures trips, as in resilience4j (it used
+    to be judged only on failures, so F F S stayed closed)."""
     breaker = CircuitBreaker(failure_ratio=0.5, minimum_calls=3, clock=FakeClock(), **window)
-    for call in (fail, fail, succeed):
+    for call in (fail, fail):
         with contextlib.suppress(Boom):
             breaker.call(call)
-    assert (breaker.state, breaker.metrics().failure_ratio) == (CLOSED, 2 / 3)
-    with pytest.raises(Boom):
-        breaker.call(fail)  # the window keeps 3 calls: 2 of them failed
-    assert breaker.state is OPEN
+    assert breaker.state is CLOSED
+    breaker.call(succeed)
+    assert (breaker.state, breaker.metrics().failure_ratio) == (OPEN, 2 / 3)
 
 
 @pytest.mark.parametrize(("ratio", "calls", "failures"), [(0.28, 25, 7), (0.55, 100, 55)])
@@ -847,8 +870,8 @@ def test_a_keyboard_interrupt_in_a_trial_hands_its_slot_back_and_counts_nothing(
 
     with pytest.raises(KeyboardInterrupt):
         breaker.call(interrupted)
-    metrics = breaker.metrics()
-    assert (metrics.state, metrics.calls, metrics.failures, metrics.trips) == (HALF_OPEN, 1, 1, 1)
+    metrics = breaker.metrics()  # half-open counts its trials only: none counted
+    assert (metrics.state, metrics.calls, metrics.failures, metrics.trips) == (HALF_OPEN, 0, 0, 1)
     assert breaker.call(succeed) == "ok"
     assert breaker.state is HALF_OPEN  # the interrupted trial was not a success
     assert breaker.call(succeed) == "ok"  # its slot came back

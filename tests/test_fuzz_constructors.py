@@ -107,6 +107,13 @@ def _breaker_fix(kwargs: dict[str, Any]) -> dict[str, Any]:
         kwargs["minimum_calls"] = window
     if kwargs.get("store") == "memory":
         kwargs["store"] = rs.MemoryCircuitStore()
+    consecutive = kwargs.get("consecutive_failures")
+    ratio = kwargs.get("failure_ratio", None if consecutive is not None else 0.5)
+    slow = kwargs.get("slow_call_seconds")
+    if ratio is None and consecutive is None and slow is None:
+        kwargs["failure_ratio"] = ratio = 0.5  # a breaker with no rule at all is refused
+    if kwargs.get("half_open_rule") == "ratio" and ratio is None and slow is None:
+        kwargs["half_open_rule"] = "first_failure"  # the ratio rule needs a ratio
     return kwargs
 
 
@@ -210,6 +217,7 @@ SPECS: dict[str, Spec] = {
             "open_seconds": st.one_of(seconds(), st.just(backoff.exponential(1.0))),
             "half_open_calls": st.integers(1, 5),
             "half_open_max_seconds": none_or(seconds()),
+            "half_open_rule": st.sampled_from(["first_failure", "ratio"]),
             "failure_on": EXCEPTIONS,
             "ignore": none_or(EXCEPTIONS),
             "failure_result": PREDICATES,
@@ -231,6 +239,7 @@ SPECS: dict[str, Spec] = {
             "open_seconds": [*BAD_SECONDS, None],
             "half_open_calls": bad_int(1),
             "half_open_max_seconds": BAD_SECONDS,
+            "half_open_rule": ["any", 3, None],
             "failure_on": [*BAD_EXCEPTIONS, None],
             "ignore": BAD_EXCEPTIONS,
             "failure_result": BAD_CALLABLE,

@@ -108,6 +108,96 @@ def _nominal_first_break(open_seconds: float | _backoff.Backoff) -> float:
     return open_seconds.delay(1, 0.0)  # a strategy of the user's: asked once
 
 
+HalfOpenRule = Literal["first_failure", "ratio"]
+
+#: The settings `CircuitBreaker.update` can change, in the constructor's order.
+_THRESHOLDS = (
+    "failure_ratio",
+    "consecutive_failures",
+    "minimum_calls",
+    "window_calls",
+    "window_seconds",
+    "window_buckets",
+    "slow_call_seconds",
+    "slow_call_ratio",
+    "open_seconds",
+    "half_open_calls",
+    "half_open_max_seconds",
+    "half_open_rule",
+)
+
+
+def _thresholds(given: dict[str, Any]) -> tuple[dict[str, Any], CircuitRules]:
+    """The thresholds with their defaults, checked, and the rules a store runs on."""
+    consecutive = given.get("consecutive_failures")
+    if consecutive is not None:
+        consecutive = integer(consecutive, "consecutive_failures", minimum=1)
+    ratio = given.get("failure_ratio", None if consecutive is not None else 0.5)
+    out: dict[str, Any] = {
+        "failure_ratio": _ratio(ratio, "failure_ratio"),
+        "consecutive_failures": consecutive,
+        "minimum_calls": integer(given.get("minimum_calls", 20), "minimum_calls", minimum=1),
+        "window_buckets": integer(given.get("window_buckets", 10), "window_buckets", minimum=1),
+        "slow_call_ratio": _ratio(given.get("slow_call_ratio", 1.0), "slow_call_ratio"),
+        "half_open_calls": integer(given.get("half_open_calls", 1), "half_open_calls", minimum=1),
+    }
+    window_seconds = given.get("window_seconds")
+    window_calls = given.get("window_calls")
+    if window_seconds is not None:
+        if window_calls is not None:
+            raise ValueError("window_calls and window_seconds cannot both be set: pick one")
+        out["window_seconds"] = _seconds(window_seconds, "window_seconds")
+        out["window_calls"] = None
+    else:
+        out["window_seconds"] = None
+        out["window_calls"] = integer(
+            100 if window_calls is None else window_calls, "window_calls", minimum=1
+        )
+        if out["minimum_calls"] > out["window_calls"]:
+            raise ValueError(
+                f"minimum_calls must be <= window_calls ({out['window_calls']}), "
+                f"got {out['minimum_calls']!r}"
+            )
+    slow = given.get("slow_call_seconds")
+    out["slow_call_seconds"] = None if slow is None else _seconds(slow, "slow_call_seconds")
+    break_seconds, out["open_seconds"] = _break_seconds(given.get("open_seconds", 30.0))
+    bound = given.get("half_open_max_seconds")
+    out["half_open_max_seconds"] = (
+        _nominal_first_break(out["open_seconds"])
+        if bound is None
+        else _seconds(bound, "half_open_max_seconds")
+    )
+    rule = given.get("half_open_rule", "first_failure")
+    if rule not in ("first_failure", "ratio"):
+        raise ValueError(f"half_open_rule must be 'first_failure' or 'ratio', got {rule!r}")
+    out["half_open_rule"] = rule
+    slow_ratio = out["slow_call_ratio"] if out["slow_call_seconds"] is not None else None
+    if out["failure_ratio"] is None and consecutive is None and slow_ratio is None:
+        raise ValueError(
+            "failure_ratio=None with no other rule gives a breaker that can never open: "
+            "set failure_ratio, consecutive_failures or slow_call_seconds"
+        )
+    if rule == "ratio" and out["failure_ratio"] is None and slow_ratio is None:
+        raise ValueError(
+            "half_open_rule='ratio' judges the trials by failure_ratio (and the slow-call "
+            "ratio): set failure_ratio, or keep half_open_rule='first_failure'"
+        )
+    rules = CircuitRules(
+        failure_ratio=out["failure_ratio"],
+        consecutive_failures=consecutive,
+        slow_call_ratio=slow_ratio,
+        minimum_calls=out["minimum_calls"],
+        window_calls=out["window_calls"],
+        window_seconds=out["window_seconds"],
+        window_buckets=out["window_buckets"],
+        half_open_calls=out["half_open_calls"],
+        half_open_max_seconds=out["half_open_max_seconds"],
+        break_seconds=break_seconds,
+        half_open_rule=rule,
+    )
+    return out, rules
+
+
 class CircuitBreaker(Middleware):
     """Reject calls to a dependency that keeps failing, then let trial calls probe it.
 
@@ -142,6 +232,19 @@ class CircuitBreaker(Middleware):
     """
 
     kind = "circuit_breaker"
+    _read_only = frozenset(
+        {
+            *_THRESHOLDS,
+            "failure_on",
+            "ignore",
+            "failure_result",
+            "on_state_change",
+            "on_outcome",
+            "store",
+            "clock",
+            "name",
+        }
+    )
 
     def __init__(
         self,
@@ -157,6 +260,7 @@ class CircuitBreaker(Middleware):
         open_seconds: float | timedelta | _backoff.Backoff = 30.0,
         half_open_calls: int = 1,
         half_open_max_seconds: float | timedelta | None = None,
+        half_open_rule: HalfOpenRule = "first_failure",
         failure_on: type[BaseException]
         | tuple[type[BaseException], ...]
         | Callable[[BaseException], bool] = Exception,
@@ -171,46 +275,25 @@ class CircuitBreaker(Middleware):
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
-        if consecutive_failures is not None:
-            consecutive_failures = integer(consecutive_failures, "consecutive_failures", minimum=1)
-        if failure_ratio is _UNSET:
-            failure_ratio = None if consecutive_failures is not None else 0.5
-        self.failure_ratio = _ratio(failure_ratio, "failure_ratio")
-        self.consecutive_failures = consecutive_failures
-        self.minimum_calls = integer(minimum_calls, "minimum_calls", minimum=1)
-        if window_seconds is not None:
-            if window_calls is not None:
-                raise ValueError("window_calls and window_seconds cannot both be set: pick one")
-            self.window_seconds: float | None = _seconds(window_seconds, "window_seconds")
-            self.window_calls: int | None = None
-        else:
-            self.window_seconds = None
-            self.window_calls = integer(
-                100 if window_calls is None else window_calls, "window_calls", minimum=1
-            )
-            if self.minimum_calls > self.window_calls:
-                raise ValueError(
-                    f"minimum_calls must be <= window_calls ({self.window_calls}), "
-                    f"got {minimum_calls!r}"
-                )
-        self.window_buckets = integer(window_buckets, "window_buckets", minimum=1)
-        self.slow_call_seconds = (
-            None if slow_call_seconds is None else _seconds(slow_call_seconds, "slow_call_seconds")
-        )
-        self.slow_call_ratio = _ratio(slow_call_ratio, "slow_call_ratio")
-        break_seconds, self.open_seconds = _break_seconds(open_seconds)
-        self.half_open_calls = integer(half_open_calls, "half_open_calls", minimum=1)
-        self.half_open_max_seconds = (
-            _nominal_first_break(self.open_seconds)
-            if half_open_max_seconds is None
-            else _seconds(half_open_max_seconds, "half_open_max_seconds")
-        )
-        self.failure_on = failure_on
-        self.ignore = ignore
+        given = {
+            key: value
+            for key, value in locals().items()
+            if key in _THRESHOLDS and value is not _UNSET
+        }
+        self._given = given  # as passed: update() recomputes the defaults that follow them
+        thresholds, rules = _thresholds(given)
+        self._set(**thresholds)
         if failure_on is None:  # None means "no failures": a breaker that can never trip
             raise TypeError(
                 "failure_on must be an exception type, a tuple of them, or a predicate, got None"
             )
+        if failure_on == () and rules.slow_call_ratio is None:
+            raise ValueError(
+                "failure_on=() counts no error as a failure, so the breaker could never open: "
+                "name the exceptions that are failures, or set a slow-call rule"
+            )
+        self.failure_on = failure_on
+        self.ignore = ignore
         is_failure = _matcher(failure_on, "failure_on")
         assert is_failure is not None
         self._is_failure = is_failure
@@ -223,19 +306,44 @@ class CircuitBreaker(Middleware):
         if store is not None and not isinstance(store, CircuitStore):
             raise TypeError(f"store must be a CircuitStore, got {type(store).__name__}")
         self.store: CircuitStore = MemoryCircuitStore() if store is None else store
-        rules = CircuitRules(
-            failure_ratio=self.failure_ratio,
-            consecutive_failures=self.consecutive_failures,
-            slow_call_ratio=self.slow_call_ratio if self.slow_call_seconds is not None else None,
-            minimum_calls=self.minimum_calls,
-            window_calls=self.window_calls,
-            window_seconds=self.window_seconds,
-            window_buckets=self.window_buckets,
-            half_open_calls=self.half_open_calls,
-            half_open_max_seconds=self.half_open_max_seconds,
-            break_seconds=break_seconds,
-        )
         self.store.configure(rules, self.clock, self._notify)
+
+    def update(self, **thresholds: Any) -> None:
+        """Change thresholds at run time, atomically; the state and the window are kept.
+
+        Takes the constructor's threshold keywords (``failure_ratio``,
+        ``consecutive_failures``, ``minimum_calls``, ``slow_call_ratio``,
+        ``slow_call_seconds``, ``open_seconds``, ``half_open_calls``,
+        ``half_open_max_seconds``, ``half_open_rule``, and the window's size:
+        ``window_calls``, or ``window_seconds`` and ``window_buckets``),
+        checked as the constructor checks them. A window of another size
+        starts empty. What calls are timed is fixed when the breaker is
+        built, so a count window cannot become a time window, nor the
+        slow-call rule be switched on or off. A closed breaker whose window
+        now breaks a rule opens at once.
+        """
+        unknown = sorted(set(thresholds) - set(_THRESHOLDS))
+        if unknown:
+            raise TypeError(
+                f"update() takes the thresholds {', '.join(_THRESHOLDS)}; got {', '.join(unknown)}"
+            )
+        given = {**self._given, **thresholds}
+        if "window_seconds" in thresholds and thresholds["window_seconds"] is not None:
+            given.pop("window_calls", None)
+        values, rules = _thresholds(given)
+        if (values["window_seconds"] is None) != (self.window_seconds is None) or (
+            values["slow_call_seconds"] is None
+        ) != (self.slow_call_seconds is None):
+            raise ValueError(
+                "a breaker cannot switch between a count and a time window, nor turn its "
+                "slow-call rule on or off, at run time: what calls are timed is fixed when "
+                "it is built"
+            )
+        if self.failure_on == () and rules.slow_call_ratio is None:
+            raise ValueError("failure_on=() needs a slow-call rule, or the breaker never opens")
+        self.store.reconfigure(rules)
+        self._given = given
+        self._set(**values)
 
     # -- description and control ----------------------------------------------
 
@@ -245,6 +353,8 @@ class CircuitBreaker(Middleware):
             "consecutive_failures": self.consecutive_failures,
             "minimum_calls": self.minimum_calls,
         }
+        if self.half_open_rule != "first_failure":
+            out["half_open_rule"] = self.half_open_rule
         if self.window_seconds is not None:
             out["window_seconds"] = self.window_seconds
             out["window_buckets"] = self.window_buckets

@@ -88,6 +88,9 @@ class CircuitRules:
     half_open_max_seconds: float
     break_seconds: Callable[[int], float]
     """The break duration for the n-th trip in a row (n = 1, 2, ...)."""
+    half_open_rule: str = "first_failure"
+    """``"first_failure"``: the first failed or slow trial reopens; ``"ratio"``: decide
+    after ``half_open_calls`` trials by the failure and slow-call ratios (resilience4j)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +163,13 @@ class CircuitStore(ABC):
     @abstractmethod
     def metrics(self) -> CircuitMetrics:
         """A consistent snapshot of the state and the window."""
+
+    def reconfigure(self, rules: CircuitRules) -> None:
+        """Take new rules at run time (`CircuitBreaker.update`); the state is kept.
+
+        A store that cannot change its rules refuses; the memory store can.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot change its rules at run time")
 
 
 class _CountWindow:
@@ -283,30 +293,49 @@ class MemoryCircuitStore(CircuitStore):
         if self._configured:
             raise ValueError("store is already used by another CircuitBreaker")
         self._configured = True
-        self._rules = rules
         self._clock = clock
         self._notify = notify
-        self._window: _CountWindow | _TimeWindow = (
-            _TimeWindow(rules.window_seconds, rules.window_buckets)
-            if rules.window_seconds is not None
-            else _CountWindow(rules.window_calls or 1)
-        )
         self._state = CLOSED
         self._epoch = 0
         self._fast_permit = 0  # the permit of a CLOSED or DISABLED state, else -1
-        # Plain successes in a count window skip the lock: a deque append is atomic.
-        self._lock_free_success = isinstance(self._window, _CountWindow)
-        self._success_permit = 0 if self._lock_free_success else -2
-        self._ring = self._window.ring if isinstance(self._window, _CountWindow) else deque()
         self._since = clock.monotonic()
         self._open_until = 0.0
         self._streak = 0  # trips in a row without closing in between
         self._consecutive = 0
         self._in_flight = 0  # half-open trials running
-        self._trial_successes = 0
+        self._trials = [0, 0, 0]  # half-open trials ended: calls, failures, slow calls
         self._trips = 0
         self._rejected = 0
         self._pending: list[tuple[CircuitState, CircuitState, float]] = []
+        self._use(rules)
+
+    def _use(self, rules: CircuitRules) -> None:
+        """Take ``rules``; a window of another size starts empty."""
+        old = getattr(self, "_rules", None)
+        self._rules = rules
+        if (
+            old is None
+            or old.window_calls != rules.window_calls
+            or old.window_seconds != rules.window_seconds
+            or old.window_buckets != rules.window_buckets
+        ):
+            self._window: _CountWindow | _TimeWindow = (
+                _TimeWindow(rules.window_seconds, rules.window_buckets)
+                if rules.window_seconds is not None
+                else _CountWindow(rules.window_calls or 1)
+            )
+        # Plain successes in a count window skip the lock (a deque append is atomic), once
+        # the window holds minimum_calls: before that, a success may complete a window
+        # whose ratio trips, and must be judged under the lock.
+        self._ring = self._window.ring if isinstance(self._window, _CountWindow) else deque()
+        self._arm_success()
+
+    def _arm_success(self) -> None:
+        """Open or close the lock-free success lane (lock held, or while configuring)."""
+        ready = isinstance(self._window, _CountWindow) and len(self._ring) >= (
+            self._rules.minimum_calls
+        )
+        self._success_permit = self._fast_permit if ready else -2
 
     # -- the hot path ---------------------------------------------------------
 
@@ -338,8 +367,10 @@ class MemoryCircuitStore(CircuitStore):
                     self._consecutive += 1
                 else:
                     self._consecutive = 0
-                if state is CLOSED and outcome != SUCCESS and self._should_trip():
+                if state is CLOSED and self._should_trip():
                     self._open(self._clock.monotonic(), streak=1)
+                elif self._success_permit == -2:
+                    self._arm_success()
             changes = self._pending
             if not changes:
                 return
@@ -364,11 +395,12 @@ class MemoryCircuitStore(CircuitStore):
             now = self._clock.monotonic()
             if state is OPEN and now >= self._open_until:
                 self._enter(HALF_OPEN, now)
-                self._in_flight = self._trial_successes = 0
+                self._in_flight = 0
+                self._trials = [0, 0, 0]
                 state = HALF_OPEN
             if state is HALF_OPEN:
                 rules = self._rules
-                if self._in_flight + self._trial_successes < rules.half_open_calls:
+                if self._in_flight + self._trials[0] < rules.half_open_calls:
                     self._in_flight += 1
                     permit = self._epoch << 1 | 1
                 elif self._in_flight and now - self._since >= rules.half_open_max_seconds:
@@ -385,12 +417,24 @@ class MemoryCircuitStore(CircuitStore):
 
     def _record_trial(self, outcome: int) -> None:
         now = self._clock.monotonic()
+        rules = self._rules
         self._in_flight -= 1
-        if outcome != SUCCESS:  # a failed or slow trial reopens at once
-            self._open(now, streak=self._streak + 1)
+        trials = self._trials
+        trials[0] += 1
+        trials[1] += (outcome & FAILED) >> 1
+        trials[2] += (outcome & SLOW) >> 2
+        self._consecutive = self._consecutive + 1 if outcome & FAILED else 0
+        if rules.half_open_rule == "first_failure":
+            if outcome != SUCCESS:  # a failed or slow trial reopens at once
+                self._open(now, streak=self._streak + 1)
+            elif trials[0] >= rules.half_open_calls:
+                self._close(now)
             return
-        self._trial_successes += 1
-        if self._trial_successes >= self._rules.half_open_calls:
+        if trials[0] < rules.half_open_calls:
+            return  # the ratio rule decides once every trial has ended
+        if self._trips_on(trials[0], trials[1], trials[2]):
+            self._open(now, streak=self._streak + 1)
+        else:
             self._close(now)
 
     def _should_trip(self) -> bool:
@@ -402,6 +446,11 @@ class MemoryCircuitStore(CircuitStore):
         calls, failures, slow = self._window.counts()
         if calls < rules.minimum_calls:
             return False
+        return self._trips_on(calls, failures, slow)
+
+    def _trips_on(self, calls: int, failures: int, slow: int) -> bool:
+        """Whether ``failures`` or ``slow`` of ``calls`` reach a ratio of the rules."""
+        rules = self._rules
         if rules.failure_ratio is not None and failures / calls >= rules.failure_ratio:
             return True
         return rules.slow_call_ratio is not None and slow / calls >= rules.slow_call_ratio
@@ -425,7 +474,7 @@ class MemoryCircuitStore(CircuitStore):
         self._epoch += 1
         self._since = now
         self._fast_permit = self._epoch << 1 if state is CLOSED or state is DISABLED else REJECTED
-        self._success_permit = self._fast_permit if self._lock_free_success else -2
+        self._arm_success()
         self._pending.append((old, state, now))
 
     def _emit(self, changes: list[tuple[CircuitState, CircuitState, float]]) -> None:
@@ -457,12 +506,24 @@ class MemoryCircuitStore(CircuitStore):
             self._pending = []
         self._emit(changes)
 
+    def reconfigure(self, rules: CircuitRules) -> None:
+        with self._lock:
+            self._use(rules)
+            if self._state is CLOSED and self._should_trip():
+                self._open(self._clock.monotonic(), streak=1)
+            changes = self._pending
+            self._pending = []
+        self._emit(changes)
+
     def metrics(self) -> CircuitMetrics:
         with self._lock:
             now = self._clock.monotonic()
-            window = self._window
-            window.refresh(now)
-            calls, failures, slow = window.counts()
+            if self._state is HALF_OPEN:  # a fresh count: the trials (as resilience4j)
+                calls, failures, slow = self._trials
+            else:
+                window = self._window
+                window.refresh(now)
+                calls, failures, slow = window.counts()
             retry_after = max(0.0, self._open_until - now) if self._state is OPEN else None
             return CircuitMetrics(
                 state=self._state,

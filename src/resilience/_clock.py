@@ -38,15 +38,20 @@ def _sleep(seconds: float) -> None:
     time.sleep(seconds)
 
 
-def _wait(future: concurrent.futures.Future[Any], deadline: float, monotonic: Callable[[], float]) -> None:
-    """Block until ``future`` is done or ``monotonic()`` reaches ``deadline``, in rounds."""
-    while True:
-        left = deadline - monotonic()
-        if left <= 0:
-            return
-        concurrent.futures.wait((future,), timeout=min(left, LONGEST_WAIT))
+def _wait(
+    future: concurrent.futures.Future[Any], deadline: float, monotonic: Callable[[], float]
+) -> None:
+    """Block until ``future`` is done or ``monotonic()`` reaches ``deadline``.
+
+    A wait longer than the platform takes is done in rounds.
+    """
+    left = deadline - monotonic()
+    while left > LONGEST_WAIT:
+        concurrent.futures.wait((future,), timeout=LONGEST_WAIT)
         if future.done():
             return
+        left = deadline - monotonic()
+    concurrent.futures.wait((future,), timeout=max(0.0, left))
 
 
 @runtime_checkable

@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable
+from datetime import UTC, datetime
 from fractions import Fraction
 from typing import Any
 
@@ -14,7 +15,13 @@ import tenacity
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import resilience as rs
 from resilience import backoff
+from resilience.testing import FakeClock
+
+
+def always_down() -> None:
+    raise ConnectionError("down")
 
 RETRIES = 200
 JITTERS = [None, "full", "equal"]
@@ -528,8 +535,8 @@ def test_from_tenacity_sees_the_failed_outcome() -> None:
 
     error = ValueError("boom")
     strategy = backoff.from_tenacity(wait)
-    assert strategy.delay_for(3, 0.25, error, None) == 1.5
-    assert seen == [(3, error, 0.25)]
+    assert strategy.delay_for(backoff.RetryOutcome(3, 0.25, error, slept=0.75)) == 1.5
+    assert seen == [(3, error, 0.75)]  # idle_for: the total waited so far
 
 
 @pytest.mark.parametrize("value", [-1.0, math.nan])
@@ -586,7 +593,7 @@ def test_a_function_of_the_retry_number_fails_with_a_pointer_to_from_function() 
     """backoff=lambda retry: ... is taken for a tenacity wait; its failure says what to use."""
     strategy = backoff.coerce(lambda retry: 0.1 * retry)
     with pytest.raises(TypeError, match=r"backoff\.from_function\(fn\)") as caught:
-        strategy.delay_for(1, 0.0, ConnectionError("down"), None)
+        strategy.delay_for(backoff.RetryOutcome(1, error=ConnectionError("down")))
     assert isinstance(caught.value.__cause__, TypeError)
 
 
@@ -612,4 +619,167 @@ def test_tenacity_waits_of_every_kind_are_taken_as_they_are() -> None:
     strategy = backoff.coerce(my_wait)
     assert calls == []  # not called at construction
     assert list(strategy.delays(3)) == [0.25, 0.5, 0.75]
-    assert backoff.coerce(server_hint).delay_for(1, 0.0, Busy(), None) == 0.5
+    assert backoff.coerce(server_hint).delay_for(backoff.RetryOutcome(1, error=Busy())) == 0.5
+
+
+# -- the tenacity call state, as tenacity fills it -------------------------------------------
+
+
+def test_a_tenacity_wait_sees_the_running_total_it_has_waited() -> None:
+    """idle_for is what tenacity says: the total slept so far, so `idle_for + 1` doubles as
+    1, 2, 4, 8 (it was the previous delay here, giving 1, 2, 3, 4)."""
+    clock = FakeClock()
+    retry = rs.Retry(5, backoff=lambda state: state.idle_for + 1, clock=clock)
+    with pytest.raises(ConnectionError):
+        retry.call(always_down)
+    assert clock.sleeps == [1.0, 2.0, 4.0, 8.0]
+
+
+def test_a_tenacity_wait_sees_the_seconds_since_the_first_attempt() -> None:
+    """seconds_since_start counts from the first attempt, time spent in attempts included."""
+    clock = FakeClock()
+    seen: list[float | None] = []
+
+    def wait(state: tenacity.RetryCallState) -> float:
+        seen.append(state.seconds_since_start)
+        return 1.0
+
+    def slow_and_down() -> None:
+        clock.advance(0.5)
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        rs.Retry(3, backoff=wait, clock=clock).call(slow_and_down)
+    assert seen == [0.5, 2.0]  # 0.5 s attempt; then 1 s wait and another 0.5 s attempt
+
+
+# -- delays from the failed attempt --------------------------------------------------------
+
+
+class Response:
+    """Stands for an HTTP response: a status and headers with a get()."""
+
+    def __init__(self, status: int, headers: dict[str, str]) -> None:
+        self.status_code = status
+        self.headers = headers
+
+
+class StatusError(Exception):
+    """Stands for httpx.HTTPStatusError: the response is on the error."""
+
+    def __init__(self, response: Response) -> None:
+        super().__init__(f"HTTP {response.status_code}")
+        self.response = response
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("120", 120.0),
+        (" 3 ", 3.0),
+        ("Wed, 21 Oct 2015 07:28:30 GMT", 30.0),
+        ("Wed, 21 Oct 2015 07:27:00 GMT", 0.0),  # in the past: no wait
+        ("soon", None),
+        ("-5", None),
+        ("", None),
+        (None, None),
+        (7, 7.0),
+    ],
+)
+def test_parse_retry_after_reads_seconds_and_http_dates(value: Any, expected: Any) -> None:
+    """Delay-seconds or an HTTP-date (RFC 9110), measured from `now`; anything else is None."""
+    now = datetime(2015, 10, 21, 7, 28, tzinfo=UTC).timestamp()
+    assert backoff.parse_retry_after(value, now=now) == expected
+
+
+def test_retry_after_waits_what_the_server_asked() -> None:
+    """retry_after(): the header on a failed response, or on an error's response; else the
+    fallback strategy."""
+    clock = FakeClock()
+    answers = iter(
+        [
+            StatusError(Response(503, {"Retry-After": "2"})),
+            Response(429, {"Retry-After": "3"}),
+            StatusError(Response(503, {})),
+            Response(200, {}),
+        ]
+    )
+
+    def call() -> Response:
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    retry = rs.Retry(
+        5,
+        on=StatusError,
+        on_result=lambda response: response.status_code == 429,
+        backoff=backoff.retry_after(otherwise=0.25),
+        clock=clock,
+    )
+    assert retry.call(call).status_code == 200
+    assert clock.sleeps == [2.0, 3.0, 0.25]
+
+
+def test_max_delay_caps_what_a_server_may_ask() -> None:
+    """Retry(max_delay=...) caps both the strategy's delays and retry_after hints."""
+    clock = FakeClock()
+
+    class Busy(Exception):
+        retry_after = 60.0
+
+    def busy() -> None:
+        raise Busy("later")
+
+    with pytest.raises(Busy):
+        rs.Retry(3, on=Busy, backoff=backoff.constant(10), max_delay=5, clock=clock).call(busy)
+    assert clock.sleeps == [5.0, 5.0]
+    assert rs.Retry(max_delay=5).settings()["max_delay"] == 5
+
+
+def test_from_outcome_reads_the_outcome_and_falls_back() -> None:
+    """from_outcome(fn): fn sees the retry, error, result, time waited; None defers."""
+    seen: list[backoff.RetryOutcome] = []
+
+    def rule(outcome: backoff.RetryOutcome) -> float | None:
+        seen.append(outcome)
+        return None if outcome.retry == 2 else 0.5
+
+    strategy = backoff.from_outcome(rule, otherwise=backoff.constant(9))
+    clock = FakeClock()
+    with pytest.raises(ConnectionError):
+        rs.Retry(4, backoff=strategy, clock=clock).call(always_down)
+    assert clock.sleeps == [0.5, 9.0, 0.5]
+    assert [o.retry for o in seen] == [1, 2, 3]
+    assert [o.slept for o in seen] == [0.0, 0.5, 9.5]
+    assert isinstance(seen[0].error, ConnectionError)
+    with pytest.raises(TypeError, match=r"^fn must be a function"):
+        backoff.from_outcome(3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"not seconds"):
+        backoff.from_outcome(lambda o: "x").delay(1, 0.0)  # type: ignore[arg-type,return-value]
+
+
+def test_a_subclass_overriding_delay_for_reads_the_error() -> None:
+    """The documented way to write a strategy of your own that reads the outcome."""
+
+    class Honest(backoff.Backoff):
+        def delay(self, retry: int, previous: float) -> float:
+            return 1.0
+
+        def delay_for(self, outcome: backoff.RetryOutcome) -> float:
+            wait = getattr(outcome.error, "wait", None)
+            return float(wait) if wait is not None else self.delay(outcome.retry, outcome.previous)
+
+    class Later(Exception):
+        wait = 4
+
+    clock = FakeClock()
+    calls = iter([Later(), ConnectionError()])
+
+    def flaky() -> None:
+        raise next(calls)
+
+    with pytest.raises(ConnectionError):
+        rs.Retry(2, backoff=Honest(), clock=clock).call(flaky)
+    assert clock.sleeps == [4.0]

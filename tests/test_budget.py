@@ -422,3 +422,48 @@ async def test_a_thousand_tasks_through_one_budgeted_retry(clock: FakeClock) -> 
     assert metrics.deposits == 1000
     assert calls == 1000 + metrics.withdrawals
     assert metrics.withdrawals == 200
+
+
+# -- read-only settings and runtime updates ------------------------------------------------
+
+
+def test_settings_are_read_only() -> None:
+    """budget.ratio = ... was accepted and changed nothing: now it raises."""
+    budget = rs.RetryBudget(0.2)
+    for attribute in ("ratio", "min_per_second", "ttl", "name"):
+        with pytest.raises(AttributeError):
+            setattr(budget, attribute, 1)
+    assert budget.ratio == 0.2
+
+
+def test_update_changes_the_ratio_and_keeps_the_balance_in_retries() -> None:
+    """update(ratio=): the retries already allowed stay; new calls earn at the new ratio."""
+    clock = FakeClock()
+    budget = rs.RetryBudget(0.1, min_per_second=0, clock=clock)
+    for _ in range(20):
+        budget.deposit()
+    assert budget.balance == 2
+    budget.update(ratio=0.5)
+    assert (budget.ratio, budget.balance) == (0.5, 2)
+    for _ in range(4):
+        budget.deposit()
+    assert budget.balance == 4
+    budget.update(min_per_second=1)  # a floor of ttl * 1 retries on top
+    assert budget.balance == 14
+    with pytest.raises(ValueError, match=r"^ratio must be >= 0"):
+        budget.update(ratio=-1)
+    assert budget.ratio == 0.5
+
+
+def test_a_withdraw_only_view_follows_an_update() -> None:
+    """Views share the account: what the budget allows, they allow."""
+    clock = FakeClock()
+    budget = rs.RetryBudget(0.5, min_per_second=0, clock=clock)
+    view = budget.withdraw_only()
+    for _ in range(4):
+        budget.deposit()
+        view.deposit()  # does nothing
+    assert view.balance == 2
+    budget.update(ratio=1.0)
+    assert (view.ratio, view.balance) == (1.0, 2)
+    assert view.try_withdraw() and view.try_withdraw() and not view.try_withdraw()

@@ -506,6 +506,21 @@ class AdaptiveLimiter(Middleware):
     """
 
     kind = "adaptive_limiter"
+    _read_only = frozenset(
+        {
+            "algorithm",
+            "initial_limit",
+            "min_limit",
+            "max_limit",
+            "max_queue",
+            "max_wait",
+            "window_seconds",
+            "window_samples",
+            "drop_on",
+            "clock",
+            "name",
+        }
+    )
 
     def __init__(
         self,

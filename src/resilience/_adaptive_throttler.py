@@ -175,6 +175,9 @@ class AdaptiveThrottler(Middleware):
     """
 
     kind = "adaptive_throttler"
+    _read_only = frozenset(
+        {"k", "window_seconds", "window_buckets", "refused_on", "refused_result", "clock", "name"}
+    )
 
     def __init__(
         self,

@@ -29,6 +29,7 @@ import sys
 import threading
 from dataclasses import dataclass
 from datetime import timedelta
+from collections.abc import Callable
 from typing import Any
 
 from ._clock import Clock, validate_clock
@@ -42,6 +43,8 @@ __all__ = ["RetryBudget", "RetryBudgetExhausted", "RetryBudgetMetrics"]
 SCALE = 1000
 #: Time slices per window (Finagle's WindowedAdder uses 10).
 SLICES = 10
+
+_UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +95,9 @@ class _Account:
     __slots__ = (
         "clock",
         "deposit_amount",
+        "min_per_second",
+        "ratio",
+        "ttl",
         "edge",
         "folded",
         "latest",
@@ -107,6 +113,9 @@ class _Account:
 
     def __init__(self, ratio: float, min_per_second: float, ttl: float, clock: Clock) -> None:
         self.clock = clock
+        self.ratio = ratio
+        self.min_per_second = min_per_second
+        self.ttl = ttl
         # With no ratio, calls earn nothing and a retry costs 1: all credit is the reserve.
         self.deposit_amount = SCALE if ratio else 0
         self.withdraw_amount = int(SCALE / ratio) if ratio else 1
@@ -120,6 +129,18 @@ class _Account:
         self.mutex = threading.Lock()
         self.withdrawals = 0
         self.refused = 0
+
+    def rescale(self, ratio: float, min_per_second: float) -> None:
+        """New amounts (`RetryBudget.update`), the window's balance kept in retries."""
+        with self.mutex:
+            self.sync(self.clock.monotonic())
+            old_withdraw = self.withdraw_amount
+            self.ratio, self.min_per_second = ratio, min_per_second
+            self.deposit_amount = SCALE if ratio else 0
+            self.withdraw_amount = int(SCALE / ratio) if ratio else 1
+            self.reserve = int(min_per_second * self.ttl * self.withdraw_amount)
+            factor = self.withdraw_amount / old_withdraw
+            self.slots = [int(amount * factor) for amount in self.slots]
 
     def sync(self, now: float) -> None:
         """Fold the tallied deposits into their slice, then move the window to ``now``."""
@@ -200,7 +221,7 @@ class RetryBudget:
     `try_withdraw` and `balance` let other code use it directly.
     """
 
-    __slots__ = ("_account", "_deposits", "min_per_second", "name", "ratio", "ttl")
+    __slots__ = ("_account", "_deposits", "_name", "deposit")
 
     def __init__(
         self,
@@ -211,22 +232,53 @@ class RetryBudget:
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
-        self.ratio = number(ratio, "ratio", minimum=0.0)
-        if self.ratio > SCALE:
-            raise ValueError(f"ratio must be <= {SCALE}, got {ratio!r}")
-        self.min_per_second = number(min_per_second, "min_per_second", minimum=0.0)
-        self.ttl = _seconds(ttl, "ttl")
-        if not 1.0 <= self.ttl <= 60.0:
+        ttl_ = _seconds(ttl, "ttl")
+        if not 1.0 <= ttl_ <= 60.0:
             raise ValueError(f"ttl must be between 1 and 60 seconds, got {ttl!r}")
-        self.name = optional_name(name)
-        withdrawal = int(SCALE / self.ratio) if self.ratio else 1
-        if not math.isfinite(self.min_per_second * self.ttl * withdrawal):
-            raise ValueError(
-                f"min_per_second must be at most about {sys.float_info.max / (60 * SCALE * 1000):.3g} "
-                f"(its reserve of retries must be a finite number), got {min_per_second!r}"
-            )
-        self._account = _Account(self.ratio, self.min_per_second, self.ttl, validate_clock(clock))
+        ratio_, floor = _amounts(ratio, min_per_second, ttl_)
+        self._name = optional_name(name)
+        self._account = _Account(ratio_, floor, ttl_, validate_clock(clock))
         self._deposits = True
+        self.deposit: Callable[[], None] = _depositor(self._account)
+        """Count one call (a `Retry` does it once per call, before the first attempt).
+
+        A plain function made for this budget: the deposit is on every call's
+        path, so it is one clock read and one atomic step, with no lock.
+        """
+
+    @property
+    def ratio(self) -> float:
+        """Retries allowed per call deposited (over ``ttl``)."""
+        return self._account.ratio
+
+    @property
+    def min_per_second(self) -> float:
+        """Retries allowed per second on top of the ratio."""
+        return self._account.min_per_second
+
+    @property
+    def ttl(self) -> float:
+        """Seconds a deposit or a withdrawal counts for."""
+        return self._account.ttl
+
+    @property
+    def name(self) -> str | None:
+        """The budget's name."""
+        return self._name
+
+    def update(self, *, ratio: float = _UNSET, min_per_second: float = _UNSET) -> None:
+        """Change the ratio or the floor, atomically, for this budget and its views.
+
+        The balance of the window is kept in retries' worth: deposits made
+        so far count at the new ratio from now on.
+        """
+        account = self._account
+        new_ratio, new_floor = _amounts(
+            account.ratio if ratio is _UNSET else ratio,
+            account.min_per_second if min_per_second is _UNSET else min_per_second,
+            account.ttl,
+        )
+        account.rescale(new_ratio, new_floor)
 
     @property
     def clock(self) -> Clock:
@@ -245,16 +297,6 @@ class RetryBudget:
             f"RetryBudget({label}ratio={self.ratio:g}, min_per_second={self.min_per_second:g}, "
             f"ttl={self.ttl:g}{view})"
         )
-
-    def deposit(self) -> None:
-        """Count one call (a `Retry` does it once per call, before the first attempt)."""
-        if not self._deposits:
-            return
-        account = self._account
-        if account.clock.monotonic() < account.edge:
-            next(account.tally.counter)
-        else:
-            account.deposit_late()
 
     def try_withdraw(self) -> bool:
         """Take one retry from the budget: True if allowed, False (and nothing taken) if not."""
@@ -278,13 +320,45 @@ class RetryBudget:
         a call is not counted twice.
         """
         view = object.__new__(RetryBudget)
-        view.ratio = self.ratio
-        view.min_per_second = self.min_per_second
-        view.ttl = self.ttl
-        view.name = self.name
+        view._name = self._name
         view._account = self._account
         view._deposits = False
+        view.deposit = _no_deposit
         return view
+
+
+def _amounts(ratio: object, min_per_second: object, ttl: float) -> tuple[float, float]:
+    """Checked ``ratio`` and ``min_per_second``."""
+    ratio_ = number(ratio, "ratio", minimum=0.0)
+    if ratio_ > SCALE:
+        raise ValueError(f"ratio must be <= {SCALE}, got {ratio!r}")
+    floor = number(min_per_second, "min_per_second", minimum=0.0)
+    withdrawal = int(SCALE / ratio_) if ratio_ else 1
+    if not math.isfinite(floor * ttl * withdrawal):
+        raise ValueError(
+            f"min_per_second must be at most about {sys.float_info.max / (ttl * withdrawal):.3g} "
+            f"(its reserve of retries must be a finite number), got {min_per_second!r}"
+        )
+    return ratio_, floor
+
+
+def _depositor(account: _Account) -> Callable[[], None]:
+    """The deposit of one budget, as a plain function (see `RetryBudget.deposit`)."""
+    monotonic = account.clock.monotonic
+    step = account.tally.counter.__next__
+    late = account.deposit_late
+
+    def deposit() -> None:
+        if monotonic() < account.edge:
+            step()
+        else:
+            late()
+
+    return deposit
+
+
+def _no_deposit() -> None:
+    """A withdraw-only view deposits nothing."""
 
 
 def describe_budget(budget: RetryBudget) -> str:

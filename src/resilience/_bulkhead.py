@@ -153,7 +153,9 @@ class Bulkhead(Middleware):
             if max_concurrent is _UNSET
             else integer(max_concurrent, "max_concurrent", minimum=1)
         )
-        queue = self.max_queue if max_queue is _UNSET else integer(max_queue, "max_queue", minimum=0)
+        queue = (
+            self.max_queue if max_queue is _UNSET else integer(max_queue, "max_queue", minimum=0)
+        )
         wait = self.max_wait if max_wait is _UNSET else max_wait
         wait = None if wait is None else _seconds(wait, "max_wait", allow_zero=True)
         slots = self._slots

@@ -100,6 +100,7 @@ class Fallback(Middleware):
     """
 
     kind = "fallback"
+    _read_only = frozenset({"value", "handler", "on", "on_result", "on_fallback", "name"})
 
     @overload
     def __init__(

@@ -240,6 +240,7 @@ class FaultInjector(Middleware):
     """
 
     kind = "fault_injection"
+    _read_only = frozenset({"clock", "random", "name"})
 
     def __init__(
         self,

@@ -30,6 +30,7 @@ class Pipeline(Middleware):
     """
 
     kind = "pipeline"
+    _read_only = frozenset({"layers", "name"})
 
     def __init__(self, layers: Iterable[Middleware] = (), *, name: str | None = None) -> None:
         self.name = optional_name(name)

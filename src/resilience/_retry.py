@@ -2,21 +2,22 @@
 
 from __future__ import annotations
 
-import builtins
 import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, Literal
 
 from . import backoff as _backoff
 from ._budget import RetryBudget, RetryBudgetExhausted, describe_budget
 from ._clock import Clock, validate_clock
-from ._context import EMPTY, VAR, own_context, remaining
+from ._context import ATTEMPT, EMPTY, VAR, own_context, remaining
 from ._errors import RejectedError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._testing_mode import MODE
 from ._validate import callable_or_none, exception_matcher, integer, optional_name
+from ._validate import seconds as _seconds
 
 __all__ = ["RetriesExhausted", "Retry", "RetryEvent"]
 
@@ -105,6 +106,19 @@ class Retry(Middleware):
     """
 
     kind = "retry"
+    _read_only = frozenset(
+        {
+            "attempts",
+            "on",
+            "on_result",
+            "backoff",
+            "max_delay",
+            "on_retry",
+            "budget",
+            "clock",
+            "name",
+        }
+    )
 
     def __init__(
         self,
@@ -115,6 +129,7 @@ class Retry(Middleware):
         | Callable[[BaseException], bool] = Exception,
         on_result: Callable[[Any], bool] | None = None,
         backoff: _backoff.Backoff | float | Callable[[Any], float] | object = _DEFAULT_BACKOFF,
+        max_delay: float | timedelta | None = None,
         on_retry: Callable[[RetryEvent], object] | None = None,
         budget: RetryBudget | None = None,
         clock: Clock | None = None,
@@ -128,6 +143,9 @@ class Retry(Middleware):
             _backoff.exponential(0.1, maximum=10.0, jitter="full")
             if backoff is _DEFAULT_BACKOFF
             else _backoff.coerce(backoff)
+        )
+        self.max_delay = (
+            None if max_delay is None else _seconds(max_delay, "max_delay", allow_zero=True)
         )
         self.on_retry = callable_or_none(on_retry, "on_retry")
         if budget is not None and not isinstance(budget, RetryBudget):
@@ -143,6 +161,8 @@ class Retry(Middleware):
             "on_result": self.on_result,
             "backoff": self.backoff,
         }
+        if self.max_delay is not None:
+            out["max_delay"] = self.max_delay
         if self.budget is not None:
             out["budget"] = self.budget
         return out
@@ -157,63 +177,55 @@ class Retry(Middleware):
 
     # -- the core: decide, with no I/O ---------------------------------------
 
-    def _next_delay(
-        self, attempt: int, previous: float, error: BaseException | None, result: Any
-    ) -> float | None:
-        """The wait before attempt ``attempt + 1``, or None to give up now."""
+    def _schedule(self, started: float) -> _Schedule:
+        """The retries of one call whose first attempt failed."""
+        return _Schedule(self, started)
+
+    def _give_up(
+        self,
+        reason: Literal["attempts", "deadline", "backoff"],
+        attempt: int,
+        error: BaseException | None,
+        result: Any,
+        note: str,
+    ) -> None:
+        """Note why on the error, log the end of the retries and tell the listeners."""
         label = f" {self.name!r}" if self.name else ""
-        limit = self.attempts
-        cap = MODE.max_attempts
-        if cap is not None and cap < limit:
-            limit = cap
-        if attempt >= limit:
-            if error is not None:
-                error.add_note(f"resilience: Retry{label} gave up after {attempt} attempts")
-            self._give_up("attempts", attempt, error, result)
-            return None
-        delay = self.backoff.delay_for(attempt, previous, error, result)
-        hint = getattr(error, "retry_after", None)
-        if (
-            isinstance(hint, int | float)
-            and not isinstance(hint, bool)
-            and math.isfinite(hint)
-            and hint > delay
-        ):
-            delay = float(hint)
-        if delay == math.inf:
-            if error is not None:
-                error.add_note(
-                    f"resilience: Retry{label} stopped after {attempt} attempt(s): "
-                    "its backoff asked for an endless wait"
-                )
-            self._give_up("backoff", attempt, error, result)
-            return None
-        if MODE.instant_waits:
-            delay = 0.0
-        left = remaining(VAR.get())
-        if left is not None and delay >= left:
-            if error is not None:
-                error.add_note(
-                    f"resilience: Retry{label} stopped after {attempt} attempt(s): waiting "
-                    f"{delay:.3g}s would pass the deadline ({max(left, 0.0):.3g}s left)"
-                )
-            self._give_up("deadline", attempt, error, result)
-            return None
-        budget = self.budget
-        if budget is not None and not budget.try_withdraw():
-            if error is not None:
-                error.add_note(
-                    f"resilience: Retry{label} stopped after {attempt} attempt(s): its "
-                    f"{describe_budget(budget)} is exhausted"
-                )
-            logger.info(
-                "resilience: Retry%s stopped after %d attempt(s): its retry budget is exhausted",
-                label,
-                attempt,
+        if error is not None:
+            error.add_note(f"resilience: Retry{label} {note}")
+        logger.info(
+            "resilience: Retry%s gave up after %d attempt(s) (%s): %r",
+            label,
+            attempt,
+            reason,
+            error if error is not None else result,
+        )
+        if self._listeners:
+            self._emit(RetriesExhausted(self.name, attempt, reason, error, result))
+
+    def _refused(
+        self, budget: RetryBudget, attempt: int, error: BaseException | None, result: Any
+    ) -> None:
+        """The budget refused the next retry: note it, log it, tell the listeners."""
+        label = f" {self.name!r}" if self.name else ""
+        if error is not None:
+            error.add_note(
+                f"resilience: Retry{label} stopped after {attempt} attempt(s): its "
+                f"{describe_budget(budget)} is exhausted"
             )
-            if self._listeners:
-                self._emit(RetryBudgetExhausted(self.name, budget.name, attempt, error, result))
-            return None
+        logger.info(
+            "resilience: Retry%s stopped after %d attempt(s): its retry budget is exhausted",
+            label,
+            attempt,
+        )
+        if self._listeners:
+            self._emit(RetryBudgetExhausted(self.name, budget.name, attempt, error, result))
+
+    def _retrying(
+        self, attempt: int, delay: float, error: BaseException | None, result: Any
+    ) -> None:
+        """A retry is scheduled: log it and tell the listeners."""
+        label = f" {self.name!r}" if self.name else ""
         logger.debug(
             "resilience: Retry%s retrying in %.3gs after attempt %d failed: %r",
             label,
@@ -226,38 +238,22 @@ class Retry(Middleware):
             if self.on_retry is not None:
                 notify(self.on_retry, event, f"the on_retry listener of Retry{label}")
             self._emit(event)
-        return delay
 
-    def _give_up(
-        self,
-        reason: Literal["attempts", "deadline", "backoff"],
-        attempt: int,
-        error: BaseException | None,
-        result: Any,
-    ) -> None:
-        """Log the end of the retries and tell the listeners."""
-        label = f" {self.name!r}" if self.name else ""
-        logger.info(
-            "resilience: Retry%s gave up after %d attempt(s) (%s): %r",
-            label,
-            attempt,
-            reason,
-            error if error is not None else result,
-        )
-        if self._listeners:
-            self._emit(RetriesExhausted(self.name, attempt, reason, error, result))
-
-    # -- the shells: the first attempt inline, the rest out of the hot path ----
+    # -- the shells: the first attempt inline, the rest driven out of the hot path ----
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        if self.budget is not None and self.budget.deposits:
-            return self._wrap_budgeted(next, self.budget)
         retryable = self._retryable
         check = self.on_result
         again = self._again
+        deposit = self._deposit()
+        monotonic = self.clock.monotonic
+        timed = self.backoff.wants_elapsed
         direct = next is terminal  # innermost: call the function without the extra hop
 
         def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if deposit is not None:
+                deposit()
+            started = monotonic() if timed else _NAN
             try:
                 result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             except Exception as exc:
@@ -269,29 +265,26 @@ class Retry(Middleware):
                 if check is None or not check(result):
                     return result
                 error = None
-            return again(next, fn, args, kwargs, error, result)
+            return again(next, fn, args, kwargs, error, result, started)
 
         return retry
 
-    def _wrap_budgeted(self, next: Endpoint, budget: RetryBudget) -> Endpoint:
-        """`wrap` with the budget's deposit inlined: one clock read and one atomic step."""
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         retryable = self._retryable
         check = self.on_result
-        again = self._again
-        direct = next is terminal
-        account = budget._account
-        monotonic = account.clock.monotonic
-        tally = account.tally.counter
-        deposit_late = account.deposit_late
-        step = builtins.next
+        again = self._aagain
+        deposit = self._deposit()
+        monotonic = self.clock.monotonic
+        timed = self.backoff.wants_elapsed
 
-        def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if monotonic() < account.edge:  # RetryBudget.deposit, inlined
-                step(tally)
-            else:
-                deposit_late()
+        async def retry(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            if deposit is not None:
+                deposit()
+            started = monotonic() if timed else _NAN
             try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+                result = await next(fn, args, kwargs)
             except Exception as exc:
                 if not retryable(exc):
                     raise
@@ -301,9 +294,14 @@ class Retry(Middleware):
                 if check is None or not check(result):
                     return result
                 error = None
-            return again(next, fn, args, kwargs, error, result)
+            return await again(next, fn, args, kwargs, error, result, started)
 
         return retry
+
+    def _deposit(self) -> Callable[[], None] | None:
+        """The budget's deposit, once per call; None without a budget that deposits."""
+        budget = self.budget
+        return budget.deposit if budget is not None and budget.deposits else None
 
     def _again(
         self,
@@ -313,95 +311,34 @@ class Retry(Middleware):
         kwargs: dict[str, Any],
         error: BaseException | None,
         result: Any,
+        started: float,
     ) -> Any:
+        """The sync driver of the schedule: sleep, attempt again, report the outcome."""
         ctx = VAR.get()
         if ctx is EMPTY:  # run outside any call (a custom layer's own thread)
             with own_context():
-                return self._again(next, fn, args, kwargs, error, result)
-        first = ctx[1]
-        attempt = 1
-        previous = 0.0
-        while True:
-            delay = self._next_delay(attempt, previous, error, result)
-            if delay is None:
-                if error is not None:
-                    raise error
-                return result
-            self.clock.sleep(delay)
-            previous = delay
-            attempt += 1
-            ctx[1] = attempt
+                return self._again(next, fn, args, kwargs, error, result, started)
+        schedule = self._schedule(started)
+        first = ctx[ATTEMPT]
+        retryable, check, sleep = self._retryable, self.on_result, self.clock.sleep
+        while (delay := schedule.next_delay(error, result)) is not None:
+            sleep(delay)
+            ctx[ATTEMPT] = schedule.attempt
             try:
                 result = next(fn, args, kwargs)
             except Exception as exc:
-                if not self._retryable(exc):
+                if not retryable(exc):
                     raise
-                error = exc
-                result = None
+                error, result = exc, None
             else:
-                if self.on_result is None or not self.on_result(result):
+                if check is None or not check(result):
                     return result
                 error = None
             finally:
-                ctx[1] = first
-
-    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        if self.budget is not None and self.budget.deposits:
-            return self._awrap_budgeted(next, self.budget)
-        retryable = self._retryable
-        check = self.on_result
-        again = self._aagain
-
-        async def retry(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                error: BaseException | None = exc
-                result = None
-            else:
-                if check is None or not check(result):
-                    return result
-                error = None
-            return await again(next, fn, args, kwargs, error, result)
-
-        return retry
-
-    def _awrap_budgeted(self, next: AsyncEndpoint, budget: RetryBudget) -> AsyncEndpoint:
-        """`awrap` with the budget's deposit inlined."""
-        retryable = self._retryable
-        check = self.on_result
-        again = self._aagain
-        account = budget._account
-        monotonic = account.clock.monotonic
-        tally = account.tally.counter
-        deposit_late = account.deposit_late
-        step = builtins.next
-
-        async def retry(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if monotonic() < account.edge:  # RetryBudget.deposit, inlined
-                step(tally)
-            else:
-                deposit_late()
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                error: BaseException | None = exc
-                result = None
-            else:
-                if check is None or not check(result):
-                    return result
-                error = None
-            return await again(next, fn, args, kwargs, error, result)
-
-        return retry
+                ctx[ATTEMPT] = first
+        if error is not None:
+            raise error
+        return result
 
     async def _aagain(
         self,
@@ -411,34 +348,114 @@ class Retry(Middleware):
         kwargs: dict[str, Any],
         error: BaseException | None,
         result: Any,
+        started: float,
     ) -> Any:
+        """The async driver of the schedule: `_again` with the waits and attempts awaited."""
         ctx = VAR.get()
         if ctx is EMPTY:  # run outside any call (a custom layer's own task)
             with own_context():
-                return await self._aagain(next, fn, args, kwargs, error, result)
-        first = ctx[1]
-        attempt = 1
-        previous = 0.0
-        while True:
-            delay = self._next_delay(attempt, previous, error, result)
-            if delay is None:
-                if error is not None:
-                    raise error
-                return result
-            await self.clock.asleep(delay)
-            previous = delay
-            attempt += 1
-            ctx[1] = attempt
+                return await self._aagain(next, fn, args, kwargs, error, result, started)
+        schedule = self._schedule(started)
+        first = ctx[ATTEMPT]
+        retryable, check, asleep = self._retryable, self.on_result, self.clock.asleep
+        while (delay := schedule.next_delay(error, result)) is not None:
+            await asleep(delay)
+            ctx[ATTEMPT] = schedule.attempt
             try:
                 result = await next(fn, args, kwargs)
             except Exception as exc:
-                if not self._retryable(exc):
+                if not retryable(exc):
                     raise
-                error = exc
-                result = None
+                error, result = exc, None
             else:
-                if self.on_result is None or not self.on_result(result):
+                if check is None or not check(result):
                     return result
                 error = None
             finally:
-                ctx[1] = first
+                ctx[ATTEMPT] = first
+        if error is not None:
+            raise error
+        return result
+
+
+_NAN = math.nan
+
+
+class _Schedule:
+    """The retries of one call, with no I/O: told how each attempt failed, it says how long to
+    wait before the next, or None to stop (then the caller gets the last outcome).
+
+    The sync and async shells drive the same schedule (as httpx's ``auth_flow``
+    is driven by a sync and an async client): only their waiting differs.
+    """
+
+    __slots__ = ("attempt", "previous", "retry", "slept", "started")
+
+    def __init__(self, retry: Retry, started: float) -> None:
+        self.retry = retry
+        self.started = started
+        self.attempt = 1
+        """The attempt that just failed; after `next_delay`, the one about to run."""
+        self.previous = 0.0
+        self.slept = 0.0
+
+    def next_delay(self, error: BaseException | None, result: Any) -> float | None:
+        """The wait before the next attempt, given how this one failed; None to give up."""
+        policy = self.retry
+        attempt = self.attempt
+        delay = self._delay(policy, attempt, error, result)
+        if delay is None:
+            return None
+        policy._retrying(attempt, delay, error, result)
+        self.previous = delay
+        self.slept += delay
+        self.attempt = attempt + 1
+        return delay
+
+    def _delay(
+        self, policy: Retry, attempt: int, error: BaseException | None, result: Any
+    ) -> float | None:
+        limit = policy.attempts
+        cap = MODE.max_attempts
+        if cap is not None and cap < limit:
+            limit = cap
+        if attempt >= limit:
+            policy._give_up("attempts", attempt, error, result, f"gave up after {attempt} attempts")
+            return None
+        elapsed = policy.clock.monotonic() - self.started
+        outcome = _backoff.RetryOutcome(attempt, self.previous, error, result, self.slept, elapsed)
+        delay = _honour(policy.backoff.delay_for(outcome), error, policy.max_delay)
+        if delay == math.inf:
+            note = f"stopped after {attempt} attempt(s): its backoff asked for an endless wait"
+            policy._give_up("backoff", attempt, error, result, note)
+            return None
+        if MODE.instant_waits:
+            delay = 0.0
+        left = remaining(VAR.get())
+        if left is not None and delay >= left:
+            note = (
+                f"stopped after {attempt} attempt(s): waiting {delay:.3g}s would pass the "
+                f"deadline ({max(left, 0.0):.3g}s left)"
+            )
+            policy._give_up("deadline", attempt, error, result, note)
+            return None
+        budget = policy.budget
+        if budget is not None and not budget.try_withdraw():
+            policy._refused(budget, attempt, error, result)
+            return None
+        return delay
+
+
+def _honour(delay: float, error: BaseException | None, maximum: float | None) -> float:
+    """The backoff's delay, at least an error's ``retry_after`` hint, at most ``maximum``."""
+    hint = getattr(error, "retry_after", None)
+    if (
+        isinstance(hint, int | float)
+        and not isinstance(hint, bool)
+        and math.isfinite(hint)
+        and hint > delay
+    ):
+        delay = float(hint)
+    if maximum is not None and delay > maximum:
+        delay = maximum
+    return delay

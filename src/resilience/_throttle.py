@@ -336,7 +336,9 @@ class Throttle(Middleware):
             self.cost = fixed = _cost(cost, self.burst)
             self._cost_of = None
         self.initial_tokens = (
-            self.burst if initial_tokens is None else _cost(initial_tokens, self.burst, "initial_tokens")
+            self.burst
+            if initial_tokens is None
+            else _cost(initial_tokens, self.burst, "initial_tokens")
         )
         self.clock = validate_clock(clock)
         self.name = optional_name(name)

@@ -77,6 +77,7 @@ class Timeout(Middleware):
     """
 
     kind = "timeout"
+    _read_only = frozenset({"seconds", "sync_mode", "max_workers", "clock", "name"})
 
     def __init__(
         self,

@@ -15,15 +15,25 @@ Backoff and Jitter" (2015): with ``d`` the capped delay,
 A tenacity wait strategy (``tenacity.wait_exponential(...)`` and friends) is
 accepted by `resilience.Retry` wherever a backoff is, through `from_tenacity`;
 a function of the retry number, through `from_function`.
+
+A strategy may also take its delay from the failed attempt itself, an HTTP
+429 or 503 response's ``Retry-After`` say: `retry_after` does that for HTTP
+responses and errors that carry one, `from_outcome` for any rule of yours,
+and a subclass can override `Backoff.delay_for`, which gets the whole
+`RetryOutcome`.
 """
 
 from __future__ import annotations
 
+import email.utils
 import math
 import random as _random
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC
+from typing import Any, ClassVar, Literal
 
 from ._misuse import refuse_async
 from ._validate import number
@@ -31,13 +41,17 @@ from ._validate import number
 __all__ = [
     "Backoff",
     "Jitter",
+    "RetryOutcome",
     "constant",
     "decorrelated",
     "exponential",
     "fibonacci",
     "from_function",
+    "from_outcome",
     "from_tenacity",
     "linear",
+    "parse_retry_after",
+    "retry_after",
 ]
 
 Jitter = Literal["full", "equal"]
@@ -66,10 +80,32 @@ def _jitter_mode(value: object) -> Jitter | None:
     return value  # type: ignore[return-value]
 
 
+@dataclass(frozen=True, slots=True)
+class RetryOutcome:
+    """What a strategy knows when `Backoff.delay_for` asks it for the next delay."""
+
+    retry: int
+    """The retry about to be made, 1 for the first (attempt ``retry + 1``)."""
+    previous: float = 0.0
+    """The delay before the previous retry (0.0 before the first)."""
+    error: BaseException | None = None
+    """The failed attempt's exception, or None when its result is being retried."""
+    result: Any = None
+    """The failed attempt's result, when ``on_result`` asked for the retry."""
+    slept: float = 0.0
+    """Seconds waited between the attempts so far (tenacity's ``idle_for``)."""
+    elapsed: float = math.nan
+    """Seconds since the call's first attempt began. Measured only for a strategy whose
+    `Backoff.wants_elapsed` is True (it costs a clock read per call); else NaN."""
+
+
 class Backoff(ABC):
     """A delay strategy: ``delay(retry, previous)`` seconds before retry number ``retry``."""
 
     maximum: float = math.inf
+
+    wants_elapsed: ClassVar[bool] = False
+    """Set it to True in a subclass whose `delay_for` reads `RetryOutcome.elapsed`."""
 
     @abstractmethod
     def delay(self, retry: int, previous: float) -> float:
@@ -84,11 +120,15 @@ class Backoff(ABC):
             previous = self.delay(retry, previous)
             yield previous
 
-    def delay_for(
-        self, retry: int, previous: float, error: BaseException | None, result: Any
-    ) -> float:
-        """The delay given the outcome that failed; plain strategies ignore the outcome."""
-        return self.delay(retry, previous)
+    def delay_for(self, outcome: RetryOutcome) -> float:
+        """The delay before ``outcome.retry``, knowing how the attempt failed.
+
+        `resilience.Retry` calls this; plain strategies ignore all but the
+        retry number and the previous delay. Override it to read the error
+        or the result (a server's ``Retry-After``, say). Returning
+        ``math.inf`` stops the retries.
+        """
+        return self.delay(outcome.retry, outcome.previous)
 
 
 class _Capped(Backoff):
@@ -285,6 +325,8 @@ def decorrelated(
 class _Tenacity(Backoff):
     """A tenacity wait strategy, called with a real ``tenacity.RetryCallState``."""
 
+    wants_elapsed = True  # tenacity waits may read seconds_since_start
+
     def __init__(self, wait: Callable[[Any], float]) -> None:
         import tenacity  # imported only by those who use the interop
 
@@ -292,29 +334,30 @@ class _Tenacity(Backoff):
         self._tenacity = tenacity
 
     def delay(self, retry: int, previous: float) -> float:
-        return self.delay_for(retry, previous, None, None)
+        return self.delay_for(RetryOutcome(retry, previous, slept=previous, elapsed=previous))
 
-    def retry_state(
-        self, retry: int, previous: float, error: BaseException | None, result: Any
-    ) -> Any:
-        """The ``tenacity.RetryCallState`` tenacity would pass before retry ``retry``."""
+    def retry_state(self, outcome: RetryOutcome) -> Any:
+        """The ``tenacity.RetryCallState`` tenacity would pass before ``outcome.retry``.
+
+        ``idle_for`` is the total waited so far, ``seconds_since_start`` the
+        time since the first attempt began, as tenacity counts them.
+        """
         tenacity = self._tenacity
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})
-        state.attempt_number = retry
-        outcome: Any = tenacity.Future(retry)
-        if error is not None:
-            outcome.set_exception(error)
+        state.attempt_number = outcome.retry
+        future: Any = tenacity.Future(outcome.retry)
+        if outcome.error is not None:
+            future.set_exception(outcome.error)
         else:
-            outcome.set_result(result)
-        state.outcome = outcome
-        state.outcome_timestamp = state.start_time
-        state.idle_for = previous
+            future.set_result(outcome.result)
+        state.outcome = future
+        elapsed = outcome.elapsed if math.isfinite(outcome.elapsed) else outcome.slept
+        state.outcome_timestamp = state.start_time + elapsed
+        state.idle_for = outcome.slept
         return state
 
-    def delay_for(
-        self, retry: int, previous: float, error: BaseException | None, result: Any
-    ) -> float:
-        state = self.retry_state(retry, previous, error, result)
+    def delay_for(self, outcome: RetryOutcome) -> float:
+        state = self.retry_state(outcome)
         try:
             value = float(self.wait(state))
         except (TypeError, AttributeError) as exc:
@@ -375,6 +418,113 @@ def from_function(fn: Callable[[int], float]) -> Backoff:
         raise TypeError(f"fn must be a function of the retry number, got {type(fn).__name__}")
     refuse_async(fn, "fn")
     return _Function(fn)
+
+
+class _Outcome(Backoff):
+    """A function of the `RetryOutcome`, falling back to another strategy when it says None."""
+
+    def __init__(self, fn: Callable[[RetryOutcome], float | None], otherwise: Backoff) -> None:
+        self.fn = fn
+        self.otherwise = otherwise
+        self.maximum = otherwise.maximum
+
+    wants_elapsed = True  # the function may read it
+
+    def delay(self, retry: int, previous: float) -> float:
+        return self.delay_for(RetryOutcome(retry, previous))
+
+    def delay_for(self, outcome: RetryOutcome) -> float:
+        value = self.fn(outcome)
+        if value is None:
+            return self.otherwise.delay_for(outcome)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise TypeError(f"backoff function {self.fn!r} returned {value!r}, not seconds")
+        if math.isnan(value) or value < 0:
+            raise ValueError(f"backoff function {self.fn!r} returned {value!r}")
+        return float(value)
+
+    def __repr__(self) -> str:
+        return f"from_outcome({self.fn!r}, otherwise={self.otherwise!r})"
+
+
+def from_outcome(
+    fn: Callable[[RetryOutcome], float | None], *, otherwise: Backoff | float | None = None
+) -> Backoff:
+    """A backoff from ``fn(outcome) -> seconds``, reading the failed attempt.
+
+    ``fn`` gets a `RetryOutcome` (the retry number, the error or result, the
+    time waited and elapsed) and returns seconds, or None to leave the delay
+    to ``otherwise`` (a strategy or seconds; default: the `Retry` default,
+    exponential from 0.1 s to 10 s with full jitter).
+    """
+    if isinstance(fn, Backoff) or not callable(fn):
+        raise TypeError(f"fn must be a function of the outcome, got {type(fn).__name__}")
+    refuse_async(fn, "fn")
+    fallback = (
+        exponential(0.1, maximum=10.0, jitter="full")
+        if otherwise is None
+        else coerce(otherwise, "otherwise")
+    )
+    return _Outcome(fn, fallback)
+
+
+def parse_retry_after(value: str | float | None, *, now: float | None = None) -> float | None:
+    """Seconds asked by an HTTP ``Retry-After`` value, or None when it says nothing usable.
+
+    Takes delay-seconds (``"120"``) or an HTTP-date (``"Fri, 31 Dec 1999
+    23:59:59 GMT"``, RFC 9110 section 10.2.3); a date in the past gives 0.
+    ``now`` is the POSIX time to measure a date from (default: `time.time`).
+    """
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) and value >= 0 else None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(text)
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = time.time() if now is None else now
+    return max(0.0, when.timestamp() - current)
+
+
+def _header(headers: Any, name: str) -> Any:
+    if isinstance(headers, Mapping) or hasattr(headers, "get"):
+        try:
+            return headers.get(name)
+        except Exception:  # a headers object that cannot be asked: nothing to read
+            return None
+    return None
+
+
+def _retry_after_of(outcome: RetryOutcome) -> float | None:
+    """A ``Retry-After`` on the failed result, or on the error (or its response)."""
+    for source in (outcome.result, getattr(outcome.error, "response", None), outcome.error):
+        if source is None:
+            continue
+        seconds = parse_retry_after(_header(getattr(source, "headers", None), "Retry-After"))
+        if seconds is not None:
+            return seconds
+    return None
+
+
+def retry_after(otherwise: Backoff | float | None = None) -> Backoff:
+    """Wait what the server asked in ``Retry-After``, else ``otherwise``.
+
+    The header is looked for on the failed result (an HTTP response with
+    ``headers``, as httpx's and requests' are) and on the error (its
+    ``response``, as ``httpx.HTTPStatusError`` has, or its own ``headers``),
+    in seconds or as an HTTP date. `resilience.Retry` already honours a
+    ``retry_after`` attribute on an error (this library's rejections carry
+    one); its ``max_delay`` caps what a server may ask.
+    """
+    return from_outcome(_retry_after_of, otherwise=otherwise)
 
 
 def coerce(value: object, name: str = "backoff") -> Backoff:

@@ -206,21 +206,24 @@ async def test_what_counts_as_accepted(mode: str, clock: FakeClock) -> None:
     assert (metrics.requests, metrics.accepts) == (6, 2)
 
 
-def test_control_flow_is_not_an_accept(clock: FakeClock) -> None:
-    """KeyboardInterrupt passes through; it was a request, not an accept."""
-    throttler = rs.AdaptiveThrottler(clock=clock, seed=Draws(1.0))
+@pytest.mark.parametrize("kind", [KeyboardInterrupt, SystemExit, GeneratorExit])
+def test_control_flow_counts_neither_way(clock: FakeClock, kind: type[BaseException]) -> None:
+    """Control flow passes through and counts nothing: one Ctrl-C used to count as a refusal,
+    making the next call 50 % likely to be rejected."""
+    throttler = rs.AdaptiveThrottler(clock=clock, seed=Draws(0.0))
 
     def interrupted() -> None:
-        raise KeyboardInterrupt
+        raise kind
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(kind):
         throttler.call(interrupted)
     metrics = throttler.metrics()
-    assert (metrics.requests, metrics.accepts) == (1, 0)
+    assert (metrics.requests, metrics.accepts, metrics.probability) == (0, 0, 0.0)
+    assert throttler.call(lambda: "next") == "next"  # Draws(0.0) would reject at any p > 0
 
 
-async def test_cancellation_is_not_an_accept(clock: FakeClock) -> None:
-    """A cancelled call counts as a request that was not accepted."""
+async def test_cancellation_counts_neither_way(clock: FakeClock) -> None:
+    """A call cancelled from outside says nothing about the backend: not counted."""
     throttler = rs.AdaptiveThrottler(clock=clock)
     started = asyncio.Event()
 
@@ -234,7 +237,7 @@ async def test_cancellation_is_not_an_accept(clock: FakeClock) -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     metrics = throttler.metrics()
-    assert (metrics.requests, metrics.accepts) == (1, 0)
+    assert (metrics.requests, metrics.accepts) == (0, 0)
 
 
 async def test_a_local_rejection_is_a_throttled_error_with_an_event(

@@ -150,3 +150,22 @@ def test_deadline_from_another_clock_is_converted() -> None:
     assert ctx.remaining() == 2.0
     ctx = rs.Timeout(10, clock=outer_clock).call(inner.call, rs.current)
     assert (ctx.deadline, ctx.clock) == (5.0, inner_clock)
+
+
+def test_remaining_takes_a_default_for_calls_without_a_deadline() -> None:
+    """remaining(default=...) outside a deadline; an expired deadline still gives 0.0."""
+    clock = FakeClock()
+    assert rs.current().remaining() is None
+    assert rs.current().remaining(5.0) == 5.0
+    seen: list[float] = []
+
+    def body() -> None:
+        seen.append(rs.current().remaining(5.0))
+        clock.advance(2)
+        seen.append(rs.current().remaining(5.0))
+
+    with pytest.raises(rs.TimeoutExceeded):
+        rs.Timeout(2, clock=clock).call(body)
+    assert seen == [2.0, 0.0]  # not 5.0, as `remaining() or 5.0` would give
+    rs.Retry().call(lambda: seen.append(rs.current().remaining(default=7.0)))
+    assert seen[-1] == 7.0

@@ -297,3 +297,23 @@ async def test_attempts_in_async_pipeline_under_instant_waits() -> None:
     with set_testing(instant_waits=True):
         assert await rs.Retry(3, backoff=10).acall(counted) == "ok"
     counted.assert_count(3)
+
+
+def test_watching_pipelines_that_share_a_layer_records_its_events_once() -> None:
+    """watch(p1, p2) with a breaker in both: each of its events is recorded once."""
+    shared = rs.CircuitBreaker(consecutive_failures=1, name="shared")
+    first = rs.Pipeline([rs.Retry(1), shared])
+    second = rs.Pipeline([shared])
+    recorder = EventRecorder().watch(first, second)
+    recorder.watch(shared)  # watching it again changes nothing
+
+    def fail() -> None:
+        raise ConnectionError("down")
+
+    with pytest.raises(ConnectionError):
+        first.call(fail)
+    assert [type(event) for event in recorder.events] == [rs.CircuitStateChange, rs.RetriesExhausted]
+    recorder.close()
+    with pytest.raises(rs.CircuitOpenError):
+        second.call(fail)
+    assert len(recorder.events) == 2  # closed: nothing more

@@ -167,7 +167,8 @@ class AdaptiveThrottler(Middleware):
     backend, or a layer inside this one, did not take it) or returned a
     value for which ``refused_result`` is true (say, an HTTP 429 or 503
     response). Any other error is an answer from the backend, so it counts
-    as accepted. Cancellation and other control flow count as not accepted.
+    as accepted. Cancellation, `KeyboardInterrupt`, `SystemExit` and
+    `GeneratorExit` count neither way: they say nothing about the backend.
 
     ``seed`` (an int or a `random.Random`) makes the rejections
     reproducible; a random number is drawn only when the probability is
@@ -307,9 +308,6 @@ class AdaptiveThrottler(Middleware):
                     window.accepted = step(accepts) + 1
                 window.requested = step(requests) + 1
                 raise
-            except BaseException:
-                window.requested = step(requests) + 1
-                raise
             if check is None or not check(result):
                 window.accepted = step(accepts) + 1
             window.requested = step(requests) + 1
@@ -338,9 +336,6 @@ class AdaptiveThrottler(Middleware):
             except Exception as exc:
                 if not refused(exc):
                     window.accepted = step(accepts) + 1
-                window.requested = step(requests) + 1
-                raise
-            except BaseException:
                 window.requested = step(requests) + 1
                 raise
             if check is None or not check(result):

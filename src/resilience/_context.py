@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, overload
 
 from ._clock import Clock
 
@@ -62,10 +62,21 @@ class CallContext:
     clock: Clock | None = field(default=None, repr=False)
     """The clock the deadline is measured on."""
 
-    def remaining(self) -> float | None:
-        """Seconds left before the deadline (never negative), or None without one."""
+    @overload
+    def remaining(self) -> float | None: ...
+
+    @overload
+    def remaining(self, default: float) -> float: ...
+
+    def remaining(self, default: float | None = None) -> float | None:
+        """Seconds left before the deadline (never negative); ``default`` without one.
+
+        Pass the result to a client's timeout. ``remaining(default=5.0)``
+        gives 5 s where no deadline is set, where ``remaining() or 5.0``
+        would also turn an expired deadline (0.0) into 5 s.
+        """
         if self.deadline is None or self.clock is None:
-            return None
+            return default
         return max(0.0, self.deadline - self.clock.monotonic())
 
     @property

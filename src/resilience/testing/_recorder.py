@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .._middleware import Middleware
+from .._pipeline import Pipeline
 
 __all__ = ["EventRecorder"]
 
@@ -30,15 +31,23 @@ class EventRecorder:
         """Every event received, in the order they came."""
         self._lock = threading.Lock()
         self._stops: list[Callable[[], None]] = []
+        self._watched: dict[int, Middleware] = {}  # by id: each layer listened to once
 
     def watch(self, *policies: Middleware) -> EventRecorder:
-        """Record the events of these policies (or pipelines) from now on."""
+        """Record the events of these policies (or pipelines) from now on.
+
+        A layer is listened to once, however many of the watched pipelines
+        hold it, so each of its events is recorded once.
+        """
         for policy in policies:
             if not isinstance(policy, Middleware):
                 raise TypeError(
                     f"can only watch a resilience.Middleware, got {type(policy).__name__}"
                 )
-            self._stops.append(policy.subscribe(self._record))
+        for layer in _layers(policies):
+            if id(layer) not in self._watched:
+                self._watched[id(layer)] = layer
+                self._stops.append(Middleware.subscribe(layer, self._record))
         return self
 
     def _record(self, event: object) -> None:
@@ -58,6 +67,7 @@ class EventRecorder:
     def close(self) -> None:
         """Stop listening to everything watched."""
         stops, self._stops = self._stops, []
+        self._watched = {}
         for stop in stops:
             stop()
 
@@ -69,3 +79,13 @@ class EventRecorder:
 
     def __repr__(self) -> str:
         return f"EventRecorder({len(self.events)} events)"
+
+
+def _layers(policies: tuple[Middleware, ...]) -> list[Middleware]:
+    """Every layer of these policies, pipelines (and what they nest) included, in order."""
+    out: list[Middleware] = []
+    for policy in policies:
+        out.append(policy)
+        if isinstance(policy, Pipeline):
+            out.extend(_layers(policy.layers))
+    return out

@@ -46,7 +46,8 @@ def load_revision(revision: str, folder: pathlib.Path) -> ModuleType:
     spec = importlib.util.spec_from_file_location(
         "resilience_before", package / "__init__.py", submodule_search_locations=[str(package)]
     )
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules["resilience_before"] = module
     spec.loader.exec_module(module)

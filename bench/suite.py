@@ -372,6 +372,45 @@ def memory_growth() -> dict[str, float]:
     return out
 
 
+def memory_beside_a_slow_call() -> float:
+    """Traced bytes left by 10,000 fast calls through a Timeout while one slow call waits.
+
+    Each fast call returns a 10 KB result; a finished call must let go of its task
+    and result at once, so the growth stays flat however many calls pass the slow one.
+    """
+
+    async def run() -> float:
+        timeout = rs.Timeout(60)
+        gate = asyncio.Event()
+
+        async def slow() -> None:
+            await gate.wait()
+
+        async def fast() -> bytes:
+            return bytes(10_000)
+
+        held = asyncio.create_task(timeout.acall(slow))
+        await asyncio.sleep(0)
+        for _ in range(1_000):  # warm up
+            await asyncio.create_task(timeout.acall(fast))
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(10_000):
+            await asyncio.create_task(timeout.acall(fast))
+        await asyncio.sleep(0)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+        gate.set()
+        await held
+        return float(grown)
+
+    tracemalloc.start()
+    try:
+        return asyncio.run(run())
+    finally:
+        tracemalloc.stop()
+
+
 def breaker_weight() -> float:
     """Traced bytes of a CircuitBreaker with a 100-call window, built and filled."""
     gc.collect()
@@ -413,6 +452,7 @@ def report(
     concurrency: dict[int, tuple[float, float]],
     memory: dict[str, float],
     weight: float,
+    beside_slow: float,
 ) -> tuple[str, list[Target]]:
     bare = {kind: ns[(kind, "bare call")] for kind in ("sync", "async")}
 
@@ -502,6 +542,11 @@ def report(
         targets.append(Target(f"memory growth, {MEMORY_CALLS:,} calls {kind} (bytes)", grown, 1e6))
     lines.append(f"| CircuitBreaker with a 100-call window, built and filled | {weight:,.0f} |")
     targets.append(Target("CircuitBreaker weight (bytes)", weight, 10_000))
+    lines.append(
+        f"| growth after 10,000 async Timeout calls (10 KB results) beside a slow one "
+        f"| {beside_slow:,.0f} |"
+    )
+    targets.append(Target("memory beside a slow call (bytes, flat)", beside_slow, 200_000))
 
     lines += ["", "**Targets** (ratios of overheads from this run):", ""]
     lines += ["| target | value | limit | met |", "|---|---:|---:|:-:|"]
@@ -573,7 +618,8 @@ def main() -> None:
     concurrency = measure_concurrency()
     memory = memory_growth()
     weight = breaker_weight()
-    table, targets = report(rows, ns, layers, concurrency, memory, weight)
+    beside_slow = memory_beside_a_slow_call()
+    table, targets = report(rows, ns, layers, concurrency, memory, weight, beside_slow)
     print(table)
     missed = [t.label for t in targets if not t.met]
     if options.quick:

@@ -23,6 +23,7 @@ from resilience.testing import FakeClock
 def always_down() -> None:
     raise ConnectionError("down")
 
+
 RETRIES = 200
 JITTERS = [None, "full", "equal"]
 

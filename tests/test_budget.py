@@ -466,4 +466,4 @@ def test_a_withdraw_only_view_follows_an_update() -> None:
     assert view.balance == 2
     budget.update(ratio=1.0)
     assert (view.ratio, view.balance) == (1.0, 2)
-    assert view.try_withdraw() and view.try_withdraw() and not view.try_withdraw()
+    assert [view.try_withdraw() for _ in range(3)] == [True, True, False]

@@ -909,7 +909,8 @@ def test_an_isolated_bulkhead_resizes_its_pool() -> None:
     bulkhead = rs.Bulkhead(2, isolation="thread")
     assert bulkhead.call(lambda: 1) == 1
     bulkhead.update(max_concurrent=5)
-    assert bulkhead._pool is not None and bulkhead._pool.max_workers == 5
+    assert bulkhead._pool is not None
+    assert bulkhead._pool.max_workers == 5
     assert bulkhead.drain(10)
 
 

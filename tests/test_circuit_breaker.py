@@ -646,7 +646,7 @@ def test_decorator_keeps_the_signature() -> None:
 
 
 async def test_consecutive_failures_count_half_open_trials(mode: str, clock: FakeClock) -> None:
-    """"Failures since the last success", trials included (pybreaker's counter): a successful
+    """ "Failures since the last success", trials included (pybreaker's counter): a successful
     trial resets it, a failed one adds to it."""
     cb = rs.CircuitBreaker(consecutive_failures=2, half_open_calls=2, open_seconds=5, clock=clock)
     for _ in range(2):

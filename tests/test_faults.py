@@ -529,7 +529,9 @@ def test_an_async_behaviour_in_a_sync_call_is_a_type_error_without_a_warning() -
     injector = rs.FaultInjector(behaviour=behaviour)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        with pytest.raises(TypeError, match=r"has an async behaviour, which cannot run in a sync call"):
+        with pytest.raises(
+            TypeError, match=r"has an async behaviour, which cannot run in a sync call"
+        ):
             injector.call(real)
         gc.collect()
     assert [str(w.message) for w in caught] == []

@@ -99,7 +99,9 @@ def guarded() -> tuple[rs.Pipeline, rs.CircuitBreaker, rs.Bulkhead, rs.AdaptiveL
     return pipeline, breaker, bulkhead, limiter
 
 
-def untouched(breaker: rs.CircuitBreaker, bulkhead: rs.Bulkhead, limiter: rs.AdaptiveLimiter) -> None:
+def untouched(
+    breaker: rs.CircuitBreaker, bulkhead: rs.Bulkhead, limiter: rs.AdaptiveLimiter
+) -> None:
     assert breaker.state is rs.CircuitState.CLOSED
     assert breaker.metrics().calls == 0
     assert bulkhead.metrics().in_flight == 0

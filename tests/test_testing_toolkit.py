@@ -312,7 +312,10 @@ def test_watching_pipelines_that_share_a_layer_records_its_events_once() -> None
 
     with pytest.raises(ConnectionError):
         first.call(fail)
-    assert [type(event) for event in recorder.events] == [rs.CircuitStateChange, rs.RetriesExhausted]
+    assert [type(event) for event in recorder.events] == [
+        rs.CircuitStateChange,
+        rs.RetriesExhausted,
+    ]
     recorder.close()
     with pytest.raises(rs.CircuitOpenError):
         second.call(fail)

@@ -185,7 +185,7 @@ def test_update_checks_like_the_constructor() -> None:
         throttle.update(max_wait=-1)
     with pytest.raises(TypeError):
         throttle.update(rates=5)  # type: ignore[call-arg]
-    assert throttle.settings()["rate"] == 10 and throttle.burst == 10
+    assert (throttle.settings()["rate"], throttle.burst) == (10, 10)
 
 
 async def test_update_of_max_wait_reaches_built_chains(mode: str, clock: FakeClock) -> None:

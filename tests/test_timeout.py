@@ -822,6 +822,7 @@ async def test_finished_calls_beside_a_slow_one_release_their_tasks_and_results(
     gc.collect()
     assert [i for i, ref in enumerate(alive) if ref() is not None] == []
     queue = timeout._deadline_queues.last
-    assert queue is not None and len(queue.queue) <= 2 * 64
+    assert queue is not None
+    assert len(queue.queue) <= 2 * 64
     gate.set()
     await slow_task

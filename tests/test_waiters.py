@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 
 import resilience as rs
-
 from resilience._waiters import (
     GRANTED,
     LEFT,
@@ -297,9 +296,8 @@ async def test_a_sync_wait_on_an_event_loop_thread_is_refused(kind: str) -> None
     with pytest.raises(RuntimeError, match=r"runs an event loop.*acall"):
         policy.call(lambda: None)
     if kind == "bulkhead":
-        with pytest.raises(RuntimeError, match=r"async with"):
-            with policy:
-                pass
+        with pytest.raises(RuntimeError, match=r"async with"), policy:
+            pass
     assert policy.queued == (1 if ahead else 0)  # the refused caller left the queue
     done.set()
     await task

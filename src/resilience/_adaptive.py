@@ -43,11 +43,11 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from ._slots import Slots
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import LimitExceededError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
+from ._slots import Slots
 from ._validate import CONTROL_FLOW, exception_matcher, integer, number, optional_name
 from ._validate import seconds as _seconds
 from ._waiters import Waiter, await_turn, wait_turn
@@ -833,8 +833,8 @@ class AdaptiveLimiter(Middleware):
                 hand_over()
             else:
                 give(None)
-                if queue.count:
-                    serve()
+                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
+                    serve()  # type: ignore[unreachable]
             if end >= core.window_end:
                 close(end)
             return result
@@ -878,8 +878,8 @@ class AdaptiveLimiter(Middleware):
                 hand_over()
             else:
                 give(None)
-                if queue.count:
-                    serve()
+                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
+                    serve()  # type: ignore[unreachable]
             if end >= core.window_end:
                 close(end)
             return result

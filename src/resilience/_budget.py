@@ -27,9 +27,9 @@ from __future__ import annotations
 import math
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from collections.abc import Callable
 from typing import Any
 
 from ._clock import Clock, validate_clock
@@ -95,17 +95,17 @@ class _Account:
     __slots__ = (
         "clock",
         "deposit_amount",
-        "min_per_second",
-        "ratio",
-        "ttl",
         "edge",
         "folded",
         "latest",
+        "min_per_second",
         "mutex",
+        "ratio",
         "refused",
         "reserve",
         "slots",
         "tally",
+        "ttl",
         "width",
         "withdraw_amount",
         "withdrawals",

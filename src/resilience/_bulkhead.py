@@ -19,9 +19,9 @@ from ._context import VAR, Raw, effective_deadline, remaining
 from ._errors import BulkheadFullError, DeadlineCut
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool
+from ._slots import Slots
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
-from ._slots import Slots
 from ._waiters import Waiter, await_turn, wait_turn
 
 __all__ = ["Bulkhead", "BulkheadEvent", "BulkheadMetrics"]
@@ -368,8 +368,8 @@ class Bulkhead(Middleware):
                     hand_over()
                 else:
                     give(None)
-                    if queue.count:
-                        serve()
+                    if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
+                        serve()  # type: ignore[unreachable]
 
         return bulkhead
 
@@ -448,7 +448,7 @@ class Bulkhead(Middleware):
                     hand_over()
                 else:
                     give(None)
-                    if queue.count:
-                        serve()
+                    if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
+                        serve()  # type: ignore[unreachable]
 
         return bulkhead

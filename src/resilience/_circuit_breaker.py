@@ -232,6 +232,21 @@ class CircuitBreaker(Middleware):
     """
 
     kind = "circuit_breaker"
+
+    # The thresholds, set from `_thresholds` (and by `update`).
+    failure_ratio: float | None
+    consecutive_failures: int | None
+    minimum_calls: int
+    window_calls: int | None
+    window_seconds: float | None
+    window_buckets: int
+    slow_call_seconds: float | None
+    slow_call_ratio: float
+    open_seconds: float | _backoff.Backoff
+    half_open_calls: int
+    half_open_max_seconds: float
+    half_open_rule: HalfOpenRule
+
     _read_only = frozenset(
         {
             *_THRESHOLDS,

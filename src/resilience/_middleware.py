@@ -84,7 +84,7 @@ class Middleware(ABC):
             if type(self).__init__ is sealing_init:  # the outermost __init__ is done
                 object.__setattr__(self, "_sealed", True)
 
-        cls.__init__ = sealing_init  # type: ignore[method-assign]
+        setattr(cls, "__init__", sealing_init)  # noqa: B010 - mypy refuses a plain assignment
 
     def __setattr__(self, attribute: str, value: Any) -> None:
         if self._sealed and attribute in self._read_only:

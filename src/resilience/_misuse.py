@@ -62,7 +62,7 @@ def _flags(fn: object) -> int:
         fn = fn.func
     code = getattr(fn, "__code__", None)
     if code is None:
-        call = getattr(type(fn), "__call__", None)
+        call = getattr(type(fn), "__call__", None)  # noqa: B004 - the method itself
         code = getattr(call, "__code__", None)
     return code.co_flags if isinstance(code, types.CodeType) else 0
 
@@ -105,7 +105,7 @@ def _not_a_function(fn: object, where: str, entry: str) -> TypeError:
     return TypeError(f"{where}.{entry}() takes a callable, got {type(fn).__name__}")
 
 
-def check_sync_entry(fn: object, policy: Any) -> None:
+def check_sync_entry(fn: Any, policy: Any) -> None:
     """Refuse what ``call()`` cannot protect; remember a plain function found fine."""
     where = type(policy).__name__
     if not callable(fn):
@@ -119,7 +119,7 @@ def check_sync_entry(fn: object, policy: Any) -> None:
             "only make a coroutine, and no layer would see it run. Use "
             f"`await policy.acall({_name(fn)}, ...)`"
         )
-    if type(fn) is _FUNCTION:
+    if isinstance(fn, _FUNCTION):
         policy._checked_sync = fn
 
 
@@ -135,7 +135,7 @@ def check_async_entry(fn: Any, policy: Any) -> Any:
     if _flags(fn) & _STREAMS:
         raise _stream_error(fn, f"{where}.acall()")
     if is_async_callable(fn):
-        if type(fn) is _FUNCTION:
+        if isinstance(fn, _FUNCTION):
             policy._checked_async = fn
         return fn
     return awaitable_or_misuse(fn, where)

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from types import TracebackType
@@ -335,6 +335,7 @@ class Throttle(Middleware):
         else:
             self.cost = fixed = _cost(cost, self.burst)
             self._cost_of = None
+        self._initial_given = initial_tokens is not None
         self.initial_tokens = (
             self.burst
             if initial_tokens is None
@@ -398,7 +399,7 @@ class Throttle(Middleware):
             "max_wait": self.max_wait,
             "cost": self.cost,
         }
-        if self.initial_tokens != self.burst:
+        if self._initial_given:
             out["initial_tokens"] = self.initial_tokens
         return out
 
@@ -629,7 +630,7 @@ class Throttle(Middleware):
             await admit(bucket.cost, self.max_wait)  # the queue, or ThrottledError
             return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
 
-        return bucket.shell(next, direct, admitted)  # type: ignore[return-value]
+        return bucket.shell(next, direct, admitted)
 
     def _awrap_weighted(self, next: AsyncEndpoint) -> AsyncEndpoint:
         """The async shell when each call has its own cost."""

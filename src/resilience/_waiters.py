@@ -142,7 +142,8 @@ class WaiterQueue:
     def collect_debt(self) -> None:
         """Settle the first debt with a grant that never enters the gate (a slot given back)."""
         waiter = self.head()
-        assert waiter is not None and waiter.collect is not None  # debts come first
+        assert waiter is not None  # debts come first
+        assert waiter.collect is not None
         self._waiters.popleft()
         waiter.state = GRANTED
         self.count -= 1

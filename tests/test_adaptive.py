@@ -955,3 +955,23 @@ def test_the_limit_finds_the_capacity_and_follows_it(make: Callable[[], rs.Limit
         assert settled is not None, (capacity, trace)
         assert settled <= 40, (capacity, settled)
         start += seconds
+
+
+def test_update_moves_the_bounds_and_the_limit_inside_them(clock: FakeClock) -> None:
+    """update(max_limit=) below the current limit lowers it at once; settings are read-only."""
+    adaptive = limiter(clock=clock, initial_limit=8, min_limit=2, max_limit=10)
+    held = [adaptive.try_acquire() for _ in range(5)]
+    adaptive.update(max_limit=4)
+    assert (adaptive.limit, adaptive.max_limit, adaptive.in_flight) == (4, 4, 5)
+    assert adaptive.try_acquire() is None  # five running over a limit of four: no new call
+    for permit in held:
+        assert permit is not None
+        permit.ignore()
+    assert (adaptive.in_flight, adaptive.metrics().limit) == (0, 4)
+    assert adaptive.algorithm.max_limit == 4
+    adaptive.update(min_limit=6, max_limit=12, max_queue=3)
+    assert (adaptive.limit, adaptive.max_queue) == (6, 3)
+    with pytest.raises(ValueError, match=r"^max_limit must be >= min_limit \(6\)"):
+        adaptive.update(max_limit=5)
+    with pytest.raises(AttributeError, match=r"read-only; use AdaptiveLimiter.update"):
+        adaptive.max_limit = 3  # type: ignore[misc]

@@ -66,6 +66,8 @@ __all__ = [
     "Vegas",
 ]
 
+_UNSET: Any = object()
+
 #: The most samples a window keeps (the latest ones): a bound on memory at any rate.
 MAX_WINDOW_SAMPLES = 1000
 #: The time recorded for a dropped call: a marker, never averaged.
@@ -579,6 +581,39 @@ class AdaptiveLimiter(Middleware):
         algorithm.start(self.initial_limit, self.min_limit, self.max_limit)
         self.algorithm = algorithm
         self._core = _Core(self.initial_limit, self.clock, self.window_seconds)
+
+    def update(
+        self,
+        *,
+        min_limit: int = _UNSET,
+        max_limit: int = _UNSET,
+        max_queue: int = _UNSET,
+        max_wait: float | timedelta | None = _UNSET,
+    ) -> None:
+        """Change the bounds of the limit, the queue's length or ``max_wait``, atomically.
+
+        A limit now outside ``[min_limit, max_limit]`` moves inside at once
+        (slots held above a lower limit are taken back as their calls end);
+        the algorithm keeps its estimate and works within the new bounds.
+        """
+        low = self.min_limit if min_limit is _UNSET else integer(min_limit, "min_limit", minimum=1)
+        high = self.max_limit if max_limit is _UNSET else integer(max_limit, "max_limit", minimum=1)
+        if high < low:
+            raise ValueError(f"max_limit must be >= min_limit ({low}), got {high!r}")
+        queue = (
+            self.max_queue if max_queue is _UNSET else integer(max_queue, "max_queue", minimum=0)
+        )
+        wait = self.max_wait if max_wait is _UNSET else max_wait
+        wait = None if wait is None else _seconds(wait, "max_wait", allow_zero=True)
+        core = self._core
+        with core.mutex:
+            algorithm = self.algorithm
+            algorithm.min_limit, algorithm.max_limit = low, high
+            algorithm.limit = float(max(low, min(high, algorithm.limit)))
+            self._set(min_limit=low, max_limit=high, max_queue=queue, max_wait=wait)
+            limit = max(low, min(high, core.capacity))
+            if limit != core.capacity:
+                core.resize(limit)
 
     # -- description and observation ----------------------------------------------------------
 

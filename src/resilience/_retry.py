@@ -245,12 +245,24 @@ class Retry(Middleware):
         retryable = self._retryable
         check = self.on_result
         again = self._again
-        deposit = self._deposit()
-        monotonic = self.clock.monotonic
-        timed = self.backoff.wants_elapsed
         direct = next is terminal  # innermost: call the function without the extra hop
+        deposit, monotonic, timed = self._first()
+        if deposit is None and not timed:  # the common case: nothing before the attempt
 
-        def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                try:
+                    result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise
+                    return again(next, fn, args, kwargs, exc, None, _NAN)
+                if check is None or not check(result):
+                    return result
+                return again(next, fn, args, kwargs, None, result, _NAN)
+
+            return retry
+
+        def counted(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             if deposit is not None:
                 deposit()
             started = monotonic() if timed else _NAN
@@ -259,25 +271,36 @@ class Retry(Middleware):
             except Exception as exc:
                 if not retryable(exc):
                     raise
-                error: BaseException | None = exc
-                result = None
-            else:
-                if check is None or not check(result):
-                    return result
-                error = None
-            return again(next, fn, args, kwargs, error, result, started)
+                return again(next, fn, args, kwargs, exc, None, started)
+            if check is None or not check(result):
+                return result
+            return again(next, fn, args, kwargs, None, result, started)
 
-        return retry
+        return counted
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         retryable = self._retryable
         check = self.on_result
         again = self._aagain
-        deposit = self._deposit()
-        monotonic = self.clock.monotonic
-        timed = self.backoff.wants_elapsed
+        deposit, monotonic, timed = self._first()
+        if deposit is None and not timed:
 
-        async def retry(
+            async def retry(
+                fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+            ) -> Any:
+                try:
+                    result = await next(fn, args, kwargs)
+                except Exception as exc:
+                    if not retryable(exc):
+                        raise
+                    return await again(next, fn, args, kwargs, exc, None, _NAN)
+                if check is None or not check(result):
+                    return result
+                return await again(next, fn, args, kwargs, None, result, _NAN)
+
+            return retry
+
+        async def counted(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             if deposit is not None:
@@ -288,20 +311,23 @@ class Retry(Middleware):
             except Exception as exc:
                 if not retryable(exc):
                     raise
-                error: BaseException | None = exc
-                result = None
-            else:
-                if check is None or not check(result):
-                    return result
-                error = None
-            return await again(next, fn, args, kwargs, error, result, started)
+                return await again(next, fn, args, kwargs, exc, None, started)
+            if check is None or not check(result):
+                return result
+            return await again(next, fn, args, kwargs, None, result, started)
 
-        return retry
+        return counted
 
-    def _deposit(self) -> Callable[[], None] | None:
-        """The budget's deposit, once per call; None without a budget that deposits."""
+    def _first(self) -> tuple[Callable[[], None] | None, Callable[[], float], bool]:
+        """What happens before the first attempt: a budget deposit, a clock read.
+
+        The budget's deposit (None without a budget that deposits), once per
+        call; the clock, read when the backoff wants the time since the first
+        attempt (`backoff.Backoff.wants_elapsed`).
+        """
         budget = self.budget
-        return budget.deposit if budget is not None and budget.deposits else None
+        deposit = budget.deposit if budget is not None and budget.deposits else None
+        return deposit, self.clock.monotonic, self.backoff.wants_elapsed
 
     def _again(
         self,

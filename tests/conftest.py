@@ -1,11 +1,29 @@
-"""Shared fixtures for the test suite."""
+"""Shared fixtures for the test suite, and the hypothesis seed of the run."""
 
 from __future__ import annotations
+
+import os
+import random
 
 import pytest
 
 from resilience._context import EMPTY, VAR
 from resilience.testing import FakeClock
+
+#: Hypothesis tests that are not derandomized run with this seed, new for each run unless
+#: RESILIENCE_HYPOTHESIS_SEED (or --hypothesis-seed) sets it: a failure is replayed with it.
+SEED = os.environ.get("RESILIENCE_HYPOTHESIS_SEED") or str(random.SystemRandom().randrange(2**32))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give hypothesis the run's seed (it reads the option in its own pytest_configure)."""
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = SEED
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.getoption("hypothesis_seed", None)
+    return f"hypothesis seed: {seed} (replay: RESILIENCE_HYPOTHESIS_SEED={seed})"
 
 
 @pytest.fixture(autouse=True)

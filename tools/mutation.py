@@ -1,0 +1,564 @@
+"""Mutation testing of the state machines: does the suite catch a small change to the code?
+
+    python tools/mutation.py                   # every module in MODULES
+    python tools/mutation.py _throttle _slots  # some of them
+    python tools/mutation.py --list _throttle  # the mutants, without running them
+    python tools/mutation.py --jobs 2          # in parallel (default: the cores)
+
+For each module, one small change at a time (a mutant): a comparison turned
+around, an arithmetic or boolean operator swapped, a number moved by one, a
+``not`` dropped, a statement deleted. Each mutant runs the module's own tests,
+with ``-x``, but only those that execute the mutated line (found once with
+coverage contexts). A failing or hung test kills the mutant; a mutant every
+test passes with *survives*: either the tests have a hole there, or the change
+cannot be told apart (an *equivalent* mutant, listed with the reason in
+``tools/mutation_equivalents.toml``). The score of a module is the killed
+mutants over the non-equivalent ones.
+
+How a mutant runs: the parent process imports pytest and the heavy test
+dependencies, never `resilience`, and forks one child per mutant. The child
+installs an import hook that gives the mutated module's compiled code to
+`import resilience.<module>`, then runs pytest in-process. No file is
+written, so mutants run in parallel over one checkout. A child that outlives
+its time limit (a deadlock, an endless loop) is killed: that kills the
+mutant too, and is counted apart as a hang.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import dataclasses
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import json
+import os
+import pathlib
+import signal
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "src" / "resilience"
+EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.toml"
+RESULTS = ROOT / ".mutation"
+
+#: Module -> its own tests (the ones a change to it should break).
+MODULES: dict[str, tuple[str, ...]] = {
+    "_circuit_store": ("tests/test_circuit_breaker.py", "tests/test_circuit_breaker_model.py"),
+    "_throttle": ("tests/test_throttle.py", "tests/test_throttle_model.py"),
+    "_slots": ("tests/test_bulkhead.py", "tests/test_adaptive.py", "tests/test_bulkhead_model.py"),
+    "_bulkhead": ("tests/test_bulkhead.py", "tests/test_bulkhead_model.py"),
+    "_waiters": ("tests/test_waiters.py", "tests/test_throttle.py", "tests/test_bulkhead.py"),
+    "_budget": ("tests/test_budget.py",),
+    "_retry": ("tests/test_retry.py",),
+    "_adaptive": ("tests/test_adaptive.py",),
+}
+
+TARGET = 0.95
+"""The least share of non-equivalent mutants a module's tests must kill."""
+
+
+# -- the mutants -------------------------------------------------------------------------------
+
+SWAP_COMPARE: dict[type, list[type]] = {
+    ast.Lt: [ast.LtE, ast.Gt],
+    ast.LtE: [ast.Lt, ast.GtE],
+    ast.Gt: [ast.GtE, ast.Lt],
+    ast.GtE: [ast.Gt, ast.LtE],
+    ast.Eq: [ast.NotEq],
+    ast.NotEq: [ast.Eq],
+    ast.Is: [ast.IsNot],
+    ast.IsNot: [ast.Is],
+    ast.In: [ast.NotIn],
+    ast.NotIn: [ast.In],
+}
+SWAP_BINOP: dict[type, list[type]] = {
+    ast.Add: [ast.Sub],
+    ast.Sub: [ast.Add],
+    ast.Mult: [ast.Div],
+    ast.Div: [ast.Mult],
+    ast.FloorDiv: [ast.Div],
+    ast.Mod: [ast.FloorDiv],
+    ast.LShift: [ast.RShift],
+    ast.RShift: [ast.LShift],
+    ast.BitOr: [ast.BitAnd],
+    ast.BitAnd: [ast.BitOr],
+    ast.BitXor: [ast.BitOr],
+}
+SYMBOL = {
+    ast.Lt: "<",
+    ast.LtE: "<=",
+    ast.Gt: ">",
+    ast.GtE: ">=",
+    ast.Eq: "==",
+    ast.NotEq: "!=",
+    ast.Is: "is",
+    ast.IsNot: "is not",
+    ast.In: "in",
+    ast.NotIn: "not in",
+    ast.Add: "+",
+    ast.Sub: "-",
+    ast.Mult: "*",
+    ast.Div: "/",
+    ast.FloorDiv: "//",
+    ast.Mod: "%",
+    ast.LShift: "<<",
+    ast.RShift: ">>",
+    ast.BitOr: "|",
+    ast.BitAnd: "&",
+    ast.BitXor: "^",
+    ast.And: "and",
+    ast.Or: "or",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Mutant:
+    """One small change to a module, found by its position among the module's nodes."""
+
+    module: str
+    index: int
+    """The mutated node's place in `ast.walk` order, with ``variant`` the change made to it."""
+    variant: int
+    line: int
+    function: str
+    description: str
+
+    @property
+    def key(self) -> str:
+        """A name that survives unrelated edits of the module (for the equivalents list)."""
+        return f"{self.module}:{self.function}:{self.description}"
+
+
+def _skipped(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Nodes not worth mutating: docstrings, logging, messages, __slots__, asserts."""
+    current: ast.AST | None = node
+    while current is not None:
+        if isinstance(current, ast.Assert | ast.JoinedStr | ast.Raise):
+            return True
+        if isinstance(current, ast.Assign | ast.AnnAssign):
+            targets = current.targets if isinstance(current, ast.Assign) else [current.target]
+            names = {t.id for t in targets if isinstance(t, ast.Name)}
+            if names & {"__slots__", "__all__", "logger"}:
+                return True
+        if isinstance(current, ast.Call):
+            func = current.func
+            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
+                if func.value.id in ("logger", "logging", "warnings"):
+                    return True
+        if isinstance(current, ast.Expr) and isinstance(current.value, ast.Constant):
+            return True  # a docstring
+        current = parents.get(current)
+    return False
+
+
+def _function_of(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> str:
+    names: list[str] = []
+    current = parents.get(node)
+    while current is not None:
+        if isinstance(current, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.append(current.name)
+        current = parents.get(current)
+    return ".".join(reversed(names)) or "<module>"
+
+
+def _variants(node: ast.AST, source: str) -> list[str]:
+    """Descriptions of the changes this node takes (their order is the variant number)."""
+    out: list[str] = []
+    segment = (ast.get_source_segment(source, node) or "").replace("\n", " ")
+    segment = " ".join(segment.split())[:60]
+    if isinstance(node, ast.Compare):
+        for i, op in enumerate(node.ops):
+            for new in SWAP_COMPARE.get(type(op), []):
+                out.append(f"{segment} [{i}: {SYMBOL[type(op)]} -> {SYMBOL[new]}]")
+    elif isinstance(node, ast.BinOp | ast.AugAssign):
+        for new in SWAP_BINOP.get(type(node.op), []):
+            out.append(f"{segment} [{SYMBOL[type(node.op)]} -> {SYMBOL[new]}]")
+        if isinstance(node, ast.AugAssign):
+            out.append(f"{segment} [delete the statement]")
+    elif isinstance(node, ast.BoolOp):
+        new_op = "or" if isinstance(node.op, ast.And) else "and"
+        out.append(f"{segment} [{SYMBOL[type(node.op)]} -> {new_op}]")
+    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
+        out.append(f"{segment} [drop {'not' if isinstance(node.op, ast.Not) else '-'}]")
+    elif isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool):
+            out.append(f"{segment} [{value} -> {not value}]")
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out.append(f"{segment} [{value!r} -> {value + 1!r}]")
+            if value != 0:
+                out.append(f"{segment} [{value!r} -> 0]")
+    elif isinstance(node, ast.If | ast.While):
+        out.append(f"if/while {segment[:40]} [negate the test]")
+    elif isinstance(node, ast.Expr | ast.Assign | ast.Return) and not (
+        isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+    ):
+        out.append(f"{segment} [delete the statement]")
+    return out
+
+
+def _apply(node: ast.AST, variant: int, description: str) -> ast.AST | None:
+    """Change ``node`` in place as ``description`` says; None: delete the statement."""
+    if "[delete the statement]" in description:
+        return None
+    if isinstance(node, ast.Compare):
+        choices = [(i, new) for i, op in enumerate(node.ops) for new in SWAP_COMPARE.get(type(op), [])]
+        i, new = choices[variant]
+        node.ops[i] = new()
+    elif isinstance(node, ast.BinOp | ast.AugAssign):
+        node.op = SWAP_BINOP[type(node.op)][variant]()
+    elif isinstance(node, ast.BoolOp):
+        node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+    elif isinstance(node, ast.UnaryOp):
+        return node.operand
+    elif isinstance(node, ast.Constant):
+        value = node.value
+        if isinstance(value, bool):
+            node.value = not value
+        else:
+            node.value = value + 1 if variant == 0 else 0
+    elif isinstance(node, ast.If | ast.While):
+        node.test = ast.UnaryOp(op=ast.Not(), operand=node.test)
+    return node
+
+
+def mutants(module: str) -> list[Mutant]:
+    source = (PACKAGE / f"{module}.py").read_text()
+    tree = ast.parse(source)
+    parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+    annotations = _annotation_nodes(tree)
+    out: list[Mutant] = []
+    for index, node in enumerate(ast.walk(tree)):
+        if node in annotations or _skipped(node, parents):
+            continue
+        if "pragma: no mutate" in _line(source, node):
+            continue
+        for variant, description in enumerate(_variants(node, source)):
+            line = getattr(node, "lineno", 0)
+            out.append(Mutant(module, index, variant, line, _function_of(node, parents), description))
+    return _numbered(out)
+
+
+def _annotation_nodes(tree: ast.AST) -> set[ast.AST]:
+    """Nodes inside type annotations (never evaluated: ``from __future__ import annotations``)
+    and decorators (``frozen=True`` and the like: shape, not behaviour)."""
+    roots: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            roots.extend(node.decorator_list)  # @dataclass(frozen=True, slots=True) and such
+        if isinstance(node, ast.AnnAssign):
+            roots.append(node.annotation)
+        elif isinstance(node, ast.arg) and node.annotation is not None:
+            roots.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+            roots.append(node.returns)
+    return {inner for root in roots for inner in ast.walk(root)}
+
+
+def _line(source: str, node: ast.AST) -> str:
+    line = getattr(node, "lineno", None)
+    return source.splitlines()[line - 1] if line else ""
+
+
+def _numbered(found: list[Mutant]) -> list[Mutant]:
+    """Make keys unique: the n-th identical description in a function gets #n."""
+    seen: dict[str, int] = {}
+    out = []
+    for mutant in found:
+        count = seen.get(mutant.key, 0)
+        seen[mutant.key] = count + 1
+        if count:
+            mutant = dataclasses.replace(mutant, description=f"{mutant.description} #{count + 1}")
+        out.append(mutant)
+    return out
+
+
+def mutated_code(mutant: Mutant) -> Any:
+    """The compiled code of the module with one change."""
+    path = PACKAGE / f"{mutant.module}.py"
+    tree = ast.parse(path.read_text())
+    parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+    for index, node in enumerate(ast.walk(tree)):
+        if index == mutant.index:
+            break
+    else:  # pragma: no cover - the module changed under us
+        raise LookupError(mutant)
+    description = mutant.description.split(" #")[0]
+    replacement = _apply(node, mutant.variant, description)
+    if replacement is not node:
+        _replace(parents[node], node, replacement)
+    ast.fix_missing_locations(tree)
+    return compile(tree, str(path), "exec")
+
+
+def _replace(parent: ast.AST, old: ast.AST, new: ast.AST | None) -> None:
+    for field, value in ast.iter_fields(parent):
+        if isinstance(value, list) and old in value:
+            position = value.index(old)
+            if new is None:
+                value[position] = ast.Pass()
+                ast.copy_location(value[position], old)
+            else:
+                value[position] = new
+            return
+        if value is old:
+            setattr(parent, field, new if new is not None else ast.Constant(None))
+            return
+    raise LookupError(old)  # pragma: no cover
+
+
+# -- running -------------------------------------------------------------------------------------
+
+
+class _Hook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Gives `resilience.<module>` the mutated code."""
+
+    def __init__(self, name: str, code: Any) -> None:
+        self.name = name
+        self.code = code
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        origin = str(PACKAGE / f"{fullname.rsplit('.', 1)[1]}.py")
+        return importlib.util.spec_from_loader(fullname, self, origin=origin)
+
+    def create_module(self, spec: Any) -> None:
+        return None
+
+    def exec_module(self, module: Any) -> None:
+        module.__file__ = str(PACKAGE / f"{self.name.rsplit('.', 1)[1]}.py")
+        exec(self.code, module.__dict__)
+
+
+def _run_child(tests: list[str], code: Any, module: str, quiet: bool = True) -> int:
+    """In a forked child: run pytest on ``tests``, with ``code`` as the module if given."""
+    if code is not None:
+        sys.meta_path.insert(0, _Hook(f"resilience.{module}", code))
+    import pytest
+
+    # --assert=plain: pytest's assert rewriting would import `resilience` (a plugin's
+    # package) through its own hook, before ours.
+    args = [*tests, "-x", "-q", "-p", "no:cacheprovider", "--assert=plain", "--no-header"]
+    if quiet:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    return int(pytest.main(args))
+
+
+def run_forked(tests: list[str], code: Any, module: str, limit: float) -> tuple[str, float]:
+    """``("killed" | "survived" | "hang", seconds)`` for one run of the tests in a child."""
+    started = time.monotonic()
+    pid = os.fork()
+    if pid == 0:  # the child
+        try:
+            status = _run_child(tests, code, module)
+        except BaseException:
+            status = 3
+        os._exit(status)
+    deadline = started + limit
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            seconds = time.monotonic() - started
+            return ("survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"), seconds
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return "hang", limit
+        time.sleep(0.02)
+
+
+def coverage_map(module: str, tests: tuple[str, ...]) -> dict[int, set[str]]:
+    """Line -> the test files and functions that run it (empty set: every test, at import)."""
+    out_file = RESULTS / f"{module}.contexts.json"
+    pid = os.fork()
+    if pid == 0:
+        import coverage
+
+        cov = coverage.Coverage(
+            data_file=None,
+            include=[str(PACKAGE / f"{module}.py")],
+            branch=False,
+        )
+        cov.set_option("run:dynamic_context", "test_function")
+        cov.start()
+        try:
+            _run_child(list(tests), None, module)
+        finally:
+            cov.stop()
+        data = cov.get_data()
+        path = str(PACKAGE / f"{module}.py")
+        by_line = data.contexts_by_lineno(path)
+        out_file.write_text(json.dumps({str(k): sorted(v) for k, v in by_line.items()}))
+        os._exit(0)
+    os.waitpid(pid, 0)
+    raw = json.loads(out_file.read_text())
+    files = {pathlib.Path(t).stem: t for t in tests}
+    result: dict[int, set[str]] = {}
+    for line, contexts in raw.items():
+        selected: set[str] = set()
+        everywhere = False
+        for context in contexts:
+            if not context:
+                everywhere = True
+                continue
+            module_name, _, function = context.rpartition(".")
+            stem = module_name.rsplit(".", 1)[-1]
+            if stem in files:
+                selected.add(f"{files[stem]}::{function.split('.')[0]}")
+        result[int(line)] = set() if everywhere and not selected else selected
+    return result
+
+
+def load_equivalents() -> dict[str, str]:
+    if not EQUIVALENTS.exists():
+        return {}
+    data = tomllib.loads(EQUIVALENTS.read_text())
+    return {entry["mutant"]: entry["why"] for entry in data.get("equivalent", [])}
+
+
+def run_module(module: str, jobs: int, verbose: bool) -> dict[str, Any]:
+    tests = tuple(t for t in MODULES[module] if (ROOT / t).exists())
+    RESULTS.mkdir(exist_ok=True)
+    baseline, seconds = run_forked(list(tests), None, module, 600)
+    if baseline != "survived":
+        raise SystemExit(f"{module}: its tests fail without any mutant ({baseline})")
+    limit = max(20.0, 4 * seconds)
+    lines = coverage_map(module, tests)
+    equivalents = load_equivalents()
+    found = mutants(module)
+    outcome: dict[str, str] = {}
+    queue: list[tuple[Mutant, list[str]]] = []
+    for mutant in found:
+        if mutant.line not in lines:
+            outcome[mutant.key] = "survived"  # no test runs this line
+            continue
+        selected = sorted(lines[mutant.line]) or list(tests)
+        queue.append((mutant, selected))
+    running: dict[int, tuple[Mutant, float]] = {}
+    pending = list(queue)
+    total = len(pending)
+    done = 0
+    while pending or running:
+        while pending and len(running) < jobs:
+            mutant, selected = pending.pop(0)
+            code = mutated_code(mutant)
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    status = _run_child(selected, code, module)
+                except BaseException:
+                    status = 3
+                os._exit(status)
+            running[pid] = (mutant, time.monotonic())
+        finished = []
+        for pid, (mutant, started) in running.items():
+            ended, status = os.waitpid(pid, os.WNOHANG)
+            if ended:
+                code_ = os.waitstatus_to_exitcode(status)
+                outcome[mutant.key] = "survived" if code_ == 0 else "killed"
+                finished.append(pid)
+            elif time.monotonic() - started > limit:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                outcome[mutant.key] = "hang"
+                finished.append(pid)
+        for pid in finished:
+            mutant, _ = running.pop(pid)
+            done += 1
+            if verbose:
+                print(f"  [{done}/{total}] {outcome[mutant.key]:8s} {mutant.key}", flush=True)
+        if not finished:
+            time.sleep(0.02)
+    equivalent = {key for key in outcome if key in equivalents}
+    survivors = sorted(k for k, v in outcome.items() if v == "survived" and k not in equivalent)
+    killed = sum(1 for k, v in outcome.items() if v in ("killed", "hang") and k not in equivalent)
+    hangs = sum(1 for v in outcome.values() if v == "hang")
+    counted = len(outcome) - len(equivalent)
+    wrongly_equivalent = sorted(k for k in equivalent if outcome[k] != "survived")
+    result = {
+        "module": module,
+        "mutants": len(outcome),
+        "killed": killed,
+        "hangs": hangs,
+        "equivalent": len(equivalent),
+        "survived": survivors,
+        "score": killed / counted if counted else 1.0,
+        "equivalent_but_killed": wrongly_equivalent,
+        "seconds_baseline": seconds,
+    }
+    (RESULTS / f"{module}.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modules", nargs="*", help=f"default: {', '.join(MODULES)}")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    options = parser.parse_args()
+    # Every child draws the same hypothesis examples: a mutant's fate must not depend on luck.
+    os.environ.setdefault("RESILIENCE_HYPOTHESIS_SEED", "20261204")
+    modules = options.modules or list(MODULES)
+    unknown = [m for m in modules if m not in MODULES]
+    if unknown:
+        parser.error(f"unknown modules: {', '.join(unknown)} (known: {', '.join(MODULES)})")
+    if options.list:
+        for module in modules:
+            for mutant in mutants(module):
+                print(f"{mutant.line:5d} {mutant.key}")
+        return 0
+    # Import what every child needs once, in the parent, before forking.
+    import asyncio  # noqa: F401
+    import concurrent.futures  # noqa: F401
+
+    import hypothesis  # noqa: F401
+    import pytest  # noqa: F401
+    import pytest_asyncio  # noqa: F401
+
+    assert "resilience" not in sys.modules, "the parent must not import resilience"
+    results = []
+    for module in modules:
+        started = time.monotonic()
+        result = run_module(module, options.jobs, options.verbose)
+        result["seconds"] = time.monotonic() - started
+        results.append(result)
+        print(_summary(result), flush=True)
+    print()
+    print("| module | mutants | killed | hangs | equivalent | survived | score |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    failed = False
+    for r in results:
+        ok = r["score"] >= TARGET and not r["equivalent_but_killed"]
+        failed |= not ok
+        print(
+            f"| `{r['module']}.py` | {r['mutants']} | {r['killed']} | {r['hangs']} | "
+            f"{r['equivalent']} | {len(r['survived'])} | {r['score']:.1%}{'' if ok else ' (below)'} |"
+        )
+    return 1 if failed else 0
+
+
+def _summary(result: dict[str, Any]) -> str:
+    lines = [
+        f"{result['module']}: {result['score']:.1%} killed of {result['mutants']} mutants "
+        f"({result['equivalent']} equivalent, {result['hangs']} hangs) in {result['seconds']:.0f} s"
+    ]
+    for key in result["survived"]:
+        lines.append(f"  survived: {key}")
+    for key in result["equivalent_but_killed"]:
+        lines.append(f"  listed as equivalent but killed: {key}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

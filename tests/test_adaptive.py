@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import heapq
 import logging
 import math
@@ -39,6 +40,22 @@ def limiter(algorithm: rs.LimitAlgorithm | None = None, **kwargs: Any) -> rs.Ada
     kwargs.setdefault("window_seconds", 1.0)
     kwargs.setdefault("window_samples", 1)
     return rs.AdaptiveLimiter(algorithm, **kwargs)
+
+
+class WatchedClock(FakeClock):
+    """A FakeClock that tells the test when a thread blocks on it to wait for a slot."""
+
+    def __init__(self, *, auto_advance: bool = False) -> None:
+        super().__init__(auto_advance=auto_advance)
+        self._blocked = threading.Semaphore(0)
+
+    def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
+        self._blocked.release()  # the thread is in the queue, about to block
+        super().wait_future(future, deadline)
+
+    def wait_for_a_blocked_thread(self) -> None:
+        """Return once a thread has blocked waiting its turn; fail if none does."""
+        assert self._blocked.acquire(timeout=30), "no thread blocked in the queue within 30 s"
 
 
 # -- construction ----------------------------------------------------------------------------------
@@ -687,7 +704,7 @@ async def test_a_waiter_cancelled_after_its_grant_gives_the_slot_back(clock: Fak
 
 def test_a_thread_waits_at_most_max_wait() -> None:
     """A queued thread that gets no slot within max_wait is refused, after waiting."""
-    clock = FakeClock(auto_advance=False)
+    clock = WatchedClock()
     adaptive = limiter(clock=clock, initial_limit=1, max_queue=1, max_wait=2)
     held = adaptive.try_acquire()
     caught: list[BaseException] = []
@@ -700,26 +717,29 @@ def test_a_thread_waits_at_most_max_wait() -> None:
 
     thread = threading.Thread(target=queued)
     thread.start()
-    while not adaptive.queued:
-        threading.Event().wait(0.001)
+    clock.wait_for_a_blocked_thread()
+    assert adaptive.queued == 1
     with pytest.raises(rs.LimitExceededError, match="its queue of 1 is full"):
         adaptive.call(lambda: None)  # the queue comes first, and it is full
     clock.advance(2)
-    thread.join(5)
+    thread.join(30)
+    assert not thread.is_alive(), "the queued thread did not give up after max_wait"
     assert str(caught[0]) == "adaptive limiter is at its limit: no slot came free in 2s"
     assert (adaptive.queued, adaptive.rejected) == (0, 2)
     held.ignore()
     assert adaptive.try_acquire() is not None
 
 
-def test_a_thread_gets_a_slot_given_back_while_it_waits(clock: FakeClock) -> None:
+def test_a_thread_gets_a_slot_given_back_while_it_waits() -> None:
     """A call that ends hands its slot to the first waiting thread."""
+    clock = WatchedClock(auto_advance=True)
     adaptive = limiter(clock=clock, initial_limit=1, max_queue=1)
-    release = threading.Event()
+    entered, release = threading.Event(), threading.Event()
     results: list[str] = []
 
     def holder() -> str:
-        release.wait(5)
+        entered.set()
+        release.wait(30)
         return "held"
 
     threads = [
@@ -727,21 +747,22 @@ def test_a_thread_gets_a_slot_given_back_while_it_waits(clock: FakeClock) -> Non
         threading.Thread(target=lambda: results.append(adaptive.call(lambda: "served"))),
     ]
     threads[0].start()
-    while not adaptive.in_flight:
-        threading.Event().wait(0.001)
+    assert entered.wait(30), "the first call never got its slot"
+    assert adaptive.in_flight == 1
     threads[1].start()
-    while not adaptive.queued:
-        threading.Event().wait(0.001)
+    clock.wait_for_a_blocked_thread()
+    assert adaptive.queued == 1
     release.set()
     for thread in threads:
-        thread.join(5)
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a call never ended"
     assert results == ["held", "served"]
     assert adaptive.in_flight == 0
 
 
 def test_a_queued_thread_never_waits_past_the_call_deadline() -> None:
     """The wait in the queue ends at the deadline of an outer Timeout; max_wait=0 never waits."""
-    clock = FakeClock(auto_advance=False)
+    clock = WatchedClock()
     adaptive = limiter(clock=clock, initial_limit=1, max_queue=1)
     pipeline = rs.Pipeline.builder().add(rs.Timeout(1.5, clock=clock)).add(adaptive).build()
     held = adaptive.try_acquire()
@@ -755,10 +776,11 @@ def test_a_queued_thread_never_waits_past_the_call_deadline() -> None:
 
     thread = threading.Thread(target=queued)
     thread.start()
-    while not adaptive.queued:
-        threading.Event().wait(0.001)
+    clock.wait_for_a_blocked_thread()
+    assert adaptive.queued == 1
     clock.advance(1.5)
-    thread.join(5)
+    thread.join(30)
+    assert not thread.is_alive(), "the queued thread waited past the deadline"
     assert str(caught[0]).endswith("no slot came free in 1.5s")
     impatient = limiter(clock=clock, initial_limit=1, max_queue=1, max_wait=0)
     impatient.try_acquire()

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from resilience._slots import Slots
 from resilience.testing import FakeClock
 
 USER: contextvars.ContextVar[str] = contextvars.ContextVar("USER", default="nobody")
@@ -636,14 +637,35 @@ def test_a_slot_is_given_back_once_even_if_both_sides_try() -> None:
     assert bulkhead.drain() is True
 
 
-async def test_the_slow_path_takes_a_slot_that_came_back(mode: str) -> None:
-    """Under the lock, a slot freed since the fast path looked is taken, not queued for."""
-    bulkhead = rs.Bulkhead(1, max_queue=1)
+@pytest.mark.parametrize("max_queue", [0, 1])
+async def test_the_slow_path_takes_a_slot_that_came_back(
+    mode: str, max_queue: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slot given back after the fast path missed, before the slow path locked, is taken."""
+    bulkhead = rs.Bulkhead(1, max_queue=max_queue)
+    events: list[rs.BulkheadEvent] = []
+    bulkhead.subscribe(events.append)
+    bulkhead.__enter__()  # another call holds the only slot: the next fast path misses
+    slots = bulkhead._slots
+    lock = Slots.lock
+    free_when_missed: list[int] = []
+
+    def give_back_then_lock(self: Slots) -> None:
+        # The race, made deterministic: the holder ends between the fast path's
+        # miss and the slow path's lock (the queue is empty: its slot goes free).
+        if self is slots and not free_when_missed:
+            free_when_missed.append(bulkhead.available)
+            bulkhead.__exit__(None, None, None)
+        lock(self)
+
+    monkeypatch.setattr(Slots, "lock", give_back_then_lock)
     if mode == "sync":
-        bulkhead._admit()
+        assert bulkhead.call(lambda: "in") == "in"
     else:
-        await bulkhead._aadmit()
-    assert (bulkhead.in_flight, bulkhead.queued) == (1, 0)
+        assert await bulkhead.acall(asyncio.sleep, 0, "in") == "in"
+    assert free_when_missed == [0]  # the fast path had found no slot: the race happened
+    assert events == []  # neither refused (max_queue=0) nor served through the queue
+    assert bulkhead.metrics() == rs.BulkheadMetrics(in_flight=0, available=1, queued=0, rejected=0)
 
 
 async def test_async_calls_are_not_isolated() -> None:
@@ -940,11 +962,14 @@ def test_updates_under_threads_never_run_over_the_limit() -> None:
     threads = [threading.Thread(target=hammer) for _ in range(6)]
     for thread in threads:
         thread.start()
-    for i in range(300):
-        bulkhead.update(max_concurrent=(1, 4, 2, 3)[i % 4])
-    bulkhead.update(max_concurrent=4)
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    try:
+        for i in range(300):
+            bulkhead.update(max_concurrent=(1, 4, 2, 3)[i % 4])
+        bulkhead.update(max_concurrent=4)
+    finally:
+        stop.set()  # even when update() raises: the hammers must not outlive the test
+        for thread in threads:
+            thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a hammer thread never stopped"
     assert over == []
     assert bulkhead.metrics() == rs.BulkheadMetrics(0, 4, 0, bulkhead.rejected)

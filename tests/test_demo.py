@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,12 @@ async def test_a_short_demo_runs_and_adds_up() -> None:
         assert run.fresh + run.fallbacks + run.failed == run.requests
         assert len(run.latencies) == run.requests
         assert len(run.timeline) == run.requests
-        assert run.percentile(0.5) <= run.percentile(0.99)
+        # Nearest rank: p99 is a measured latency, with at least 99 % of them at or
+        # below it and fewer than 99 % strictly below it.
+        p99 = run.percentile(0.99)
+        assert p99 in run.latencies
+        assert sum(x <= p99 for x in run.latencies) >= 0.99 * run.requests
+        assert sum(x < p99 for x in run.latencies) < 0.99 * run.requests
     assert bare.fallbacks == 0
     assert bare.downstream_calls == bare.requests  # no retries without protection
     assert guarded.failed == 0  # the fallback answers whatever is left
@@ -29,6 +35,16 @@ async def test_a_short_demo_runs_and_adds_up() -> None:
     table = format_table(bare, guarded)
     assert f"{bare.requests}" in table
     assert "breaker trips" in table
+
+
+def test_percentile_is_the_nearest_rank() -> None:
+    """percentile(q) is the smallest latency with at least q of them at or below it."""
+    run = RunResult("known", latencies=[0.5, 0.1, 0.4, 0.2, 0.3])  # not in order
+    quantiles = (0.0, 0.2, 0.21, 0.5, 0.8, 0.99, 1.0)
+    assert [run.percentile(q) for q in quantiles] == [0.1, 0.1, 0.2, 0.3, 0.4, 0.5, 0.5]
+    hundred = RunResult("hundred", latencies=[i / 100 for i in range(100, 0, -1)])
+    assert (hundred.percentile(0.5), hundred.percentile(0.99)) == (0.5, 0.99)
+    assert math.isnan(RunResult("empty").percentile(0.99))
 
 
 def test_options_are_checked() -> None:

@@ -146,6 +146,10 @@ def _faults_fix(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _faults_expected(kwargs: dict[str, Any]) -> tuple[type[BaseException], ...]:
     error = kwargs.get("error")
+    # An omitted error_rate follows the error (1.0 with one, else off); None or 0 is off.
+    rate = kwargs.get("error_rate", 0.0 if error is None else 1.0)
+    if not rate or kwargs.get("enabled") is False:
+        return ()  # no error can be injected: every call must return
     if error is None:
         return (rs.InjectedFault,)
     if isinstance(error, BaseException):
@@ -607,18 +611,25 @@ async def _awork() -> int:
     return 1
 
 
-def _happy(layer: rs.Middleware, expected: tuple[type[BaseException], ...]) -> None:
-    """A sync and an async call through ``layer`` both succeed (or raise what was asked)."""
-    outcomes: list[object] = []
+def _happy(
+    layer: rs.Middleware,
+    expected: tuple[type[BaseException], ...],
+    answers: tuple[object, ...] = (1,),
+) -> None:
+    """A sync and an async call both return one of ``answers``, or raise one of ``expected``."""
+    outcomes: dict[str, object] = {}
     with contextlib.suppress(*expected):
-        outcomes.append(layer.call(_work))
+        outcomes["sync"] = layer.call(_work)
 
     async def main() -> None:
         with contextlib.suppress(*expected):
-            outcomes.append(await layer.acall(_awork))
+            outcomes["async"] = await layer.acall(_awork)
 
     asyncio.run(main())
-    assert all(isinstance(outcome, int) for outcome in outcomes)
+    if not expected:
+        assert set(outcomes) == {"sync", "async"}, outcomes
+    for how, outcome in outcomes.items():
+        assert outcome in answers, f"{how} call returned {outcome!r}, not one of {answers!r}"
 
 
 @pytest.mark.parametrize("label", sorted(SPECS))
@@ -629,10 +640,15 @@ def test_valid_configuration_serves_calls(label: str, data: st.DataObject) -> No
     spec = SPECS[label]
     kwargs = data.draw(spec.configs(), label="valid")
     made = spec.make(**kwargs)
-    assert repr(made)
+    text = repr(made)
+    shown = label.rpartition(".")[2]  # backoff.exponential(...) shows as exponential(...)
+    assert text.startswith(f"{shown}("), text
+    assert text.endswith(")"), text
     if isinstance(made, rs.Middleware):
         assert made.describe()["type"]
-        _happy(made, spec.expected(kwargs))
+        # A FaultInjector may answer with its injected result instead of calling.
+        answers = (1, kwargs["result"]) if "result" in kwargs else (1,)
+        _happy(made, spec.expected(kwargs), answers)
         if isinstance(made, rs.Timeout | rs.Bulkhead):
             assert made.drain(5.0)
     elif isinstance(made, backoff.Backoff):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -817,9 +818,22 @@ def test_one_record_per_notable_event(caplog: pytest.LogCaptureFixture, clock: F
     assert records(caplog)[-1][1].startswith("resilience: FaultInjector 'chaos' injects FaultPlan(")
 
 
+class BlockWatchingClock(FakeClock):
+    """A FakeClock that tells the test when a thread blocks on it, waiting in a queue."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocked = threading.Event()
+
+    def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
+        self.blocked.set()
+        super().wait_future(future, deadline)
+
+
 def test_queue_waits_log_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     """A call that waited for a bulkhead slot logs its wait at DEBUG."""
-    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=10, name="pool")
+    clock = BlockWatchingClock()
+    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=10, name="pool", clock=clock)
     inside, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -832,10 +846,12 @@ def test_queue_waits_log_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG, logger="resilience"):
         waiter = threading.Thread(target=bulkhead.call, args=(lambda: None,))
         waiter.start()
-        while bulkhead.queued == 0:
-            threading.Event().wait(0.001)
+        assert clock.blocked.wait(30), "the second call never blocked in the queue"
+        assert bulkhead.queued == 1
         release.set()
-        waiter.join(10)
-    holder.join(10)
+        waiter.join(30)
+    holder.join(30)
+    assert not waiter.is_alive(), "the queued call never ended"
+    assert not holder.is_alive(), "the holding call never ended"
     assert [level for level, _ in records(caplog)] == ["DEBUG"]
     assert records(caplog)[0][1].startswith("resilience: Bulkhead 'pool': a call waited")

@@ -219,13 +219,16 @@ def test_update_is_atomic_under_threads() -> None:
     threads = [threading.Thread(target=caller) for _ in range(4)]
     for thread in threads:
         thread.start()
-    for i in range(300):
-        throttle.update(rate=1e6 if i % 2 else 10.0, burst=1000 if i % 3 else 500)
-        available = throttle.available
-        assert 0.0 <= available <= throttle.burst
-    stop.set()
-    for thread in threads:
-        thread.join(30)
+    try:
+        for i in range(300):
+            throttle.update(rate=1e6 if i % 2 else 10.0, burst=1000 if i % 3 else 500)
+            available = throttle.available
+            assert 0.0 <= available <= throttle.burst
+    finally:
+        stop.set()  # even when an assertion fails: the callers must not outlive the test
+        for thread in threads:
+            thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "a caller thread never stopped"
     assert problems == []
 
 

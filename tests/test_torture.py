@@ -34,6 +34,9 @@ CALLS_PER_THREAD = max(50, int(50_000 * SCALE))
 TASKS = 2_000
 CALLS_PER_TASK = max(5, int(125 * SCALE))
 SEED = 20240608
+# The per-test limit of pytest-timeout (60 s in pyproject.toml) grows with the size:
+# each test takes ~2 s at the default scale and ~30-40 s at RESILIENCE_TORTURE_SCALE=1.
+LIMIT = pytest.mark.timeout(max(60.0, 300.0 * SCALE))
 
 
 class Abort(BaseException):
@@ -116,6 +119,7 @@ def assert_returned(throttle: rs.Throttle, bulkhead: rs.Bulkhead, clock: FakeClo
     assert throttle.metrics().available == pytest.approx(throttle.burst)
 
 
+@LIMIT
 def test_threads_through_one_pipeline() -> None:
     """16 threads: only expected errors escape, breaker counts exact, all slots come back."""
     clock = FakeClock()
@@ -191,6 +195,7 @@ def test_threads_through_one_pipeline() -> None:
     assert pipeline.call(lambda: 7) == 7
 
 
+@LIMIT
 async def test_tasks_through_one_pipeline() -> None:
     """2,000 tasks, randomly cancelled: expected errors only, exact trips and rejections."""
     clock = FakeClock()

@@ -136,14 +136,32 @@ async def test_a_task_on_a_closed_loop_is_dropped_not_granted() -> None:
     assert (dead.state, alive.state, gate.queue.count) == (LEFT, GRANTED, 0)
 
 
-def test_waking_a_thread_twice_is_harmless() -> None:
-    """A thread woken again before its next round (nudged, then granted) is left as it is."""
+def test_waking_a_thread_sets_its_signal() -> None:
+    """Waking a thread resolves the signal it blocks on this round; a wake is not a grant."""
     gate = Units(0, FakeClock())
     waiter = join(gate)
-    waiter.signal = concurrent.futures.Future()
-    waiter.signal.set_result(None)
+    signal: concurrent.futures.Future[None] = concurrent.futures.Future()
+    waiter.signal = signal
     _wake(waiter)
-    assert waiter.signal.done()
+    assert signal.done()
+    assert signal.result() is None
+    assert waiter.state == WAITING
+
+
+def test_waking_a_thread_twice_is_harmless() -> None:
+    """A thread nudged, then granted before its next round: no InvalidStateError, still done."""
+    gate = Units(0, FakeClock(), ready=5.0)
+    head, second = join(gate), join(gate)
+    signal: concurrent.futures.Future[None] = concurrent.futures.Future()
+    second.signal = signal
+    with gate.mutex:
+        gate.queue.leave(head, 0.0)  # the new head is nudged: its signal is set
+    assert (second.state, signal.done()) == (WAITING, True)
+    gate.release(1)  # granted before it ran again: the same, already done, signal is woken again
+    assert (second.state, gate.queue.count, gate.units) == (GRANTED, 0, 0)
+    _wake(second)  # and once more, directly
+    assert signal.done()
+    assert signal.result() is None
 
 
 def test_waking_a_task_whose_loop_closed_is_harmless() -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import copy
 import dataclasses
 import importlib.abc
 import importlib.machinery
@@ -40,7 +39,6 @@ import signal
 import sys
 import time
 import tomllib
-from collections.abc import Iterator
 from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -129,6 +127,8 @@ class Mutant:
     line: int
     function: str
     description: str
+    last_line: int = 0
+    """The last line of the mutated expression (coverage may report any line of it)."""
 
     @property
     def key(self) -> str:
@@ -149,9 +149,12 @@ def _skipped(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
                 return True
         if isinstance(current, ast.Call):
             func = current.func
-            if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name):
-                if func.value.id in ("logger", "logging", "warnings"):
-                    return True
+            if (
+                isinstance(func, ast.Attribute)
+                and isinstance(func.value, ast.Name)
+                and func.value.id in ("logger", "logging", "warnings")
+            ):
+                return True
         if isinstance(current, ast.Expr) and isinstance(current.value, ast.Constant):
             return True  # a docstring
         current = parents.get(current)
@@ -209,7 +212,9 @@ def _apply(node: ast.AST, variant: int, description: str) -> ast.AST | None:
     if "[delete the statement]" in description:
         return None
     if isinstance(node, ast.Compare):
-        choices = [(i, new) for i, op in enumerate(node.ops) for new in SWAP_COMPARE.get(type(op), [])]
+        choices = [
+            (i, new) for i, op in enumerate(node.ops) for new in SWAP_COMPARE.get(type(op), [])
+        ]
         i, new = choices[variant]
         node.ops[i] = new()
     elif isinstance(node, ast.BinOp | ast.AugAssign):
@@ -240,9 +245,12 @@ def mutants(module: str) -> list[Mutant]:
             continue
         if "pragma: no mutate" in _line(source, node):
             continue
+        span = node.test if isinstance(node, ast.If | ast.While) else node
+        line = getattr(node, "lineno", 0)
+        last = getattr(span, "end_lineno", None) or line
         for variant, description in enumerate(_variants(node, source)):
-            line = getattr(node, "lineno", 0)
-            out.append(Mutant(module, index, variant, line, _function_of(node, parents), description))
+            function = _function_of(node, parents)
+            out.append(Mutant(module, index, variant, line, function, description, last))
     return _numbered(out)
 
 
@@ -285,11 +293,10 @@ def mutated_code(mutant: Mutant) -> Any:
     path = PACKAGE / f"{mutant.module}.py"
     tree = ast.parse(path.read_text())
     parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
-    for index, node in enumerate(ast.walk(tree)):
-        if index == mutant.index:
-            break
-    else:  # pragma: no cover - the module changed under us
+    nodes = list(ast.walk(tree))
+    if mutant.index >= len(nodes):  # pragma: no cover - the module changed under us
         raise LookupError(mutant)
+    node = nodes[mutant.index]
     description = mutant.description.split(" #")[0]
     replacement = _apply(node, mutant.variant, description)
     if replacement is not node:
@@ -439,10 +446,15 @@ def run_module(module: str, jobs: int, verbose: bool) -> dict[str, Any]:
     outcome: dict[str, str] = {}
     queue: list[tuple[Mutant, list[str]]] = []
     for mutant in found:
-        if mutant.line not in lines:
+        span = [
+            lines[n]
+            for n in range(mutant.line, max(mutant.line, mutant.last_line) + 1)
+            if n in lines
+        ]
+        if not span:
             outcome[mutant.key] = "survived"  # no test runs this line
             continue
-        selected = sorted(lines[mutant.line]) or list(tests)
+        selected = sorted(set().union(*span)) if all(span) else list(tests)
         queue.append((mutant, selected))
     running: dict[int, tuple[Mutant, float]] = {}
     pending = list(queue)
@@ -541,9 +553,10 @@ def main() -> int:
     for r in results:
         ok = r["score"] >= TARGET and not r["equivalent_but_killed"]
         failed |= not ok
+        mark = "" if ok else " (below)"
         print(
             f"| `{r['module']}.py` | {r['mutants']} | {r['killed']} | {r['hangs']} | "
-            f"{r['equivalent']} | {len(r['survived'])} | {r['score']:.1%}{'' if ok else ' (below)'} |"
+            f"{r['equivalent']} | {len(r['survived'])} | {r['score']:.1%}{mark} |"
         )
     return 1 if failed else 0
 

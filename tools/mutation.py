@@ -261,8 +261,9 @@ def _annotation_nodes(tree: ast.AST) -> set[ast.AST]:
     for node in ast.walk(tree):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
             roots.extend(node.decorator_list)  # @dataclass(frozen=True, slots=True) and such
-        if isinstance(node, ast.AnnAssign) or (isinstance(node, ast.arg) and node.annotation is not None):
-            roots.append(node.annotation)
+        annotation = getattr(node, "annotation", None)  # AnnAssign, and arg
+        if isinstance(node, ast.AnnAssign | ast.arg) and annotation is not None:
+            roots.append(annotation)
         elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
             roots.append(node.returns)
     return {inner for root in roots for inner in ast.walk(root)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import math
@@ -829,3 +830,275 @@ def test_a_store_that_cannot_change_its_rules_says_so() -> None:
     with pytest.raises(NotImplementedError, match=r"Fixed cannot change its rules"):
         cb.update(failure_ratio=0.2)
     assert cb.failure_ratio == 0.5
+
+
+# -- holes a mutation run found in the state machine ---------------------------------------
+
+
+def transitions(cb: rs.CircuitBreaker) -> list[tuple[str, str]]:
+    """Subscribe to ``cb``: the list of (old, new) state values it will receive."""
+    seen: list[tuple[str, str]] = []
+    cb.subscribe(lambda event: seen.append((event.old.value, event.new.value)))
+    return seen
+
+
+def test_manual_controls_notify_listeners_exactly_once(store_kind: str) -> None:
+    """isolate(), disable() and reset() each send one state change to every listener."""
+    heard: list[tuple[str, str]] = []
+    cb = breaker(
+        store_kind,
+        consecutive_failures=1,
+        on_state_change=lambda e: heard.append((e.old.value, e.new.value)),
+        clock=FakeClock(),
+    )
+    seen = transitions(cb)
+    cb.isolate()
+    cb.disable()
+    cb.reset()
+    expected = [("closed", "isolated"), ("isolated", "disabled"), ("disabled", "closed")]
+    assert seen == expected
+    assert heard == expected
+
+
+def test_an_update_that_trips_notifies_once_and_uses_the_first_break(store_kind: str) -> None:
+    """update() that opens a closed breaker: one event, and the first break of a growing one."""
+    clock = FakeClock()
+    cb = breaker(
+        store_kind,
+        failure_ratio=0.9,
+        minimum_calls=2,
+        window_calls=2,
+        open_seconds=backoff.exponential(2.0, maximum=60.0),
+        clock=clock,
+    )
+    seen = transitions(cb)
+    for fn in (fail, ok):
+        with contextlib.suppress(ConnectionError):
+            cb.call(fn)
+    cb.update(failure_ratio=0.75)  # 1 of 2 failed: still below
+    assert (cb.state, seen) == (CircuitState.CLOSED, [])
+    cb.update(failure_ratio=0.5)
+    assert seen == [("closed", "open")]
+    assert cb.metrics().retry_after == 2.0
+    cb.isolate()
+    cb.update(failure_ratio=0.1)  # only a closed breaker trips on an update
+    assert cb.state is CircuitState.ISOLATED
+
+
+def test_slow_calls_leave_a_time_window_as_they_expire(clock: FakeClock) -> None:
+    """A time window subtracts the slow calls of the buckets it drops, not only the calls."""
+    cb = rs.CircuitBreaker(
+        failure_ratio=None,
+        slow_call_seconds=1.0,
+        slow_call_ratio=0.9,
+        minimum_calls=100,
+        window_seconds=3.0,
+        window_buckets=3,
+        clock=clock,
+    )
+
+    def slow() -> str:
+        clock.advance(1.5)
+        return "late"
+
+    cb.call(slow)  # ends at 1.5: bucket 1
+    clock.advance(1.0)
+    cb.call(ok)  # 2.5: bucket 2
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.slow_calls) == (2, 1)
+    clock.advance(2.0)  # 4.5: bucket 4; bucket 1 (the slow call) has left the window
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.slow_calls) == (1, 0)
+    clock.advance(1.0)  # 5.5: bucket 5; bucket 2 has left too
+    assert (cb.metrics().calls, cb.metrics().slow_calls) == (0, 0)
+
+
+def test_a_time_window_moves_bucket_by_bucket(clock: FakeClock) -> None:
+    """Calls in successive buckets leave one at a time, each when its own bucket expires."""
+    cb = rs.CircuitBreaker(minimum_calls=100, window_seconds=4.0, window_buckets=4, clock=clock)
+    counts = []
+    for _ in range(4):
+        with contextlib.suppress(ConnectionError):
+            cb.call(fail)
+        clock.advance(1.0)
+        counts.append(cb.metrics().calls)
+    assert counts == [1, 2, 3, 3]  # at 4.0 the call of bucket 0 has left
+    for _ in range(3):
+        clock.advance(1.0)
+        counts.append(cb.metrics().failures)
+    assert counts[4:] == [2, 1, 0]
+
+
+async def test_half_open_counts_running_and_ended_trials_together(mode: str) -> None:
+    """half_open_calls bounds the trials that ran plus those running: one ended, one running,
+    one more admitted, then rejections."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(consecutive_failures=1, half_open_calls=3, open_seconds=1, clock=clock)
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    clock.advance(1)
+    assert cb.call(ok) == "ok"  # trial 1 ended
+    gate, entered = asyncio.Event(), asyncio.Event()
+
+    async def held() -> str:
+        entered.set()
+        await gate.wait()
+        return "held"
+
+    running = asyncio.create_task(cb.acall(held))  # trial 2 runs
+    await entered.wait()
+    assert await outcome(mode, cb, lambda: "third") == "third"  # trial 3 admitted
+    assert await outcome(mode, cb, ok) == "rejected"
+    assert cb.state is CircuitState.HALF_OPEN
+    gate.set()
+    assert await running == "held"
+    assert cb.state is CircuitState.CLOSED
+
+
+async def test_an_ended_trial_frees_exactly_its_own_place(mode: str) -> None:
+    """After a trial ends (or is ignored), the count admits exactly the places left."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(
+        consecutive_failures=1, half_open_calls=3, open_seconds=1, ignore=KeyError, clock=clock
+    )
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    clock.advance(1)
+
+    def ignored() -> None:
+        raise KeyError("not counted")
+
+    with pytest.raises(KeyError):
+        cb.call(ignored)  # its place comes back
+    assert cb.call(ok) == "ok"  # trial 1 ended: two places left
+    gate, both = asyncio.Event(), asyncio.Semaphore(0)
+
+    async def held() -> str:
+        both.release()
+        await gate.wait()
+        return "held"
+
+    tasks = [asyncio.create_task(cb.acall(held)) for _ in range(2)]
+    await both.acquire()
+    await both.acquire()
+    assert await outcome(mode, cb, ok) == "rejected"  # 1 ended + 2 running = 3
+    gate.set()
+    assert await asyncio.gather(*tasks) == ["held", "held"]
+    assert cb.state is CircuitState.CLOSED
+
+
+async def test_a_late_release_of_an_old_trial_leaves_a_new_half_open_alone() -> None:
+    """A trial of an earlier half-open state that is cancelled after the breaker reopened and
+    half-opened again gives back nothing of the new state's places."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(consecutive_failures=1, half_open_calls=2, open_seconds=1, clock=clock)
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    clock.advance(1)
+    entered = asyncio.Event()
+
+    async def stuck() -> None:
+        entered.set()
+        await asyncio.Event().wait()
+
+    old = asyncio.create_task(cb.acall(stuck))  # a trial of this half-open state
+    await entered.wait()
+    with pytest.raises(ConnectionError):
+        cb.call(fail)  # the other trial fails: reopen
+    clock.advance(10)
+    assert cb.call(ok) == "ok"  # a new half-open state: 1 of 2 trials done
+    old.cancel()  # the old trial's slot is not this state's to give back
+    with pytest.raises(asyncio.CancelledError):
+        await old
+    gate = asyncio.Event()
+
+    async def held() -> str:
+        await gate.wait()
+        return "held"
+
+    second = asyncio.create_task(cb.acall(held))
+    await asyncio.sleep(0)
+    with pytest.raises(rs.CircuitOpenError):
+        cb.call(ok)  # 1 done + 1 running: no third trial
+    gate.set()
+    assert await second == "held"
+
+
+def test_a_stuck_trial_reopens_with_a_longer_break(store_kind: str) -> None:
+    """Trials stuck past half_open_max_seconds reopen the breaker with the next, longer break;
+    a close resets the growth."""
+    clock = FakeClock()
+    cb = breaker(
+        store_kind,
+        consecutive_failures=1,
+        open_seconds=backoff.exponential(1.0, maximum=100.0),
+        half_open_max_seconds=5,
+        clock=clock,
+    )
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    assert cb.metrics().retry_after == 1.0
+    clock.advance(1)
+    permit = cb.store.acquire()  # a trial that never reports back
+    assert permit >= 0
+    clock.advance(5)
+    with pytest.raises(rs.CircuitOpenError):
+        cb.call(ok)  # the stuck trial's time is up: reopen, second break
+    assert (cb.state, cb.metrics().retry_after) == (CircuitState.OPEN, 2.0)
+    clock.advance(2)
+    with pytest.raises(ConnectionError):
+        cb.call(fail)  # a failed trial: third break
+    assert cb.metrics().retry_after == 4.0
+    clock.advance(4)
+    cb.call(ok)  # closes: the growth starts again
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    assert cb.metrics().retry_after == 1.0
+
+
+def test_the_ratio_rule_grows_the_break_and_judges_slow_trials() -> None:
+    """Under half_open_rule="ratio", slow trials count for the slow ratio (and only they), and a
+    reopening grows the break."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(
+        failure_ratio=0.5,
+        slow_call_seconds=1.0,
+        slow_call_ratio=0.5,
+        minimum_calls=1,
+        window_calls=1,
+        half_open_calls=2,
+        half_open_rule="ratio",
+        open_seconds=backoff.exponential(1.0, maximum=100.0),
+        clock=clock,
+    )
+
+    def slow() -> str:
+        clock.advance(2)
+        return "late"
+
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    clock.advance(1)
+    cb.call(ok)
+    cb.call(slow)  # one slow of two: reaches 0.5
+    metrics = cb.metrics()
+    assert (metrics.state, metrics.retry_after) == (CircuitState.OPEN, 2.0)
+    clock.advance(2)
+    cb.call(ok)
+    assert cb.metrics().slow_calls == 0
+    cb.call(ok)  # two fast trials: neither ratio reached
+    assert cb.state is CircuitState.CLOSED
+
+
+def test_a_call_meeting_a_state_changed_on_its_way_is_admitted() -> None:
+    """The slow path finds the breaker closed again (reset while the call came): admitted
+    under the new state, and its outcome counts there."""
+    store = rs.MemoryCircuitStore()
+    cb = rs.CircuitBreaker(consecutive_failures=1, store=store, clock=FakeClock())
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    cb.reset()
+    permit = store._acquire_slow()  # as a call that saw the breaker open a moment ago
+    assert permit >= 0
+    store.record(permit, rs._circuit_store.FAILURE, 0.0)
+    assert (cb.state, cb.metrics().failures) == (CircuitState.OPEN, 1)

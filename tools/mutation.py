@@ -384,7 +384,7 @@ def run_forked(tests: list[str], code: Any, module: str, limit: float) -> tuple[
 
 
 def coverage_map(module: str, tests: tuple[str, ...]) -> dict[int, set[str]]:
-    """Line -> the test files and functions that run it (empty set: every test, at import)."""
+    """Line -> the tests that run it (an empty set: every test of the module may)."""
     out_file = RESULTS / f"{module}.contexts.json"
     pid = os.fork()
     if pid == 0:
@@ -412,16 +412,17 @@ def coverage_map(module: str, tests: tuple[str, ...]) -> dict[int, set[str]]:
     result: dict[int, set[str]] = {}
     for line, contexts in raw.items():
         selected: set[str] = set()
-        everywhere = False
         for context in contexts:
             if not context:
-                everywhere = True
-                continue
+                # Run outside a test function's frame (at import, or in a task the test
+                # started): any test may run it, so every test of the module runs.
+                selected = set()
+                break
             module_name, _, function = context.rpartition(".")
             stem = module_name.rsplit(".", 1)[-1]
             if stem in files:
                 selected.add(f"{files[stem]}::{function.split('.')[0]}")
-        result[int(line)] = set() if everywhere and not selected else selected
+        result[int(line)] = selected
     return result
 
 
@@ -432,7 +433,9 @@ def load_equivalents() -> dict[str, str]:
     return {entry["mutant"]: entry["why"] for entry in data.get("equivalent", [])}
 
 
-def run_module(module: str, jobs: int, verbose: bool) -> dict[str, Any]:
+def run_module(
+    module: str, jobs: int, verbose: bool, only: set[str] | None = None
+) -> dict[str, Any]:
     tests = tuple(t for t in MODULES[module] if (ROOT / t).exists())
     RESULTS.mkdir(exist_ok=True)
     baseline, seconds = run_forked(list(tests), None, module, 600)
@@ -442,6 +445,8 @@ def run_module(module: str, jobs: int, verbose: bool) -> dict[str, Any]:
     lines = coverage_map(module, tests)
     equivalents = load_equivalents()
     found = mutants(module)
+    if only is not None:
+        found = [m for m in found if m.key in only]
     outcome: dict[str, str] = {}
     queue: list[tuple[Mutant, list[str]]] = []
     for mutant in found:
@@ -507,7 +512,8 @@ def run_module(module: str, jobs: int, verbose: bool) -> dict[str, Any]:
         "equivalent_but_killed": wrongly_equivalent,
         "seconds_baseline": seconds,
     }
-    (RESULTS / f"{module}.json").write_text(json.dumps(result, indent=2))
+    if only is None:  # a partial run does not replace the full one's record
+        (RESULTS / f"{module}.json").write_text(json.dumps(result, indent=2))
     return result
 
 
@@ -517,6 +523,11 @@ def main() -> int:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--list", action="store_true", help="list the mutants, run nothing")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument(
+        "--survivors",
+        action="store_true",
+        help="run again only the mutants that survived the last run (a quick check of new tests)",
+    )
     options = parser.parse_args()
     # Every child draws the same hypothesis examples: a mutant's fate must not depend on luck.
     os.environ.setdefault("RESILIENCE_HYPOTHESIS_SEED", "20261204")
@@ -541,7 +552,11 @@ def main() -> int:
     results = []
     for module in modules:
         started = time.monotonic()
-        result = run_module(module, options.jobs, options.verbose)
+        only = None
+        if options.survivors:
+            previous = json.loads((RESULTS / f"{module}.json").read_text())
+            only = set(previous["survived"])
+        result = run_module(module, options.jobs, options.verbose, only)
         result["seconds"] = time.monotonic() - started
         results.append(result)
         print(_summary(result), flush=True)

@@ -6,12 +6,21 @@ import pathlib
 
 import nox
 
-nox.options.sessions = ["tests", "lint", "typecheck", "examples", "docs", "bench_smoke"]
+nox.options.sessions = [
+    "tests",
+    "tests_other_pythons",
+    "lint",
+    "typecheck",
+    "examples",
+    "docs",
+    "bench_smoke",
+]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
 ROOT = pathlib.Path(__file__).parent
 PYTHON = None  # the interpreter nox runs on (Python >= 3.11)
+OTHER_PYTHONS = ["3.12", "3.13"]  # the suite runs on these too (3.11 is PYTHON in CI)
 
 
 @nox.session(python=PYTHON)
@@ -23,12 +32,31 @@ def tests(session: nox.Session) -> None:
     session.run("coverage", "report")
 
 
+@nox.session(python=OTHER_PYTHONS)
+def tests_other_pythons(session: nox.Session) -> None:
+    """The test suite on the other supported Pythons (no coverage: it is measured once)."""
+    session.install("-e", ".[tests]")
+    session.run("python", "-m", "pytest", "-q", *session.posargs)
+
+
+@nox.session(python=PYTHON, default=False)
+def mutation(session: nox.Session) -> None:
+    """Mutation testing of the state machines (tools/mutation.py): about an hour on 2 cores.
+
+    `nox -s mutation -- _throttle` runs one module; `-- --survivors` only the last survivors.
+    """
+    session.install("-e", ".[tests]")
+    session.run("python", "tools/mutation.py", *session.posargs)
+
+
 @nox.session(python=PYTHON)
 def lint(session: nox.Session) -> None:
     """ruff, for the whole tree."""
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "noxfile.py")
+    session.run(
+        "ruff", "format", "--check", "src", "tests", "examples", "bench", "tools", "noxfile.py"
+    )
 
 
 @nox.session(python=PYTHON)

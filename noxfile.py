@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import shutil
 
 import nox
 
@@ -13,6 +14,7 @@ nox.options.sessions = [
     "typecheck",
     "examples",
     "docs",
+    "wheel",
     "bench_smoke",
 ]
 nox.options.reuse_existing_virtualenvs = True
@@ -80,6 +82,37 @@ def docs(session: nox.Session) -> None:
     """A strict mkdocs build: any warning fails it."""
     session.install("-e", ".[docs]")
     session.run("mkdocs", "build", "--strict", "-d", str(ROOT / ".site"))
+
+
+@nox.session(python=PYTHON)
+def wheel(session: nox.Session) -> None:
+    """Build the wheel, install it in a fresh venv with nothing else, and run the demo from it."""
+    session.install("build")
+    tmp = pathlib.Path(session.create_tmp())
+    dist = tmp / "dist"
+    shutil.rmtree(dist, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(dist), str(ROOT))
+    (wheel_file,) = dist.glob("*.whl")
+    venv = tmp / "fresh"
+    shutil.rmtree(venv, ignore_errors=True)
+    session.run("python", "-m", "venv", str(venv))
+    python = str(venv / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "-q", str(wheel_file), external=True)
+    session.run(
+        python, "-c", "import resilience, sys; print(resilience.__version__)", external=True
+    )
+    session.run(
+        python,
+        "-m",
+        "resilience",
+        "demo",
+        "--duration",
+        "1",
+        "--clients",
+        "8",
+        "--quiet",
+        external=True,
+    )
 
 
 @nox.session(python=PYTHON)

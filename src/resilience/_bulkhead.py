@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._clock import Clock, validate_clock, wait_future
-from ._context import VAR, Raw, effective_deadline, remaining
+from ._context import VAR, Raw, child, effective_deadline, remaining
 from ._errors import BulkheadFullError, DeadlineCut
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool
@@ -403,7 +403,7 @@ class Bulkhead(Middleware):
                 now = clock.monotonic()
                 raw = VAR.get()
                 deadline = effective_deadline(raw, clock, now)
-                inner: Raw = [raw[0], raw[1], deadline, clock, raw[4]]
+                inner = child(raw, deadline, clock)
                 context = contextvars.copy_context()
                 future = workers().submit(
                     context.run, _run_in_slot, give_back, inner, next, fn, args, kwargs

@@ -491,30 +491,38 @@ class CircuitBreaker(Middleware):
         if self.on_outcome is not None:
             self._report("failure" if code & 2 else "success", seconds, slow, error)
 
-    # -- the shells ------------------------------------------------------------------
+    # -- the shells: the store's lane inline, everything else through the store --------
+
+    def _parts(self) -> tuple[Any, ...]:
+        """What both shells read: the lane, the store's door, and the core of a call's end."""
+        store = self.store
+        timed = self.slow_call_seconds is not None or self.window_seconds is not None
+        measured = timed or self.failure_result is not None or self.on_outcome is not None
+        monotonic = self.clock.monotonic if timed else None
+        return (
+            store.lane,
+            store.acquire,
+            store.record,
+            store.release,
+            self._settle,
+            self._rejection,
+            measured,
+            monotonic,
+        )
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        store = self.store
-        acquire = store.acquire
-        record = store.record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-        timed = self.slow_call_seconds is not None or self.window_seconds is not None
-        monotonic = self.clock.monotonic
-        plain = not timed and self.failure_result is None and self.on_outcome is None
-        direct = next is terminal
-
-        if plain and type(store) is MemoryCircuitStore:
-            return self._wrap_memory(next, store)
+        lane, acquire, record, release, settle, reject, measured, monotonic = self._parts()
+        direct = next is terminal  # innermost: call the function without the extra hop
 
         def circuit_breaker(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            permit = acquire()
+            permit = lane.permit
             if permit < 0:
-                raise reject()
-            started = monotonic() if timed else None
+                permit = acquire()
+                if permit < 0:
+                    raise reject()
+            started = monotonic() if monotonic is not None else None
             try:
                 result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             except Exception as exc:
@@ -523,48 +531,14 @@ class CircuitBreaker(Middleware):
             except BaseException:
                 release(permit)  # control flow: hand the permit back, count nothing
                 raise
-            if plain:
-                record(permit, SUCCESS, 0.0)
-            else:
+            if measured:
                 settle(permit, None, result, started)
-            return result
-
-        return circuit_breaker
-
-    def _wrap_memory(self, next: Endpoint, store: MemoryCircuitStore) -> Endpoint:
-        """The sync shell for the common case, with the memory store's fast paths inlined.
-
-        Same steps as `wrap`; only the closed-state permit and the lock-free
-        success are read from the store's fields instead of through calls.
-        """
-        acquire = store._acquire_slow
-        record = store._record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-        direct = next is terminal
-
-        def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = store._fast_permit
-            if permit < 0:
-                permit = acquire()
-                if permit < 0:
-                    raise reject()
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, None)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            ring = store._ring  # read before the check: a reset swaps in a new ring
-            if permit == store._success_permit:
-                ring.append(SUCCESS)
-                if store._consecutive:
-                    store._consecutive = 0
+                return result
+            successes = lane.successes  # read before the check: a reset swaps in new ones
+            if permit == lane.success_permit:
+                successes.append(SUCCESS)
+                if lane.consecutive:
+                    lane.consecutive = 0
             else:
                 record(permit, SUCCESS, 0.0)
             return result
@@ -572,25 +546,17 @@ class CircuitBreaker(Middleware):
         return circuit_breaker
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        store = self.store
-        acquire = store.acquire
-        record = store.record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-        timed = self.slow_call_seconds is not None or self.window_seconds is not None
-        monotonic = self.clock.monotonic
-        plain = not timed and self.failure_result is None and self.on_outcome is None
-        if plain and type(store) is MemoryCircuitStore:
-            return self._awrap_memory(next, store)
+        lane, acquire, record, release, settle, reject, measured, monotonic = self._parts()
 
         async def circuit_breaker(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            permit = acquire()
+            permit = lane.permit
             if permit < 0:
-                raise reject()
-            started = monotonic() if timed else None
+                permit = acquire()
+                if permit < 0:
+                    raise reject()
+            started = monotonic() if monotonic is not None else None
             try:
                 result = await next(fn, args, kwargs)
             except Exception as exc:
@@ -599,43 +565,14 @@ class CircuitBreaker(Middleware):
             except BaseException:
                 release(permit)  # cancellation: hand the permit back, count nothing
                 raise
-            if plain:
-                record(permit, SUCCESS, 0.0)
-            else:
+            if measured:
                 settle(permit, None, result, started)
-            return result
-
-        return circuit_breaker
-
-    def _awrap_memory(self, next: AsyncEndpoint, store: MemoryCircuitStore) -> AsyncEndpoint:
-        """`_wrap_memory` for async calls."""
-        acquire = store._acquire_slow
-        record = store._record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-
-        async def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = store._fast_permit
-            if permit < 0:
-                permit = acquire()
-                if permit < 0:
-                    raise reject()
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, None)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            ring = store._ring
-            if permit == store._success_permit:
-                ring.append(SUCCESS)
-                if store._consecutive:
-                    store._consecutive = 0
+                return result
+            successes = lane.successes
+            if permit == lane.success_permit:
+                successes.append(SUCCESS)
+                if lane.consecutive:
+                    lane.consecutive = 0
             else:
                 record(permit, SUCCESS, 0.0)
             return result

@@ -20,7 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
-from ._context import EMPTY, NO_TAGS, VAR
+from ._context import CLOCK, DEADLINE, TAGS, VAR
 from ._misuse import (
     Misuse,
     check_async_entry,
@@ -204,8 +204,8 @@ class Middleware(ABC):
         if fn is not self._checked_sync:
             check_sync_entry(fn, self)
         chain = self._sync_chain or self._chains()[0]
-        parent = VAR.get()
-        token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
+        parent = VAR.get()  # _context.entered, inlined (tests/test_context.py keeps them equal)
+        token = VAR.set([self.name, 1, parent[DEADLINE], parent[CLOCK], parent[TAGS]])
         try:
             return chain(fn, args, kwargs)  # type: ignore[no-any-return]
         except Misuse as misuse:
@@ -225,8 +225,8 @@ class Middleware(ABC):
         if fn is not self._checked_async:
             fn = check_async_entry(fn, self)
         chain = self._async_chain or self._chains()[1]
-        parent = VAR.get()
-        token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
+        parent = VAR.get()  # _context.entered, inlined
+        token = VAR.set([self.name, 1, parent[DEADLINE], parent[CLOCK], parent[TAGS]])
         try:
             return await chain(fn, args, kwargs)  # type: ignore[no-any-return]
         except Misuse as misuse:
@@ -276,18 +276,13 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
     get = VAR.get
     set_ = VAR.set
     reset = VAR.reset
-    empty = EMPTY
-    no_tags = NO_TAGS
+    deadline, clock, tags = DEADLINE, CLOCK, TAGS
 
     if is_async:
 
         async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            parent = get()
-            token = set_(
-                [name, 1, None, None, no_tags]
-                if parent is empty
-                else [name, 1, parent[2], parent[3], parent[4]]
-            )
+            parent = get()  # _context.entered, inlined
+            token = set_([name, 1, parent[deadline], parent[clock], parent[tags]])
             try:
                 return await cell[1](fn, args, kwargs)
             except Misuse as misuse:
@@ -299,12 +294,8 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
         return cast(Callable[P, R], async_wrapper)
 
     def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-        parent = get()
-        token = set_(
-            [name, 1, None, None, no_tags]
-            if parent is empty
-            else [name, 1, parent[2], parent[3], parent[4]]
-        )
+        parent = get()  # _context.entered, inlined
+        token = set_([name, 1, parent[deadline], parent[clock], parent[tags]])
         try:
             return cell[0](fn, args, kwargs)
         except Misuse as misuse:

@@ -12,8 +12,8 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._clock import Clock, validate_clock, wait_future
-from ._context import EMPTY, VAR, Raw, effective_deadline, own_context
-from ._deadlines import DeadlineQueues
+from ._context import CLOCK, DEADLINE, EMPTY, VAR, Raw, child, effective_deadline, own_context
+from ._deadlines import FINISHED, FIRED, TASK, DeadlineQueues
 from ._errors import DeadlineCut, TimeoutExceeded
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool
@@ -156,16 +156,16 @@ class Timeout(Middleware):
         def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             own = monotonic() + limit
             ctx = get()
-            outer = saved = ctx[2]
-            outer_clock = ctx[3]
+            outer = saved = ctx[DEADLINE]
+            outer_clock = ctx[CLOCK]
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, own - limit)
             if outer is None or own < outer:
                 if ctx is empty:  # run outside any call (a custom layer's own thread)
                     with own_context():
                         return timeout(fn, args, kwargs)
-                ctx[2] = own
-                ctx[3] = clock
+                ctx[DEADLINE] = own
+                ctx[CLOCK] = clock
                 try:
                     result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
                 except DeadlineCut as exc:  # a layer inside stopped at a deadline
@@ -173,8 +173,8 @@ class Timeout(Middleware):
                         raise fired(limit) from exc
                     raise
                 finally:
-                    ctx[2] = saved
-                    ctx[3] = outer_clock
+                    ctx[DEADLINE] = saved
+                    ctx[CLOCK] = outer_clock
                 if monotonic() >= own:
                     raise fired(limit)
                 return result
@@ -199,7 +199,7 @@ class Timeout(Middleware):
             raw = VAR.get()
             outer = effective_deadline(raw, clock, now)
             deadline = own if outer is None or own < outer else outer
-            inner: Raw = [raw[0], raw[1], deadline, clock, raw[4]]
+            inner = child(raw, deadline, clock)
             context = contextvars.copy_context()
             future = workers().submit(context.run, _run_in_context, inner, next, fn, args, kwargs)
             wait_future(clock, future, deadline)
@@ -237,8 +237,8 @@ class Timeout(Middleware):
             now = monotonic()
             own = now + limit
             ctx = get()
-            outer = saved = ctx[2]
-            outer_clock = ctx[3]
+            outer = saved = ctx[DEADLINE]
+            outer_clock = ctx[CLOCK]
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, now)
             tighter = outer is None or own < outer
@@ -248,34 +248,34 @@ class Timeout(Middleware):
             deadlines = queues.last
             if deadlines is None or deadlines.loop is not loop:
                 deadlines = queues.for_loop(loop)
-            entry = deadlines.add(own, task)  # [deadline, task, finished, fired]
+            entry = deadlines.add(own, task)
             if tighter:
-                ctx[2] = own
-                ctx[3] = clock
+                ctx[DEADLINE] = own
+                ctx[CLOCK] = clock
             cancelling = task.cancelling()
             try:
                 result = await next(fn, args, kwargs)
             except cancelled_error as exc:
-                if entry[3] and task.uncancel() <= cancelling:
+                if entry[FIRED] and task.uncancel() <= cancelling:
                     raise fired(limit) from exc
                 raise
             except DeadlineCut as exc:  # a sync layer inside stopped at a deadline
-                if entry[3]:
+                if entry[FIRED]:
                     task.uncancel()
                 if tighter and monotonic() >= own:  # ours
                     raise fired(limit) from exc
                 raise
             except BaseException:
-                if entry[3]:
+                if entry[FIRED]:
                     task.uncancel()
                 raise
             finally:
-                entry[2] = True  # finished: the timer skips it
-                entry[1] = None  # and the queue holds nothing of the call any more
+                entry[FINISHED] = True  # the timer skips it
+                entry[TASK] = None  # and the queue holds nothing of the call any more
                 if tighter:
-                    ctx[2] = saved
-                    ctx[3] = outer_clock
-            if entry[3]:  # the call swallowed our cancellation and returned
+                    ctx[DEADLINE] = saved
+                    ctx[CLOCK] = outer_clock
+            if entry[FIRED]:  # the call swallowed our cancellation and returned
                 task.uncancel()
             return result
 

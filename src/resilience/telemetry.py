@@ -49,7 +49,7 @@ from ._bulkhead import Bulkhead, BulkheadEvent
 from ._circuit_breaker import CircuitBreaker, CircuitOutcome, CircuitStateChange
 from ._circuit_store import CircuitState
 from ._clock import Clock, validate_clock
-from ._context import VAR
+from ._context import ATTEMPT, PIPELINE, VAR
 from ._fallback import FallbackEvent
 from ._faults import FaultEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
@@ -353,7 +353,7 @@ class _Signals:
                 return
             name, error, details = described
             attributes: Attributes = {**policy, EVENT: name}
-            pipeline = VAR.get()[0]
+            pipeline = VAR.get()[PIPELINE]
             if pipeline is not None:
                 attributes[PIPELINE_NAME] = pipeline
             if error is not None:
@@ -603,7 +603,7 @@ class Instrumentation:
             tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
             if not (metering or tracing):
                 return fn(*args, **kwargs)
-            attributes, span, token = start(get()[1], tracing)
+            attributes, span, token = start(get()[ATTEMPT], tracing)
             started = now()
             try:
                 result = fn(*args, **kwargs)
@@ -635,7 +635,7 @@ class Instrumentation:
             tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
             if not (metering or tracing):
                 return await fn(*args, **kwargs)
-            attributes, span, token = start(get()[1], tracing)
+            attributes, span, token = start(get()[ATTEMPT], tracing)
             started = now()
             try:
                 result = await fn(*args, **kwargs)

@@ -48,7 +48,14 @@ from ._context import VAR, remaining
 from ._errors import LimitExceededError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._slots import Slots
-from ._validate import CONTROL_FLOW, exception_matcher, integer, number, optional_name
+from ._validate import (
+    CONTROL_FLOW,
+    exception_matcher,
+    integer,
+    number,
+    optional_name,
+    random_source,
+)
 from ._validate import seconds as _seconds
 from ._waiters import Waiter, await_turn, wait_turn
 
@@ -230,12 +237,7 @@ class Vegas(LimitAlgorithm):
         if self.smoothing > 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing!r}")
         self.probe_multiplier = integer(probe_multiplier, "probe_multiplier", minimum=1)
-        if seed is None or isinstance(seed, _random.Random):
-            self.random = seed or _random.Random()
-        elif isinstance(seed, int) and not isinstance(seed, bool):
-            self.random = _random.Random(seed)
-        else:
-            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self.random = random_source(seed)
         self.rtt_noload = 0.0
         self._probe_count = 0
         self._probe_jitter = 1.0
@@ -630,7 +632,7 @@ class AdaptiveLimiter(Middleware):
         }
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         extra = f", max_queue={self.max_queue}" if self.max_queue else ""
         return (
             f"AdaptiveLimiter({label}{self.algorithm!r}, limit={self.limit}, "
@@ -727,7 +729,7 @@ class AdaptiveLimiter(Middleware):
             if new != old:
                 core.resize(new)
         if new != old:
-            label = f" {self.name!r}" if self.name else ""
+            label = self._label
             logger.debug("resilience: AdaptiveLimiter%s limit %d -> %d", label, old, new)
             if self._listeners:
                 self._emit(LimitChange(self.name, old, new, rtt, peak, dropped, now))
@@ -805,7 +807,7 @@ class AdaptiveLimiter(Middleware):
             return
         seconds = self.clock.monotonic() - started
         if granted:
-            label = f" {self.name!r}" if self.name else ""
+            label = self._label
             logger.debug("resilience: AdaptiveLimiter%s: a call waited %.3gs", label, seconds)
             self._emit(AdaptiveLimiterEvent(self.name, "waited", seconds, self._core.capacity))
             return

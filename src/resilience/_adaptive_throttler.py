@@ -41,7 +41,14 @@ from ._clock import Clock, validate_clock
 from ._errors import RejectedError, ThrottledError
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._tally import Tally
-from ._validate import callable_or_none, exception_matcher, integer, number, optional_name
+from ._validate import (
+    callable_or_none,
+    exception_matcher,
+    integer,
+    number,
+    optional_name,
+    random_source,
+)
 from ._validate import seconds as _seconds
 
 __all__ = ["AdaptiveThrottler", "AdaptiveThrottlerEvent", "AdaptiveThrottlerMetrics"]
@@ -203,12 +210,7 @@ class AdaptiveThrottler(Middleware):
             lambda error: isinstance(error, types)
         )
         self.refused_result = callable_or_none(refused_result, "refused_result")
-        if seed is None or isinstance(seed, _random.Random):
-            self.random = seed or _random.Random()
-        elif isinstance(seed, int) and not isinstance(seed, bool):
-            self.random = _random.Random(seed)
-        else:
-            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self.random = random_source(seed)
         self.clock = validate_clock(clock)
         self.name = optional_name(name)
         self._window = _Window(self.window_seconds, self.window_buckets, self.clock)
@@ -225,7 +227,7 @@ class AdaptiveThrottler(Middleware):
         }
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         return (
             f"AdaptiveThrottler({label}k={self.k:g}, window_seconds={self.window_seconds:g}, "
             f"window_buckets={self.window_buckets})"

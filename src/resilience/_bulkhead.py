@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import math
 import threading
@@ -15,10 +14,10 @@ from types import TracebackType
 from typing import Any, Literal
 
 from ._clock import Clock, validate_clock, wait_future
-from ._context import VAR, Raw, child, effective_deadline, remaining
+from ._context import VAR, child, effective_deadline, remaining
 from ._errors import BulkheadFullError, DeadlineCut
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
-from ._pool import WorkerPool
+from ._pool import WorkerPool, hand_off
 from ._slots import Slots
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
@@ -58,22 +57,6 @@ class BulkheadMetrics:
     """Calls waiting for a slot."""
     rejected: int
     """Calls refused since the bulkhead was made (full queue, or no slot in time)."""
-
-
-def _run_in_slot(
-    release: Callable[[], None],
-    raw: Raw,
-    next: Endpoint,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """Run on a pool worker inside a copied context; the slot comes back when the call ends."""
-    VAR.set(raw)  # a context of its own: nothing to restore
-    try:
-        return next(fn, args, kwargs)
-    finally:
-        release()
 
 
 class Bulkhead(Middleware):
@@ -179,7 +162,7 @@ class Bulkhead(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         extra = f", max_queue={self.max_queue}" if self.max_queue else ""
         if self.max_wait is not None:
             extra += f", max_wait={self.max_wait:g}"
@@ -281,7 +264,7 @@ class Bulkhead(Middleware):
             return
         seconds = self.clock.monotonic() - started
         if granted:
-            label = f" {self.name!r}" if self.name else ""
+            label = self._label
             logger.debug("resilience: Bulkhead%s: a call waited %.3gs", label, seconds)
             self._emit(BulkheadEvent(self.name, "waited", seconds))
             return
@@ -404,10 +387,7 @@ class Bulkhead(Middleware):
                 raw = VAR.get()
                 deadline = effective_deadline(raw, clock, now)
                 inner = child(raw, deadline, clock)
-                context = contextvars.copy_context()
-                future = workers().submit(
-                    context.run, _run_in_slot, give_back, inner, next, fn, args, kwargs
-                )
+                future = hand_off(workers(), inner, next, fn, args, kwargs, give_back)
             except BaseException:
                 give_back()
                 raise

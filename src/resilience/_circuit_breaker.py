@@ -384,7 +384,7 @@ class CircuitBreaker(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         rules = []
         if self.failure_ratio is not None:
             rules.append(f"failure_ratio={self.failure_ratio:g}")
@@ -416,7 +416,7 @@ class CircuitBreaker(Middleware):
         self.store.transition(CircuitState.CLOSED)
 
     def _notify(self, old: CircuitState, new: CircuitState, at: float) -> None:
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         logger.info("resilience: circuit breaker%s %s -> %s", label, old.value, new.value)
         listener = self.on_state_change
         if listener is None and not self._listeners:
@@ -452,7 +452,7 @@ class CircuitBreaker(Middleware):
         listener = self.on_outcome
         if listener is None:
             return
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         event = CircuitOutcome(self.name, outcome, seconds, slow, error)
         notify(listener, event, f"the on_outcome listener of circuit breaker{label}")
 

@@ -157,7 +157,7 @@ class Fallback(Middleware):
         return {**chosen, "on": self.on, "on_result": self.on_result}
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         if self.handler is None:
             chosen = f"value={_REPR.repr(self.value)}"
         else:
@@ -172,7 +172,7 @@ class Fallback(Middleware):
     ) -> Any:
         """The value, or what the handler returns (an awaitable for an async handler)."""
         if self.on_fallback is not None:
-            label = f" {self.name!r}" if self.name else ""
+            label = self._label
             notify(
                 self.on_fallback,
                 FallbackEvent(self.name, error, result),
@@ -180,7 +180,7 @@ class Fallback(Middleware):
             )
         logger.info(
             "resilience: Fallback%s served a substitute for %s",
-            f" {self.name!r}" if self.name else "",
+            self._label,
             _REPR.repr(error if error is not None else result),
         )
         if self._listeners:

@@ -25,7 +25,7 @@ from ._errors import InjectedFault
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._misuse import Misuse, refuse_async
 from ._testing_mode import MODE
-from ._validate import number, optional_name
+from ._validate import number, optional_name, random_source
 from ._validate import seconds as _seconds
 
 __all__ = ["FaultEvent", "FaultInjector", "FaultPlan"]
@@ -154,6 +154,47 @@ def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
     )
 
 
+def _behaviour(value: object) -> Callable[[CallContext], object] | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"behaviour must be callable or None, got {type(value).__name__}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One kind of fault, as `FaultInjector.update` takes it."""
+
+    name: str
+    make: Callable[[Any], Any]
+    """What the settings keep of the value given."""
+    absent: Any
+    """The kept value that means "no such fault"."""
+    needs: str
+    """The error when a rate comes without the fault (the error kind has a default instead)."""
+    keeps_spec: bool = False
+    """Whether the settings also keep the value as given (to show it back)."""
+
+
+_KINDS = (
+    _Kind(
+        "error",
+        lambda value: None if value is None else _error_factory(value),
+        None,
+        "",
+        keeps_spec=True,
+    ),
+    _Kind(
+        "latency",
+        lambda value: _latency_factory(value),
+        None,
+        "latency_rate needs latency= (the seconds to add)",
+        keeps_spec=True,
+    ),
+    _Kind("result", lambda value: value, _UNSET, "result_rate needs result= (the value to return)"),
+    _Kind("behaviour", _behaviour, None, "behaviour_rate needs behaviour= (the callable to run)"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
     """What a `FaultInjector` does to one call, as drawn by its core."""
@@ -260,12 +301,7 @@ class FaultInjector(Middleware):
     ) -> None:
         self.name = optional_name(name)
         self.clock = validate_clock(clock)
-        if seed is None or isinstance(seed, _random.Random):
-            self.random = seed or _random.Random()
-        elif isinstance(seed, int) and not isinstance(seed, bool):
-            self.random = _random.Random(seed)
-        else:
-            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self.random = random_source(seed)
         self._lock = threading.Lock()
         self._settings = _Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0)
 
@@ -303,51 +339,18 @@ class FaultInjector(Middleware):
         removes the fault (except ``result``, where None is a value to return:
         remove it with ``result_rate=0``).
         """
+        given = {
+            "error": (error, error_rate),
+            "latency": (latency, latency_rate),
+            "result": (result, result_rate),
+            "behaviour": (behaviour, behaviour_rate),
+        }
         with self._lock:
             old = self._settings
             changes: dict[str, Any] = {}
-            if error is not _UNSET:
-                changes["error"] = None if error is None else _error_factory(error)
-                changes["error_spec"] = error
-                if error_rate is _UNSET:
-                    error_rate = 1.0 if error is not None else 0.0
-            if error_rate is not _UNSET:
-                rate = 0.0 if error_rate is None else _rate(error_rate, "error_rate")
-                changes["error_rate"] = rate
-                if rate and changes.get("error", old.error) is None:
-                    changes["error"] = lambda _: InjectedFault(self._message("error"))
-            if latency is not _UNSET:
-                changes["latency"] = _latency_factory(latency)
-                changes["latency_spec"] = latency
-                if latency_rate is _UNSET:
-                    latency_rate = 1.0 if latency is not None else 0.0
-            if latency_rate is not _UNSET:
-                rate = 0.0 if latency_rate is None else _rate(latency_rate, "latency_rate")
-                if rate and changes.get("latency", old.latency) is None:
-                    raise ValueError("latency_rate needs latency= (the seconds to add)")
-                changes["latency_rate"] = rate
-            if result is not _UNSET:
-                changes["result"] = result
-                if result_rate is _UNSET:
-                    result_rate = 1.0
-            if result_rate is not _UNSET:
-                rate = 0.0 if result_rate is None else _rate(result_rate, "result_rate")
-                if rate and changes.get("result", old.result) is _UNSET:
-                    raise ValueError("result_rate needs result= (the value to return)")
-                changes["result_rate"] = rate
-            if behaviour is not _UNSET:
-                if behaviour is not None and not callable(behaviour):
-                    raise TypeError(
-                        f"behaviour must be callable or None, got {type(behaviour).__name__}"
-                    )
-                changes["behaviour"] = behaviour
-                if behaviour_rate is _UNSET:
-                    behaviour_rate = 1.0 if behaviour is not None else 0.0
-            if behaviour_rate is not _UNSET:
-                rate = 0.0 if behaviour_rate is None else _rate(behaviour_rate, "behaviour_rate")
-                if rate and changes.get("behaviour", old.behaviour) is None:
-                    raise ValueError("behaviour_rate needs behaviour= (the callable to run)")
-                changes["behaviour_rate"] = rate
+            for kind in _KINDS:
+                value, rate = given[kind.name]
+                changes.update(self._kind_changes(kind, value, rate, old))
             if enabled is not _UNSET:
                 if isinstance(enabled, bool):
                     changes["enabled"] = enabled
@@ -362,6 +365,24 @@ class FaultInjector(Middleware):
                         f"got {type(enabled).__name__}"
                     )
             self._settings = replace(old, **changes)
+
+    def _kind_changes(self, kind: _Kind, value: Any, rate: Any, old: _Settings) -> dict[str, Any]:
+        """What giving one kind of fault, or its rate, changes in the settings."""
+        changes: dict[str, Any] = {}
+        if value is not _UNSET:
+            changes[kind.name] = kind.make(value)
+            if kind.keeps_spec:
+                changes[f"{kind.name}_spec"] = value
+            if rate is _UNSET:  # a fault given alone comes with rate 1; None turns it off
+                rate = 1.0 if value is not None or kind.name == "result" else 0.0
+        if rate is not _UNSET:
+            fixed = 0.0 if rate is None else _rate(rate, f"{kind.name}_rate")
+            if fixed and changes.get(kind.name, getattr(old, kind.name)) is kind.absent:
+                if kind.name != "error":
+                    raise ValueError(kind.needs)
+                changes["error"] = lambda _: InjectedFault(self._message("error"))
+            changes[f"{kind.name}_rate"] = fixed
+        return changes
 
     def _snapshot(self) -> object:
         """Everything `update` can change, to put back with `_restore`."""
@@ -421,7 +442,7 @@ class FaultInjector(Middleware):
         return f"FaultInjector({', '.join(parts)})"
 
     def _message(self, what: str) -> str:
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         return f"{what} injected by FaultInjector{label}"
 
     # -- the core: decide, with no I/O ---------------------------------------------
@@ -466,7 +487,7 @@ class FaultInjector(Middleware):
 
     def _injected(self, plan: FaultPlan) -> None:
         """Log a drawn plan and tell the listeners (only calls that get a fault come here)."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         logger.debug("resilience: FaultInjector%s injects %r", label, plan)
         if self._listeners:
             self._emit(FaultEvent(self.name, plan))

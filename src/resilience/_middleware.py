@@ -101,6 +101,16 @@ class Middleware(ABC):
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         """Return the async endpoint that runs this layer around ``next``."""
 
+    @property
+    def _label(self) -> str:
+        """`` 'name'``, with a leading space, or nothing: how messages name this layer."""
+        return f" {self.name!r}" if self.name else ""
+
+    @property
+    def _repr_name(self) -> str:
+        """``'name', `` or nothing: how a ``repr`` starts its arguments."""
+        return f"{self.name!r}, " if self.name else ""
+
     def settings(self) -> dict[str, Any]:
         """This layer's configuration, for `describe()`; override to show yours."""
         return {}

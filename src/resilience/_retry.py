@@ -168,7 +168,7 @@ class Retry(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         budget = "" if self.budget is None else f", budget={self.budget!r}"
         return (
             f"Retry({label}attempts={self.attempts}, on={_show(self.on)}, "
@@ -190,7 +190,7 @@ class Retry(Middleware):
         note: str,
     ) -> None:
         """Note why on the error, log the end of the retries and tell the listeners."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         if error is not None:
             error.add_note(f"resilience: Retry{label} {note}")
         logger.info(
@@ -207,7 +207,7 @@ class Retry(Middleware):
         self, budget: RetryBudget, attempt: int, error: BaseException | None, result: Any
     ) -> None:
         """The budget refused the next retry: note it, log it, tell the listeners."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         if error is not None:
             error.add_note(
                 f"resilience: Retry{label} stopped after {attempt} attempt(s): its "
@@ -225,7 +225,7 @@ class Retry(Middleware):
         self, attempt: int, delay: float, error: BaseException | None, result: Any
     ) -> None:
         """A retry is scheduled: log it and tell the listeners."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         logger.debug(
             "resilience: Retry%s retrying in %.3gs after attempt %d failed: %r",
             label,

@@ -404,7 +404,7 @@ class Throttle(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         wait = "None" if self.max_wait is None else f"{self.max_wait:g}"
         cost = "" if self.cost == 1 else f", cost={getattr(self.cost, '__name__', self.cost)}"
         return (
@@ -497,7 +497,7 @@ class Throttle(Middleware):
         if granted:
             if self._listeners or logger.isEnabledFor(logging.DEBUG):
                 seconds = self.clock.monotonic() - started
-                label = f" {self.name!r}" if self.name else ""
+                label = self._label
                 logger.debug("resilience: Throttle%s: a call waited %.3gs", label, seconds)
                 self._emit(ThrottleEvent(self.name, "waited", cost, seconds))
             return

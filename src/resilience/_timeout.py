@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -12,11 +11,11 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._clock import Clock, validate_clock, wait_future
-from ._context import CLOCK, DEADLINE, EMPTY, VAR, Raw, child, effective_deadline, own_context
+from ._context import CLOCK, DEADLINE, EMPTY, VAR, child, effective_deadline, own_context
 from ._deadlines import FINISHED, FIRED, TASK, DeadlineQueues
 from ._errors import DeadlineCut, TimeoutExceeded
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
-from ._pool import WorkerPool
+from ._pool import WorkerPool, hand_off
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
 
@@ -25,13 +24,6 @@ __all__ = ["Timeout", "TimeoutEvent"]
 logger = logging.getLogger("resilience")
 
 SyncMode = Literal["cooperative", "walk_away"]
-
-
-def _run_in_context(
-    raw: Raw, next: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    VAR.set(raw)  # runs inside a copied context of its own: nothing to restore
-    return next(fn, args, kwargs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,7 +120,7 @@ class Timeout(Middleware):
     def _fired(self, seconds: float) -> TimeoutExceeded:
         """The error for this layer's own deadline; logged and sent to listeners."""
         error = TimeoutExceeded(seconds, self.name)
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         logger.info("resilience: Timeout%s fired after %gs", label, seconds)
         if self._listeners:
             self._emit(TimeoutEvent(self.name, seconds, error))
@@ -200,8 +192,7 @@ class Timeout(Middleware):
             outer = effective_deadline(raw, clock, now)
             deadline = own if outer is None or own < outer else outer
             inner = child(raw, deadline, clock)
-            context = contextvars.copy_context()
-            future = workers().submit(context.run, _run_in_context, inner, next, fn, args, kwargs)
+            future = hand_off(workers(), inner, next, fn, args, kwargs)
             wait_future(clock, future, deadline)
             if future.done():
                 if deadline == own and isinstance(future.exception(), DeadlineCut):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -100,3 +101,14 @@ def exception_matcher(
         f"{name} must be an exception type, a tuple of them, or a predicate, "
         f"got {type(value).__name__}"
     )
+
+
+def random_source(seed: object, name: str = "seed") -> random.Random:
+    """A random source from a seed: None (fresh), an int, or a `random.Random` (used as is)."""
+    if seed is None:
+        return random.Random()
+    if isinstance(seed, random.Random):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int or a random.Random, got {type(seed).__name__}")
+    return random.Random(seed)

@@ -36,7 +36,7 @@ from datetime import UTC
 from typing import Any, ClassVar, Literal
 
 from ._misuse import refuse_async
-from ._validate import number
+from ._validate import number, random_source
 
 __all__ = [
     "Backoff",
@@ -60,13 +60,7 @@ _LOG_MAX_FLOAT = math.log(1.7976931348623157e308)
 
 
 def _rng(seed: int | _random.Random | None) -> _random.Random:
-    if seed is None:
-        return _random.Random()
-    if isinstance(seed, _random.Random):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
-    return _random.Random(seed)
+    return random_source(seed)
 
 
 def _jitter_mode(value: object) -> Jitter | None:

@@ -46,6 +46,7 @@ from typing import Any, ClassVar, Literal
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import LimitExceededError
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._slots import Slots
 from ._validate import (
@@ -375,7 +376,7 @@ class Gradient2(LimitAlgorithm):
 
 
 @dataclass(frozen=True, slots=True)
-class LimitChange:
+class LimitChange(ResilienceEvent):
     """Sent to the limiter's listeners after a window moved its limit."""
 
     name: str | None
@@ -391,9 +392,18 @@ class LimitChange:
     at: float
     """The limiter's clock reading when it happened."""
 
+    event = "limit_changed"
+
+    def describe(self) -> Described:
+        details = {
+            "resilience.adaptive_limiter.limit": self.new,
+            "resilience.adaptive_limiter.previous_limit": self.old,
+        }
+        return self.event, None, details
+
 
 @dataclass(frozen=True, slots=True)
-class AdaptiveLimiterEvent:
+class AdaptiveLimiterEvent(ResilienceEvent):
     """Sent to the limiter's listeners when a call waited for a slot or was refused."""
 
     name: str | None
@@ -404,6 +414,9 @@ class AdaptiveLimiterEvent:
     """The limit at that moment."""
     error: LimitExceededError | None = None
     """The refusal, for "rejected"."""
+
+    def describe(self) -> Described:
+        return self.outcome, self.error, {"resilience.wait.seconds": self.seconds}
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from typing import Any
 
 from ._clock import Clock, validate_clock
 from ._errors import RejectedError, ThrottledError
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._tally import Tally
 from ._validate import (
@@ -57,7 +58,7 @@ logger = logging.getLogger("resilience")
 
 
 @dataclass(frozen=True, slots=True)
-class AdaptiveThrottlerEvent:
+class AdaptiveThrottlerEvent(ResilienceEvent):
     """Sent to the throttler's listeners when it rejected a call locally."""
 
     name: str | None
@@ -70,6 +71,11 @@ class AdaptiveThrottlerEvent:
     """Requests the backend accepted in the window."""
     error: ThrottledError
     """The rejection raised."""
+
+    event = "rejected"
+
+    def describe(self) -> Described:
+        return self.event, self.error, {"resilience.probability": self.probability}
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from ._clock import Clock, validate_clock, wait_future
 from ._context import VAR, child, effective_deadline, remaining
 from ._errors import BulkheadFullError, DeadlineCut
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool, hand_off
 from ._slots import Slots
@@ -33,7 +34,7 @@ _UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
-class BulkheadEvent:
+class BulkheadEvent(ResilienceEvent):
     """Sent to the bulkhead's listeners when a call waited for a slot or was refused."""
 
     name: str | None
@@ -43,6 +44,9 @@ class BulkheadEvent:
     """Seconds the call spent in the queue (0 for a call refused at once)."""
     error: BulkheadFullError | None = None
     """The refusal, for "rejected"."""
+
+    def describe(self) -> Described:
+        return self.outcome, self.error, {"resilience.wait.seconds": self.seconds}
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ from ._circuit_store import (
 )
 from ._clock import Clock, validate_clock
 from ._errors import CircuitOpenError
+from ._events import CIRCUIT_STATE, Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._validate import callable_or_none, exception_matcher, integer, number, optional_name
 from ._validate import seconds as _seconds
@@ -33,9 +34,18 @@ _UNSET: Any = object()
 
 Outcome = Literal["success", "failure", "ignored", "rejected"]
 
+#: The event name of each state a breaker enters.
+_VERBS = {
+    CircuitState.CLOSED: "circuit_closed",
+    CircuitState.OPEN: "circuit_opened",
+    CircuitState.HALF_OPEN: "circuit_half_opened",
+    CircuitState.ISOLATED: "circuit_isolated",
+    CircuitState.DISABLED: "circuit_disabled",
+}
+
 
 @dataclass(frozen=True, slots=True)
-class CircuitStateChange:
+class CircuitStateChange(ResilienceEvent):
     """Passed to ``on_state_change`` after the breaker changed state."""
 
     name: str | None
@@ -44,9 +54,18 @@ class CircuitStateChange:
     at: float
     """The breaker's clock reading when it happened."""
 
+    event = "circuit_state_changed"
+
+    def describe(self) -> Described:
+        details = {
+            CIRCUIT_STATE: self.new.value,
+            "resilience.circuit_breaker.previous_state": self.old.value,
+        }
+        return _VERBS[self.new], None, details
+
 
 @dataclass(frozen=True, slots=True)
-class CircuitOutcome:
+class CircuitOutcome(ResilienceEvent):
     """Passed to ``on_outcome`` after each call the breaker saw."""
 
     name: str | None
@@ -57,6 +76,12 @@ class CircuitOutcome:
     slow: bool
     error: BaseException | None
     """The call's exception, or the rejection for ``"rejected"``."""
+
+    event = "rejected"
+
+    def describe(self) -> Described | None:
+        """Only rejections are counted (listeners receive no other outcome)."""
+        return (self.event, self.error, {}) if self.outcome == "rejected" else None
 
 
 def _matcher(value: object, name: str) -> Callable[[BaseException], bool] | None:

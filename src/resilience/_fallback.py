@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
 
+from ._events import ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._misuse import Misuse
 from ._retry import _show
@@ -43,7 +44,7 @@ class FallbackContext:
 
 
 @dataclass(frozen=True, slots=True)
-class FallbackEvent:
+class FallbackEvent(ResilienceEvent):
     """Passed to ``on_fallback`` just before the substitute is produced."""
 
     name: str | None
@@ -52,6 +53,8 @@ class FallbackEvent:
     """The exception being replaced, or None when a result was rejected."""
     result: Any = None
     """The rejected result when ``on_result`` asked for a substitute."""
+
+    event = "fallback_served"
 
 
 def _matcher(on: object) -> Callable[[Exception], bool]:

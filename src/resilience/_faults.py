@@ -22,6 +22,7 @@ from typing import Any
 from ._clock import Clock, validate_clock
 from ._context import CallContext, current
 from ._errors import InjectedFault
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._misuse import Misuse, refuse_async
 from ._testing_mode import MODE
@@ -214,13 +215,24 @@ _NOTHING = FaultPlan()
 
 
 @dataclass(frozen=True, slots=True)
-class FaultEvent:
+class FaultEvent(ResilienceEvent):
     """Sent to the injector's listeners for every call it injected something into."""
 
     name: str | None
     """The injector's name."""
     plan: FaultPlan
     """What was injected."""
+
+    event = "fault_injected"
+
+    def describe(self) -> Described:
+        plan = self.plan
+        details = {
+            "resilience.fault.latency": plan.latency,
+            "resilience.fault.result": plan.replace_result,
+            "resilience.fault.behaviour": plan.behaviour,
+        }
+        return self.event, plan.error, details
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from ._budget import RetryBudget, RetryBudgetExhausted, describe_budget
 from ._clock import Clock, validate_clock
 from ._context import ATTEMPT, EMPTY, VAR, own_context, remaining
 from ._errors import RejectedError
+from ._events import ATTEMPT_NUMBER, Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._testing_mode import MODE
 from ._validate import callable_or_none, exception_matcher, integer, optional_name
@@ -27,7 +28,7 @@ _DEFAULT_BACKOFF = object()
 
 
 @dataclass(frozen=True, slots=True)
-class RetryEvent:
+class RetryEvent(ResilienceEvent):
     """Passed to ``on_retry`` just before the wait that precedes a new attempt."""
 
     name: str | None
@@ -41,9 +42,15 @@ class RetryEvent:
     result: Any = None
     """The rejected result when ``on_result`` asked for a retry."""
 
+    event = "retry_scheduled"
+
+    def describe(self) -> Described:
+        details = {ATTEMPT_NUMBER: self.attempt, "resilience.retry.delay": self.delay}
+        return self.event, self.error, details
+
 
 @dataclass(frozen=True, slots=True)
-class RetriesExhausted:
+class RetriesExhausted(ResilienceEvent):
     """Sent to a Retry's listeners when it gives up: the last outcome goes to the caller.
 
     A refusal by the Retry's budget sends `RetryBudgetExhausted` instead.
@@ -59,6 +66,15 @@ class RetriesExhausted:
     """The error that will be raised, or None when a result was to be retried."""
     result: Any = None
     """The rejected result that will be returned, for ``on_result`` retries."""
+
+    event = "retries_exhausted"
+
+    def describe(self) -> Described:
+        details = {
+            "resilience.retry.attempts": self.attempts,
+            "resilience.retry.reason": self.reason,
+        }
+        return self.event, self.error, details
 
 
 def _matcher(on: object) -> Callable[[BaseException], bool]:

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import ThrottledError
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._misuse import refuse_async
 from ._validate import number, optional_name
@@ -54,7 +55,7 @@ class ThrottleMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class ThrottleEvent:
+class ThrottleEvent(ResilienceEvent):
     """Sent to the throttle's listeners when a call waited for its tokens or was refused."""
 
     name: str | None
@@ -66,6 +67,9 @@ class ThrottleEvent:
     """Seconds the call waited ("waited"), or the ``retry_after`` of the refusal ("rejected")."""
     error: ThrottledError | None = None
     """The refusal, for "rejected"."""
+
+    def describe(self) -> Described:
+        return self.outcome, self.error, {"resilience.wait.seconds": self.seconds}
 
 
 def _rates(rate: object, per: object, burst: object) -> tuple[float, float, float]:

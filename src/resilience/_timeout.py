@@ -14,6 +14,7 @@ from ._clock import Clock, validate_clock, wait_future
 from ._context import CLOCK, DEADLINE, EMPTY, VAR, child, effective_deadline, own_context
 from ._deadlines import FINISHED, FIRED, TASK, DeadlineQueues
 from ._errors import DeadlineCut, TimeoutExceeded
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool, hand_off
 from ._validate import integer, optional_name
@@ -27,7 +28,7 @@ SyncMode = Literal["cooperative", "walk_away"]
 
 
 @dataclass(frozen=True, slots=True)
-class TimeoutEvent:
+class TimeoutEvent(ResilienceEvent):
     """Sent to the timeout's listeners when its own deadline fired.
 
     Only the layer whose deadline it was sends one: an inner Timeout cut
@@ -40,6 +41,11 @@ class TimeoutEvent:
     """The limit that fired, in seconds."""
     error: TimeoutExceeded
     """The error raised to the caller."""
+
+    event = "timed_out"
+
+    def describe(self) -> Described:
+        return self.event, self.error, {"resilience.timeout.seconds": self.seconds}
 
 
 class Timeout(Middleware):

@@ -22,7 +22,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextvars import Token
-from types import SimpleNamespace, TracebackType
+from types import TracebackType
 from typing import Any, Final
 
 from opentelemetry import context as _otel_context
@@ -42,21 +42,28 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, Trac
 from opentelemetry.util.types import AttributeValue
 
 from . import __version__
-from ._adaptive import AdaptiveLimiter, AdaptiveLimiterEvent, LimitChange
-from ._adaptive_throttler import AdaptiveThrottler, AdaptiveThrottlerEvent
-from ._budget import RetryBudgetExhausted
-from ._bulkhead import Bulkhead, BulkheadEvent
-from ._circuit_breaker import CircuitBreaker, CircuitOutcome, CircuitStateChange
+from ._adaptive import AdaptiveLimiter
+from ._adaptive_throttler import AdaptiveThrottler
+from ._bulkhead import Bulkhead
+from ._circuit_breaker import CircuitBreaker
 from ._circuit_store import CircuitState
 from ._clock import Clock, validate_clock
 from ._context import ATTEMPT, PIPELINE, VAR
-from ._fallback import FallbackEvent
-from ._faults import FaultEvent
+from ._events import (
+    ATTEMPT_NUMBER,
+    CIRCUIT_STATE,
+    ERROR_TYPE,
+    EVENT,
+    OUTCOME,
+    PIPELINE_NAME,
+    POLICY_NAME,
+    POLICY_TYPE,
+    Described,
+    ResilienceEvent,
+)
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pipeline import Pipeline
-from ._retry import RetriesExhausted, RetryEvent
-from ._throttle import Throttle, ThrottleEvent
-from ._timeout import TimeoutEvent
+from ._throttle import Throttle
 
 __all__ = [
     "ATTEMPT_NUMBER",
@@ -79,23 +86,6 @@ logger = logging.getLogger("resilience")
 SCOPE: Final = "resilience"
 """The one instrumentation scope of every meter and tracer, with the package version."""
 
-PIPELINE_NAME: Final = "resilience.pipeline.name"
-"""Attribute: the name of the pipeline (or standalone policy) running the call."""
-POLICY_TYPE: Final = "resilience.policy.type"
-"""Attribute: the kind of layer that sent the event (``retry``, ``circuit_breaker``...)."""
-POLICY_NAME: Final = "resilience.policy.name"
-"""Attribute: the name of the layer that sent the event."""
-EVENT: Final = "resilience.event"
-"""Attribute: what happened (``retry_scheduled``, ``circuit_opened``, ``rejected``...)."""
-OUTCOME: Final = "resilience.outcome"
-"""Attribute: how a call or attempt ended: ``success``, ``failure`` or ``cancelled``."""
-ATTEMPT_NUMBER: Final = "resilience.attempt.number"
-"""Attribute: the attempt's number, 1-based."""
-ERROR_TYPE: Final = "error.type"
-"""Attribute (OpenTelemetry's own): the exception's class name."""
-CIRCUIT_STATE: Final = "resilience.circuit_breaker.state"
-"""Attribute: a circuit breaker state (``closed``, ``open``, ``half_open``...)."""
-
 DURATION_BUCKETS: Final = (
     0.001,
     0.0025,
@@ -117,16 +107,24 @@ DURATION_BUCKETS: Final = (
 )
 """Bucket bounds in seconds advised to the SDK for both duration histograms."""
 
-_CIRCUIT_VERBS = {
-    CircuitState.CLOSED: "circuit_closed",
-    CircuitState.OPEN: "circuit_opened",
-    CircuitState.HALF_OPEN: "circuit_half_opened",
-    CircuitState.ISOLATED: "circuit_isolated",
-    CircuitState.DISABLED: "circuit_disabled",
-}
+_RENAMED = object()
 
-# A probe that never reports an SDK: for signals that are statically on or off.
-_NEVER = SimpleNamespace(_real_instrument=None, _TRACER_PROVIDER=None)
+
+def sdk_behind(proxy: object, private_name: str) -> bool:
+    """Whether an SDK stands behind one of opentelemetry-api's global proxies, now.
+
+    The one place this module reads opentelemetry-api's private names: a
+    proxy instrument's ``_real_instrument`` and the module attribute
+    ``opentelemetry.trace._TRACER_PROVIDER`` stay None until the application
+    sets an SDK. Should a release rename them, the answer is True: calls are
+    then timed and traced as with an SDK (slower, but nothing is lost), and
+    ``tests/test_telemetry.py`` fails loudly so that this is noticed.
+    """
+    return getattr(proxy, private_name, _RENAMED) is not None
+
+
+#: ``(proxy, private name)`` to ask `sdk_behind`, or None: the signal is on or off for good.
+Probe = tuple[object, str] | None
 
 Attributes = dict[str, AttributeValue]
 
@@ -134,68 +132,15 @@ Attributes = dict[str, AttributeValue]
 # -- events -> names ---------------------------------------------------------------------
 
 
-def _describe(event: object) -> tuple[str, BaseException | None, Attributes] | None:
-    """The event's name, its error, and the details that go on its span event only."""
-    if isinstance(event, RetryEvent):
-        return (
-            "retry_scheduled",
-            event.error,
-            {
-                ATTEMPT_NUMBER: event.attempt,
-                "resilience.retry.delay": event.delay,
-            },
-        )
-    if isinstance(event, RetriesExhausted):
-        return (
-            "retries_exhausted",
-            event.error,
-            {
-                "resilience.retry.attempts": event.attempts,
-                "resilience.retry.reason": event.reason,
-            },
-        )
-    if isinstance(event, RetryBudgetExhausted):
-        return "retry_budget_exhausted", event.error, {"resilience.retry.attempts": event.attempt}
-    if isinstance(event, CircuitStateChange):
-        return (
-            _CIRCUIT_VERBS[event.new],
-            None,
-            {
-                CIRCUIT_STATE: event.new.value,
-                "resilience.circuit_breaker.previous_state": event.old.value,
-            },
-        )
-    if isinstance(event, CircuitOutcome):  # only rejections are sent to listeners
-        return ("rejected", event.error, {}) if event.outcome == "rejected" else None
-    if isinstance(event, ThrottleEvent | BulkheadEvent | AdaptiveLimiterEvent):
-        return event.outcome, event.error, {"resilience.wait.seconds": event.seconds}
-    if isinstance(event, AdaptiveThrottlerEvent):
-        return "rejected", event.error, {"resilience.probability": event.probability}
-    if isinstance(event, LimitChange):
-        return (
-            "limit_changed",
-            None,
-            {
-                "resilience.adaptive_limiter.limit": event.new,
-                "resilience.adaptive_limiter.previous_limit": event.old,
-            },
-        )
-    if isinstance(event, TimeoutEvent):
-        return "timed_out", event.error, {"resilience.timeout.seconds": event.seconds}
-    if isinstance(event, FaultEvent):
-        plan = event.plan
-        return (
-            "fault_injected",
-            plan.error,
-            {
-                "resilience.fault.latency": plan.latency,
-                "resilience.fault.result": plan.replace_result,
-                "resilience.fault.behaviour": plan.behaviour,
-            },
-        )
-    if isinstance(event, FallbackEvent):
-        return "fallback_served", event.error, {}
-    error = getattr(event, "error", None)  # a custom layer's own event
+def _describe(event: object) -> Described | None:
+    """The event's name, its error, and the details that go on its span event only.
+
+    Events describe themselves (`resilience.events.ResilienceEvent`); a custom
+    layer's own event is counted under its class name, with its ``error``.
+    """
+    if isinstance(event, ResilienceEvent):
+        return event.describe()
+    error = getattr(event, "error", None)
     return type(event).__name__, error if isinstance(error, BaseException) else None, {}
 
 
@@ -451,8 +396,8 @@ class Instrumentation:
         self._full: tuple[Endpoint, AsyncEndpoint] | None = None
         for layer in self._layers:
             signals.attach(layer)
-        off = not (self._metrics_on or self._metrics_probe is not _NEVER)
-        off = off and not (self._traces_on or self._traces_probe is not _NEVER)
+        off = not (self._metrics_on or self._metrics_probe is not None)
+        off = off and not (self._traces_on or self._traces_probe is not None)
         if off:
             pass  # no-op providers: nothing to time, nothing to trace
         elif self._metrics_on or self._traces_on:
@@ -500,8 +445,8 @@ class Instrumentation:
                 return self._original
             if self._full is not None:
                 return self._full
-            metering = self._metrics_on or self._metrics_probe._real_instrument is not None
-            tracing = self._traces_on or self._traces_probe._TRACER_PROVIDER is not None
+            metering = self._metrics_on or _asked(self._metrics_probe)
+            tracing = self._traces_on or _asked(self._traces_probe)
             if metering or tracing:
                 chains = self._build()
             else:
@@ -537,6 +482,7 @@ class Instrumentation:
         sync_inner = target.wrap(self._attempt())
         async_inner = target.awrap(self._aattempt())
         metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
+        asked = _asked
         traces_on, traces_probe = self._traces_on, self._traces_probe
         tracer = self._tracer
         span_name = self._span_name
@@ -551,10 +497,10 @@ class Instrumentation:
         def instrumented(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
+            metering = metrics_on or asked(metrics_probe)
             span: Span | None = None
             token: Token[Context] | None = None
-            if traces_on or traces_probe._TRACER_PROVIDER is not None:
+            if traces_on or asked(traces_probe):
                 span = tracer.start_span(span_name, kind=internal, attributes=base)
                 token = attach(in_context(span))
             started = now()
@@ -569,10 +515,10 @@ class Instrumentation:
         async def ainstrumented(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
+            metering = metrics_on or asked(metrics_probe)
             span: Span | None = None
             token: Token[Context] | None = None
-            if traces_on or traces_probe._TRACER_PROVIDER is not None:
+            if traces_on or asked(traces_probe):
                 span = tracer.start_span(span_name, kind=internal, attributes=base)
                 token = attach(in_context(span))
             started = now()
@@ -590,6 +536,7 @@ class Instrumentation:
     def _attempt(self) -> Endpoint:
         """The innermost endpoint: times (and optionally traces) each call of the function."""
         metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
+        asked = _asked
         spans = self.attempt_spans
         traces_on, traces_probe = self._traces_on, self._traces_probe
         start = self._start_attempt
@@ -599,8 +546,8 @@ class Instrumentation:
         get = VAR.get
 
         def attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
-            tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
+            metering = metrics_on or asked(metrics_probe)
+            tracing = spans and (traces_on or asked(traces_probe))
             if not (metering or tracing):
                 return fn(*args, **kwargs)
             attributes, span, token = start(get()[ATTEMPT], tracing)
@@ -620,6 +567,7 @@ class Instrumentation:
     def _aattempt(self) -> AsyncEndpoint:
         """`_attempt` for async calls."""
         metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
+        asked = _asked
         spans = self.attempt_spans
         traces_on, traces_probe = self._traces_on, self._traces_probe
         start = self._start_attempt
@@ -631,8 +579,8 @@ class Instrumentation:
         async def attempt(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
-            tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
+            metering = metrics_on or asked(metrics_probe)
+            tracing = spans and (traces_on or asked(traces_probe))
             if not (metering or tracing):
                 return await fn(*args, **kwargs)
             attributes, span, token = start(get()[ATTEMPT], tracing)
@@ -687,25 +635,30 @@ class Instrumentation:
                 _otel_context.detach(token)
 
 
-def _metrics_state(signals: _Signals, provider: MeterProvider | None) -> tuple[bool, Any]:
-    """``(always on, probe)``: the probe's ``_real_instrument`` is None while no SDK is set."""
+def _asked(probe: Probe) -> bool:
+    """Whether the probe finds an SDK now (no probe: no SDK to find)."""
+    return probe is not None and sdk_behind(*probe)
+
+
+def _metrics_state(signals: _Signals, provider: MeterProvider | None) -> tuple[bool, Probe]:
+    """``(always on, probe)``: on for good, off for good, or to be asked per call."""
     if isinstance(provider, NoOpMeterProvider):
-        return False, _NEVER
+        return False, None
     histogram = signals.call_duration
     if isinstance(histogram, _metrics.NoOpHistogram):
-        return False, _NEVER
-    if getattr(histogram, "_real_instrument", True) is None:
-        return False, histogram  # the API's proxy before an SDK is set: check per call
-    return True, _NEVER
+        return False, None
+    if not sdk_behind(histogram, "_real_instrument"):
+        return False, (histogram, "_real_instrument")  # the API's proxy, no SDK yet
+    return True, None
 
 
-def _traces_state(tracer: Tracer) -> tuple[bool, Any]:
-    """``(always on, probe)``: the probe's ``_TRACER_PROVIDER`` is None while no SDK is set."""
+def _traces_state(tracer: Tracer) -> tuple[bool, Probe]:
+    """``(always on, probe)``: on for good, off for good, or to be asked per call."""
     if isinstance(tracer, _trace.NoOpTracer):
-        return False, _NEVER
-    if isinstance(tracer, _trace.ProxyTracer) and getattr(_trace, "_TRACER_PROVIDER", 1) is None:
-        return False, _trace  # the API's proxy before an SDK is set: check per call
-    return True, _NEVER
+        return False, None
+    if isinstance(tracer, _trace.ProxyTracer) and not sdk_behind(_trace, "_TRACER_PROVIDER"):
+        return False, (_trace, "_TRACER_PROVIDER")  # the API's proxy, no SDK yet
+    return True, None
 
 
 def instrument(

@@ -497,6 +497,34 @@ class LimitPermit:
         return f"LimitPermit(done={not self._token})"
 
 
+def _algorithm(algorithm: object) -> LimitAlgorithm:
+    """The algorithm given, checked (default: a new `Vegas`)."""
+    if algorithm is None:
+        return Vegas()
+    if isinstance(algorithm, type):
+        raise TypeError(
+            f"algorithm must be an instance, e.g. {algorithm.__name__}(), not the class"
+        )
+    if not isinstance(algorithm, LimitAlgorithm):
+        raise TypeError(f"algorithm must be a LimitAlgorithm, got {type(algorithm).__name__}")
+    return algorithm
+
+
+def _limits(minimum: object, maximum: object, initial: object) -> tuple[int, int, int]:
+    """``min_limit``, ``max_limit`` and ``initial_limit``, checked against each other."""
+    low = integer(minimum, "min_limit", minimum=1)
+    high = integer(maximum, "max_limit", minimum=1)
+    if high < low:
+        raise ValueError(f"max_limit must be >= min_limit ({low}), got {maximum!r}")
+    start = integer(initial, "initial_limit", minimum=1)
+    if not low <= start <= high:
+        raise ValueError(
+            f"initial_limit must be within [min_limit, max_limit] = [{low}, {high}], "
+            f"got {initial!r}"
+        )
+    return low, high, start
+
+
 class AdaptiveLimiter(Middleware):
     """A bulkhead whose limit follows measured latency (Netflix's concurrency-limits).
 
@@ -556,26 +584,10 @@ class AdaptiveLimiter(Middleware):
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
-        if algorithm is None:
-            algorithm = Vegas()
-        elif isinstance(algorithm, type):
-            raise TypeError(
-                f"algorithm must be an instance, e.g. {algorithm.__name__}(), not the class"
-            )
-        elif not isinstance(algorithm, LimitAlgorithm):
-            raise TypeError(f"algorithm must be a LimitAlgorithm, got {type(algorithm).__name__}")
-        self.min_limit = integer(min_limit, "min_limit", minimum=1)
-        self.max_limit = integer(max_limit, "max_limit", minimum=1)
-        if self.max_limit < self.min_limit:
-            raise ValueError(
-                f"max_limit must be >= min_limit ({self.min_limit}), got {max_limit!r}"
-            )
-        self.initial_limit = integer(initial_limit, "initial_limit", minimum=1)
-        if not self.min_limit <= self.initial_limit <= self.max_limit:
-            raise ValueError(
-                f"initial_limit must be within [min_limit, max_limit] = "
-                f"[{self.min_limit}, {self.max_limit}], got {initial_limit!r}"
-            )
+        algorithm = _algorithm(algorithm)
+        self.min_limit, self.max_limit, self.initial_limit = _limits(
+            min_limit, max_limit, initial_limit
+        )
         self.max_queue = integer(max_queue, "max_queue", minimum=0)
         self.max_wait = (
             None if max_wait is None else _seconds(max_wait, "max_wait", allow_zero=True)

@@ -152,6 +152,54 @@ _THRESHOLDS = (
 )
 
 
+def _classifiers(
+    failure_on: object, ignore: object, rules: CircuitRules
+) -> tuple[Callable[[BaseException], bool], Callable[[BaseException], bool] | None]:
+    """What counts as a failure, and what is ignored, from ``failure_on`` and ``ignore``."""
+    if failure_on is None:  # None means "no failures": a breaker that can never trip
+        raise TypeError(
+            "failure_on must be an exception type, a tuple of them, or a predicate, got None"
+        )
+    if failure_on == () and rules.slow_call_ratio is None:
+        raise ValueError(
+            "failure_on=() counts no error as a failure, so the breaker could never open: "
+            "name the exceptions that are failures, or set a slow-call rule"
+        )
+    is_failure = _matcher(failure_on, "failure_on")
+    assert is_failure is not None
+    return is_failure, _matcher(ignore, "ignore")
+
+
+def _refuse_never_opening(
+    ratio: float | None, consecutive: int | None, slow_ratio: float | None, rule: str
+) -> None:
+    """A breaker with no trip rule, or a ratio rule with no ratio, could never open."""
+    if ratio is None and consecutive is None and slow_ratio is None:
+        raise ValueError(
+            "failure_ratio=None with no other rule gives a breaker that can never open: "
+            "set failure_ratio, consecutive_failures or slow_call_seconds"
+        )
+    if rule == "ratio" and ratio is None and slow_ratio is None:
+        raise ValueError(
+            "half_open_rule='ratio' judges the trials by failure_ratio (and the slow-call "
+            "ratio): set failure_ratio, or keep half_open_rule='first_failure'"
+        )
+
+
+def _window(given: dict[str, Any], minimum_calls: int) -> dict[str, Any]:
+    """``window_calls`` (default 100) or ``window_seconds``, checked."""
+    window_seconds = given.get("window_seconds")
+    window_calls = given.get("window_calls")
+    if window_seconds is not None:
+        if window_calls is not None:
+            raise ValueError("window_calls and window_seconds cannot both be set: pick one")
+        return {"window_seconds": _seconds(window_seconds, "window_seconds"), "window_calls": None}
+    calls = integer(100 if window_calls is None else window_calls, "window_calls", minimum=1)
+    if minimum_calls > calls:
+        raise ValueError(f"minimum_calls must be <= window_calls ({calls}), got {minimum_calls!r}")
+    return {"window_seconds": None, "window_calls": calls}
+
+
 def _thresholds(given: dict[str, Any]) -> tuple[dict[str, Any], CircuitRules]:
     """The thresholds with their defaults, checked, and the rules a store runs on."""
     consecutive = given.get("consecutive_failures")
@@ -166,23 +214,7 @@ def _thresholds(given: dict[str, Any]) -> tuple[dict[str, Any], CircuitRules]:
         "slow_call_ratio": _ratio(given.get("slow_call_ratio", 1.0), "slow_call_ratio"),
         "half_open_calls": integer(given.get("half_open_calls", 1), "half_open_calls", minimum=1),
     }
-    window_seconds = given.get("window_seconds")
-    window_calls = given.get("window_calls")
-    if window_seconds is not None:
-        if window_calls is not None:
-            raise ValueError("window_calls and window_seconds cannot both be set: pick one")
-        out["window_seconds"] = _seconds(window_seconds, "window_seconds")
-        out["window_calls"] = None
-    else:
-        out["window_seconds"] = None
-        out["window_calls"] = integer(
-            100 if window_calls is None else window_calls, "window_calls", minimum=1
-        )
-        if out["minimum_calls"] > out["window_calls"]:
-            raise ValueError(
-                f"minimum_calls must be <= window_calls ({out['window_calls']}), "
-                f"got {out['minimum_calls']!r}"
-            )
+    out.update(_window(given, out["minimum_calls"]))
     slow = given.get("slow_call_seconds")
     out["slow_call_seconds"] = None if slow is None else _seconds(slow, "slow_call_seconds")
     break_seconds, out["open_seconds"] = _break_seconds(given.get("open_seconds", 30.0))
@@ -197,16 +229,7 @@ def _thresholds(given: dict[str, Any]) -> tuple[dict[str, Any], CircuitRules]:
         raise ValueError(f"half_open_rule must be 'first_failure' or 'ratio', got {rule!r}")
     out["half_open_rule"] = rule
     slow_ratio = out["slow_call_ratio"] if out["slow_call_seconds"] is not None else None
-    if out["failure_ratio"] is None and consecutive is None and slow_ratio is None:
-        raise ValueError(
-            "failure_ratio=None with no other rule gives a breaker that can never open: "
-            "set failure_ratio, consecutive_failures or slow_call_seconds"
-        )
-    if rule == "ratio" and out["failure_ratio"] is None and slow_ratio is None:
-        raise ValueError(
-            "half_open_rule='ratio' judges the trials by failure_ratio (and the slow-call "
-            "ratio): set failure_ratio, or keep half_open_rule='first_failure'"
-        )
+    _refuse_never_opening(out["failure_ratio"], consecutive, slow_ratio, rule)
     rules = CircuitRules(
         failure_ratio=out["failure_ratio"],
         consecutive_failures=consecutive,
@@ -323,21 +346,9 @@ class CircuitBreaker(Middleware):
         self._given = given  # as passed: update() recomputes the defaults that follow them
         thresholds, rules = _thresholds(given)
         self._set(**thresholds)
-        if failure_on is None:  # None means "no failures": a breaker that can never trip
-            raise TypeError(
-                "failure_on must be an exception type, a tuple of them, or a predicate, got None"
-            )
-        if failure_on == () and rules.slow_call_ratio is None:
-            raise ValueError(
-                "failure_on=() counts no error as a failure, so the breaker could never open: "
-                "name the exceptions that are failures, or set a slow-call rule"
-            )
+        self._is_failure, self._is_ignored = _classifiers(failure_on, ignore, rules)
         self.failure_on = failure_on
         self.ignore = ignore
-        is_failure = _matcher(failure_on, "failure_on")
-        assert is_failure is not None
-        self._is_failure = is_failure
-        self._is_ignored = _matcher(ignore, "ignore")
         self.failure_result = callable_or_none(failure_result, "failure_result")
         self.on_state_change = callable_or_none(on_state_change, "on_state_change")
         self.on_outcome = callable_or_none(on_outcome, "on_outcome")

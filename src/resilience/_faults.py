@@ -95,34 +95,35 @@ def _slot_names(kind: type) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _fresh(template: BaseException, slots: tuple[str, ...]) -> BaseException:
+    """A new exception like ``template`` (its args, dict, slots, cause and notes), unraised."""
+    try:
+        fresh = copy.copy(template)
+        fresh.args = template.args  # an __init__ that formats its argument ran again
+    except Exception:  # an __init__ that cannot take its own args back: skip it
+        try:
+            fresh = type(template).__new__(type(template), *template.args)
+            fresh.__dict__.update(template.__dict__)
+        except Exception:  # a __new__ that cannot either: reuse the template
+            fresh = template
+    if fresh is not template:
+        # copy.copy carries args and __dict__ only: slots and the cause too.
+        for slot in slots:
+            with contextlib.suppress(AttributeError):  # unset on the template
+                setattr(fresh, slot, getattr(template, slot))
+        fresh.__cause__ = template.__cause__
+        fresh.__suppress_context__ = template.__suppress_context__
+        if "__notes__" in template.__dict__:
+            fresh.__notes__ = list(template.__notes__)  # a list of its own
+    return fresh.with_traceback(None)
+
+
 def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
     """A function making a fresh exception per injection, from what the user gave."""
     if isinstance(error, BaseException):
         template = error
         slots = _slot_names(type(template))
-
-        def from_instance(_: CallContext) -> BaseException:
-            try:
-                fresh = copy.copy(template)
-                fresh.args = template.args  # an __init__ that formats its argument ran again
-            except Exception:  # an __init__ that cannot take its own args back: skip it
-                try:
-                    fresh = type(template).__new__(type(template), *template.args)
-                    fresh.__dict__.update(template.__dict__)
-                except Exception:  # a __new__ that cannot either: reuse the template
-                    fresh = template
-            if fresh is not template:
-                # copy.copy carries args and __dict__ only: slots and the cause too.
-                for slot in slots:
-                    with contextlib.suppress(AttributeError):  # unset on the template
-                        setattr(fresh, slot, getattr(template, slot))
-                fresh.__cause__ = template.__cause__
-                fresh.__suppress_context__ = template.__suppress_context__
-                if "__notes__" in template.__dict__:
-                    fresh.__notes__ = list(template.__notes__)  # a list of its own
-            return fresh.with_traceback(None)
-
-        return from_instance
+        return lambda _: _fresh(template, slots)
     if isinstance(error, type):
         if not issubclass(error, BaseException):
             raise TypeError(f"error must be an exception or exception type, got {error.__name__}")

@@ -123,11 +123,20 @@ class Timeout(Middleware):
         pool = self._pool
         return True if pool is None else pool.drain(timeout)
 
-    def _fired(self, seconds: float) -> TimeoutExceeded:
-        """The error for this layer's own deadline; logged and sent to listeners."""
+    def _passed(self, ours: bool, allowed: float = 0.0) -> TimeoutExceeded:
+        """Who reports a deadline that passed (docs/design.md): the layer whose deadline it was.
+
+        ``ours``: this layer's own deadline passed, so it reports it: its
+        `TimeoutExceeded` (its name, its seconds), logged and sent to its
+        listeners. Otherwise an earlier deadline, set outside, stopped the
+        call after ``allowed`` seconds: a `DeadlineCut`, which the enclosing
+        Timeout that set it turns into its own report.
+        """
+        if not ours:
+            return DeadlineCut(max(0.0, allowed))
+        seconds = self.seconds
         error = TimeoutExceeded(seconds, self.name)
-        label = self._label
-        logger.info("resilience: Timeout%s fired after %gs", label, seconds)
+        logger.info("resilience: Timeout%s fired after %gs", self._label, seconds)
         if self._listeners:
             self._emit(TimeoutEvent(self.name, seconds, error))
         return error
@@ -144,7 +153,7 @@ class Timeout(Middleware):
         if self.sync_mode == "walk_away":
             return self._wrap_walk_away(next)
         limit = self.seconds
-        fired = self._fired
+        passed = self._passed
         clock = self.clock
         monotonic = clock.monotonic
         get = VAR.get
@@ -168,26 +177,26 @@ class Timeout(Middleware):
                     result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
                 except DeadlineCut as exc:  # a layer inside stopped at a deadline
                     if monotonic() >= own:  # ours, on our own clock
-                        raise fired(limit) from exc
+                        raise passed(True) from exc
                     raise
                 finally:
                     ctx[DEADLINE] = saved
                     ctx[CLOCK] = outer_clock
                 if monotonic() >= own:
-                    raise fired(limit)
+                    raise passed(True)
                 return result
             # An earlier deadline is in force: it is the one that can pass, judged
-            # on its own clock, and the layer that set it reports it (DeadlineCut).
+            # on its own clock, and the layer that set it reports it.
             result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             if outer_clock.monotonic() >= saved:
-                raise DeadlineCut(max(0.0, outer - (own - limit)))
+                raise passed(False, outer - (own - limit))
             return result
 
         return timeout
 
     def _wrap_walk_away(self, next: Endpoint) -> Endpoint:
         limit = self.seconds
-        fired = self._fired
+        passed = self._passed
         clock = self.clock
         workers = self._workers
 
@@ -202,11 +211,9 @@ class Timeout(Middleware):
             wait_future(clock, future, deadline)
             if future.done():
                 if deadline == own and isinstance(future.exception(), DeadlineCut):
-                    raise fired(limit) from future.exception()  # a walk-away layer inside
+                    raise passed(True) from future.exception()  # a walk-away layer inside
                 return future.result()
-            if deadline == own:
-                raise fired(limit)
-            raise DeadlineCut(max(0.0, deadline - now))  # an enclosing layer's deadline
+            raise passed(deadline == own, deadline - now)
 
         return timeout
 
@@ -214,19 +221,19 @@ class Timeout(Middleware):
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         limit = self.seconds
-        fired = self._fired
         clock = self.clock
         monotonic = clock.monotonic
         queues = self._deadline_queues
+        ended = self._aended
         get = VAR.get
         empty = EMPTY
         get_loop = asyncio.get_running_loop
         current_task = asyncio.current_task
-        cancelled_error = asyncio.CancelledError
 
         async def timeout(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
+            # 1. the deadline: ours, or an earlier one already in force
             loop = get_loop()
             task = current_task(loop)
             if task is None:  # pragma: no cover - awaited outside a task (not asyncio)
@@ -242,6 +249,7 @@ class Timeout(Middleware):
             if tighter and ctx is empty:  # run outside any call (a custom layer's own task)
                 with own_context():
                     return await timeout(fn, args, kwargs)
+            # 2. watch it: the loop's deadline queue cancels the task when it passes
             deadlines = queues.last
             if deadlines is None or deadlines.loop is not loop:
                 deadlines = queues.for_loop(loop)
@@ -250,21 +258,11 @@ class Timeout(Middleware):
                 ctx[DEADLINE] = own
                 ctx[CLOCK] = clock
             cancelling = task.cancelling()
+            # 3. the call, and 4. what its end means
             try:
                 result = await next(fn, args, kwargs)
-            except cancelled_error as exc:
-                if entry[FIRED] and task.uncancel() <= cancelling:
-                    raise fired(limit) from exc
-                raise
-            except DeadlineCut as exc:  # a sync layer inside stopped at a deadline
-                if entry[FIRED]:
-                    task.uncancel()
-                if tighter and monotonic() >= own:  # ours
-                    raise fired(limit) from exc
-                raise
-            except BaseException:
-                if entry[FIRED]:
-                    task.uncancel()
+            except BaseException as exc:
+                ended(exc, entry, task, cancelling, tighter and monotonic() >= own)
                 raise
             finally:
                 entry[FINISHED] = True  # the timer skips it
@@ -277,3 +275,28 @@ class Timeout(Middleware):
             return result
 
         return timeout
+
+    def _aended(
+        self,
+        error: BaseException,
+        entry: list[Any],
+        task: asyncio.Task[Any],
+        cancelling: int,
+        past_our_deadline: bool,
+    ) -> None:
+        """An async call raised ``error``: take back our cancellation, say who reports.
+
+        Raises this layer's `TimeoutExceeded` (from ``error``) when it was our
+        own deadline: our timer cancelled the task (and no other cancellation
+        is pending), or a sync layer inside stopped at our deadline. Returns
+        otherwise, and the caller re-raises ``error`` as it is.
+        """
+        fired = entry[FIRED]
+        if isinstance(error, asyncio.CancelledError):
+            if fired and task.uncancel() <= cancelling:
+                raise self._passed(True) from error
+            return
+        if fired:
+            task.uncancel()
+        if isinstance(error, DeadlineCut) and past_our_deadline:
+            raise self._passed(True) from error

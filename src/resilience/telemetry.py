@@ -21,14 +21,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import Token
 from types import TracebackType
 from typing import Any, Final
 
 from opentelemetry import context as _otel_context
 from opentelemetry import metrics as _metrics
 from opentelemetry import trace as _trace
-from opentelemetry.context import Context
 from opentelemetry.metrics import (
     CallbackOptions,
     Counter,
@@ -188,7 +186,14 @@ class _Signals:
         self.lock = threading.Lock()
         # id(layer) -> [layer, instrumentations using it, unsubscribe]
         self.layers: dict[int, list[Any]] = {}
-        gauges: list[tuple[str, str, str, Callable[[], Iterator[Observation]]]] = [
+        for name, unit, description, observe in self._gauges():
+            meter.create_observable_gauge(
+                name, callbacks=[_callback(observe)], unit=unit, description=description
+            )
+
+    def _gauges(self) -> list[tuple[str, str, str, Callable[[], Iterator[Observation]]]]:
+        """The observable gauges: name, unit, description, and what they read at collection."""
+        return [
             (
                 "resilience.circuit_breaker.state",
                 "1",
@@ -244,10 +249,6 @@ class _Signals:
                 self._gauge(AdaptiveLimiter, lambda a: a.metrics().queued),
             ),
         ]
-        for name, unit, description, observe in gauges:
-            meter.create_observable_gauge(
-                name, callbacks=[_callback(observe)], unit=unit, description=description
-            )
 
     def _snapshot(self, kind: type[Any]) -> list[Any]:
         with self.lock:
@@ -478,56 +479,32 @@ class Instrumentation:
 
     def _build(self) -> tuple[Endpoint, AsyncEndpoint]:
         """The timed, traced chains: the target's layers around an attempt hook."""
-        target = self.target
-        sync_inner = target.wrap(self._attempt())
-        async_inner = target.awrap(self._aattempt())
-        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
-        asked = _asked
-        traces_on, traces_probe = self._traces_on, self._traces_probe
-        tracer = self._tracer
-        span_name = self._span_name
-        base = self._base
-        now = self._now
-        finish = self._finish
-        record = self._signals.call_duration.record
-        internal = SpanKind.INTERNAL
-        attach = _otel_context.attach
-        in_context = _trace.set_span_in_context
+        sync_inner = self.target.wrap(self._attempt())
+        async_inner = self.target.awrap(self._aattempt())
+        begin, end = self._begin_call, self._end
 
         def instrumented(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            metering = metrics_on or asked(metrics_probe)
-            span: Span | None = None
-            token: Token[Context] | None = None
-            if traces_on or asked(traces_probe):
-                span = tracer.start_span(span_name, kind=internal, attributes=base)
-                token = attach(in_context(span))
-            started = now()
+            opened = begin()
             try:
                 result = sync_inner(fn, args, kwargs)
             except BaseException as error:
-                finish(record if metering else None, base, now() - started, error, span, token)
+                end(opened, error)
                 raise
-            finish(record if metering else None, base, now() - started, None, span, token)
+            end(opened, None)
             return result
 
         async def ainstrumented(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            metering = metrics_on or asked(metrics_probe)
-            span: Span | None = None
-            token: Token[Context] | None = None
-            if traces_on or asked(traces_probe):
-                span = tracer.start_span(span_name, kind=internal, attributes=base)
-                token = attach(in_context(span))
-            started = now()
+            opened = begin()
             try:
                 result = await async_inner(fn, args, kwargs)
             except BaseException as error:
-                finish(record if metering else None, base, now() - started, error, span, token)
+                end(opened, error)
                 raise
-            finish(record if metering else None, base, now() - started, None, span, token)
+            end(opened, None)
             return result
 
         self._full = (instrumented, ainstrumented)
@@ -535,89 +512,81 @@ class Instrumentation:
 
     def _attempt(self) -> Endpoint:
         """The innermost endpoint: times (and optionally traces) each call of the function."""
-        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
-        asked = _asked
-        spans = self.attempt_spans
-        traces_on, traces_probe = self._traces_on, self._traces_probe
-        start = self._start_attempt
-        finish = self._finish
-        record = self._signals.attempt_duration.record
-        now = self._now
-        get = VAR.get
+        begin, end = self._begin_attempt, self._end
 
         def attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            metering = metrics_on or asked(metrics_probe)
-            tracing = spans and (traces_on or asked(traces_probe))
-            if not (metering or tracing):
+            opened = begin()
+            if opened is None:
                 return fn(*args, **kwargs)
-            attributes, span, token = start(get()[ATTEMPT], tracing)
-            started = now()
             try:
                 result = fn(*args, **kwargs)
             except BaseException as error:
-                finish(
-                    record if metering else None, attributes, now() - started, error, span, token
-                )
+                end(opened, error)
                 raise
-            finish(record if metering else None, attributes, now() - started, None, span, token)
+            end(opened, None)
             return result
 
         return attempt
 
     def _aattempt(self) -> AsyncEndpoint:
         """`_attempt` for async calls."""
-        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
-        asked = _asked
-        spans = self.attempt_spans
-        traces_on, traces_probe = self._traces_on, self._traces_probe
-        start = self._start_attempt
-        finish = self._finish
-        record = self._signals.attempt_duration.record
-        now = self._now
-        get = VAR.get
+        begin, end = self._begin_attempt, self._end
 
         async def attempt(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
-            metering = metrics_on or asked(metrics_probe)
-            tracing = spans and (traces_on or asked(traces_probe))
-            if not (metering or tracing):
+            opened = begin()
+            if opened is None:
                 return await fn(*args, **kwargs)
-            attributes, span, token = start(get()[ATTEMPT], tracing)
-            started = now()
             try:
                 result = await fn(*args, **kwargs)
             except BaseException as error:
-                finish(
-                    record if metering else None, attributes, now() - started, error, span, token
-                )
+                end(opened, error)
                 raise
-            finish(record if metering else None, attributes, now() - started, None, span, token)
+            end(opened, None)
             return result
 
         return attempt
 
-    def _start_attempt(
-        self, number: int, tracing: bool
-    ) -> tuple[Attributes, Span | None, Token[Context] | None]:
-        attributes: Attributes = {**self._base, ATTEMPT_NUMBER: number}
-        if not tracing:
-            return attributes, None, None
-        span = self._tracer.start_span(
-            f"{self._span_name} attempt", kind=SpanKind.INTERNAL, attributes=attributes
-        )
-        return attributes, span, _otel_context.attach(_trace.set_span_in_context(span))
+    # -- one call or attempt: begun, then ended with its outcome ---------------------------
 
-    @staticmethod
-    def _finish(
-        record: Callable[[float, Attributes], None] | None,
-        base: Attributes,
-        seconds: float,
-        error: BaseException | None,
-        span: Span | None,
-        token: Token[Context] | None,
-    ) -> None:
+    def _metering(self) -> bool:
+        return self._metrics_on or _asked(self._metrics_probe)
+
+    def _tracing(self) -> bool:
+        return self._traces_on or _asked(self._traces_probe)
+
+    def _begin_call(self) -> _Opened:
+        """Start timing (and tracing) a call through the target."""
+        span = token = None
+        if self._tracing():
+            span = self._tracer.start_span(
+                self._span_name, kind=SpanKind.INTERNAL, attributes=self._base
+            )
+            token = _otel_context.attach(_trace.set_span_in_context(span))
+        record = self._signals.call_duration.record if self._metering() else None
+        return record, self._base, self._now(), span, token
+
+    def _begin_attempt(self) -> _Opened | None:
+        """Start timing (and, with attempt spans, tracing) an attempt; None: nothing to do."""
+        metering = self._metering()
+        tracing = self.attempt_spans and self._tracing()
+        if not (metering or tracing):
+            return None
+        attributes: Attributes = {**self._base, ATTEMPT_NUMBER: VAR.get()[ATTEMPT]}
+        span = token = None
+        if tracing:
+            span = self._tracer.start_span(
+                f"{self._span_name} attempt", kind=SpanKind.INTERNAL, attributes=attributes
+            )
+            token = _otel_context.attach(_trace.set_span_in_context(span))
+        record = self._signals.attempt_duration.record if metering else None
+        return record, attributes, self._now(), span, token
+
+    def _end(self, opened: _Opened, error: BaseException | None) -> None:
         """Record the duration with its outcome, and end the span."""
+        record, base, started, span, token = opened
+        seconds = self._now() - started
         if error is None:
             attributes = {**base, OUTCOME: "success"}
         else:
@@ -633,6 +602,10 @@ class Instrumentation:
             span.end()
             if token is not None:
                 _otel_context.detach(token)
+
+
+#: A call or attempt begun: ``(record, attributes, started, span, context token)``.
+_Opened = tuple[Callable[[float, Attributes], None] | None, Attributes, float, Span | None, Any]
 
 
 def _asked(probe: Probe) -> bool:
@@ -680,16 +653,12 @@ def instrument(
     * gauges of the breakers', bulkheads', throttles' and adaptive limiters'
       state, read at collection.
 
-    The providers default to the global ones of ``opentelemetry-api``, which
-    do nothing until the application sets an SDK. With those, the choice is
-    made at the first call through ``target``: if an SDK is set by then,
-    calls are timed and traced from then on; if not, the original chain is
-    put back and calls cost nothing more, while events still reach the API's
-    proxies (which deliver once an SDK is set). Instrument again after
-    setting up an SDK late. Functions decorated with ``target`` before this
-    call are instrumented too. Returns an `Instrumentation`; its
-    `~Instrumentation.uninstrument` undoes all this. A target can be
-    instrumented once at a time.
+    The providers default to the global ones of ``opentelemetry-api``; with
+    those, whether to time and trace is decided at the first call (see
+    docs/telemetry.md: set up the SDK first, or instrument again after).
+    Functions decorated with ``target`` before this call are instrumented
+    too. Returns an `Instrumentation`, whose `~Instrumentation.uninstrument`
+    undoes all this; a target is instrumented once at a time.
     """
     if not isinstance(target, Middleware):
         raise TypeError(f"can only instrument a resilience.Middleware, got {type(target).__name__}")

@@ -43,14 +43,15 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
-from ._context import VAR, remaining
 from ._errors import LimitExceededError
 from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
-from ._slots import Slots
+from ._slots import Admission, Slots
 from ._validate import (
     CONTROL_FLOW,
+    Matcher,
     exception_matcher,
     integer,
     number,
@@ -58,7 +59,6 @@ from ._validate import (
     random_source,
 )
 from ._validate import seconds as _seconds
-from ._waiters import Waiter, await_turn, wait_turn
 
 logger = logging.getLogger("resilience")
 
@@ -525,7 +525,7 @@ def _limits(minimum: object, maximum: object, initial: object) -> tuple[int, int
     return low, high, start
 
 
-class AdaptiveLimiter(Middleware):
+class AdaptiveLimiter(Admission, Middleware):
     """A bulkhead whose limit follows measured latency (Netflix's concurrency-limits).
 
     At most ``limit`` calls run at once. The limit starts at
@@ -578,9 +578,7 @@ class AdaptiveLimiter(Middleware):
         max_wait: float | timedelta | None = None,
         window_seconds: float | timedelta = 1.0,
         window_samples: int = 10,
-        drop_on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = TimeoutError,
+        drop_on: Matcher = TimeoutError,
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
@@ -607,7 +605,7 @@ class AdaptiveLimiter(Middleware):
         self.name = optional_name(name)
         algorithm.start(self.initial_limit, self.min_limit, self.max_limit)
         self.algorithm = algorithm
-        self._core = _Core(self.initial_limit, self.clock, self.window_seconds)
+        self._core = self._slots = _Core(self.initial_limit, self.clock, self.window_seconds)
 
     def update(
         self,
@@ -668,21 +666,6 @@ class AdaptiveLimiter(Middleware):
     def limit(self) -> int:
         """The current limit."""
         return self._core.capacity
-
-    @property
-    def in_flight(self) -> int:
-        """Calls holding a slot now."""
-        return self._core.in_flight()
-
-    @property
-    def queued(self) -> int:
-        """Calls waiting for a slot now."""
-        return self._core.queue.waiting
-
-    @property
-    def rejected(self) -> int:
-        """Calls refused since the limiter was made."""
-        return self._core.rejected
 
     def metrics(self) -> AdaptiveLimiterMetrics:
         """A consistent snapshot of the limit, the slots, the queue and the totals."""
@@ -793,25 +776,6 @@ class AdaptiveLimiter(Middleware):
             core.rejected += 1
         return None
 
-    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[Waiter | None, float, float]:
-        """Take a slot now (no waiter), or join the queue: ``(waiter, now, give_up)``."""
-        core = self._core
-        with core.mutex:
-            queue = core.queue
-            if not queue.count and core.take(1.0, 0.0):  # a slot came back meanwhile
-                return None, 0.0, 0.0
-            limit = math.inf if self.max_wait is None else self.max_wait
-            left = remaining(VAR.get())
-            if left is not None and left < limit:
-                limit = max(0.0, left)
-            if queue.waiting < self.max_queue and limit > 0.0:
-                now = self.clock.monotonic()
-                waiter = queue.join(1.0, loop, now)
-                queue.serve(now)  # a slot given back since we looked is not left idle
-                return waiter, now, now + limit
-            core.rejected += 1
-        raise self._rejection(0.0)
-
     def _rejection(self, waited: float) -> LimitExceededError:
         label = f"adaptive limiter {self.name!r}" if self.name else "adaptive limiter"
         limit = self._core.capacity
@@ -827,123 +791,19 @@ class AdaptiveLimiter(Middleware):
             self._emit(AdaptiveLimiterEvent(self.name, "rejected", waited, limit, error))
         return error
 
-    def _waited(self, started: float, granted: bool) -> None:
-        if granted and not self._listeners and not logger.isEnabledFor(logging.DEBUG):
-            return
-        seconds = self.clock.monotonic() - started
-        if granted:
-            label = self._label
-            logger.debug("resilience: AdaptiveLimiter%s: a call waited %.3gs", label, seconds)
-            self._emit(AdaptiveLimiterEvent(self.name, "waited", seconds, self._core.capacity))
-            return
-        core = self._core
-        with core.mutex:
-            core.rejected += 1
-        raise self._rejection(seconds)
+    def _waited_event(self, seconds: float) -> AdaptiveLimiterEvent:
+        return AdaptiveLimiterEvent(self.name, "waited", seconds, self._core.capacity)
 
-    def _admit(self) -> None:
-        """Take a slot for this thread, waiting in the queue if allowed, or raise."""
-        waiter, started, give_up = self._enter(None)
-        if waiter is not None:
-            core = self._core
-            self._waited(started, wait_turn(core.queue, core, waiter, give_up))
-
-    async def _aadmit(self) -> None:
-        """`_admit` for this task."""
-        waiter, started, give_up = self._enter(asyncio.get_running_loop())
-        if waiter is not None:
-            core = self._core
-            self._waited(started, await await_turn(core.queue, core, waiter, give_up))
-
-    # -- the shells: the fast path inline, everything else out of line -----------------------
+    # -- the shells (resilience._shells): the fast path inline, the rest out of line -------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        core = self._core
-        queue = core.queue
-        free = core.free
-        take = free.pop
-        give = free.append
-        record = core.samples.append
-        monotonic = self.clock.monotonic
-        admit = self._admit
-        settle = self._settle
-        hand_over = core.hand_over
-        serve = core.serve
-        close = self._close
-        direct = next is terminal  # innermost: call the function without the extra hop
-
-        def adaptive_limiter(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if queue.count:
-                admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    admit()
-            held = core.top - len(free)
-            started = monotonic()
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except BaseException as exc:
-                settle(exc, started, held)
-                raise
-            end = monotonic()
-            record((end - started, held))
-            if queue.count:  # Slots.release, inlined
-                hand_over()
-            else:
-                give(None)
-                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                    serve()  # type: ignore[unreachable]
-            if end >= core.window_end:
-                close(end)
-            return result
-
-        return adaptive_limiter
+        return self._shell(_shells_sync, next, self._admit)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        core = self._core
-        queue = core.queue
-        free = core.free
-        take = free.pop
-        give = free.append
-        record = core.samples.append
-        monotonic = self.clock.monotonic
-        admit = self._aadmit
-        settle = self._settle
-        hand_over = core.hand_over
-        serve = core.serve
-        close = self._close
+        return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]
 
-        async def adaptive_limiter(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if queue.count:
-                await admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    await admit()
-            held = core.top - len(free)
-            started = monotonic()
-            try:
-                result = await next(fn, args, kwargs)
-            except BaseException as exc:
-                settle(exc, started, held)
-                raise
-            end = monotonic()
-            record((end - started, held))
-            if queue.count:  # Slots.release, inlined
-                hand_over()
-            else:
-                give(None)
-                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                    serve()  # type: ignore[unreachable]
-            if end >= core.window_end:
-                close(end)
-            return result
-
-        return adaptive_limiter
+    def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
+        direct = next is terminal  # innermost: call the function without the extra hop
+        return shells.adaptive_limiter(
+            next, direct, self._core, admit, self._settle, self._close, self.clock.monotonic
+        )

@@ -27,7 +27,6 @@ is the first of a new slice, or when it is rejected.
 
 from __future__ import annotations
 
-import builtins
 import logging
 import random as _random
 import threading
@@ -37,12 +36,14 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
 from ._errors import RejectedError, ThrottledError
 from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._tally import Tally
 from ._validate import (
+    Matcher,
     callable_or_none,
     exception_matcher,
     integer,
@@ -199,9 +200,7 @@ class AdaptiveThrottler(Middleware):
         *,
         window_seconds: float | timedelta = 120.0,
         window_buckets: int = 10,
-        refused_on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = (RejectedError, TimeoutError, ConnectionError),
+        refused_on: Matcher = (RejectedError, TimeoutError, ConnectionError),
         refused_result: Callable[[Any], bool] | None = None,
         seed: int | _random.Random | None = None,
         clock: Clock | None = None,
@@ -275,9 +274,19 @@ class AdaptiveThrottler(Middleware):
             self._emit(AdaptiveThrottlerEvent(self.name, chance, requests, accepts, error))
         return error
 
-    def _pieces(self) -> tuple[Any, ...]:
+    # -- the shells (resilience._shells) ------------------------------------------------------
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        return self._shell(_shells_sync, next)  # type: ignore[no-any-return]
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        return self._shell(_shells, next)  # type: ignore[no-any-return]
+
+    def _shell(self, shells: Any, next: Any) -> Any:
         window = self._window
-        return (
+        return shells.adaptive_throttler(
+            next,
+            next is terminal,
             window,
             self.clock.monotonic,
             window.requests.counter,
@@ -289,66 +298,3 @@ class AdaptiveThrottler(Middleware):
             self.refused_result,
             self.k,
         )
-
-    # -- the shells ------------------------------------------------------------------------------
-
-    def wrap(self, next: Endpoint, /) -> Endpoint:
-        window, monotonic, requests, accepts, rotate, draw, reject, refused, check, k = (
-            self._pieces()
-        )
-        step = builtins.next
-        direct = next is terminal  # innermost: call the function without the extra hop
-
-        def adaptive_throttler(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if monotonic() >= window.edge:
-                rotate()
-            seen = window.requested - window.base_requests
-            accepted = window.accepted - window.base_accepts
-            excess = seen - k * accepted
-            if excess > 0 and draw() < excess / (seen + 1):
-                raise reject(seen, accepted)
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                if not refused(exc):
-                    window.accepted = step(accepts) + 1
-                window.requested = step(requests) + 1
-                raise
-            if check is None or not check(result):
-                window.accepted = step(accepts) + 1
-            window.requested = step(requests) + 1
-            return result
-
-        return adaptive_throttler
-
-    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        window, monotonic, requests, accepts, rotate, draw, reject, refused, check, k = (
-            self._pieces()
-        )
-        step = builtins.next
-
-        async def adaptive_throttler(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if monotonic() >= window.edge:
-                rotate()
-            seen = window.requested - window.base_requests
-            accepted = window.accepted - window.base_accepts
-            excess = seen - k * accepted
-            if excess > 0 and draw() < excess / (seen + 1):
-                raise reject(seen, accepted)
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                if not refused(exc):
-                    window.accepted = step(accepts) + 1
-                window.requested = step(requests) + 1
-                raise
-            if check is None or not check(result):
-                window.accepted = step(accepts) + 1
-            window.requested = step(requests) + 1
-            return result
-
-        return adaptive_throttler

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import math
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
 from typing import Any, Literal
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock, wait_future
-from ._context import VAR, child, effective_deadline, remaining
+from ._context import VAR, child, effective_deadline
 from ._errors import BulkheadFullError, DeadlineCut
 from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool, hand_off
-from ._slots import Slots
+from ._slots import Admission, Slots
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
-from ._waiters import Waiter, await_turn, wait_turn
 
 __all__ = ["Bulkhead", "BulkheadEvent", "BulkheadMetrics"]
 
@@ -63,7 +60,7 @@ class BulkheadMetrics:
     """Calls refused since the bulkhead was made (full queue, or no slot in time)."""
 
 
-class Bulkhead(Middleware):
+class Bulkhead(Admission, Middleware):
     """Let at most ``max_concurrent`` calls run at once; queue a few, refuse the rest.
 
     A call that finds every slot taken waits in a FIFO queue of at most
@@ -175,24 +172,9 @@ class Bulkhead(Middleware):
         return f"Bulkhead({label}max_concurrent={self.max_concurrent}{extra})"
 
     @property
-    def in_flight(self) -> int:
-        """Calls holding a slot now."""
-        return self._slots.in_flight()
-
-    @property
     def available(self) -> int:
         """Free slots now."""
         return self._slots.available()
-
-    @property
-    def queued(self) -> int:
-        """Calls waiting for a slot now."""
-        return self._slots.queue.waiting
-
-    @property
-    def rejected(self) -> int:
-        """Calls refused since the bulkhead was made."""
-        return self._slots.rejected
 
     def metrics(self) -> BulkheadMetrics:
         """A consistent snapshot of the slots, the queue and the refusals."""
@@ -219,31 +201,6 @@ class Bulkhead(Middleware):
 
     # -- admission out of the fast path: take, queue, or refuse --------------------------------
 
-    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[Waiter | None, float, float]:
-        """Take a slot now (no waiter), or join the queue: ``(waiter, now, give_up)``.
-
-        Raises `BulkheadFullError` when the queue is full or nothing may wait.
-        """
-        slots = self._slots
-        slots.lock()
-        try:
-            queue = slots.queue
-            if not queue.count and slots.take(1.0, 0.0):  # a slot came back meanwhile
-                return None, 0.0, 0.0
-            limit = math.inf if self.max_wait is None else self.max_wait
-            left = remaining(VAR.get())
-            if left is not None and left < limit:
-                limit = max(0.0, left)
-            if queue.waiting < self.max_queue and limit > 0.0:
-                now = self.clock.monotonic()
-                waiter = queue.join(1.0, loop, now)
-                queue.serve(now)  # a slot given back since we looked is not left idle
-                return waiter, now, now + limit
-            slots.rejected += 1
-        finally:
-            slots.unlock()
-        raise self._rejection(0.0)
-
     def _rejection(self, waited: float) -> BulkheadFullError:
         """The refusal of a call that waited ``waited`` seconds (0: refused at once)."""
         label = f"bulkhead {self.name!r}" if self.name else "bulkhead"
@@ -262,37 +219,8 @@ class Bulkhead(Middleware):
             self._emit(BulkheadEvent(self.name, "rejected", waited, error))
         return error
 
-    def _waited(self, started: float, granted: bool) -> None:
-        """After a wait in the queue: report it, or refuse a waiter whose time ran out."""
-        if granted and not self._listeners and not logger.isEnabledFor(logging.DEBUG):
-            return
-        seconds = self.clock.monotonic() - started
-        if granted:
-            label = self._label
-            logger.debug("resilience: Bulkhead%s: a call waited %.3gs", label, seconds)
-            self._emit(BulkheadEvent(self.name, "waited", seconds))
-            return
-        slots = self._slots
-        slots.lock()
-        try:
-            slots.rejected += 1
-        finally:
-            slots.unlock()
-        raise self._rejection(seconds)
-
-    def _admit(self) -> None:
-        """Take a slot for this thread, waiting in the queue if allowed, or raise."""
-        waiter, started, give_up = self._enter(None)
-        if waiter is not None:
-            slots = self._slots
-            self._waited(started, wait_turn(slots.queue, slots, waiter, give_up))
-
-    async def _aadmit(self) -> None:
-        """`_admit` for this task."""
-        waiter, started, give_up = self._enter(asyncio.get_running_loop())
-        if waiter is not None:
-            slots = self._slots
-            self._waited(started, await await_turn(slots.queue, slots, waiter, give_up))
+    def _waited_event(self, seconds: float) -> BulkheadEvent:
+        return BulkheadEvent(self.name, "waited", seconds)
 
     def _acquire(self) -> None:
         if self._slots.queue.count or not self._slots.take_free():
@@ -306,24 +234,14 @@ class Bulkhead(Middleware):
         """``with bulkhead:`` holds a slot for the block (or raises `BulkheadFullError`)."""
         self._acquire()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._slots.release()
 
     async def __aenter__(self) -> None:
         """``async with bulkhead:`` holds a slot for the block."""
         await self._aacquire()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._slots.release()
 
     # -- the shells: the slot's fast path inline, the queue out of line --------------------
@@ -331,34 +249,24 @@ class Bulkhead(Middleware):
     def wrap(self, next: Endpoint, /) -> Endpoint:
         if self.isolation == "thread":
             return self._wrap_isolated(next)
+        return self._shell(_shells_sync, next, self._admit)  # type: ignore[no-any-return]
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]
+
+    def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
         slots = self._slots
-        queue = slots.queue
-        take = slots.free.pop
-        give = slots.free.append
-        hand_over = slots.hand_over
-        serve = slots.serve
-        admit = self._admit
         direct = next is terminal  # innermost: call the function without the extra hop
-
-        def bulkhead(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if queue.count:
-                admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    admit()
-            try:
-                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            finally:
-                if queue.count:  # Slots.release, inlined
-                    hand_over()
-                else:
-                    give(None)
-                    if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                        serve()  # type: ignore[unreachable]
-
-        return bulkhead
+        return shells.bulkhead(
+            next,
+            direct,
+            slots.queue,
+            slots.free.pop,
+            slots.free.append,
+            slots.hand_over,
+            slots.serve,
+            admit,
+        )
 
     def _workers(self) -> WorkerPool:
         with self._pool_lock:
@@ -402,37 +310,5 @@ class Bulkhead(Middleware):
                 return future.result()
             # An enclosing layer's deadline: the layer that set it reports it.
             raise DeadlineCut(max(0.0, deadline - now))
-
-        return bulkhead
-
-    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        slots = self._slots
-        queue = slots.queue
-        take = slots.free.pop
-        give = slots.free.append
-        hand_over = slots.hand_over
-        serve = slots.serve
-        admit = self._aadmit
-        direct = next is terminal
-
-        async def bulkhead(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if queue.count:
-                await admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    await admit()
-            try:
-                return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
-            finally:
-                if queue.count:  # Slots.release, inlined
-                    hand_over()
-                else:
-                    give(None)
-                    if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                        serve()  # type: ignore[unreachable]
 
         return bulkhead

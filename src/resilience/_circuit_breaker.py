@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from . import _shells, _shells_sync
 from . import backoff as _backoff
 from ._circuit_store import (
     FAILURE,
@@ -23,7 +24,7 @@ from ._clock import Clock, validate_clock
 from ._errors import CircuitOpenError
 from ._events import CIRCUIT_STATE, Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
-from ._validate import callable_or_none, exception_matcher, integer, number, optional_name
+from ._validate import Matcher, callable_or_none, exception_matcher, integer, number, optional_name
 from ._validate import seconds as _seconds
 
 __all__ = ["CircuitBreaker", "CircuitOutcome", "CircuitStateChange"]
@@ -324,13 +325,8 @@ class CircuitBreaker(Middleware):
         half_open_calls: int = 1,
         half_open_max_seconds: float | timedelta | None = None,
         half_open_rule: HalfOpenRule = "first_failure",
-        failure_on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = Exception,
-        ignore: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool]
-        | None = None,
+        failure_on: Matcher = Exception,
+        ignore: Matcher | None = None,
         failure_result: Callable[[Any], bool] | None = None,
         on_state_change: Callable[[CircuitStateChange], object] | None = None,
         on_outcome: Callable[[CircuitOutcome], object] | None = None,
@@ -527,90 +523,37 @@ class CircuitBreaker(Middleware):
         if self.on_outcome is not None:
             self._report("failure" if code & 2 else "success", seconds, slow, error)
 
-    # -- the shells: the store's lane inline, everything else through the store --------
+    # -- the shells (resilience._shells): the store's lane inline --------------------
 
-    def _parts(self) -> tuple[Any, ...]:
-        """What both shells read: the lane, the store's door, and the core of a call's end."""
+    def _shell(self, shells: Any, next: Any) -> Any:
         store = self.store
+        direct = next is terminal  # innermost: call the function without the extra hop
         timed = self.slow_call_seconds is not None or self.window_seconds is not None
-        measured = timed or self.failure_result is not None or self.on_outcome is not None
-        monotonic = self.clock.monotonic if timed else None
-        return (
+        if timed or self.failure_result is not None or self.on_outcome is not None:
+            monotonic = self.clock.monotonic if timed else None
+            return shells.measured_circuit_breaker(
+                next,
+                direct,
+                store.lane,
+                store.acquire,
+                store.release,
+                self._settle,
+                self._rejection,
+                monotonic,
+            )
+        return shells.circuit_breaker(
+            next,
+            direct,
             store.lane,
             store.acquire,
             store.record,
             store.release,
             self._settle,
             self._rejection,
-            measured,
-            monotonic,
         )
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        lane, acquire, record, release, settle, reject, measured, monotonic = self._parts()
-        direct = next is terminal  # innermost: call the function without the extra hop
-
-        def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = lane.permit
-            if permit < 0:
-                permit = acquire()
-                if permit < 0:
-                    raise reject()
-            started = monotonic() if monotonic is not None else None
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, started)
-                raise
-            except BaseException:
-                release(permit)  # control flow: hand the permit back, count nothing
-                raise
-            if measured:
-                settle(permit, None, result, started)
-                return result
-            successes = lane.successes  # read before the check: a reset swaps in new ones
-            if permit == lane.success_permit:
-                successes.append(SUCCESS)
-                if lane.consecutive:
-                    lane.consecutive = 0
-            else:
-                record(permit, SUCCESS, 0.0)
-            return result
-
-        return circuit_breaker
+        return self._shell(_shells_sync, next)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        lane, acquire, record, release, settle, reject, measured, monotonic = self._parts()
-
-        async def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = lane.permit
-            if permit < 0:
-                permit = acquire()
-                if permit < 0:
-                    raise reject()
-            started = monotonic() if monotonic is not None else None
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, started)
-                raise
-            except BaseException:
-                release(permit)  # cancellation: hand the permit back, count nothing
-                raise
-            if measured:
-                settle(permit, None, result, started)
-                return result
-            successes = lane.successes
-            if permit == lane.success_permit:
-                successes.append(SUCCESS)
-                if lane.consecutive:
-                    lane.consecutive = 0
-            else:
-                record(permit, SUCCESS, 0.0)
-            return result
-
-        return circuit_breaker
+        return self._shell(_shells, next)  # type: ignore[no-any-return]

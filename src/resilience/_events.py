@@ -15,19 +15,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Final
 
-__all__ = [
-    "ATTEMPT_NUMBER",
-    "CIRCUIT_STATE",
-    "ERROR_TYPE",
-    "EVENT",
-    "OUTCOME",
-    "PIPELINE_NAME",
-    "POLICY_NAME",
-    "POLICY_TYPE",
-    "Described",
-    "ResilienceEvent",
-]
-
 PIPELINE_NAME: Final = "resilience.pipeline.name"
 """Attribute: the name of the pipeline (or standalone policy) running the call."""
 POLICY_TYPE: Final = "resilience.policy.type"

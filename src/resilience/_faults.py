@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
 from ._context import CallContext, current
 from ._errors import InjectedFault
@@ -505,71 +506,47 @@ class FaultInjector(Middleware):
         if self._listeners:
             self._emit(FaultEvent(self.name, plan))
 
-    # -- the shells -----------------------------------------------------------------
+    # -- the shells (resilience._shells) ----------------------------------------------------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        draw = self._draw
-        sleep = self.clock.sleep
-        direct = next is terminal
-
-        def fault_injection(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            settings = self._settings
-            if not settings.enabled:
-                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            plan = draw(settings, None)
-            if plan is _NOTHING:
-                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            self._injected(plan)
-            if plan.behaviour and settings.behaviour is not None:
-                outcome = settings.behaviour(current())
-                if inspect.isawaitable(outcome):
-                    if inspect.iscoroutine(outcome):
-                        outcome.close()
-                    raise Misuse(
-                        TypeError(
-                            f"{self!r} has an async behaviour, which cannot run in a sync "
-                            "call: give it a plain function, or make the call async"
-                        )
-                    )
-            if plan.latency > 0:
-                sleep(plan.latency)
-            if plan.error is not None:
-                raise plan.error
-            if plan.replace_result:
-                return settings.result
-            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-
-        return fault_injection
+        return self._shell(_shells_sync, next, self._behave, self.clock.sleep)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        draw = self._draw
-        asleep = self.clock.asleep
+        return self._shell(_shells, next, self._abehave, self.clock.asleep)  # type: ignore[no-any-return]
 
-        async def fault_injection(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            settings = self._settings
-            if not settings.enabled:
-                return await next(fn, args, kwargs)
-            plan = draw(settings, None)
-            if plan is _NOTHING:
-                return await next(fn, args, kwargs)
-            self._injected(plan)
-            if plan.behaviour and settings.behaviour is not None:
-                outcome = settings.behaviour(current())
-                if inspect.isawaitable(outcome):
-                    await outcome
-            if plan.latency > 0:
-                await asleep(plan.latency)
-            if plan.error is not None:
-                raise plan.error
-            if plan.replace_result:
-                return settings.result
-            return await next(fn, args, kwargs)
+    def _shell(self, shells: Any, next: Any, behave: Any, sleep: Any) -> Any:
+        return shells.fault_injection(
+            next,
+            next is terminal,
+            self._current_settings,
+            self._draw,
+            _NOTHING,
+            self._injected,
+            behave,
+            sleep,
+        )
 
-        return fault_injection
+    def _current_settings(self) -> _Settings:
+        return self._settings
+
+    def _behave(self, behaviour: Callable[[CallContext], object]) -> None:
+        """Run the behaviour in a sync call: an async one is a misuse."""
+        outcome = behaviour(current())
+        if inspect.isawaitable(outcome):
+            if inspect.iscoroutine(outcome):
+                outcome.close()
+            raise Misuse(
+                TypeError(
+                    f"{self!r} has an async behaviour, which cannot run in a sync "
+                    "call: give it a plain function, or make the call async"
+                )
+            )
+
+    async def _abehave(self, behaviour: Callable[[CallContext], object]) -> None:
+        """Run the behaviour in an async call, awaiting it if it is async."""
+        outcome = behaviour(current())
+        if inspect.isawaitable(outcome):
+            await outcome
 
 
 def _rate_spec(rate: float | _RateFunction) -> RateSpec:

@@ -20,6 +20,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
+from . import _shells, _shells_sync
 from ._context import CLOCK, DEADLINE, TAGS, VAR
 from ._misuse import (
     Misuse,
@@ -283,35 +284,6 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
     if not callable(fn):
         raise TypeError(f"can only decorate a callable, got {type(fn).__name__}")
     is_async = check_decorated(fn, name)
-    get = VAR.get
-    set_ = VAR.set
-    reset = VAR.reset
-    deadline, clock, tags = DEADLINE, CLOCK, TAGS
-
     if is_async:
-
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            parent = get()  # _context.entered, inlined
-            token = set_([name, 1, parent[deadline], parent[clock], parent[tags]])
-            try:
-                return await cell[1](fn, args, kwargs)
-            except Misuse as misuse:
-                raise misuse.error from misuse.__context__
-            finally:
-                reset(token)
-
-        functools.update_wrapper(async_wrapper, fn)
-        return cast(Callable[P, R], async_wrapper)
-
-    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-        parent = get()  # _context.entered, inlined
-        token = set_([name, 1, parent[deadline], parent[clock], parent[tags]])
-        try:
-            return cell[0](fn, args, kwargs)
-        except Misuse as misuse:
-            raise misuse.error from misuse.__context__
-        finally:
-            reset(token)
-
-    functools.update_wrapper(sync_wrapper, fn)
-    return cast(Callable[P, R], sync_wrapper)
+        return cast(Callable[P, R], _shells.entry(name, cell, 1, fn))
+    return cast(Callable[P, R], _shells_sync.entry(name, cell, 0, fn))

@@ -12,6 +12,9 @@ from ._misuse import refuse_async
 
 Predicate = Callable[[BaseException], bool]
 
+#: What ``on=``-style parameters take: an exception type, a tuple of them, or a predicate.
+Matcher = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
+
 #: Control flow that no policy may retry, count as a failure or swallow.
 CONTROL_FLOW: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)
 

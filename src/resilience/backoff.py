@@ -174,16 +174,12 @@ class _Constant(_Capped):
         return f"constant({self.value:g}{self._tail()})"
 
 
+# The concrete strategies take their own parameters, then `_Capped`'s (maximum, jitter, seed).
+
+
 class _Linear(_Capped):
-    def __init__(
-        self,
-        initial: float,
-        step: float | None,
-        maximum: float,
-        jitter: Jitter | None,
-        seed: int | _random.Random | None,
-    ) -> None:
-        super().__init__(maximum, jitter, seed)
+    def __init__(self, initial: float, step: float | None, *cap: Any) -> None:
+        super().__init__(*cap)
         self.initial = number(initial, "initial", minimum=0.0)
         self.step = self.initial if step is None else number(step, "step", minimum=0.0)
 
@@ -195,15 +191,8 @@ class _Linear(_Capped):
 
 
 class _Exponential(_Capped):
-    def __init__(
-        self,
-        initial: float,
-        base: float,
-        maximum: float,
-        jitter: Jitter | None,
-        seed: int | _random.Random | None,
-    ) -> None:
-        super().__init__(maximum, jitter, seed)
+    def __init__(self, initial: float, base: float, *cap: Any) -> None:
+        super().__init__(*cap)
         self.initial = number(initial, "initial", minimum=0.0)
         self.base = number(base, "base", minimum=1.0)
 
@@ -221,14 +210,8 @@ class _Exponential(_Capped):
 
 
 class _Fibonacci(_Capped):
-    def __init__(
-        self,
-        initial: float,
-        maximum: float,
-        jitter: Jitter | None,
-        seed: int | _random.Random | None,
-    ) -> None:
-        super().__init__(maximum, jitter, seed)
+    def __init__(self, initial: float, *cap: Any) -> None:
+        super().__init__(*cap)
         self.initial = number(initial, "initial", minimum=0.0)
 
     def base_delay(self, retry: int) -> float:

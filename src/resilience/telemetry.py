@@ -21,7 +21,6 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from types import TracebackType
 from typing import Any, Final
 
 from opentelemetry import context as _otel_context
@@ -39,7 +38,7 @@ from opentelemetry.metrics import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from . import __version__
+from . import __version__, _shells, _shells_sync
 from ._adaptive import AdaptiveLimiter
 from ._adaptive_throttler import AdaptiveThrottler
 from ._bulkhead import Bulkhead
@@ -59,11 +58,11 @@ from ._events import (
     Described,
     ResilienceEvent,
 )
-from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pipeline import Pipeline
 from ._throttle import Throttle
 
-__all__ = [
+__all__ = [  # the attribute names (resilience._events), and what this module adds
     "ATTEMPT_NUMBER",
     "CIRCUIT_STATE",
     "DURATION_BUCKETS",
@@ -77,6 +76,7 @@ __all__ = [
     "Instrumentation",
     "event_name",
     "instrument",
+    "sdk_behind",
 ]
 
 logger = logging.getLogger("resilience")
@@ -162,6 +162,43 @@ def _error_type(error: BaseException) -> str:
 # -- the instruments of one meter provider, shared by every instrumentation using it ----------
 
 
+#: The gauges read from a policy's ``metrics()``: name, unit, description, policy, field.
+_GAUGES: tuple[tuple[str, str, str, type[Any], str], ...] = (
+    ("bulkhead.in_flight", "{call}", "Calls holding a bulkhead slot.", Bulkhead, "in_flight"),
+    ("bulkhead.queued", "{call}", "Calls waiting for a bulkhead slot.", Bulkhead, "queued"),
+    ("throttle.tokens", "{token}", "Tokens in the throttle's bucket.", Throttle, "available"),
+    ("throttle.queued", "{call}", "Calls waiting for throttle tokens.", Throttle, "queued"),
+    (
+        "adaptive_limiter.limit",
+        "{call}",
+        "The adaptive limiter's current limit.",
+        AdaptiveLimiter,
+        "limit",
+    ),
+    (
+        "adaptive_throttler.probability",
+        "1",
+        "The probability that the adaptive throttler rejects the next call locally.",
+        AdaptiveThrottler,
+        "probability",
+    ),
+    (
+        "adaptive_limiter.in_flight",
+        "{call}",
+        "Calls holding an adaptive limiter slot.",
+        AdaptiveLimiter,
+        "in_flight",
+    ),
+    (
+        "adaptive_limiter.queued",
+        "{call}",
+        "Calls waiting for an adaptive limiter slot.",
+        AdaptiveLimiter,
+        "queued",
+    ),
+)
+
+
 class _Signals:
     """The instruments of one meter, and the layers reporting through them (counted)."""
 
@@ -193,61 +230,15 @@ class _Signals:
 
     def _gauges(self) -> list[tuple[str, str, str, Callable[[], Iterator[Observation]]]]:
         """The observable gauges: name, unit, description, and what they read at collection."""
-        return [
-            (
-                "resilience.circuit_breaker.state",
-                "1",
-                "1 for the breaker's current state, 0 for the others.",
-                self._breaker_states,
-            ),
-            (
-                "resilience.bulkhead.in_flight",
-                "{call}",
-                "Calls holding a bulkhead slot.",
-                self._gauge(Bulkhead, lambda b: b.metrics().in_flight),
-            ),
-            (
-                "resilience.bulkhead.queued",
-                "{call}",
-                "Calls waiting for a bulkhead slot.",
-                self._gauge(Bulkhead, lambda b: b.metrics().queued),
-            ),
-            (
-                "resilience.throttle.tokens",
-                "{token}",
-                "Tokens in the throttle's bucket.",
-                self._gauge(Throttle, lambda t: t.metrics().available),
-            ),
-            (
-                "resilience.throttle.queued",
-                "{call}",
-                "Calls waiting for throttle tokens.",
-                self._gauge(Throttle, lambda t: t.metrics().queued),
-            ),
-            (
-                "resilience.adaptive_limiter.limit",
-                "{call}",
-                "The adaptive limiter's current limit.",
-                self._gauge(AdaptiveLimiter, lambda a: a.metrics().limit),
-            ),
-            (
-                "resilience.adaptive_throttler.probability",
-                "1",
-                "The probability that the adaptive throttler rejects the next call locally.",
-                self._gauge(AdaptiveThrottler, lambda a: a.metrics().probability),
-            ),
-            (
-                "resilience.adaptive_limiter.in_flight",
-                "{call}",
-                "Calls holding an adaptive limiter slot.",
-                self._gauge(AdaptiveLimiter, lambda a: a.metrics().in_flight),
-            ),
-            (
-                "resilience.adaptive_limiter.queued",
-                "{call}",
-                "Calls waiting for an adaptive limiter slot.",
-                self._gauge(AdaptiveLimiter, lambda a: a.metrics().queued),
-            ),
+        states = (
+            "resilience.circuit_breaker.state",
+            "1",
+            "1 for the breaker's current state, 0 for the others.",
+            self._breaker_states,
+        )
+        return [states] + [
+            (f"resilience.{name}", unit, description, self._gauge(kind, field))
+            for name, unit, description, kind, field in _GAUGES
         ]
 
     def _snapshot(self, kind: type[Any]) -> list[Any]:
@@ -261,12 +252,10 @@ class _Signals:
             for state in CircuitState:
                 yield Observation(1 if state is now else 0, {**base, CIRCUIT_STATE: state.value})
 
-    def _gauge(
-        self, kind: type[Any], read: Callable[[Any], float]
-    ) -> Callable[[], Iterator[Observation]]:
+    def _gauge(self, kind: type[Any], field: str) -> Callable[[], Iterator[Observation]]:
         def observe() -> Iterator[Observation]:
             for layer in self._snapshot(kind):
-                yield Observation(read(layer), _policy_attributes(layer))
+                yield Observation(getattr(layer.metrics(), field), _policy_attributes(layer))
 
         return observe
 
@@ -426,12 +415,7 @@ class Instrumentation:
     def __enter__(self) -> Instrumentation:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.uninstrument()
 
     # -- chains -----------------------------------------------------------------------------
@@ -479,74 +463,14 @@ class Instrumentation:
 
     def _build(self) -> tuple[Endpoint, AsyncEndpoint]:
         """The timed, traced chains: the target's layers around an attempt hook."""
-        sync_inner = self.target.wrap(self._attempt())
-        async_inner = self.target.awrap(self._aattempt())
-        begin, end = self._begin_call, self._end
-
-        def instrumented(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            opened = begin()
-            try:
-                result = sync_inner(fn, args, kwargs)
-            except BaseException as error:
-                end(opened, error)
-                raise
-            end(opened, None)
-            return result
-
-        async def ainstrumented(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            opened = begin()
-            try:
-                result = await async_inner(fn, args, kwargs)
-            except BaseException as error:
-                end(opened, error)
-                raise
-            end(opened, None)
-            return result
-
-        self._full = (instrumented, ainstrumented)
+        begin, attempt, end = self._begin_call, self._begin_attempt, self._end
+        sync_inner = self.target.wrap(_shells_sync.timed(terminal, attempt, end, True))
+        async_inner = self.target.awrap(_shells.timed(terminal, attempt, end, True))
+        self._full = (
+            _shells_sync.timed(sync_inner, begin, end, False),
+            _shells.timed(async_inner, begin, end, False),
+        )
         return self._full
-
-    def _attempt(self) -> Endpoint:
-        """The innermost endpoint: times (and optionally traces) each call of the function."""
-        begin, end = self._begin_attempt, self._end
-
-        def attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            opened = begin()
-            if opened is None:
-                return fn(*args, **kwargs)
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as error:
-                end(opened, error)
-                raise
-            end(opened, None)
-            return result
-
-        return attempt
-
-    def _aattempt(self) -> AsyncEndpoint:
-        """`_attempt` for async calls."""
-        begin, end = self._begin_attempt, self._end
-
-        async def attempt(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            opened = begin()
-            if opened is None:
-                return await fn(*args, **kwargs)
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as error:
-                end(opened, error)
-                raise
-            end(opened, None)
-            return result
-
-        return attempt
 
     # -- one call or attempt: begun, then ended with its outcome ---------------------------
 

@@ -1,0 +1,478 @@
+"""The async shells of the policies: the code that runs around each call.
+
+A policy's module holds what the policy *is* (its settings, its state and
+the decisions on it, its events); its shell is the few lines every call
+runs through, and a policy has a sync and an async one. They are the same
+but for ``await``: this module holds the async shells, written by hand, and
+``_shells_sync.py`` is generated from it by ``tools/unasync.py`` (as
+httpcore generates its sync code), which a test keeps current. The shells
+that truly differ (a Timeout's, a Throttle's fixed-cost fast path, thread
+isolation) stay hand-written in their modules.
+
+A shell factory takes the next endpoint and the parts of its policy it
+needs (bound methods, the state object of its fast path) and returns the
+endpoint. A shell reads nothing private of another module: what it gets is
+what the policy hands it. ``direct`` is True when the shell is innermost:
+it then calls the function itself, without the extra hop of the terminal
+endpoint.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ._circuit_store import SUCCESS, CircuitLane
+from ._context import ATTEMPT, CLOCK, DEADLINE, EMPTY, TAGS, VAR, own_context
+from ._misuse import Misuse
+
+if TYPE_CHECKING:
+    from ._middleware import AsyncEndpoint
+
+__all__ = [
+    "adaptive_limiter",
+    "adaptive_throttler",
+    "admitted",
+    "bulkhead",
+    "circuit_breaker",
+    "entry",
+    "fallback",
+    "fault_injection",
+    "measured_circuit_breaker",
+    "retry",
+    "retry_again",
+    "timed",
+    "weighted_throttle",
+]
+
+Call = Callable[..., Any]
+Args = tuple[Any, ...]
+Kwargs = dict[str, Any]
+
+
+# -- the entry: a decorated function -----------------------------------------------------------
+
+
+def entry(name: str | None, cell: list[Any], index: int, fn: Call) -> Call:
+    """The decorated function: a call record of its own, then the chain in ``cell[index]``.
+
+    ``cell`` holds the sync and the async chain, read at each call (one list
+    index), so that a chain swapped later reaches functions decorated before.
+    """
+    get, set_, reset = VAR.get, VAR.set, VAR.reset
+    deadline, clock, tags = DEADLINE, CLOCK, TAGS
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        parent = get()  # _context.entered, inlined
+        token = set_([name, 1, parent[deadline], parent[clock], parent[tags]])
+        try:
+            return await cell[index](fn, args, kwargs)
+        except Misuse as misuse:
+            raise misuse.error from misuse.__context__
+        finally:
+            reset(token)
+
+    functools.update_wrapper(wrapper, fn)
+    return wrapper
+
+
+# -- CircuitBreaker ----------------------------------------------------------------------------
+
+
+def circuit_breaker(
+    next: AsyncEndpoint,
+    direct: bool,
+    lane: CircuitLane,
+    acquire: Callable[[], int],
+    record: Callable[[int, int, float], None],
+    release: Callable[[int], None],
+    settle: Callable[[int, BaseException | None, Any, float | None], None],
+    reject: Callable[[], BaseException],
+) -> AsyncEndpoint:
+    """A breaker whose successes need no measuring: the store's lane inline."""
+
+    async def circuit_breaker(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        permit = lane.permit
+        if permit < 0:
+            permit = acquire()
+            if permit < 0:
+                raise reject()
+        try:
+            result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        except Exception as exc:
+            settle(permit, exc, None, None)
+            raise
+        except BaseException:
+            release(permit)  # control flow: hand the permit back, count nothing
+            raise
+        successes = lane.successes  # read before the check: a reset swaps in new ones
+        if permit == lane.success_permit:
+            successes.append(SUCCESS)
+            if lane.consecutive:
+                lane.consecutive = 0
+        else:
+            record(permit, SUCCESS, 0.0)
+        return result
+
+    return circuit_breaker
+
+
+def measured_circuit_breaker(
+    next: AsyncEndpoint,
+    direct: bool,
+    lane: CircuitLane,
+    acquire: Callable[[], int],
+    release: Callable[[int], None],
+    settle: Callable[[int, BaseException | None, Any, float | None], None],
+    reject: Callable[[], BaseException],
+    monotonic: Callable[[], float] | None,
+) -> AsyncEndpoint:
+    """A breaker that judges every outcome: timed calls, results that may fail, listeners."""
+
+    async def circuit_breaker(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        permit = lane.permit
+        if permit < 0:
+            permit = acquire()
+            if permit < 0:
+                raise reject()
+        started = monotonic() if monotonic is not None else None
+        try:
+            result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        except Exception as exc:
+            settle(permit, exc, None, started)
+            raise
+        except BaseException:
+            release(permit)
+            raise
+        settle(permit, None, result, started)
+        return result
+
+    return circuit_breaker
+
+
+# -- Bulkhead and AdaptiveLimiter --------------------------------------------------------------
+
+
+def bulkhead(
+    next: AsyncEndpoint,
+    direct: bool,
+    queue: Any,
+    take: Callable[[], object],
+    give: Callable[[None], None],
+    hand_over: Callable[[], None],
+    serve: Callable[[], None],
+    admit: Callable[[], Any],
+) -> AsyncEndpoint:
+    """A slot for the call: a free one without a lock, else the queue (`admit`)."""
+
+    async def bulkhead(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        if queue.count:
+            await admit()
+        else:
+            try:
+                take()
+            except IndexError:
+                await admit()
+        try:
+            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        finally:
+            if queue.count:  # Slots.release, inlined
+                hand_over()
+            else:
+                give(None)
+                if queue.count:  # a caller joined meanwhile
+                    serve()
+
+    return bulkhead
+
+
+def adaptive_limiter(
+    next: AsyncEndpoint,
+    direct: bool,
+    core: Any,
+    admit: Callable[[], Any],
+    settle: Callable[[BaseException, float, int], None],
+    close: Callable[[float], None],
+    monotonic: Callable[[], float],
+) -> AsyncEndpoint:
+    """A slot as in `bulkhead`, and a sample of the call's time for the limit's window."""
+    queue = core.queue
+    free = core.free
+    take = free.pop
+    give = free.append
+    sample = core.samples.append
+    hand_over = core.hand_over
+    serve = core.serve
+
+    async def adaptive_limiter(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        if queue.count:
+            await admit()
+        else:
+            try:
+                take()
+            except IndexError:
+                await admit()
+        held = core.top - len(free)
+        started = monotonic()
+        try:
+            result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        except BaseException as exc:
+            settle(exc, started, held)
+            raise
+        end = monotonic()
+        sample((end - started, held))
+        if queue.count:  # Slots.release, inlined
+            hand_over()
+        else:
+            give(None)
+            if queue.count:  # a caller joined meanwhile
+                serve()
+        if end >= core.window_end:
+            close(end)
+        return result
+
+    return adaptive_limiter
+
+
+# -- AdaptiveThrottler -------------------------------------------------------------------------
+
+
+def adaptive_throttler(
+    next: AsyncEndpoint,
+    direct: bool,
+    window: Any,
+    monotonic: Callable[[], float],
+    requests: Any,
+    accepts: Any,
+    rotate: Callable[[], None],
+    draw: Callable[[], float],
+    reject: Callable[[int, int], BaseException],
+    refused: Callable[[BaseException], bool],
+    check: Callable[[Any], bool] | None,
+    k: float,
+) -> AsyncEndpoint:
+    """Reject locally with the SRE book's probability; count requests and accepts lock-free."""
+    step = requests.__next__
+    accept = accepts.__next__
+
+    async def adaptive_throttler(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        if monotonic() >= window.edge:
+            rotate()
+        seen = window.requested - window.base_requests
+        accepted = window.accepted - window.base_accepts
+        excess = seen - k * accepted
+        if excess > 0 and draw() < excess / (seen + 1):
+            raise reject(seen, accepted)
+        try:
+            result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        except Exception as exc:
+            if not refused(exc):
+                window.accepted = accept() + 1
+            window.requested = step() + 1
+            raise
+        if check is None or not check(result):
+            window.accepted = accept() + 1
+        window.requested = step() + 1
+        return result
+
+    return adaptive_throttler
+
+
+# -- Fallback and FaultInjector ----------------------------------------------------------------
+
+
+def fallback(
+    next: AsyncEndpoint,
+    direct: bool,
+    handles: Callable[[Exception], bool],
+    check: Callable[[Any], bool] | None,
+    substitute: Callable[[Exception | None, Any, Args, Kwargs], Any],
+) -> AsyncEndpoint:
+    """A plain try/except around the call; the substitute comes from the policy."""
+
+    async def fallback(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        try:
+            result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        except Exception as exc:
+            if not handles(exc):
+                raise
+            # Still inside `except`: an error from the handler chains to `exc`.
+            return await substitute(exc, None, args, kwargs)
+        if check is None or not check(result):
+            return result
+        return await substitute(None, result, args, kwargs)
+
+    return fallback
+
+
+def fault_injection(
+    next: AsyncEndpoint,
+    direct: bool,
+    settings_of: Callable[[], Any],
+    draw: Callable[[Any, Any], Any],
+    nothing: object,
+    injected: Callable[[Any], None],
+    behave: Callable[[Any], Any],
+    sleep: Callable[[float], Any],
+) -> AsyncEndpoint:
+    """Carry out the plan the injector draws for each call (see `FaultInjector.draw`)."""
+
+    async def fault_injection(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        settings = settings_of()
+        if not settings.enabled:
+            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        plan = draw(settings, None)
+        if plan is nothing:
+            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        injected(plan)
+        if plan.behaviour and settings.behaviour is not None:
+            await behave(settings.behaviour)
+        if plan.latency > 0:
+            await sleep(plan.latency)
+        if plan.error is not None:
+            raise plan.error
+        if plan.replace_result:
+            return settings.result
+        return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+
+    return fault_injection
+
+
+# -- Throttle -----------------------------------------------------------------------------------
+
+
+def admitted(next: AsyncEndpoint, direct: bool, admit: Callable[[], Any]) -> AsyncEndpoint:
+    """The slow path of a call: ``admit()`` (the queue, or a refusal), then the call."""
+
+    async def admitted(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        await admit()
+        return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+
+    return admitted
+
+
+# -- Throttle, calls of their own cost ---------------------------------------------------------
+
+
+def weighted_throttle(
+    next: AsyncEndpoint,
+    direct: bool,
+    cost_for: Callable[[Args, Kwargs], float],
+    take_now: Callable[[float], bool],
+    admit: Callable[[float], Any],
+) -> AsyncEndpoint:
+    """Tokens of each call's own cost: at once if they are there, else the queue (`admit`)."""
+
+    async def throttle(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        cost = cost_for(args, kwargs)
+        if not take_now(cost):
+            await admit(cost)
+        return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+
+    return throttle
+
+
+# -- Retry -------------------------------------------------------------------------------------
+
+
+def retry(
+    next: AsyncEndpoint,
+    direct: bool,
+    retryable: Callable[[BaseException], bool],
+    check: Callable[[Any], bool] | None,
+    again: Callable[..., Any],
+    deposit: Callable[[], None] | None,
+    monotonic: Callable[[], float] | None,
+    unmeasured: float,
+) -> AsyncEndpoint:
+    """The first attempt inline; a failure goes to ``again`` (`retry_again`, bound).
+
+    Before the attempt, a budget's ``deposit`` and the start time, when each is given.
+    """
+
+    async def retry(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        if deposit is not None:
+            deposit()
+        started = monotonic() if monotonic is not None else unmeasured
+        try:
+            result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            return await again(next, fn, args, kwargs, exc, None, started)
+        if check is None or not check(result):
+            return result
+        return await again(next, fn, args, kwargs, None, result, started)
+
+    return retry
+
+
+async def retry_again(
+    schedule: Any,
+    sleep: Callable[[float], Any],
+    retryable: Callable[[BaseException], bool],
+    check: Callable[[Any], bool] | None,
+    next: AsyncEndpoint,
+    fn: Call,
+    args: Args,
+    kwargs: Kwargs,
+    error: BaseException | None,
+    result: Any,
+) -> Any:
+    """The driver of a retry schedule: wait, attempt again, tell the schedule how it went."""
+    ctx = VAR.get()
+    if ctx is EMPTY:  # run outside any call (a custom layer's own thread or task)
+        with own_context():
+            return await retry_again(
+                schedule, sleep, retryable, check, next, fn, args, kwargs, error, result
+            )
+    first = ctx[ATTEMPT]
+    while (delay := schedule.next_delay(error, result)) is not None:
+        await sleep(delay)
+        ctx[ATTEMPT] = schedule.attempt
+        try:
+            result = await next(fn, args, kwargs)
+        except Exception as exc:
+            if not retryable(exc):
+                raise
+            error, result = exc, None
+        else:
+            if check is None or not check(result):
+                return result
+            error = None
+        finally:
+            ctx[ATTEMPT] = first
+    if error is not None:
+        raise error
+    return result
+
+
+# -- telemetry: a timed (and traced) call or attempt -------------------------------------------
+
+
+def timed(
+    inner: Callable[..., Any],
+    begin: Callable[[], Any],
+    end: Callable[[Any, BaseException | None], None],
+    direct: bool,
+) -> AsyncEndpoint:
+    """Time ``inner`` (the instrumented chain; with ``direct``, the function itself).
+
+    ``begin()`` returns what ``end`` needs, or None when there is nothing to
+    measure; ``end(begun, error)`` records the outcome.
+    """
+
+    async def instrumented(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        begun = begin()
+        if begun is None:
+            return await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
+        try:
+            result = await (fn(*args, **kwargs) if direct else inner(fn, args, kwargs))
+        except BaseException as error:
+            end(begun, error)
+            raise
+        end(begun, None)
+        return result
+
+    return instrumented

@@ -22,6 +22,7 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "src" / "resilience" / "_shells.py"
 TARGET = ROOT / "src" / "resilience" / "_shells_sync.py"
+FORMAT_AS = TARGET  # ruff takes its settings (line length...) from where the file lives
 
 HEADER = '''"""The sync shells of the policies, generated from ``_shells.py``: do not edit.
 
@@ -51,7 +52,7 @@ def generate() -> str:
 def _format(text: str) -> str:
     """``text`` as ``ruff format`` leaves it (ruff reads the project's settings)."""
     done = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(TARGET), "-"],
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(FORMAT_AS), "-"],
         input=text,
         capture_output=True,
         text=True,

@@ -692,15 +692,19 @@ class AdaptiveLimiter(Admission, Middleware):
 
     def _drop(self, held: int) -> None:
         """A call timed out or was cancelled: mark the window, free the slot."""
+        self._mark_drop(held)
+        self._core.release()
+        end = self.clock.monotonic()
+        if end >= self._core.window_end:
+            self._close(end)
+
+    def _mark_drop(self, held: int) -> None:
+        """Mark the window: a call timed out or was cancelled with ``held`` calls in flight."""
         core = self._core
         with core.mutex:
             core.samples.append((DROPPED, held))
             core.dropped = True
             core.drops += 1
-        core.release()
-        end = self.clock.monotonic()
-        if end >= core.window_end:
-            self._close(end)
 
     def _close(self, now: float) -> None:
         """End the window if it is due: summarise it and let the algorithm move the limit."""
@@ -742,22 +746,19 @@ class AdaptiveLimiter(Admission, Middleware):
             if self._listeners:
                 self._emit(LimitChange(self.name, old, new, rtt, peak, dropped, now))
 
-    def _settle(self, error: BaseException, started: float, held: int) -> None:
-        """A call raised: a drop, or an outcome that says nothing about load."""
-        try:
-            if isinstance(error, asyncio.CancelledError):
-                drop = True
-            elif isinstance(error, CONTROL_FLOW) or not isinstance(error, Exception):
-                drop = False
-            else:
-                drop = self._drops(error)
-        except BaseException:
-            self._core.release()  # a failing predicate must not keep the slot
-            raise
-        if drop:
-            self._drop(held)
+    def _failed(self, error: BaseException, held: int) -> None:
+        """A call raised (its slot is given back by the shell): a drop, or nothing to learn."""
+        if isinstance(error, asyncio.CancelledError):
+            drop = True
+        elif isinstance(error, CONTROL_FLOW) or not isinstance(error, Exception):
+            drop = False
         else:
-            self._core.release()
+            drop = self._drops(error)
+        if drop:
+            self._mark_drop(held)
+            end = self.clock.monotonic()
+            if end >= self._core.window_end:
+                self._close(end)
 
     # -- admission out of the fast path: take, queue, or refuse ---------------------------------
 
@@ -804,6 +805,7 @@ class AdaptiveLimiter(Admission, Middleware):
 
     def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
         direct = next is terminal  # innermost: call the function without the extra hop
-        return shells.adaptive_limiter(
-            next, direct, self._core, admit, self._settle, self._close, self.clock.monotonic
+        sampled = shells.sampled(
+            next, direct, self._core, (self._failed, self._close, self.clock.monotonic)
         )
+        return shells.bulkhead(sampled, False, self._core, admit)

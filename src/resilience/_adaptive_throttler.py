@@ -283,18 +283,12 @@ class AdaptiveThrottler(Middleware):
         return self._shell(_shells, next)  # type: ignore[no-any-return]
 
     def _shell(self, shells: Any, next: Any) -> Any:
-        window = self._window
-        return shells.adaptive_throttler(
-            next,
-            next is terminal,
-            window,
+        parts = (
             self.clock.monotonic,
-            window.requests.counter,
-            window.accepts.counter,
-            window.rotate,
             self.random.random,
             self._reject,
             self._refused,
             self.refused_result,
             self.k,
         )
+        return shells.adaptive_throttler(next, next is terminal, self._window, parts)

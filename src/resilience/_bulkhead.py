@@ -255,18 +255,8 @@ class Bulkhead(Admission, Middleware):
         return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]
 
     def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
-        slots = self._slots
         direct = next is terminal  # innermost: call the function without the extra hop
-        return shells.bulkhead(
-            next,
-            direct,
-            slots.queue,
-            slots.free.pop,
-            slots.free.append,
-            slots.hand_over,
-            slots.serve,
-            admit,
-        )
+        return shells.bulkhead(next, direct, self._slots, admit)
 
     def _workers(self) -> WorkerPool:
         with self._pool_lock:

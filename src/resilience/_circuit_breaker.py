@@ -532,25 +532,9 @@ class CircuitBreaker(Middleware):
         if timed or self.failure_result is not None or self.on_outcome is not None:
             monotonic = self.clock.monotonic if timed else None
             return shells.measured_circuit_breaker(
-                next,
-                direct,
-                store.lane,
-                store.acquire,
-                store.release,
-                self._settle,
-                self._rejection,
-                monotonic,
+                next, direct, store, self._settle, self._rejection, monotonic
             )
-        return shells.circuit_breaker(
-            next,
-            direct,
-            store.lane,
-            store.acquire,
-            store.record,
-            store.release,
-            self._settle,
-            self._rejection,
-        )
+        return shells.circuit_breaker(next, direct, store, self._settle, self._rejection)
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
         return self._shell(_shells_sync, next)  # type: ignore[no-any-return]

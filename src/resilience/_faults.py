@@ -515,16 +515,8 @@ class FaultInjector(Middleware):
         return self._shell(_shells, next, self._abehave, self.clock.asleep)  # type: ignore[no-any-return]
 
     def _shell(self, shells: Any, next: Any, behave: Any, sleep: Any) -> Any:
-        return shells.fault_injection(
-            next,
-            next is terminal,
-            self._current_settings,
-            self._draw,
-            _NOTHING,
-            self._injected,
-            behave,
-            sleep,
-        )
+        parts = (self._current_settings, self._draw, _NOTHING, self._injected, behave, sleep)
+        return shells.fault_injection(next, next is terminal, parts)
 
     def _current_settings(self) -> _Settings:
         return self._settings

@@ -283,7 +283,7 @@ class Retry(Middleware):
         budget = self.budget
         deposit = budget.deposit if budget is not None and budget.deposits else None
         monotonic = self.clock.monotonic if self.backoff.wants_elapsed else None
-        return shells.retry(next, direct, retryable, check, again, deposit, monotonic, _NAN)
+        return shells.retry(next, direct, (retryable, check, again, deposit, monotonic, _NAN))
 
 
 _NAN = math.nan

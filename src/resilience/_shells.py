@@ -23,15 +23,15 @@ import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._circuit_store import SUCCESS, CircuitLane
+from ._circuit_store import SUCCESS, CircuitStore
 from ._context import ATTEMPT, CLOCK, DEADLINE, EMPTY, TAGS, VAR, own_context
 from ._misuse import Misuse
 
 if TYPE_CHECKING:
     from ._middleware import AsyncEndpoint
+    from ._slots import Slots
 
 __all__ = [
-    "adaptive_limiter",
     "adaptive_throttler",
     "admitted",
     "bulkhead",
@@ -42,6 +42,7 @@ __all__ = [
     "measured_circuit_breaker",
     "retry",
     "retry_again",
+    "sampled",
     "timed",
     "weighted_throttle",
 ]
@@ -49,6 +50,12 @@ __all__ = [
 Call = Callable[..., Any]
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
+Admit = Callable[..., Any]  # the slow way in: a wait in the queue, or a refusal
+Check = Callable[[Any], bool] | None  # a result that counts as a failure, if any
+Handles = Callable[[Exception], bool]
+Now = Callable[[], float] | None  # the clock, when calls are timed
+Reject = Callable[[], BaseException]
+Settle = Callable[[int, BaseException | None, Any, float | None], None]
 
 
 # -- the entry: a decorated function -----------------------------------------------------------
@@ -81,16 +88,10 @@ def entry(name: str | None, cell: list[Any], index: int, fn: Call) -> Call:
 
 
 def circuit_breaker(
-    next: AsyncEndpoint,
-    direct: bool,
-    lane: CircuitLane,
-    acquire: Callable[[], int],
-    record: Callable[[int, int, float], None],
-    release: Callable[[int], None],
-    settle: Callable[[int, BaseException | None, Any, float | None], None],
-    reject: Callable[[], BaseException],
+    next: AsyncEndpoint, direct: bool, store: CircuitStore, settle: Settle, reject: Reject
 ) -> AsyncEndpoint:
     """A breaker whose successes need no measuring: the store's lane inline."""
+    lane, acquire, record, release = store.lane, store.acquire, store.record, store.release
 
     async def circuit_breaker(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         permit = lane.permit
@@ -119,16 +120,13 @@ def circuit_breaker(
 
 
 def measured_circuit_breaker(
-    next: AsyncEndpoint,
-    direct: bool,
-    lane: CircuitLane,
-    acquire: Callable[[], int],
-    release: Callable[[int], None],
-    settle: Callable[[int, BaseException | None, Any, float | None], None],
-    reject: Callable[[], BaseException],
-    monotonic: Callable[[], float] | None,
+    next: AsyncEndpoint, direct: bool, store: CircuitStore, settle: Settle, reject: Reject, now: Now
 ) -> AsyncEndpoint:
-    """A breaker that judges every outcome: timed calls, results that may fail, listeners."""
+    """A breaker that judges every outcome: timed calls, results that may fail, listeners.
+
+    ``now`` reads the clock before each call, when calls are timed (else None).
+    """
+    lane, acquire, release, monotonic = store.lane, store.acquire, store.release, now
 
     async def circuit_breaker(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         permit = lane.permit
@@ -151,20 +149,13 @@ def measured_circuit_breaker(
     return circuit_breaker
 
 
-# -- Bulkhead and AdaptiveLimiter --------------------------------------------------------------
+# -- Bulkhead, and AdaptiveLimiter (a bulkhead around `sampled`) -------------------------------
 
 
-def bulkhead(
-    next: AsyncEndpoint,
-    direct: bool,
-    queue: Any,
-    take: Callable[[], object],
-    give: Callable[[None], None],
-    hand_over: Callable[[], None],
-    serve: Callable[[], None],
-    admit: Callable[[], Any],
-) -> AsyncEndpoint:
+def bulkhead(next: AsyncEndpoint, direct: bool, slots: Slots, admit: Admit) -> AsyncEndpoint:
     """A slot for the call: a free one without a lock, else the queue (`admit`)."""
+    queue, take, give = slots.queue, slots.free.pop, slots.free.append
+    hand_over, serve = slots.hand_over, slots.serve
 
     async def bulkhead(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         if queue.count:
@@ -181,78 +172,53 @@ def bulkhead(
                 hand_over()
             else:
                 give(None)
-                if queue.count:  # a caller joined meanwhile
-                    serve()
+                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
+                    serve()  # type: ignore[unreachable]
 
     return bulkhead
 
 
-def adaptive_limiter(
-    next: AsyncEndpoint,
-    direct: bool,
-    core: Any,
-    admit: Callable[[], Any],
-    settle: Callable[[BaseException, float, int], None],
-    close: Callable[[float], None],
-    monotonic: Callable[[], float],
-) -> AsyncEndpoint:
-    """A slot as in `bulkhead`, and a sample of the call's time for the limit's window."""
-    queue = core.queue
-    free = core.free
-    take = free.pop
-    give = free.append
-    sample = core.samples.append
-    hand_over = core.hand_over
-    serve = core.serve
+def sampled(next: AsyncEndpoint, direct: bool, core: Any, parts: tuple[Any, ...]) -> AsyncEndpoint:
+    """Inside `bulkhead`, for an `AdaptiveLimiter`: a sample of each call's time.
 
-    async def adaptive_limiter(fn: Call, args: Args, kwargs: Kwargs) -> Any:
-        if queue.count:
-            await admit()
-        else:
-            try:
-                take()
-            except IndexError:
-                await admit()
+    ``parts``: the limiter's ``failed(error, held)`` for a call that raised,
+    ``close(now)`` for a window that may be due, and the clock. The slot is
+    the bulkhead's to give back.
+    """
+    failed, close, monotonic = parts
+    free = core.free
+    sample = core.samples.append
+
+    async def sampled(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         held = core.top - len(free)
         started = monotonic()
         try:
             result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
         except BaseException as exc:
-            settle(exc, started, held)
+            failed(exc, held)
             raise
         end = monotonic()
         sample((end - started, held))
-        if queue.count:  # Slots.release, inlined
-            hand_over()
-        else:
-            give(None)
-            if queue.count:  # a caller joined meanwhile
-                serve()
         if end >= core.window_end:
             close(end)
         return result
 
-    return adaptive_limiter
+    return sampled
 
 
 # -- AdaptiveThrottler -------------------------------------------------------------------------
 
 
 def adaptive_throttler(
-    next: AsyncEndpoint,
-    direct: bool,
-    window: Any,
-    monotonic: Callable[[], float],
-    requests: Any,
-    accepts: Any,
-    rotate: Callable[[], None],
-    draw: Callable[[], float],
-    reject: Callable[[int, int], BaseException],
-    refused: Callable[[BaseException], bool],
-    check: Callable[[Any], bool] | None,
-    k: float,
+    next: AsyncEndpoint, direct: bool, window: Any, parts: tuple[Any, ...]
 ) -> AsyncEndpoint:
-    """Reject locally with the SRE book's probability; count requests and accepts lock-free."""
+    """Reject locally with the SRE book's probability; count requests and accepts lock-free.
+
+    ``parts``: the clock, the draw of a random number, the rejection, what
+    counts as refused (an error, a result) and ``k``.
+    """
+    monotonic, draw, reject, refused, check, k = parts
+    requests, accepts, rotate = window.requests.counter, window.accepts.counter, window.rotate
     step = requests.__next__
     accept = accepts.__next__
 
@@ -283,11 +249,7 @@ def adaptive_throttler(
 
 
 def fallback(
-    next: AsyncEndpoint,
-    direct: bool,
-    handles: Callable[[Exception], bool],
-    check: Callable[[Any], bool] | None,
-    substitute: Callable[[Exception | None, Any, Args, Kwargs], Any],
+    next: AsyncEndpoint, direct: bool, handles: Handles, check: Check, substitute: Call
 ) -> AsyncEndpoint:
     """A plain try/except around the call; the substitute comes from the policy."""
 
@@ -306,17 +268,13 @@ def fallback(
     return fallback
 
 
-def fault_injection(
-    next: AsyncEndpoint,
-    direct: bool,
-    settings_of: Callable[[], Any],
-    draw: Callable[[Any, Any], Any],
-    nothing: object,
-    injected: Callable[[Any], None],
-    behave: Callable[[Any], Any],
-    sleep: Callable[[float], Any],
-) -> AsyncEndpoint:
-    """Carry out the plan the injector draws for each call (see `FaultInjector.draw`)."""
+def fault_injection(next: AsyncEndpoint, direct: bool, parts: tuple[Any, ...]) -> AsyncEndpoint:
+    """Carry out the plan the injector draws for each call (see `FaultInjector.draw`).
+
+    ``parts``: the injector's current settings, its draw, the empty plan,
+    what reports a plan, what runs a behaviour, and the clock's sleep.
+    """
+    settings_of, draw, nothing, injected, behave, sleep = parts
 
     async def fault_injection(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         settings = settings_of()
@@ -339,10 +297,10 @@ def fault_injection(
     return fault_injection
 
 
-# -- Throttle -----------------------------------------------------------------------------------
+# -- Throttle ----------------------------------------------------------------------------------
 
 
-def admitted(next: AsyncEndpoint, direct: bool, admit: Callable[[], Any]) -> AsyncEndpoint:
+def admitted(next: AsyncEndpoint, direct: bool, admit: Admit) -> AsyncEndpoint:
     """The slow path of a call: ``admit()`` (the queue, or a refusal), then the call."""
 
     async def admitted(fn: Call, args: Args, kwargs: Kwargs) -> Any:
@@ -356,11 +314,7 @@ def admitted(next: AsyncEndpoint, direct: bool, admit: Callable[[], Any]) -> Asy
 
 
 def weighted_throttle(
-    next: AsyncEndpoint,
-    direct: bool,
-    cost_for: Callable[[Args, Kwargs], float],
-    take_now: Callable[[float], bool],
-    admit: Callable[[float], Any],
+    next: AsyncEndpoint, direct: bool, cost_for: Call, take_now: Call, admit: Call
 ) -> AsyncEndpoint:
     """Tokens of each call's own cost: at once if they are there, else the queue (`admit`)."""
 
@@ -376,20 +330,14 @@ def weighted_throttle(
 # -- Retry -------------------------------------------------------------------------------------
 
 
-def retry(
-    next: AsyncEndpoint,
-    direct: bool,
-    retryable: Callable[[BaseException], bool],
-    check: Callable[[Any], bool] | None,
-    again: Callable[..., Any],
-    deposit: Callable[[], None] | None,
-    monotonic: Callable[[], float] | None,
-    unmeasured: float,
-) -> AsyncEndpoint:
+def retry(next: AsyncEndpoint, direct: bool, parts: tuple[Any, ...]) -> AsyncEndpoint:
     """The first attempt inline; a failure goes to ``again`` (`retry_again`, bound).
 
-    Before the attempt, a budget's ``deposit`` and the start time, when each is given.
+    ``parts``: what is retried (an error, a result), ``again``, and what
+    happens before the attempt: a budget's ``deposit`` and a clock read of
+    its start, when each is given (else ``unmeasured`` is its start).
     """
+    retryable, check, again, deposit, monotonic, unmeasured = parts
 
     async def retry(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         if deposit is not None:

@@ -1,13 +1,16 @@
-"""Generate the sync shells from the async ones: ``src/resilience/_shells.py`` -> ``_shells_sync.py``.
+"""Generate the sync shells from the async ones.
+
+``src/resilience/_shells.py`` -> ``src/resilience/_shells_sync.py``::
 
     python tools/unasync.py          # write the sync module
     python tools/unasync.py --check  # exit 1 if it is not current (a test runs this)
 
 The async shells are written by hand; their sync twins differ only by
-``async def`` -> ``def``, ``await`` dropped and ``AsyncEndpoint`` ->
-``Endpoint``, as httpcore's ``scripts/unasync.py`` does for its
-connections. The result is formatted with ruff, so the file in the tree is
-exactly what this script writes.
+``async def`` -> ``def``, ``await`` dropped, ``AsyncEndpoint`` ->
+``Endpoint`` and the entry's ``cell[1]`` (the async chain) -> ``cell[0]``,
+as httpcore's ``scripts/unasync.py`` does for its connections. The result
+is formatted with ruff, so the file in the tree is exactly what this
+script writes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ RULES: list[tuple[str, str]] = [
     (r"\basync def\b", "def"),
     (r"\bawait ", ""),
     (r"\bAsyncEndpoint\b", "Endpoint"),
+    (r"\bcell\[1\]", "cell[0]"),  # the entry's chain: [sync, async]
 ]
 
 

@@ -163,6 +163,15 @@ def _behaviour(value: object) -> Callable[[CallContext], object] | None:
     return value
 
 
+class _Live:
+    """The injector's settings now: replaced whole by an update, read once per call."""
+
+    __slots__ = ("settings",)
+
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = settings
+
+
 @dataclass(frozen=True, slots=True)
 class _Kind:
     """One kind of fault, as `FaultInjector.update` takes it."""
@@ -317,7 +326,7 @@ class FaultInjector(Middleware):
         self.clock = validate_clock(clock)
         self.random = random_source(seed)
         self._lock = threading.Lock()
-        self._settings = _Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0)
+        self._live = _Live(_Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0))
 
         # An omitted rate follows its fault (1.0 with it, else off); None is off.
         self.update(
@@ -360,7 +369,7 @@ class FaultInjector(Middleware):
             "behaviour": (behaviour, behaviour_rate),
         }
         with self._lock:
-            old = self._settings
+            old = self._live.settings
             changes: dict[str, Any] = {}
             for kind in _KINDS:
                 value, rate = given[kind.name]
@@ -378,7 +387,7 @@ class FaultInjector(Middleware):
                         f"enabled must be a bool or a predicate on the call context, "
                         f"got {type(enabled).__name__}"
                     )
-            self._settings = replace(old, **changes)
+            self._live.settings = replace(old, **changes)
 
     def _kind_changes(self, kind: _Kind, value: Any, rate: Any, old: _Settings) -> dict[str, Any]:
         """What giving one kind of fault, or its rate, changes in the settings."""
@@ -400,29 +409,29 @@ class FaultInjector(Middleware):
 
     def _snapshot(self) -> object:
         """Everything `update` can change, to put back with `_restore`."""
-        return self._settings
+        return self._live.settings
 
     def _restore(self, snapshot: object) -> None:
         with self._lock:
-            self._settings = snapshot  # type: ignore[assignment]
+            self._live.settings = snapshot  # type: ignore[assignment]
 
     def enable(self) -> None:
         """Inject again (a predicate given as ``enabled`` is kept)."""
         with self._lock:
-            self._settings = replace(self._settings, enabled=True)
+            self._live.settings = replace(self._live.settings, enabled=True)
 
     def disable(self) -> None:
         """Stop injecting: calls go straight through, at almost no cost."""
         with self._lock:
-            self._settings = replace(self._settings, enabled=False)
+            self._live.settings = replace(self._live.settings, enabled=False)
 
     @property
     def enabled(self) -> bool:
         """False after `disable`; a predicate still decides call by call when True."""
-        return self._settings.enabled
+        return self._live.settings.enabled
 
     def settings(self) -> dict[str, Any]:
-        s = self._settings
+        s = self._live.settings
         out: dict[str, Any] = {"enabled": s.enabled if s.when is None else s.enabled and s.when}
         if s.error_rate:
             out["error"] = InjectedFault if s.error_spec is None else s.error_spec
@@ -439,7 +448,7 @@ class FaultInjector(Middleware):
         return out
 
     def __repr__(self) -> str:
-        s = self._settings
+        s = self._live.settings
         parts = [f"{self.name!r}"] if self.name else []
         for label, rate in (
             ("error", s.error_rate),
@@ -469,7 +478,7 @@ class FaultInjector(Middleware):
         factory (the plan holds the error it made). Returns a plan with
         nothing in it when disabled.
         """
-        return self._draw(self._settings, context)
+        return self._draw(self._live.settings, context)
 
     def _draw(self, s: _Settings, context: CallContext | None) -> FaultPlan:
         if not s.enabled or not MODE.inject_faults:
@@ -515,11 +524,8 @@ class FaultInjector(Middleware):
         return self._shell(_shells, next, self._abehave, self.clock.asleep)  # type: ignore[no-any-return]
 
     def _shell(self, shells: Any, next: Any, behave: Any, sleep: Any) -> Any:
-        parts = (self._current_settings, self._draw, _NOTHING, self._injected, behave, sleep)
+        parts = (self._live, self._draw, _NOTHING, self._injected, behave, sleep)
         return shells.fault_injection(next, next is terminal, parts)
-
-    def _current_settings(self) -> _Settings:
-        return self._settings
 
     def _behave(self, behaviour: Callable[[CallContext], object]) -> None:
         """Run the behaviour in a sync call: an async one is a misuse."""

@@ -285,5 +285,5 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
         raise TypeError(f"can only decorate a callable, got {type(fn).__name__}")
     is_async = check_decorated(fn, name)
     if is_async:
-        return cast(Callable[P, R], _shells.entry(name, cell, 1, fn))
-    return cast(Callable[P, R], _shells_sync.entry(name, cell, 0, fn))
+        return cast(Callable[P, R], _shells.entry(name, cell, fn))
+    return cast(Callable[P, R], _shells_sync.entry(name, cell, fn))

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ._circuit_store import SUCCESS, CircuitStore
-from ._context import ATTEMPT, CLOCK, DEADLINE, EMPTY, TAGS, VAR, own_context
+from ._context import ATTEMPT, CLOCK, DEADLINE, EMPTY, NO_TAGS, TAGS, VAR, own_context
 from ._misuse import Misuse
 
 if TYPE_CHECKING:
@@ -61,20 +61,26 @@ Settle = Callable[[int, BaseException | None, Any, float | None], None]
 # -- the entry: a decorated function -----------------------------------------------------------
 
 
-def entry(name: str | None, cell: list[Any], index: int, fn: Call) -> Call:
-    """The decorated function: a call record of its own, then the chain in ``cell[index]``.
+def entry(name: str | None, cell: list[Any], fn: Call) -> Call:
+    """The decorated function: a call record of its own, then the chain in ``cell``.
 
-    ``cell`` holds the sync and the async chain, read at each call (one list
-    index), so that a chain swapped later reaches functions decorated before.
+    ``cell`` holds the sync and the async chain (``[sync, async]``), read at
+    each call (one list index), so that a chain swapped later reaches
+    functions decorated before.
     """
     get, set_, reset = VAR.get, VAR.set, VAR.reset
     deadline, clock, tags = DEADLINE, CLOCK, TAGS
+    empty, no_tags = EMPTY, NO_TAGS
 
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        parent = get()  # _context.entered, inlined
-        token = set_([name, 1, parent[deadline], parent[clock], parent[tags]])
+        parent = get()  # _context.entered, inlined (at the top: no tuple to index)
+        token = set_(
+            [name, 1, None, None, no_tags]
+            if parent is empty
+            else [name, 1, parent[deadline], parent[clock], parent[tags]]
+        )
         try:
-            return await cell[index](fn, args, kwargs)
+            return await cell[1](fn, args, kwargs)
         except Misuse as misuse:
             raise misuse.error from misuse.__context__
         finally:
@@ -154,8 +160,7 @@ def measured_circuit_breaker(
 
 def bulkhead(next: AsyncEndpoint, direct: bool, slots: Slots, admit: Admit) -> AsyncEndpoint:
     """A slot for the call: a free one without a lock, else the queue (`admit`)."""
-    queue, take, give = slots.queue, slots.free.pop, slots.free.append
-    hand_over, serve = slots.hand_over, slots.serve
+    queue, take, give, serve = slots.queue, slots.free.pop, slots.free.append, slots.serve
 
     async def bulkhead(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         if queue.count:
@@ -168,12 +173,9 @@ def bulkhead(next: AsyncEndpoint, direct: bool, slots: Slots, admit: Admit) -> A
         try:
             return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
         finally:
-            if queue.count:  # Slots.release, inlined
-                hand_over()
-            else:
-                give(None)
-                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                    serve()  # type: ignore[unreachable]
+            give(None)  # Slots.release, inlined
+            if queue.count:
+                serve()
 
     return bulkhead
 
@@ -271,13 +273,14 @@ def fallback(
 def fault_injection(next: AsyncEndpoint, direct: bool, parts: tuple[Any, ...]) -> AsyncEndpoint:
     """Carry out the plan the injector draws for each call (see `FaultInjector.draw`).
 
-    ``parts``: the injector's current settings, its draw, the empty plan,
-    what reports a plan, what runs a behaviour, and the clock's sleep.
+    ``parts``: where the injector keeps its settings (``live.settings``, replaced
+    whole by an update), its draw, the empty plan, what reports a plan, what
+    runs a behaviour, and the clock's sleep.
     """
-    settings_of, draw, nothing, injected, behave, sleep = parts
+    live, draw, nothing, injected, behave, sleep = parts
 
     async def fault_injection(fn: Call, args: Args, kwargs: Kwargs) -> Any:
-        settings = settings_of()
+        settings = live.settings
         if not settings.enabled:
             return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
         plan = draw(settings, None)
@@ -335,14 +338,13 @@ def retry(next: AsyncEndpoint, direct: bool, parts: tuple[Any, ...]) -> AsyncEnd
 
     ``parts``: what is retried (an error, a result), ``again``, and what
     happens before the attempt: a budget's ``deposit`` and a clock read of
-    its start, when each is given (else ``unmeasured`` is its start).
+    its start, when each is given. Without either, the call comes straight
+    here and its start is ``unmeasured``; with them, a small first step runs
+    them and passes the start on.
     """
     retryable, check, again, deposit, monotonic, unmeasured = parts
 
-    async def retry(fn: Call, args: Args, kwargs: Kwargs) -> Any:
-        if deposit is not None:
-            deposit()
-        started = monotonic() if monotonic is not None else unmeasured
+    async def retry(fn: Call, args: Args, kwargs: Kwargs, started: float = unmeasured) -> Any:
         try:
             result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
         except Exception as exc:
@@ -353,7 +355,15 @@ def retry(next: AsyncEndpoint, direct: bool, parts: tuple[Any, ...]) -> AsyncEnd
             return result
         return await again(next, fn, args, kwargs, None, result, started)
 
-    return retry
+    if deposit is None and monotonic is None:
+        return retry
+
+    def first(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        if deposit is not None:
+            deposit()
+        return retry(fn, args, kwargs, monotonic() if monotonic is not None else unmeasured)
+
+    return first
 
 
 async def retry_again(

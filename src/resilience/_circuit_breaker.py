@@ -458,6 +458,13 @@ class CircuitBreaker(Middleware):
             notify(listener, event, f"the on_state_change listener of circuit breaker{label}")
         self._emit(event)
 
+    def _admit(self) -> int:
+        """A permit from the store, or the refusal raised."""
+        permit = self.store.acquire()
+        if permit < 0:
+            raise self._rejection()
+        return permit
+
     def _rejection(self) -> CircuitOpenError:
         state = self.store.state()
         label = f"circuit breaker {self.name!r}" if self.name else "circuit breaker"
@@ -493,8 +500,14 @@ class CircuitBreaker(Middleware):
     def _settle(
         self, permit: int, error: BaseException | None, result: Any, started: float | None
     ) -> None:
-        """Classify the outcome of a permitted call and hand it to the store."""
+        """Classify the outcome of a permitted call and hand it to the store.
+
+        Control flow (not an `Exception`) only gives the permit back: it counts nothing.
+        """
         store = self.store
+        if error is not None and not isinstance(error, Exception):
+            store.release(permit)
+            return
         try:
             if error is not None:
                 ignored = self._is_ignored
@@ -532,7 +545,7 @@ class CircuitBreaker(Middleware):
         if timed or self.failure_result is not None or self.on_outcome is not None:
             monotonic = self.clock.monotonic if timed else None
             return shells.measured_circuit_breaker(
-                next, direct, store, self._settle, self._rejection, monotonic
+                next, direct, store, self._settle, self._admit, monotonic
             )
         return shells.circuit_breaker(next, direct, store, self._settle, self._rejection)
 

@@ -126,28 +126,25 @@ def circuit_breaker(
 
 
 def measured_circuit_breaker(
-    next: AsyncEndpoint, direct: bool, store: CircuitStore, settle: Settle, reject: Reject, now: Now
+    next: AsyncEndpoint, direct: bool, store: CircuitStore, settle: Settle, admit: Admit, now: Now
 ) -> AsyncEndpoint:
     """A breaker that judges every outcome: timed calls, results that may fail, listeners.
 
-    ``now`` reads the clock before each call, when calls are timed (else None).
+    ``admit`` takes a permit from the store or raises the refusal; ``now``
+    reads the clock before each call, when calls are timed (else None).
+    ``settle`` also takes control flow, and only gives its permit back.
     """
-    lane, acquire, release, monotonic = store.lane, store.acquire, store.release, now
+    lane, monotonic = store.lane, now
 
     async def circuit_breaker(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         permit = lane.permit
         if permit < 0:
-            permit = acquire()
-            if permit < 0:
-                raise reject()
+            permit = admit()
         started = monotonic() if monotonic is not None else None
         try:
             result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
-        except Exception as exc:
+        except BaseException as exc:
             settle(permit, exc, None, started)
-            raise
-        except BaseException:
-            release(permit)
             raise
         settle(permit, None, result, started)
         return result

@@ -220,15 +220,9 @@ class Timeout(Middleware):
     # -- async --------------------------------------------------------------
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        limit = self.seconds
-        clock = self.clock
-        monotonic = clock.monotonic
-        queues = self._deadline_queues
-        ended = self._aended
-        get = VAR.get
-        empty = EMPTY
-        get_loop = asyncio.get_running_loop
-        current_task = asyncio.current_task
+        limit, clock, queues, ended = self.seconds, self.clock, self._deadline_queues, self._aended
+        monotonic, get, empty = clock.monotonic, VAR.get, EMPTY
+        get_loop, current_task = asyncio.get_running_loop, asyncio.current_task
 
         async def timeout(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]

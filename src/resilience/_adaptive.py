@@ -805,7 +805,6 @@ class AdaptiveLimiter(Admission, Middleware):
 
     def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
         direct = next is terminal  # innermost: call the function without the extra hop
-        sampled = shells.sampled(
-            next, direct, self._core, (self._failed, self._close, self.clock.monotonic)
-        )
-        return shells.bulkhead(sampled, False, self._core, admit)
+        core = self._core
+        sampling = (self._failed, self._close, self.clock.monotonic, core)
+        return shells.bulkhead(next, direct, core, admit, sampling)

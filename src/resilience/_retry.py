@@ -275,15 +275,28 @@ class Retry(Middleware):
         retryable, check = self._retryable, self.on_result
 
         def again(
-            next: Any, fn: Any, args: Any, kwargs: Any, error: Any, result: Any, started: float
+            next: Any, fn: Any, args: Any, kwargs: Any, error: Any, result: Any, started: Any
         ) -> Any:
-            schedule_ = schedule(started)
+            schedule_ = schedule(_NAN if started is None else started)
             return drive(schedule_, sleep, retryable, check, next, fn, args, kwargs, error, result)
 
+        return shells.retry(next, direct, (retryable, check, again, self._before()))
+
+    def _before(self) -> Callable[[], float | None] | None:
+        """What a call does before its first attempt: deposit, read the clock; None if nothing."""
         budget = self.budget
         deposit = budget.deposit if budget is not None and budget.deposits else None
         monotonic = self.clock.monotonic if self.backoff.wants_elapsed else None
-        return shells.retry(next, direct, (retryable, check, again, deposit, monotonic, _NAN))
+        if monotonic is None:
+            return deposit
+        if deposit is None:
+            return monotonic
+
+        def both() -> float:
+            deposit()
+            return monotonic()
+
+        return both
 
 
 _NAN = math.nan

@@ -42,7 +42,6 @@ __all__ = [
     "measured_circuit_breaker",
     "retry",
     "retry_again",
-    "sampled",
     "timed",
     "weighted_throttle",
 ]
@@ -152,12 +151,34 @@ def measured_circuit_breaker(
     return circuit_breaker
 
 
-# -- Bulkhead, and AdaptiveLimiter (a bulkhead around `sampled`) -------------------------------
+# -- Bulkhead and AdaptiveLimiter: one slot shell -----------------------------------------------
 
 
-def bulkhead(next: AsyncEndpoint, direct: bool, slots: Slots, admit: Admit) -> AsyncEndpoint:
-    """A slot for the call: a free one without a lock, else the queue (`admit`)."""
-    queue, take, give, serve = slots.queue, slots.free.pop, slots.free.append, slots.serve
+def bulkhead(
+    next: AsyncEndpoint,
+    direct: bool,
+    slots: Slots,
+    admit: Admit,
+    sampling: tuple[Any, ...] | None = None,
+) -> AsyncEndpoint:
+    """A slot for the call: a free one without a lock, else the queue (`admit`).
+
+    An `AdaptiveLimiter` passes ``sampling``: its ``failed(error, held)``
+    for a call that raised, ``close(now)`` for a window that may be due, its
+    clock, and its slots again (with their ``samples`` and ``window_end``).
+    Each call's time is then a sample of its window. The slot is given back
+    here either way.
+    """
+    queue, take, give, serve, free = (
+        slots.queue,
+        slots.free.pop,
+        slots.free.append,
+        slots.serve,
+        slots.free,
+    )
+    parts: tuple[Any, ...] = sampling if sampling is not None else (None,) * 4
+    failed, close, monotonic, window = parts
+    sample: Any = window.samples.append if window is not None else None
 
     async def bulkhead(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         if queue.count:
@@ -167,42 +188,31 @@ def bulkhead(next: AsyncEndpoint, direct: bool, slots: Slots, admit: Admit) -> A
                 take()
             except IndexError:
                 await admit()
-        try:
-            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
-        finally:
-            give(None)  # Slots.release, inlined
-            if queue.count:
-                serve()
-
-    return bulkhead
-
-
-def sampled(next: AsyncEndpoint, direct: bool, core: Any, parts: tuple[Any, ...]) -> AsyncEndpoint:
-    """Inside `bulkhead`, for an `AdaptiveLimiter`: a sample of each call's time.
-
-    ``parts``: the limiter's ``failed(error, held)`` for a call that raised,
-    ``close(now)`` for a window that may be due, and the clock. The slot is
-    the bulkhead's to give back.
-    """
-    failed, close, monotonic = parts
-    free = core.free
-    sample = core.samples.append
-
-    async def sampled(fn: Call, args: Args, kwargs: Kwargs) -> Any:
-        held = core.top - len(free)
+        if monotonic is None:
+            try:
+                return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
+            finally:
+                give(None)  # Slots.release, inlined
+                if queue.count:
+                    serve()
+        held = slots.top - len(free)
         started = monotonic()
         try:
             result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
         except BaseException as exc:
             failed(exc, held)
             raise
+        finally:
+            give(None)
+            if queue.count:
+                serve()
         end = monotonic()
         sample((end - started, held))
-        if end >= core.window_end:
+        if end >= window.window_end:
             close(end)
         return result
 
-    return sampled
+    return bulkhead
 
 
 # -- AdaptiveThrottler -------------------------------------------------------------------------
@@ -333,15 +343,15 @@ def weighted_throttle(
 def retry(next: AsyncEndpoint, direct: bool, parts: tuple[Any, ...]) -> AsyncEndpoint:
     """The first attempt inline; a failure goes to ``again`` (`retry_again`, bound).
 
-    ``parts``: what is retried (an error, a result), ``again``, and what
-    happens before the attempt: a budget's ``deposit`` and a clock read of
-    its start, when each is given. Without either, the call comes straight
-    here and its start is ``unmeasured``; with them, a small first step runs
-    them and passes the start on.
+    ``parts``: what is retried (an error, a result), ``again``, and
+    ``before``: what runs before the first attempt (a budget's deposit, a
+    clock read of the start), returning the start it read or None; None
+    itself when nothing runs (the start is then None too).
     """
-    retryable, check, again, deposit, monotonic, unmeasured = parts
+    retryable, check, again, before = parts
 
-    async def retry(fn: Call, args: Args, kwargs: Kwargs, started: float = unmeasured) -> Any:
+    async def retry(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        started = None if before is None else before()
         try:
             result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
         except Exception as exc:
@@ -352,15 +362,7 @@ def retry(next: AsyncEndpoint, direct: bool, parts: tuple[Any, ...]) -> AsyncEnd
             return result
         return await again(next, fn, args, kwargs, None, result, started)
 
-    if deposit is None and monotonic is None:
-        return retry
-
-    def first(fn: Call, args: Args, kwargs: Kwargs) -> Any:
-        if deposit is not None:
-            deposit()
-        return retry(fn, args, kwargs, monotonic() if monotonic is not None else unmeasured)
-
-    return first
+    return retry
 
 
 async def retry_again(

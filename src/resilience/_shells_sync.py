@@ -29,7 +29,6 @@ __all__ = [
     "measured_circuit_breaker",
     "retry",
     "retry_again",
-    "sampled",
     "timed",
     "weighted_throttle",
 ]
@@ -139,12 +138,34 @@ def measured_circuit_breaker(
     return circuit_breaker
 
 
-# -- Bulkhead, and AdaptiveLimiter (a bulkhead around `sampled`) -------------------------------
+# -- Bulkhead and AdaptiveLimiter: one slot shell -----------------------------------------------
 
 
-def bulkhead(next: Endpoint, direct: bool, slots: Slots, admit: Admit) -> Endpoint:
-    """A slot for the call: a free one without a lock, else the queue (`admit`)."""
-    queue, take, give, serve = slots.queue, slots.free.pop, slots.free.append, slots.serve
+def bulkhead(
+    next: Endpoint,
+    direct: bool,
+    slots: Slots,
+    admit: Admit,
+    sampling: tuple[Any, ...] | None = None,
+) -> Endpoint:
+    """A slot for the call: a free one without a lock, else the queue (`admit`).
+
+    An `AdaptiveLimiter` passes ``sampling``: its ``failed(error, held)``
+    for a call that raised, ``close(now)`` for a window that may be due, its
+    clock, and its slots again (with their ``samples`` and ``window_end``).
+    Each call's time is then a sample of its window. The slot is given back
+    here either way.
+    """
+    queue, take, give, serve, free = (
+        slots.queue,
+        slots.free.pop,
+        slots.free.append,
+        slots.serve,
+        slots.free,
+    )
+    parts: tuple[Any, ...] = sampling if sampling is not None else (None,) * 4
+    failed, close, monotonic, window = parts
+    sample: Any = window.samples.append if window is not None else None
 
     def bulkhead(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         if queue.count:
@@ -154,42 +175,31 @@ def bulkhead(next: Endpoint, direct: bool, slots: Slots, admit: Admit) -> Endpoi
                 take()
             except IndexError:
                 admit()
-        try:
-            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-        finally:
-            give(None)  # Slots.release, inlined
-            if queue.count:
-                serve()
-
-    return bulkhead
-
-
-def sampled(next: Endpoint, direct: bool, core: Any, parts: tuple[Any, ...]) -> Endpoint:
-    """Inside `bulkhead`, for an `AdaptiveLimiter`: a sample of each call's time.
-
-    ``parts``: the limiter's ``failed(error, held)`` for a call that raised,
-    ``close(now)`` for a window that may be due, and the clock. The slot is
-    the bulkhead's to give back.
-    """
-    failed, close, monotonic = parts
-    free = core.free
-    sample = core.samples.append
-
-    def sampled(fn: Call, args: Args, kwargs: Kwargs) -> Any:
-        held = core.top - len(free)
+        if monotonic is None:
+            try:
+                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            finally:
+                give(None)  # Slots.release, inlined
+                if queue.count:
+                    serve()
+        held = slots.top - len(free)
         started = monotonic()
         try:
             result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
         except BaseException as exc:
             failed(exc, held)
             raise
+        finally:
+            give(None)
+            if queue.count:
+                serve()
         end = monotonic()
         sample((end - started, held))
-        if end >= core.window_end:
+        if end >= window.window_end:
             close(end)
         return result
 
-    return sampled
+    return bulkhead
 
 
 # -- AdaptiveThrottler -------------------------------------------------------------------------
@@ -320,15 +330,15 @@ def weighted_throttle(
 def retry(next: Endpoint, direct: bool, parts: tuple[Any, ...]) -> Endpoint:
     """The first attempt inline; a failure goes to ``again`` (`retry_again`, bound).
 
-    ``parts``: what is retried (an error, a result), ``again``, and what
-    happens before the attempt: a budget's ``deposit`` and a clock read of
-    its start, when each is given. Without either, the call comes straight
-    here and its start is ``unmeasured``; with them, a small first step runs
-    them and passes the start on.
+    ``parts``: what is retried (an error, a result), ``again``, and
+    ``before``: what runs before the first attempt (a budget's deposit, a
+    clock read of the start), returning the start it read or None; None
+    itself when nothing runs (the start is then None too).
     """
-    retryable, check, again, deposit, monotonic, unmeasured = parts
+    retryable, check, again, before = parts
 
-    def retry(fn: Call, args: Args, kwargs: Kwargs, started: float = unmeasured) -> Any:
+    def retry(fn: Call, args: Args, kwargs: Kwargs) -> Any:
+        started = None if before is None else before()
         try:
             result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
         except Exception as exc:
@@ -339,15 +349,7 @@ def retry(next: Endpoint, direct: bool, parts: tuple[Any, ...]) -> Endpoint:
             return result
         return again(next, fn, args, kwargs, None, result, started)
 
-    if deposit is None and monotonic is None:
-        return retry
-
-    def first(fn: Call, args: Args, kwargs: Kwargs) -> Any:
-        if deposit is not None:
-            deposit()
-        return retry(fn, args, kwargs, monotonic() if monotonic is not None else unmeasured)
-
-    return first
+    return retry
 
 
 def retry_again(

@@ -158,21 +158,22 @@ class Timeout(Middleware):
         monotonic = clock.monotonic
         get = VAR.get
         empty = EMPTY
+        deadline_at, clock_at = DEADLINE, CLOCK  # the fields' places, as cells (no global reads)
         direct = next is terminal  # innermost: call the function without the extra hop
 
         def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             own = monotonic() + limit
             ctx = get()
-            outer = saved = ctx[DEADLINE]
-            outer_clock = ctx[CLOCK]
+            outer = saved = ctx[deadline_at]
+            outer_clock = ctx[clock_at]
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, own - limit)
             if outer is None or own < outer:
                 if ctx is empty:  # run outside any call (a custom layer's own thread)
                     with own_context():
                         return timeout(fn, args, kwargs)
-                ctx[DEADLINE] = own
-                ctx[CLOCK] = clock
+                ctx[deadline_at] = own
+                ctx[clock_at] = clock
                 try:
                     result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
                 except DeadlineCut as exc:  # a layer inside stopped at a deadline
@@ -180,8 +181,8 @@ class Timeout(Middleware):
                         raise passed(True) from exc
                     raise
                 finally:
-                    ctx[DEADLINE] = saved
-                    ctx[CLOCK] = outer_clock
+                    ctx[deadline_at] = saved
+                    ctx[clock_at] = outer_clock
                 if monotonic() >= own:
                     raise passed(True)
                 return result
@@ -222,6 +223,7 @@ class Timeout(Middleware):
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         limit, clock, queues, ended = self.seconds, self.clock, self._deadline_queues, self._aended
         monotonic, get, empty = clock.monotonic, VAR.get, EMPTY
+        deadline_at, clock_at = DEADLINE, CLOCK  # the fields' places, as cells
         get_loop, current_task = asyncio.get_running_loop, asyncio.current_task
 
         async def timeout(
@@ -235,8 +237,8 @@ class Timeout(Middleware):
             now = monotonic()
             own = now + limit
             ctx = get()
-            outer = saved = ctx[DEADLINE]
-            outer_clock = ctx[CLOCK]
+            outer = saved = ctx[deadline_at]
+            outer_clock = ctx[clock_at]
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, now)
             tighter = outer is None or own < outer
@@ -249,11 +251,10 @@ class Timeout(Middleware):
                 deadlines = queues.for_loop(loop)
             entry = deadlines.add(own, task)
             if tighter:
-                ctx[DEADLINE] = own
-                ctx[CLOCK] = clock
+                ctx[deadline_at] = own
+                ctx[clock_at] = clock
             cancelling = task.cancelling()
-            # 3. the call, and 4. what its end means
-            try:
+            try:  # 3. the call, and 4. what its end means
                 result = await next(fn, args, kwargs)
             except BaseException as exc:
                 ended(exc, entry, task, cancelling, tighter and monotonic() >= own)
@@ -262,8 +263,8 @@ class Timeout(Middleware):
                 entry[FINISHED] = True  # the timer skips it
                 entry[TASK] = None  # and the queue holds nothing of the call any more
                 if tighter:
-                    ctx[DEADLINE] = saved
-                    ctx[CLOCK] = outer_clock
+                    ctx[deadline_at] = saved
+                    ctx[clock_at] = outer_clock
             if entry[FIRED]:  # the call swallowed our cancellation and returned
                 task.uncancel()
             return result

@@ -46,7 +46,7 @@ from typing import Any, ClassVar, Literal
 from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
 from ._errors import LimitExceededError
-from ._events import Described, ResilienceEvent
+from ._events import AdmissionEvent, Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._slots import Admission, Slots
 from ._validate import (
@@ -403,7 +403,7 @@ class LimitChange(ResilienceEvent):
 
 
 @dataclass(frozen=True, slots=True)
-class AdaptiveLimiterEvent(ResilienceEvent):
+class AdaptiveLimiterEvent(AdmissionEvent):
     """Sent to the limiter's listeners when a call waited for a slot or was refused."""
 
     name: str | None
@@ -414,9 +414,6 @@ class AdaptiveLimiterEvent(ResilienceEvent):
     """The limit at that moment."""
     error: LimitExceededError | None = None
     """The refusal, for "rejected"."""
-
-    def describe(self) -> Described:
-        return self.outcome, self.error, {"resilience.wait.seconds": self.seconds}
 
 
 @dataclass(frozen=True, slots=True)

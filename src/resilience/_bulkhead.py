@@ -14,7 +14,7 @@ from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock, wait_future
 from ._context import VAR, child, effective_deadline
 from ._errors import BulkheadFullError, DeadlineCut
-from ._events import Described, ResilienceEvent
+from ._events import AdmissionEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pool import WorkerPool, hand_off
 from ._slots import Admission, Slots
@@ -31,7 +31,7 @@ _UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
-class BulkheadEvent(ResilienceEvent):
+class BulkheadEvent(AdmissionEvent):
     """Sent to the bulkhead's listeners when a call waited for a slot or was refused."""
 
     name: str | None
@@ -41,9 +41,6 @@ class BulkheadEvent(ResilienceEvent):
     """Seconds the call spent in the queue (0 for a call refused at once)."""
     error: BulkheadFullError | None = None
     """The refusal, for "rejected"."""
-
-    def describe(self) -> Described:
-        return self.outcome, self.error, {"resilience.wait.seconds": self.seconds}
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,7 +13,7 @@ The attribute names are OpenTelemetry semantic-convention style, all under
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Final
+from typing import TYPE_CHECKING, Any, ClassVar, Final
 
 PIPELINE_NAME: Final = "resilience.pipeline.name"
 """Attribute: the name of the pipeline (or standalone policy) running the call."""
@@ -53,3 +53,26 @@ class ResilienceEvent:
         """``(name, error, details)`` for telemetry, or None when it is not counted."""
         error = getattr(self, "error", None)
         return self.event, error if isinstance(error, BaseException) else None, {}
+
+
+WAIT_SECONDS: Final = "resilience.wait.seconds"
+"""Attribute: seconds a call waited for its turn (or, refused, was told to wait)."""
+
+
+class AdmissionEvent(ResilienceEvent):
+    """The base of the events of a call that waited for its turn or was refused.
+
+    Throttle, Bulkhead and AdaptiveLimiter send them: ``outcome`` is
+    ``"waited"`` or ``"rejected"``, ``seconds`` the wait, ``error`` the
+    refusal.
+    """
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:  # the fields of each dataclass that derives from it
+        outcome: str
+        seconds: float
+        error: BaseException | None
+
+    def describe(self) -> Described:
+        return self.outcome, self.error, {WAIT_SECONDS: self.seconds}

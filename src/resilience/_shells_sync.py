@@ -55,15 +55,14 @@ def entry(name: str | None, cell: list[Any], fn: Call) -> Call:
     functions decorated before.
     """
     get, set_, reset = VAR.get, VAR.set, VAR.reset
-    deadline, clock, tags = DEADLINE, CLOCK, TAGS
-    empty, no_tags = EMPTY, NO_TAGS
+    empty, no_tags = EMPTY, NO_TAGS  # (every variable a closure reads costs each call)
 
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         parent = get()  # _context.entered, inlined (at the top: no tuple to index)
         token = set_(
             [name, 1, None, None, no_tags]
             if parent is empty
-            else [name, 1, parent[deadline], parent[clock], parent[tags]]
+            else [name, 1, parent[DEADLINE], parent[CLOCK], parent[TAGS]]
         )
         try:
             return cell[0](fn, args, kwargs)
@@ -156,16 +155,10 @@ def bulkhead(
     Each call's time is then a sample of its window. The slot is given back
     here either way.
     """
-    queue, take, give, serve, free = (
-        slots.queue,
-        slots.free.pop,
-        slots.free.append,
-        slots.serve,
-        slots.free,
-    )
-    parts: tuple[Any, ...] = sampling if sampling is not None else (None,) * 4
-    failed, close, monotonic, window = parts
-    sample: Any = window.samples.append if window is not None else None
+    queue, take, give = slots.queue, slots.free.pop, slots.free.append
+    if sampling is not None:  # one cell: every variable a closure reads costs each call
+        failed, close, monotonic, window = sampling
+        sampling = (failed, close, monotonic, window, window.samples.append, slots.free)
 
     def bulkhead(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         if queue.count:
@@ -175,24 +168,24 @@ def bulkhead(
                 take()
             except IndexError:
                 admit()
-        if monotonic is None:
-            try:
-                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            finally:
-                give(None)  # Slots.release, inlined
-                if queue.count:
-                    serve()
-        held = slots.top - len(free)
-        started = monotonic()
         try:
-            result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-        except BaseException as exc:
-            failed(exc, held)
-            raise
-        finally:
-            give(None)
+            if sampling is None:
+                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            failed, close, monotonic, window, sample, free = sampling
+            held = window.top - len(free)
+            started = monotonic()
+            try:
+                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
+            except BaseException as exc:
+                failed(exc, held)
+                raise
+        finally:  # Slots.release, inlined
             if queue.count:
-                serve()
+                slots.hand_over()
+            else:
+                give(None)
+                if queue.count:  # somebody joined in between (mypy narrows it to 0)
+                    slots.serve()  # type: ignore[unreachable]
         end = monotonic()
         sample((end - started, held))
         if end >= window.window_end:

@@ -13,9 +13,8 @@ calls in flight, not the limit).
 A smaller limit cannot take back slots held by running calls. Those slots
 are *owed*: each debt is a waiter placed at the head of the queue that
 takes the next slot given back and never returns it. The fast paths see
-the queue is not empty and go the slow way, so no new call runs over the
-new limit, and the release path stays one ``append`` and one check (see
-`Slots.serve` for the one race this leaves).
+the queue is not empty and go the slow way, so no call runs over the new
+limit, and the release path stays one ``append`` and one check.
 
 ``top`` is the number of slots that exist (free, reserved or held,
 debts included): the calls in flight are ``top - len(free)``, readable
@@ -96,19 +95,31 @@ class Slots:
     # -- giving slots back ------------------------------------------------------------------
 
     def release(self) -> None:
-        """Give a slot back, from any thread; with waiters or debts, serve them."""
-        self.free.append(None)
+        """Give a slot back, from any thread.
+
+        With waiters or debts in the queue it goes to them under the mutex,
+        never through the free list, where another call's fast path could
+        take it first.
+        """
         if self.queue.count:
-            self.serve()
+            self.hand_over()
+            return
+        self.free.append(None)
+        if self.queue.count:  # somebody joined in between (mypy narrows it to 0): serve them
+            self.serve()  # type: ignore[unreachable]
+
+    def hand_over(self) -> None:
+        """Give a slot straight to the head of the queue: a debt swallows it, a waiter gets it."""
+        with self.mutex:
+            queue = self.queue
+            if queue.debts:
+                queue.collect_debt()  # the slot stops existing, never seen free
+            else:
+                self.free.append(None)
+                queue.serve(0.0)
 
     def serve(self) -> None:
-        """Serve the queue from the free slots, debts first (after a release that found it busy).
-
-        A debt takes back the slot just given. A fast path that had looked at
-        the queue before the debt was made may take that slot first, in the
-        few bytecodes between; the debt is then paid by the next release, and
-        until then one call more than the new limit runs.
-        """
+        """Serve the queue from the free slots (after a release that found it empty)."""
         with self.mutex:
             self.queue.serve(0.0)
 

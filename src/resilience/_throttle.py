@@ -18,7 +18,7 @@ from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import ThrottledError
-from ._events import Described, ResilienceEvent
+from ._events import AdmissionEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._misuse import refuse_async
 from ._validate import number, optional_name
@@ -55,7 +55,7 @@ class ThrottleMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class ThrottleEvent(ResilienceEvent):
+class ThrottleEvent(AdmissionEvent):
     """Sent to the throttle's listeners when a call waited for its tokens or was refused."""
 
     name: str | None
@@ -67,9 +67,6 @@ class ThrottleEvent(ResilienceEvent):
     """Seconds the call waited ("waited"), or the ``retry_after`` of the refusal ("rejected")."""
     error: ThrottledError | None = None
     """The refusal, for "rejected"."""
-
-    def describe(self) -> Described:
-        return self.outcome, self.error, {"resilience.wait.seconds": self.seconds}
 
 
 def _rates(rate: object, per: object, burst: object) -> tuple[float, float, float]:

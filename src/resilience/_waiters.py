@@ -139,6 +139,18 @@ class WaiterQueue:
         self.debts += count
         self.pending += count
 
+    def collect_debt(self) -> None:
+        """Settle the first debt with a grant that never enters the gate (a slot given back)."""
+        waiter = self.head()
+        assert waiter is not None  # debts come first
+        assert waiter.collect is not None
+        self._waiters.popleft()
+        waiter.state = GRANTED
+        self.count -= 1
+        self.debts -= 1
+        self.pending -= waiter.cost
+        waiter.collect()
+
     def forgive(self, count: int) -> int:
         """Cancel up to ``count`` debts not yet collected; returns how many."""
         forgiven = 0

@@ -1,7 +1,9 @@
 """The events policies send to their listeners (`resilience.Middleware.subscribe`).
 
 Every one is a frozen dataclass and a `ResilienceEvent`, which says how it is
-counted in telemetry. A successful call sends none.
+counted in telemetry. A successful call sends none. The events of a call
+that waited for its turn or was refused (Throttle, Bulkhead,
+AdaptiveLimiter) are also `AdmissionEvent`s.
 
 ::
 
@@ -15,7 +17,7 @@ from ._adaptive_throttler import AdaptiveThrottlerEvent
 from ._budget import RetryBudgetExhausted
 from ._bulkhead import BulkheadEvent
 from ._circuit_breaker import CircuitOutcome, CircuitStateChange
-from ._events import ResilienceEvent
+from ._events import AdmissionEvent, ResilienceEvent
 from ._fallback import FallbackEvent
 from ._faults import FaultEvent, FaultPlan
 from ._retry import RetriesExhausted, RetryEvent
@@ -25,6 +27,7 @@ from ._timeout import TimeoutEvent
 __all__ = [
     "AdaptiveLimiterEvent",
     "AdaptiveThrottlerEvent",
+    "AdmissionEvent",
     "BulkheadEvent",
     "CircuitOutcome",
     "CircuitStateChange",

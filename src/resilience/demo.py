@@ -347,7 +347,8 @@ def plot(bare: RunResult, guarded: RunResult, path: str, duration: float) -> Non
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit(
-            "--plot needs matplotlib: pip install 'resilience-layers[plot]' (or pip install matplotlib)"
+            "--plot needs matplotlib: "
+            "pip install 'resilience-layers[plot]' (or pip install matplotlib)"
         ) from None
     seconds = max(1, math.ceil(duration))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)

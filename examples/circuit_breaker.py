@@ -27,7 +27,7 @@ def stock_level(sku: str) -> int:
     return 42
 
 
-def log_change(change: rs.CircuitStateChange) -> None:
+def log_change(change: rs.events.CircuitStateChange) -> None:
     print(f"  [t={change.at:>4.0f}s] breaker {change.old.value} -> {change.new.value}")
 
 

@@ -59,7 +59,7 @@ def from_cache(ctx: rs.FallbackContext) -> dict[str, Any]:
     return {"user": user_id, "items": ["bestsellers"], "stale": True}
 
 
-def log_fallback(event: rs.FallbackEvent) -> None:
+def log_fallback(event: rs.events.FallbackEvent) -> None:
     why = repr(event.error) if event.error is not None else f"rejected result {event.result!r}"
     print(f"    fallback: {why}")
 

@@ -56,7 +56,7 @@ def protected() -> tuple[int, int, float]:
     clock = FakeClock()
     fallbacks = 0
 
-    def count_fallback(event: rs.FallbackEvent) -> None:
+    def count_fallback(event: rs.events.FallbackEvent) -> None:
         nonlocal fallbacks
         fallbacks += 1
 

@@ -15,7 +15,7 @@ from resilience import backoff
 rng = random.Random(7)  # seeded: the demo tells the same story every run
 
 
-def log_retry(event: rs.RetryEvent) -> None:
+def log_retry(event: rs.events.RetryEvent) -> None:
     print(
         f"    attempt {event.attempt} failed ({event.error!r}); "
         f"retrying in {event.delay * 1000:.0f} ms"

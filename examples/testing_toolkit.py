@@ -41,11 +41,13 @@ def main() -> None:
         faults.restore()
         counted.assert_count(1)  # injected errors never reached the function
 
-        retries = events.of(rs.RetryEvent)
-        opened = [c for c in events.of(rs.CircuitStateChange) if c.new is rs.CircuitState.OPEN]
+        retries = events.of(rs.events.RetryEvent)
+        opened = [
+            c for c in events.of(rs.events.CircuitStateChange) if c.new is rs.CircuitState.OPEN
+        ]
         print(
             f"outage: {len(retries)} retries scheduled (waits made instant), "
-            f"{len(opened)} breaker trip, {len(events.of(rs.FallbackEvent))} fallbacks"
+            f"{len(opened)} breaker trip, {len(events.of(rs.events.FallbackEvent))} fallbacks"
         )
         assert [r.delay for r in retries] == [0.0, 0.0, 0.0]
         assert len(opened) == 1

@@ -83,7 +83,7 @@ async def both_sides() -> None:
             raise ServerBusy(retry_after)
         return body
 
-    def log(event: rs.RetryEvent) -> None:
+    def log(event: rs.events.RetryEvent) -> None:
         now = clock.monotonic()
         print(f"  t={now:.1f}s  client: {event.error}; next attempt in {event.delay}s")
 

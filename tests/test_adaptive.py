@@ -336,7 +336,7 @@ def test_a_drop_closes_a_due_window_at_once(clock: FakeClock) -> None:
     dropped.drop()
     dropped.drop()
     assert scripted.seen == [(1.0, 2, True)]
-    assert adaptive.metrics() == rs.AdaptiveLimiterMetrics(
+    assert adaptive.metrics() == rs.metrics.AdaptiveLimiterMetrics(
         limit=2, in_flight=0, queued=0, rejected=0, dropped=1
     )
 
@@ -388,9 +388,9 @@ def test_a_lower_limit_is_owed_by_the_calls_running(clock: FakeClock) -> None:
         assert (adaptive.limit, adaptive.in_flight) == (6, 2)
         assert len([adaptive.try_acquire() for _ in range(4)]) == 4
         assert adaptive.try_acquire() is None
-    changes = recorder.of(rs.LimitChange)
+    changes = recorder.of(rs.events.LimitChange)
     assert [(c.old, c.new) for c in changes] == [(4, 2), (2, 3), (3, 6)]
-    assert changes[0] == rs.LimitChange(None, 4, 2, 1.0, 4, False, 1.0)
+    assert changes[0] == rs.events.LimitChange(None, 4, 2, 1.0, 4, False, 1.0)
     assert adaptive.rejected == 4
 
 
@@ -527,8 +527,8 @@ async def test_a_full_limiter_refuses_with_its_own_error(mode: str, clock: FakeC
     assert str(caught.value) == "adaptive limiter 'search' is at its limit: 1 calls are running"
     assert isinstance(caught.value, rs.RejectedError)
     assert (caught.value.name, caught.value.retry_after) == ("search", None)
-    assert recorder.of(rs.AdaptiveLimiterEvent) == [
-        rs.AdaptiveLimiterEvent("search", "rejected", 0.0, 1, caught.value)
+    assert recorder.of(rs.events.AdaptiveLimiterEvent) == [
+        rs.events.AdaptiveLimiterEvent("search", "rejected", 0.0, 1, caught.value)
     ]
     held.ignore()
     assert await run_yielding(mode, adaptive, lambda: "now") == "now"
@@ -657,7 +657,7 @@ async def test_calls_queue_for_a_slot_in_order(clock: FakeClock) -> None:
         gate.set()
         assert await asyncio.gather(*tasks) == [0, 1, 2]
     assert order == [0, 1, 2]
-    assert [e.outcome for e in recorder.of(rs.AdaptiveLimiterEvent)] == [
+    assert [e.outcome for e in recorder.of(rs.events.AdaptiveLimiterEvent)] == [
         "rejected",
         "waited",
         "waited",

@@ -177,7 +177,7 @@ async def test_a_healthy_backend_is_never_throttled(mode: str, clock: FakeClock)
     for _ in range(500):
         assert await run_plain(mode, throttler, lambda: "ok") == "ok"
         clock.advance(0.1)
-    assert throttler.metrics() == rs.AdaptiveThrottlerMetrics(
+    assert throttler.metrics() == rs.metrics.AdaptiveThrottlerMetrics(
         requests=500, accepts=500, probability=0.0, rejected=0
     )
 
@@ -261,8 +261,8 @@ async def test_a_local_rejection_is_a_throttled_error_with_an_event(
         "(p=0.50: the backend accepted 0 of the last 1 requests)"
     )
     assert (caught.value.name, caught.value.retry_after) == ("search", None)
-    assert recorder.of(rs.AdaptiveThrottlerEvent) == [
-        rs.AdaptiveThrottlerEvent("search", 0.5, 1, 0, caught.value)
+    assert recorder.of(rs.events.AdaptiveThrottlerEvent) == [
+        rs.events.AdaptiveThrottlerEvent("search", 0.5, 1, 0, caught.value)
     ]
     assert throttler.metrics().rejected == 1
 
@@ -286,7 +286,7 @@ def test_the_window_forgets_old_requests(clock: FakeClock) -> None:
     clock.advance(6)  # 10 s: the first slice has left the window
     assert throttler.metrics().requests == 1
     clock.advance(1000)
-    assert throttler.metrics() == rs.AdaptiveThrottlerMetrics(0, 0, 0.0, 0)
+    assert throttler.metrics() == rs.metrics.AdaptiveThrottlerMetrics(0, 0, 0.0, 0)
 
 
 # -- concurrency -----------------------------------------------------------------------------------
@@ -307,7 +307,7 @@ def test_eight_threads_count_every_request_and_accept_exactly() -> None:
         thread.start()
     for thread in threads:
         thread.join()
-    assert throttler.metrics() == rs.AdaptiveThrottlerMetrics(8000, 8000, 0.0, 0)
+    assert throttler.metrics() == rs.metrics.AdaptiveThrottlerMetrics(8000, 8000, 0.0, 0)
 
 
 async def test_a_thousand_tasks_count_exactly(clock: FakeClock) -> None:
@@ -324,4 +324,4 @@ async def test_a_thousand_tasks_count_exactly(clock: FakeClock) -> None:
         *(throttler.acall(half, i) for i in range(1000)), return_exceptions=True
     )
     assert sum(isinstance(r, ConnectionError) for r in results) == 500
-    assert throttler.metrics() == rs.AdaptiveThrottlerMetrics(1000, 500, 0.0, 0)
+    assert throttler.metrics() == rs.metrics.AdaptiveThrottlerMetrics(1000, 500, 0.0, 0)

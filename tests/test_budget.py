@@ -98,7 +98,7 @@ def test_each_deposit_earns_a_ratio_of_a_retry() -> None:
     assert budget.balance == 1
     assert budget.try_withdraw()
     assert budget.balance == 0
-    assert budget.metrics() == rs.RetryBudgetMetrics(
+    assert budget.metrics() == rs.metrics.RetryBudgetMetrics(
         balance=0, deposits=5, withdrawals=1, refused=1
     )
 
@@ -247,7 +247,7 @@ async def test_a_call_deposits_once_and_each_retry_withdraws(mode: str, clock: F
     with pytest.raises(ConnectionError):
         await run_plain(mode, retry, down)
     assert down.calls == 3
-    assert budget.metrics() == rs.RetryBudgetMetrics(
+    assert budget.metrics() == rs.metrics.RetryBudgetMetrics(
         balance=8, deposits=1, withdrawals=2, refused=0
     )
 
@@ -270,9 +270,9 @@ async def test_a_refused_retry_raises_the_last_error_with_a_note_and_an_event(
         "resilience: Retry 'stock' stopped after 1 attempt(s): its retry budget "
         "'inventory' is exhausted"
     ]
-    [event] = recorder.of(rs.RetryBudgetExhausted)
-    assert event == rs.RetryBudgetExhausted("stock", "inventory", 1, caught.value)
-    assert recorder.of(rs.RetryEvent) == []
+    [event] = recorder.of(rs.events.RetryBudgetExhausted)
+    assert event == rs.events.RetryBudgetExhausted("stock", "inventory", 1, caught.value)
+    assert recorder.of(rs.events.RetryEvent) == []
 
 
 async def test_a_refused_result_retry_returns_the_last_result(mode: str, clock: FakeClock) -> None:
@@ -281,7 +281,7 @@ async def test_a_refused_result_retry_returns_the_last_result(mode: str, clock: 
     retry = rs.Retry(3, on_result=lambda value: value == "busy", budget=budget, clock=clock)
     with EventRecorder().watch(retry) as recorder:
         assert await run_plain(mode, retry, lambda: "busy") == "busy"
-    [event] = recorder.of(rs.RetryBudgetExhausted)
+    [event] = recorder.of(rs.events.RetryBudgetExhausted)
     assert (event.error, event.result, event.budget) == (None, "busy", None)
 
 
@@ -397,7 +397,7 @@ def test_eight_threads_count_every_deposit_and_withdrawal_exactly() -> None:
         for thread in threads:
             thread.join()
     assert sum(allowed) == 8000
-    assert budget.metrics() == rs.RetryBudgetMetrics(
+    assert budget.metrics() == rs.metrics.RetryBudgetMetrics(
         balance=0, deposits=40000, withdrawals=8000, refused=8
     )
 

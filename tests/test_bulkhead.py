@@ -193,7 +193,9 @@ async def test_full_without_a_queue_refuses_at_once(mode: str) -> None:
     traffic = Traffic(mode, bulkhead, clock)
     await traffic.start(1, "running")
     await traffic.start(2, "running")
-    assert bulkhead.metrics() == rs.BulkheadMetrics(in_flight=2, available=0, queued=0, rejected=0)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(
+        in_flight=2, available=0, queued=0, rejected=0
+    )
     await traffic.start(3, "rejected")
     error = traffic.outcomes[3]
     assert isinstance(error, rs.BulkheadFullError)
@@ -204,7 +206,9 @@ async def test_full_without_a_queue_refuses_at_once(mode: str) -> None:
     await traffic.start(4, "running")
     await traffic.let_go(2)
     await traffic.let_go(4)
-    assert bulkhead.metrics() == rs.BulkheadMetrics(in_flight=0, available=2, queued=0, rejected=1)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(
+        in_flight=0, available=2, queued=0, rejected=1
+    )
 
 
 async def test_queued_calls_get_slots_in_arrival_order(mode: str) -> None:
@@ -229,7 +233,7 @@ async def test_a_queued_call_gives_up_after_max_wait(mode: str) -> None:
     """A call that gets no slot within max_wait is refused and leaves the queue."""
     clock = WatchedClock()
     bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=2, clock=clock)
-    events: list[rs.BulkheadEvent] = []
+    events: list[rs.events.BulkheadEvent] = []
     bulkhead.subscribe(events.append)
     traffic = Traffic(mode, bulkhead, clock)
     await traffic.start(1, "running")
@@ -239,7 +243,7 @@ async def test_a_queued_call_gives_up_after_max_wait(mode: str) -> None:
     assert isinstance(error, rs.BulkheadFullError)
     assert str(error) == "bulkhead is full: no slot came free in 2s"
     assert (bulkhead.queued, bulkhead.rejected, bulkhead.in_flight) == (0, 1, 1)
-    assert events == [rs.BulkheadEvent(None, "rejected", 2.0, error)]
+    assert events == [rs.events.BulkheadEvent(None, "rejected", 2.0, error)]
     await traffic.let_go(1)
     assert bulkhead.available == 1
 
@@ -248,7 +252,7 @@ async def test_waits_are_reported_to_listeners(mode: str) -> None:
     """A call that waited for its slot sends a "waited" event with the time it spent."""
     clock = WatchedClock()
     bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock, name="db")
-    events: list[rs.BulkheadEvent] = []
+    events: list[rs.events.BulkheadEvent] = []
     bulkhead.subscribe(events.append)
     traffic = Traffic(mode, bulkhead, clock)
     await traffic.start(1, "running")
@@ -256,7 +260,7 @@ async def test_waits_are_reported_to_listeners(mode: str) -> None:
     clock.advance(1.5)
     await traffic.let_go(1, then=2)
     await traffic.let_go(2)
-    assert events == [rs.BulkheadEvent("db", "waited", 1.5)]
+    assert events == [rs.events.BulkheadEvent("db", "waited", 1.5)]
 
 
 async def test_a_queued_sync_call_gives_up_at_its_deadline() -> None:
@@ -423,7 +427,7 @@ async def test_thousands_of_random_cancellations_leave_every_slot_free() -> None
     assert 0 < cancelled_while_running < cancelled  # both while running and while queued
     assert cancelled + refused + results.count(None) == 5000
     assert peak <= 10
-    assert bulkhead.metrics() == rs.BulkheadMetrics(
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(
         in_flight=0, available=10, queued=0, rejected=refused
     )
 
@@ -559,7 +563,7 @@ def test_an_isolated_call_is_left_at_the_deadline_and_keeps_its_slot() -> None:
     clock = FakeClock(auto_advance=False)
     bulkhead = rs.Bulkhead(1, isolation="thread", clock=clock, name="legacy")
     timeout = rs.Timeout(2, clock=clock, name="total")
-    fired: list[rs.TimeoutEvent] = []
+    fired: list[rs.events.TimeoutEvent] = []
     timeout.subscribe(fired.append)
     pipeline = rs.Pipeline([timeout, bulkhead])
     started, release = threading.Event(), threading.Event()
@@ -643,7 +647,7 @@ async def test_the_slow_path_takes_a_slot_that_came_back(
 ) -> None:
     """A slot given back after the fast path missed, before the slow path locked, is taken."""
     bulkhead = rs.Bulkhead(1, max_queue=max_queue)
-    events: list[rs.BulkheadEvent] = []
+    events: list[rs.events.BulkheadEvent] = []
     bulkhead.subscribe(events.append)
     bulkhead.__enter__()  # another call holds the only slot: the next fast path misses
     slots = bulkhead._slots
@@ -665,7 +669,9 @@ async def test_the_slow_path_takes_a_slot_that_came_back(
         assert await bulkhead.acall(asyncio.sleep, 0, "in") == "in"
     assert free_when_missed == [0]  # the fast path had found no slot: the race happened
     assert events == []  # neither refused (max_queue=0) nor served through the queue
-    assert bulkhead.metrics() == rs.BulkheadMetrics(in_flight=0, available=1, queued=0, rejected=0)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(
+        in_flight=0, available=1, queued=0, rejected=0
+    )
 
 
 async def test_async_calls_are_not_isolated() -> None:
@@ -815,7 +821,7 @@ def test_memory_does_not_grow_with_the_limit() -> None:
     finally:
         tracemalloc.stop()
     assert size < 100_000
-    assert huge.metrics() == rs.BulkheadMetrics(0, 10**8, 0, 0)
+    assert huge.metrics() == rs.metrics.BulkheadMetrics(0, 10**8, 0, 0)
     enormous = rs.Bulkhead(10**30)
     assert enormous.call(lambda: "ok") == "ok"
     assert enormous.available == 10**30
@@ -848,7 +854,7 @@ async def test_calls_beyond_the_first_tokens_come_from_the_reserve(mode: str) ->
 
         seen = await asyncio.gather(*(bulkhead.acall(ahold) for _ in range(150)))
     assert max(seen) == 150
-    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 200, 0, 0)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 200, 0, 0)
 
 
 def test_settings_are_read_only() -> None:
@@ -879,7 +885,7 @@ async def test_a_higher_limit_lets_waiters_in_at_once(clock: FakeClock) -> None:
     assert (started, bulkhead.queued, bulkhead.in_flight) == ([0, 1, 2], 1, 3)
     release.set()
     await asyncio.gather(*tasks)
-    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 3, 0, 0)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 3, 0, 0)
 
 
 def test_a_lower_limit_is_taken_back_as_calls_end() -> None:
@@ -909,7 +915,7 @@ def test_a_lower_limit_is_taken_back_as_calls_end() -> None:
         holds[2].set()
         for future in running:
             future.result(30)
-    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 1, 0, 2)  # two refused above
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 1, 0, 2)  # two refused above
     assert bulkhead.call(lambda: "one at a time") == "one at a time"
 
 
@@ -972,4 +978,4 @@ def test_updates_under_threads_never_run_over_the_limit() -> None:
             thread.join(30)
     assert not any(thread.is_alive() for thread in threads), "a hammer thread never stopped"
     assert over == []
-    assert bulkhead.metrics() == rs.BulkheadMetrics(0, 4, 0, bulkhead.rejected)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 4, 0, bulkhead.rejected)

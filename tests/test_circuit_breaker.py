@@ -25,7 +25,7 @@ def store_kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-class PlainStore(rs.MemoryCircuitStore):
+class PlainStore(rs.stores.MemoryCircuitStore):
     """A subclass, so the breaker drives it only through the `CircuitStore` methods."""
 
 
@@ -96,7 +96,7 @@ def test_bad_arguments_fail_at_construction(
 
 def test_a_store_serves_one_breaker() -> None:
     """Sharing a memory store between two breakers is refused."""
-    store = rs.MemoryCircuitStore()
+    store = rs.stores.MemoryCircuitStore()
     rs.CircuitBreaker(store=store)
     with pytest.raises(ValueError, match="store is already used"):
         rs.CircuitBreaker(store=store)
@@ -506,7 +506,7 @@ async def test_isolate_disable_reset(mode: str, store_kind: str, clock: FakeCloc
 
 def test_a_store_refuses_to_force_open_or_half_open() -> None:
     """OPEN and HALF_OPEN come from the rules only, never by hand."""
-    store = rs.MemoryCircuitStore()
+    store = rs.stores.MemoryCircuitStore()
     rs.CircuitBreaker(store=store)
     with pytest.raises(ValueError, match="state must be CLOSED, ISOLATED or DISABLED"):
         store.transition(CircuitState.OPEN)
@@ -539,8 +539,8 @@ async def test_a_call_admitted_before_a_reset_does_not_move_the_new_state() -> N
 async def test_listeners_see_transitions_and_outcomes(mode: str, store_kind: str) -> None:
     """on_state_change and on_outcome hear every change and every call."""
     clock = FakeClock()
-    changes: list[rs.CircuitStateChange] = []
-    outcomes: list[rs.CircuitOutcome] = []
+    changes: list[rs.events.CircuitStateChange] = []
+    outcomes: list[rs.events.CircuitOutcome] = []
     cb = breaker(
         store_kind,
         consecutive_failures=1,
@@ -801,7 +801,7 @@ def test_update_of_the_window_size_starts_it_empty() -> None:
 def test_a_store_that_cannot_change_its_rules_says_so() -> None:
     """A custom store without reconfigure() refuses update() clearly."""
 
-    class Fixed(rs.CircuitStore):
+    class Fixed(rs.stores.CircuitStore):
         def configure(self, rules: Any, clock: Any, notify: Any) -> None:
             pass
 
@@ -823,7 +823,7 @@ def test_a_store_that_cannot_change_its_rules_says_so() -> None:
         def transition(self, state: CircuitState) -> None:
             pass
 
-        def metrics(self) -> rs.CircuitMetrics:
+        def metrics(self) -> rs.metrics.CircuitMetrics:
             raise NotImplementedError
 
     cb = rs.CircuitBreaker(store=Fixed())
@@ -1093,7 +1093,7 @@ def test_the_ratio_rule_grows_the_break_and_judges_slow_trials() -> None:
 def test_a_call_meeting_a_state_changed_on_its_way_is_admitted() -> None:
     """The slow path finds the breaker closed again (reset while the call came): admitted
     under the new state, and its outcome counts there."""
-    store = rs.MemoryCircuitStore()
+    store = rs.stores.MemoryCircuitStore()
     cb = rs.CircuitBreaker(consecutive_failures=1, store=store, clock=FakeClock())
     with pytest.raises(ConnectionError):
         cb.call(fail)

@@ -29,7 +29,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from resilience import CircuitBreaker, CircuitMetrics, CircuitOpenError, CircuitState, backoff
+from resilience import CircuitBreaker, CircuitOpenError, CircuitState, backoff
+from resilience.metrics import CircuitMetrics
 from resilience.testing import FakeClock
 
 CLOSED = CircuitState.CLOSED

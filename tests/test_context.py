@@ -169,3 +169,31 @@ def test_remaining_takes_a_default_for_calls_without_a_deadline() -> None:
     assert seen == [2.0, 0.0]  # not 5.0, as `remaining() or 5.0` would give
     rs.Retry().call(lambda: seen.append(rs.current().remaining(default=7.0)))
     assert seen[-1] == 7.0
+
+
+def test_every_way_into_a_call_makes_the_same_record() -> None:
+    """The entry points inline `_context.entered`: decorated, call() and acall() records are
+    the one `entered` makes, field for field, at the top level and nested."""
+    from resilience import _context
+
+    seen: list[list[object]] = []
+    layer = rs.Pipeline([], name="outer")
+
+    def note() -> None:
+        seen.append(list(_context.VAR.get()))
+
+    async def anote() -> None:
+        note()
+
+    layer(note)()
+    layer.call(note)
+    asyncio.run(layer.acall(anote))
+    asyncio.run(layer(anote)())
+    expected = _context.entered(_context.EMPTY, "outer")
+    assert seen == [expected] * 4
+    with rs.tags(team="x"):
+        seen.clear()
+        layer.call(note)
+        inner = list(_context.VAR.get())
+    assert seen == [_context.entered(inner, "outer")]
+    assert len(_context.EMPTY) == len(expected)  # a new field is added everywhere or nowhere

@@ -14,7 +14,8 @@ import pytest
 
 import resilience as rs
 from modes import flavour, run
-from resilience import Fallback, FallbackContext, FallbackEvent
+from resilience import Fallback, FallbackContext
+from resilience.events import FallbackEvent
 from resilience.testing import FakeClock
 
 

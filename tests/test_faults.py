@@ -167,7 +167,7 @@ def test_an_empty_injector_does_nothing() -> None:
     assert injector.settings() == {"enabled": True}
     assert repr(injector) == "FaultInjector()"
     assert injector.call(lambda: 5) == 5
-    assert injector.draw() == rs.FaultPlan()
+    assert injector.draw() == rs.events.FaultPlan()
 
 
 # -- errors ---------------------------------------------------------------------------
@@ -603,7 +603,7 @@ async def test_enabled_false_lets_every_call_through(mode: str) -> None:
     real = Real()
     assert await run_yielding(mode, injector, real) == "real"
     assert real.calls == 1
-    assert injector.draw() == rs.FaultPlan()
+    assert injector.draw() == rs.events.FaultPlan()
     assert not injector.enabled
 
 
@@ -852,10 +852,10 @@ def test_draw_can_be_called_directly() -> None:
     assert not plan.calls_through
     assert behaviour_calls == []  # the plan says so; draw() does not run it
 
-    assert rs.FaultInjector(latency=1.0).draw() == rs.FaultPlan(latency=1.0)
+    assert rs.FaultInjector(latency=1.0).draw() == rs.events.FaultPlan(latency=1.0)
     assert rs.FaultInjector(latency=1.0).draw().calls_through
-    assert rs.FaultInjector(result=0).draw() == rs.FaultPlan(replace_result=True)
-    assert not rs.FaultPlan(replace_result=True).calls_through
+    assert rs.FaultInjector(result=0).draw() == rs.events.FaultPlan(replace_result=True)
+    assert not rs.events.FaultPlan(replace_result=True).calls_through
     with pytest.raises(AttributeError):
         plan.latency = 0.0  # type: ignore[misc]
 
@@ -877,7 +877,9 @@ def test_draw_passes_the_given_context_to_the_predicate_and_factories() -> None:
     plan = injector.draw(context)
     assert str(plan.error) == "checkout"
     assert seen == [context, context]
-    assert injector.draw() == rs.FaultPlan()  # outside a call: no tags, the predicate says no
+    assert (
+        injector.draw() == rs.events.FaultPlan()
+    )  # outside a call: no tags, the predicate says no
     assert seen[-1].attempt == 0
 
 
@@ -1001,7 +1003,7 @@ async def test_set_testing_turns_every_injector_off(mode: str) -> None:
     injector = rs.FaultInjector(error_rate=1.0)
     with set_testing(inject_faults=False):
         assert await outcome(mode, injector, Real()) == "real"
-        assert injector.draw() == rs.FaultPlan()
+        assert injector.draw() == rs.events.FaultPlan()
         assert injector.enabled  # the injector's own switch is untouched
     assert await outcome(mode, injector, Real()) == "InjectedFault"
 
@@ -1020,13 +1022,15 @@ def test_a_fault_scope_puts_the_settings_back() -> None:
 
 async def test_each_injection_is_sent_to_the_listeners(mode: str) -> None:
     """A `FaultEvent` with the plan goes to the listeners for each call that got a fault."""
-    events: list[rs.FaultEvent] = []
+    events: list[rs.events.FaultEvent] = []
     injector = rs.FaultInjector(result="r", result_rate=0.5, seed=5, name="chaos")
     stop = injector.subscribe(events.append)
     results = [await run_yielding(mode, injector, Real()) for _ in range(20)]
     stop()
     assert len(events) == results.count("r") > 0
-    assert all(e.name == "chaos" and e.plan == rs.FaultPlan(replace_result=True) for e in events)
+    assert all(
+        e.name == "chaos" and e.plan == rs.events.FaultPlan(replace_result=True) for e in events
+    )
 
 
 # -- description ------------------------------------------------------------------------------

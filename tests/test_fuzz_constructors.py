@@ -106,7 +106,7 @@ def _breaker_fix(kwargs: dict[str, Any]) -> dict[str, Any]:
     if kwargs.get("window_seconds") is None and kwargs.get("minimum_calls", 20) > window:
         kwargs["minimum_calls"] = window
     if kwargs.get("store") == "memory":
-        kwargs["store"] = rs.MemoryCircuitStore()
+        kwargs["store"] = rs.stores.MemoryCircuitStore()
     consecutive = kwargs.get("consecutive_failures")
     ratio = kwargs.get("failure_ratio", None if consecutive is not None else 0.5)
     slow = kwargs.get("slow_call_seconds")

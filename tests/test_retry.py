@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 import resilience
 from modes import flavour, run
-from resilience import Retry, RetryEvent, backoff
+from resilience import Retry, backoff
+from resilience.events import RetryEvent
 from resilience.testing import FakeClock
 
 

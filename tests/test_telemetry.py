@@ -637,16 +637,16 @@ def test_uninstrument_stops_everything(
 def test_event_names() -> None:
     """Each event type has its name; rejections only for CircuitOutcome; custom by class."""
     error = ConnectionError()
-    assert telemetry.event_name(rs.RetryEvent("r", 1, 0.1, error)) == "retry_scheduled"
+    assert telemetry.event_name(rs.events.RetryEvent("r", 1, 0.1, error)) == "retry_scheduled"
     closed, opened = rs.CircuitState.CLOSED, rs.CircuitState.OPEN
-    assert telemetry.event_name(rs.CircuitStateChange(None, closed, opened, 0.0)) == (
+    assert telemetry.event_name(rs.events.CircuitStateChange(None, closed, opened, 0.0)) == (
         "circuit_opened"
     )
-    success = rs.CircuitOutcome(None, "success", None, False, None)
+    success = rs.events.CircuitOutcome(None, "success", None, False, None)
     assert telemetry.event_name(success) is None
-    bulkhead_wait = rs.BulkheadEvent(None, "waited", 0.5)
+    bulkhead_wait = rs.events.BulkheadEvent(None, "waited", 0.5)
     assert telemetry.event_name(bulkhead_wait) == "waited"
-    assert telemetry.event_name(rs.LimitChange(None, 1, 2, None, 1, False, 0.0)) == (
+    assert telemetry.event_name(rs.events.LimitChange(None, 1, 2, None, 1, False, 0.0)) == (
         "limit_changed"
     )
 
@@ -707,7 +707,7 @@ def test_timeout_event_only_from_the_layer_whose_deadline_fired(clock: FakeClock
         pipeline.call(lambda: clock.advance(2))
     assert [(type(e).__name__, e.name) for e in seen] == [("TimeoutEvent", "outer")]  # type: ignore[attr-defined]
     event = seen[0]
-    assert isinstance(event, rs.TimeoutEvent)
+    assert isinstance(event, rs.events.TimeoutEvent)
     assert event.seconds == 1
     assert isinstance(event.error, rs.TimeoutExceeded)
 
@@ -724,7 +724,7 @@ async def test_async_timeout_sends_its_event() -> None:
     with pytest.raises(rs.TimeoutExceeded):
         await task
     assert len(seen) == 1
-    assert isinstance(seen[0], rs.TimeoutEvent)
+    assert isinstance(seen[0], rs.events.TimeoutEvent)
 
 
 def test_walk_away_timeout_sends_its_event_only_for_its_own_deadline() -> None:
@@ -855,3 +855,20 @@ def test_queue_waits_log_at_debug(caplog: pytest.LogCaptureFixture) -> None:
     assert not holder.is_alive(), "the holding call never ended"
     assert [level for level, _ in records(caplog)] == ["DEBUG"]
     assert records(caplog)[0][1].startswith("resilience: Bulkhead 'pool': a call waited")
+
+
+def test_the_private_names_read_from_opentelemetry_api_are_still_there() -> None:
+    """telemetry.sdk_behind reads two private names of opentelemetry-api. This fails loudly if a
+    release renames them; meanwhile the library treats a missing name as "an SDK is set"
+    (every call timed and traced: slower, but no data lost)."""
+    from opentelemetry import metrics as api_metrics
+    from opentelemetry import trace as api_trace
+
+    assert hasattr(api_trace, "_TRACER_PROVIDER")
+    # No global SDK in this suite: the global meter hands out the API's proxy instruments.
+    histogram = api_metrics.get_meter("resilience.tests").create_histogram("probe")
+    assert hasattr(histogram, "_real_instrument"), type(histogram)
+    assert telemetry.sdk_behind(object(), "_renamed_in_a_future_release") is True
+    assert telemetry.sdk_behind(api_trace, "_TRACER_PROVIDER") is (
+        api_trace._TRACER_PROVIDER is not None
+    )

@@ -201,17 +201,17 @@ async def test_recorder_sees_every_layer_of_a_pipeline() -> None:
     )
     with EventRecorder().watch(pipeline) as recorder:
         assert pipeline.call(lambda: "real") == "cached"
-        retries = recorder.of(rs.RetryEvent)
+        retries = recorder.of(rs.events.RetryEvent)
         assert [event.attempt for event in retries] == [1, 2]
         assert [type(event.error) for event in retries] == [ConnectionError, ConnectionError]
-        assert [(c.old.value, c.new.value) for c in recorder.of(rs.CircuitStateChange)] == [
+        assert [(c.old.value, c.new.value) for c in recorder.of(rs.events.CircuitStateChange)] == [
             ("closed", "open")
         ]
-        rejections = recorder.of(rs.CircuitOutcome)
+        rejections = recorder.of(rs.events.CircuitOutcome)
         assert [r.outcome for r in rejections] == ["rejected"]
-        assert len(recorder.of(rs.FaultEvent)) == 2
-        assert recorder.of(rs.FaultEvent)[0].name == "chaos"
-        assert len(recorder.of(rs.FallbackEvent)) == 1
+        assert len(recorder.of(rs.events.FaultEvent)) == 2
+        assert recorder.of(rs.events.FaultEvent)[0].name == "chaos"
+        assert len(recorder.of(rs.events.FallbackEvent)) == 1
     recorder.clear()
     assert pipeline.call(lambda: "real") == "cached"
     assert recorder.events == []  # closed: nothing more is recorded
@@ -230,7 +230,7 @@ def test_unsubscribe_and_failing_listeners(caplog: pytest.LogCaptureFixture) -> 
     with caplog.at_level(logging.ERROR, logger="resilience"), pytest.raises(ConnectionError):
         retry.call(attempts(failing_twice()))
     # one retry was scheduled, then the attempts ran out
-    assert [type(e) for e in seen] == [rs.RetryEvent, rs.RetriesExhausted]
+    assert [type(e) for e in seen] == [rs.events.RetryEvent, rs.events.RetriesExhausted]
     assert any("a listener of" in r.getMessage() for r in caplog.records)
     stop()
     stop()  # twice is harmless
@@ -258,7 +258,7 @@ def test_events_fixture(resilience_events: EventRecorder) -> None:
     retry = rs.Retry(3, backoff=0)
     resilience_events.watch(retry)
     retry.call(attempts(failing_twice()))
-    assert len(resilience_events.of(rs.RetryEvent)) == 2
+    assert len(resilience_events.of(rs.events.RetryEvent)) == 2
 
 
 _SHARED = rs.FaultInjector(error_rate=0.0, name="shared")
@@ -313,8 +313,8 @@ def test_watching_pipelines_that_share_a_layer_records_its_events_once() -> None
     with pytest.raises(ConnectionError):
         first.call(fail)
     assert [type(event) for event in recorder.events] == [
-        rs.CircuitStateChange,
-        rs.RetriesExhausted,
+        rs.events.CircuitStateChange,
+        rs.events.RetriesExhausted,
     ]
     recorder.close()
     with pytest.raises(rs.CircuitOpenError):

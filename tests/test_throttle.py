@@ -748,7 +748,7 @@ async def test_retry_waits_for_the_retry_after_of_a_throttle(mode: str, clock: F
 async def test_events_report_waits_and_refusals(mode: str, clock: FakeClock) -> None:
     """Listeners see each wait and each refusal; admitted calls make no event."""
     throttle = rs.Throttle(1, burst=1, max_wait=1, clock=clock, name="api")
-    events: list[rs.ThrottleEvent] = []
+    events: list[rs.events.ThrottleEvent] = []
     throttle.subscribe(events.append)
     await run_plain(mode, throttle, ok)
     await run_plain(mode, throttle, ok)
@@ -756,8 +756,8 @@ async def test_events_report_waits_and_refusals(mode: str, clock: FakeClock) -> 
     with pytest.raises(rs.ThrottledError) as caught:
         await take(mode, throttle, 1, max_wait=0)
     assert events == [
-        rs.ThrottleEvent("api", "waited", 1.0, 1.0),
-        rs.ThrottleEvent("api", "rejected", 1.0, 0.5, caught.value),
+        rs.events.ThrottleEvent("api", "waited", 1.0, 1.0),
+        rs.events.ThrottleEvent("api", "rejected", 1.0, 0.5, caught.value),
     ]
 
 
@@ -785,11 +785,11 @@ def test_metrics_snapshot() -> None:
     """metrics() shows the tokens, the queue and the refusals at one instant."""
     clock = FakeClock()
     throttle = rs.Throttle(2, burst=4, clock=clock)
-    assert throttle.metrics() == rs.ThrottleMetrics(available=4.0, queued=0, rejected=0)
+    assert throttle.metrics() == rs.metrics.ThrottleMetrics(available=4.0, queued=0, rejected=0)
     throttle.try_acquire(3)
     throttle.try_acquire(3)
     clock.advance(0.25)
-    assert throttle.metrics() == rs.ThrottleMetrics(available=1.5, queued=0, rejected=1)
+    assert throttle.metrics() == rs.metrics.ThrottleMetrics(available=1.5, queued=0, rejected=1)
 
 
 def test_decorator_keeps_the_signature() -> None:

@@ -99,7 +99,7 @@ def build(
     )
 
     def seen(event: Any) -> None:
-        if isinstance(event, rs.FaultEvent):
+        if isinstance(event, rs.events.FaultEvent):
             if event.plan.error is not None:
                 tally.add("below:injected")
         elif getattr(event, "outcome", None) == "rejected":

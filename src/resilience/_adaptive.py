@@ -43,14 +43,22 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
-from ._context import VAR, remaining
 from ._errors import LimitExceededError
+from ._events import AdmissionEvent, Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
-from ._slots import Slots
-from ._validate import CONTROL_FLOW, exception_matcher, integer, number, optional_name
+from ._slots import Admission, Slots
+from ._validate import (
+    CONTROL_FLOW,
+    Matcher,
+    exception_matcher,
+    integer,
+    number,
+    optional_name,
+    random_source,
+)
 from ._validate import seconds as _seconds
-from ._waiters import Waiter, await_turn, wait_turn
 
 logger = logging.getLogger("resilience")
 
@@ -230,12 +238,7 @@ class Vegas(LimitAlgorithm):
         if self.smoothing > 1.0:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing!r}")
         self.probe_multiplier = integer(probe_multiplier, "probe_multiplier", minimum=1)
-        if seed is None or isinstance(seed, _random.Random):
-            self.random = seed or _random.Random()
-        elif isinstance(seed, int) and not isinstance(seed, bool):
-            self.random = _random.Random(seed)
-        else:
-            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self.random = random_source(seed)
         self.rtt_noload = 0.0
         self._probe_count = 0
         self._probe_jitter = 1.0
@@ -373,7 +376,7 @@ class Gradient2(LimitAlgorithm):
 
 
 @dataclass(frozen=True, slots=True)
-class LimitChange:
+class LimitChange(ResilienceEvent):
     """Sent to the limiter's listeners after a window moved its limit."""
 
     name: str | None
@@ -389,9 +392,18 @@ class LimitChange:
     at: float
     """The limiter's clock reading when it happened."""
 
+    event = "limit_changed"
+
+    def describe(self) -> Described:
+        details = {
+            "resilience.adaptive_limiter.limit": self.new,
+            "resilience.adaptive_limiter.previous_limit": self.old,
+        }
+        return self.event, None, details
+
 
 @dataclass(frozen=True, slots=True)
-class AdaptiveLimiterEvent:
+class AdaptiveLimiterEvent(AdmissionEvent):
     """Sent to the limiter's listeners when a call waited for a slot or was refused."""
 
     name: str | None
@@ -482,7 +494,35 @@ class LimitPermit:
         return f"LimitPermit(done={not self._token})"
 
 
-class AdaptiveLimiter(Middleware):
+def _algorithm(algorithm: object) -> LimitAlgorithm:
+    """The algorithm given, checked (default: a new `Vegas`)."""
+    if algorithm is None:
+        return Vegas()
+    if isinstance(algorithm, type):
+        raise TypeError(
+            f"algorithm must be an instance, e.g. {algorithm.__name__}(), not the class"
+        )
+    if not isinstance(algorithm, LimitAlgorithm):
+        raise TypeError(f"algorithm must be a LimitAlgorithm, got {type(algorithm).__name__}")
+    return algorithm
+
+
+def _limits(minimum: object, maximum: object, initial: object) -> tuple[int, int, int]:
+    """``min_limit``, ``max_limit`` and ``initial_limit``, checked against each other."""
+    low = integer(minimum, "min_limit", minimum=1)
+    high = integer(maximum, "max_limit", minimum=1)
+    if high < low:
+        raise ValueError(f"max_limit must be >= min_limit ({low}), got {maximum!r}")
+    start = integer(initial, "initial_limit", minimum=1)
+    if not low <= start <= high:
+        raise ValueError(
+            f"initial_limit must be within [min_limit, max_limit] = [{low}, {high}], "
+            f"got {initial!r}"
+        )
+    return low, high, start
+
+
+class AdaptiveLimiter(Admission, Middleware):
     """A bulkhead whose limit follows measured latency (Netflix's concurrency-limits).
 
     At most ``limit`` calls run at once. The limit starts at
@@ -535,32 +575,14 @@ class AdaptiveLimiter(Middleware):
         max_wait: float | timedelta | None = None,
         window_seconds: float | timedelta = 1.0,
         window_samples: int = 10,
-        drop_on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = TimeoutError,
+        drop_on: Matcher = TimeoutError,
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
-        if algorithm is None:
-            algorithm = Vegas()
-        elif isinstance(algorithm, type):
-            raise TypeError(
-                f"algorithm must be an instance, e.g. {algorithm.__name__}(), not the class"
-            )
-        elif not isinstance(algorithm, LimitAlgorithm):
-            raise TypeError(f"algorithm must be a LimitAlgorithm, got {type(algorithm).__name__}")
-        self.min_limit = integer(min_limit, "min_limit", minimum=1)
-        self.max_limit = integer(max_limit, "max_limit", minimum=1)
-        if self.max_limit < self.min_limit:
-            raise ValueError(
-                f"max_limit must be >= min_limit ({self.min_limit}), got {max_limit!r}"
-            )
-        self.initial_limit = integer(initial_limit, "initial_limit", minimum=1)
-        if not self.min_limit <= self.initial_limit <= self.max_limit:
-            raise ValueError(
-                f"initial_limit must be within [min_limit, max_limit] = "
-                f"[{self.min_limit}, {self.max_limit}], got {initial_limit!r}"
-            )
+        algorithm = _algorithm(algorithm)
+        self.min_limit, self.max_limit, self.initial_limit = _limits(
+            min_limit, max_limit, initial_limit
+        )
         self.max_queue = integer(max_queue, "max_queue", minimum=0)
         self.max_wait = (
             None if max_wait is None else _seconds(max_wait, "max_wait", allow_zero=True)
@@ -580,7 +602,7 @@ class AdaptiveLimiter(Middleware):
         self.name = optional_name(name)
         algorithm.start(self.initial_limit, self.min_limit, self.max_limit)
         self.algorithm = algorithm
-        self._core = _Core(self.initial_limit, self.clock, self.window_seconds)
+        self._core = self._slots = _Core(self.initial_limit, self.clock, self.window_seconds)
 
     def update(
         self,
@@ -630,7 +652,7 @@ class AdaptiveLimiter(Middleware):
         }
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         extra = f", max_queue={self.max_queue}" if self.max_queue else ""
         return (
             f"AdaptiveLimiter({label}{self.algorithm!r}, limit={self.limit}, "
@@ -641,21 +663,6 @@ class AdaptiveLimiter(Middleware):
     def limit(self) -> int:
         """The current limit."""
         return self._core.capacity
-
-    @property
-    def in_flight(self) -> int:
-        """Calls holding a slot now."""
-        return self._core.in_flight()
-
-    @property
-    def queued(self) -> int:
-        """Calls waiting for a slot now."""
-        return self._core.queue.waiting
-
-    @property
-    def rejected(self) -> int:
-        """Calls refused since the limiter was made."""
-        return self._core.rejected
 
     def metrics(self) -> AdaptiveLimiterMetrics:
         """A consistent snapshot of the limit, the slots, the queue and the totals."""
@@ -682,15 +689,19 @@ class AdaptiveLimiter(Middleware):
 
     def _drop(self, held: int) -> None:
         """A call timed out or was cancelled: mark the window, free the slot."""
+        self._mark_drop(held)
+        self._core.release()
+        end = self.clock.monotonic()
+        if end >= self._core.window_end:
+            self._close(end)
+
+    def _mark_drop(self, held: int) -> None:
+        """Mark the window: a call timed out or was cancelled with ``held`` calls in flight."""
         core = self._core
         with core.mutex:
             core.samples.append((DROPPED, held))
             core.dropped = True
             core.drops += 1
-        core.release()
-        end = self.clock.monotonic()
-        if end >= core.window_end:
-            self._close(end)
 
     def _close(self, now: float) -> None:
         """End the window if it is due: summarise it and let the algorithm move the limit."""
@@ -727,27 +738,24 @@ class AdaptiveLimiter(Middleware):
             if new != old:
                 core.resize(new)
         if new != old:
-            label = f" {self.name!r}" if self.name else ""
+            label = self._label
             logger.debug("resilience: AdaptiveLimiter%s limit %d -> %d", label, old, new)
             if self._listeners:
                 self._emit(LimitChange(self.name, old, new, rtt, peak, dropped, now))
 
-    def _settle(self, error: BaseException, started: float, held: int) -> None:
-        """A call raised: a drop, or an outcome that says nothing about load."""
-        try:
-            if isinstance(error, asyncio.CancelledError):
-                drop = True
-            elif isinstance(error, CONTROL_FLOW) or not isinstance(error, Exception):
-                drop = False
-            else:
-                drop = self._drops(error)
-        except BaseException:
-            self._core.release()  # a failing predicate must not keep the slot
-            raise
-        if drop:
-            self._drop(held)
+    def _failed(self, error: BaseException, held: int) -> None:
+        """A call raised (its slot is given back by the shell): a drop, or nothing to learn."""
+        if isinstance(error, asyncio.CancelledError):
+            drop = True
+        elif isinstance(error, CONTROL_FLOW) or not isinstance(error, Exception):
+            drop = False
         else:
-            self._core.release()
+            drop = self._drops(error)
+        if drop:
+            self._mark_drop(held)
+            end = self.clock.monotonic()
+            if end >= self._core.window_end:
+                self._close(end)
 
     # -- admission out of the fast path: take, queue, or refuse ---------------------------------
 
@@ -766,25 +774,6 @@ class AdaptiveLimiter(Middleware):
             core.rejected += 1
         return None
 
-    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[Waiter | None, float, float]:
-        """Take a slot now (no waiter), or join the queue: ``(waiter, now, give_up)``."""
-        core = self._core
-        with core.mutex:
-            queue = core.queue
-            if not queue.count and core.take(1.0, 0.0):  # a slot came back meanwhile
-                return None, 0.0, 0.0
-            limit = math.inf if self.max_wait is None else self.max_wait
-            left = remaining(VAR.get())
-            if left is not None and left < limit:
-                limit = max(0.0, left)
-            if queue.waiting < self.max_queue and limit > 0.0:
-                now = self.clock.monotonic()
-                waiter = queue.join(1.0, loop, now)
-                queue.serve(now)  # a slot given back since we looked is not left idle
-                return waiter, now, now + limit
-            core.rejected += 1
-        raise self._rejection(0.0)
-
     def _rejection(self, waited: float) -> LimitExceededError:
         label = f"adaptive limiter {self.name!r}" if self.name else "adaptive limiter"
         limit = self._core.capacity
@@ -800,123 +789,19 @@ class AdaptiveLimiter(Middleware):
             self._emit(AdaptiveLimiterEvent(self.name, "rejected", waited, limit, error))
         return error
 
-    def _waited(self, started: float, granted: bool) -> None:
-        if granted and not self._listeners and not logger.isEnabledFor(logging.DEBUG):
-            return
-        seconds = self.clock.monotonic() - started
-        if granted:
-            label = f" {self.name!r}" if self.name else ""
-            logger.debug("resilience: AdaptiveLimiter%s: a call waited %.3gs", label, seconds)
-            self._emit(AdaptiveLimiterEvent(self.name, "waited", seconds, self._core.capacity))
-            return
-        core = self._core
-        with core.mutex:
-            core.rejected += 1
-        raise self._rejection(seconds)
+    def _waited_event(self, seconds: float) -> AdaptiveLimiterEvent:
+        return AdaptiveLimiterEvent(self.name, "waited", seconds, self._core.capacity)
 
-    def _admit(self) -> None:
-        """Take a slot for this thread, waiting in the queue if allowed, or raise."""
-        waiter, started, give_up = self._enter(None)
-        if waiter is not None:
-            core = self._core
-            self._waited(started, wait_turn(core.queue, core, waiter, give_up))
-
-    async def _aadmit(self) -> None:
-        """`_admit` for this task."""
-        waiter, started, give_up = self._enter(asyncio.get_running_loop())
-        if waiter is not None:
-            core = self._core
-            self._waited(started, await await_turn(core.queue, core, waiter, give_up))
-
-    # -- the shells: the fast path inline, everything else out of line -----------------------
+    # -- the shells (resilience._shells): the fast path inline, the rest out of line -------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        core = self._core
-        queue = core.queue
-        free = core.free
-        take = free.pop
-        give = free.append
-        record = core.samples.append
-        monotonic = self.clock.monotonic
-        admit = self._admit
-        settle = self._settle
-        hand_over = core.hand_over
-        serve = core.serve
-        close = self._close
-        direct = next is terminal  # innermost: call the function without the extra hop
-
-        def adaptive_limiter(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if queue.count:
-                admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    admit()
-            held = core.top - len(free)
-            started = monotonic()
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except BaseException as exc:
-                settle(exc, started, held)
-                raise
-            end = monotonic()
-            record((end - started, held))
-            if queue.count:  # Slots.release, inlined
-                hand_over()
-            else:
-                give(None)
-                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                    serve()  # type: ignore[unreachable]
-            if end >= core.window_end:
-                close(end)
-            return result
-
-        return adaptive_limiter
+        return self._shell(_shells_sync, next, self._admit)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]
+
+    def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
+        direct = next is terminal  # innermost: call the function without the extra hop
         core = self._core
-        queue = core.queue
-        free = core.free
-        take = free.pop
-        give = free.append
-        record = core.samples.append
-        monotonic = self.clock.monotonic
-        admit = self._aadmit
-        settle = self._settle
-        hand_over = core.hand_over
-        serve = core.serve
-        close = self._close
-
-        async def adaptive_limiter(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if queue.count:
-                await admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    await admit()
-            held = core.top - len(free)
-            started = monotonic()
-            try:
-                result = await next(fn, args, kwargs)
-            except BaseException as exc:
-                settle(exc, started, held)
-                raise
-            end = monotonic()
-            record((end - started, held))
-            if queue.count:  # Slots.release, inlined
-                hand_over()
-            else:
-                give(None)
-                if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                    serve()  # type: ignore[unreachable]
-            if end >= core.window_end:
-                close(end)
-            return result
-
-        return adaptive_limiter
+        sampling = (self._failed, self._close, self.clock.monotonic, core)
+        return shells.bulkhead(next, direct, core, admit, sampling)

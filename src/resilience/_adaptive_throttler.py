@@ -27,7 +27,6 @@ is the first of a new slice, or when it is rejected.
 
 from __future__ import annotations
 
-import builtins
 import logging
 import random as _random
 import threading
@@ -37,11 +36,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
 from ._errors import RejectedError, ThrottledError
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._tally import Tally
-from ._validate import callable_or_none, exception_matcher, integer, number, optional_name
+from ._validate import (
+    Matcher,
+    callable_or_none,
+    exception_matcher,
+    integer,
+    number,
+    optional_name,
+    random_source,
+)
 from ._validate import seconds as _seconds
 
 __all__ = ["AdaptiveThrottler", "AdaptiveThrottlerEvent", "AdaptiveThrottlerMetrics"]
@@ -50,7 +59,7 @@ logger = logging.getLogger("resilience")
 
 
 @dataclass(frozen=True, slots=True)
-class AdaptiveThrottlerEvent:
+class AdaptiveThrottlerEvent(ResilienceEvent):
     """Sent to the throttler's listeners when it rejected a call locally."""
 
     name: str | None
@@ -63,6 +72,11 @@ class AdaptiveThrottlerEvent:
     """Requests the backend accepted in the window."""
     error: ThrottledError
     """The rejection raised."""
+
+    event = "rejected"
+
+    def describe(self) -> Described:
+        return self.event, self.error, {"resilience.probability": self.probability}
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,9 +200,7 @@ class AdaptiveThrottler(Middleware):
         *,
         window_seconds: float | timedelta = 120.0,
         window_buckets: int = 10,
-        refused_on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = (RejectedError, TimeoutError, ConnectionError),
+        refused_on: Matcher = (RejectedError, TimeoutError, ConnectionError),
         refused_result: Callable[[Any], bool] | None = None,
         seed: int | _random.Random | None = None,
         clock: Clock | None = None,
@@ -203,12 +215,7 @@ class AdaptiveThrottler(Middleware):
             lambda error: isinstance(error, types)
         )
         self.refused_result = callable_or_none(refused_result, "refused_result")
-        if seed is None or isinstance(seed, _random.Random):
-            self.random = seed or _random.Random()
-        elif isinstance(seed, int) and not isinstance(seed, bool):
-            self.random = _random.Random(seed)
-        else:
-            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self.random = random_source(seed)
         self.clock = validate_clock(clock)
         self.name = optional_name(name)
         self._window = _Window(self.window_seconds, self.window_buckets, self.clock)
@@ -225,7 +232,7 @@ class AdaptiveThrottler(Middleware):
         }
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         return (
             f"AdaptiveThrottler({label}k={self.k:g}, window_seconds={self.window_seconds:g}, "
             f"window_buckets={self.window_buckets})"
@@ -267,80 +274,21 @@ class AdaptiveThrottler(Middleware):
             self._emit(AdaptiveThrottlerEvent(self.name, chance, requests, accepts, error))
         return error
 
-    def _pieces(self) -> tuple[Any, ...]:
-        window = self._window
-        return (
-            window,
+    # -- the shells (resilience._shells) ------------------------------------------------------
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        return self._shell(_shells_sync, next)  # type: ignore[no-any-return]
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        return self._shell(_shells, next)  # type: ignore[no-any-return]
+
+    def _shell(self, shells: Any, next: Any) -> Any:
+        parts = (
             self.clock.monotonic,
-            window.requests.counter,
-            window.accepts.counter,
-            window.rotate,
             self.random.random,
             self._reject,
             self._refused,
             self.refused_result,
             self.k,
         )
-
-    # -- the shells ------------------------------------------------------------------------------
-
-    def wrap(self, next: Endpoint, /) -> Endpoint:
-        window, monotonic, requests, accepts, rotate, draw, reject, refused, check, k = (
-            self._pieces()
-        )
-        step = builtins.next
-        direct = next is terminal  # innermost: call the function without the extra hop
-
-        def adaptive_throttler(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if monotonic() >= window.edge:
-                rotate()
-            seen = window.requested - window.base_requests
-            accepted = window.accepted - window.base_accepts
-            excess = seen - k * accepted
-            if excess > 0 and draw() < excess / (seen + 1):
-                raise reject(seen, accepted)
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                if not refused(exc):
-                    window.accepted = step(accepts) + 1
-                window.requested = step(requests) + 1
-                raise
-            if check is None or not check(result):
-                window.accepted = step(accepts) + 1
-            window.requested = step(requests) + 1
-            return result
-
-        return adaptive_throttler
-
-    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        window, monotonic, requests, accepts, rotate, draw, reject, refused, check, k = (
-            self._pieces()
-        )
-        step = builtins.next
-
-        async def adaptive_throttler(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if monotonic() >= window.edge:
-                rotate()
-            seen = window.requested - window.base_requests
-            accepted = window.accepted - window.base_accepts
-            excess = seen - k * accepted
-            if excess > 0 and draw() < excess / (seen + 1):
-                raise reject(seen, accepted)
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                if not refused(exc):
-                    window.accepted = step(accepts) + 1
-                window.requested = step(requests) + 1
-                raise
-            if check is None or not check(result):
-                window.accepted = step(accepts) + 1
-            window.requested = step(requests) + 1
-            return result
-
-        return adaptive_throttler
+        return shells.adaptive_throttler(next, next is terminal, self._window, parts)

@@ -33,6 +33,7 @@ from datetime import timedelta
 from typing import Any
 
 from ._clock import Clock, validate_clock
+from ._events import Described, ResilienceEvent
 from ._tally import Tally
 from ._validate import number, optional_name
 from ._validate import seconds as _seconds
@@ -48,7 +49,7 @@ _UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
-class RetryBudgetExhausted:
+class RetryBudgetExhausted(ResilienceEvent):
     """Sent to a `Retry`'s listeners when its budget refused a retry.
 
     The Retry then raises the last error at once (or returns the last
@@ -65,6 +66,11 @@ class RetryBudgetExhausted:
     """The error that will be raised, or None when a result was to be retried."""
     result: Any = None
     """The rejected result that will be returned, for ``on_result`` retries."""
+
+    event = "retry_budget_exhausted"
+
+    def describe(self) -> Described:
+        return self.event, self.error, {"resilience.retry.attempts": self.attempt}
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import logging
-import math
 import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
 from typing import Any, Literal
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock, wait_future
-from ._context import VAR, Raw, effective_deadline, remaining
+from ._context import VAR, child, effective_deadline
 from ._errors import BulkheadFullError, DeadlineCut
+from ._events import AdmissionEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
-from ._pool import WorkerPool
-from ._slots import Slots
+from ._pool import WorkerPool, hand_off
+from ._slots import Admission, Slots
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
-from ._waiters import Waiter, await_turn, wait_turn
 
 __all__ = ["Bulkhead", "BulkheadEvent", "BulkheadMetrics"]
 
@@ -34,7 +31,7 @@ _UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
-class BulkheadEvent:
+class BulkheadEvent(AdmissionEvent):
     """Sent to the bulkhead's listeners when a call waited for a slot or was refused."""
 
     name: str | None
@@ -60,23 +57,7 @@ class BulkheadMetrics:
     """Calls refused since the bulkhead was made (full queue, or no slot in time)."""
 
 
-def _run_in_slot(
-    release: Callable[[], None],
-    raw: Raw,
-    next: Endpoint,
-    fn: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-) -> Any:
-    """Run on a pool worker inside a copied context; the slot comes back when the call ends."""
-    VAR.set(raw)  # a context of its own: nothing to restore
-    try:
-        return next(fn, args, kwargs)
-    finally:
-        release()
-
-
-class Bulkhead(Middleware):
+class Bulkhead(Admission, Middleware):
     """Let at most ``max_concurrent`` calls run at once; queue a few, refuse the rest.
 
     A call that finds every slot taken waits in a FIFO queue of at most
@@ -179,7 +160,7 @@ class Bulkhead(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         extra = f", max_queue={self.max_queue}" if self.max_queue else ""
         if self.max_wait is not None:
             extra += f", max_wait={self.max_wait:g}"
@@ -188,24 +169,9 @@ class Bulkhead(Middleware):
         return f"Bulkhead({label}max_concurrent={self.max_concurrent}{extra})"
 
     @property
-    def in_flight(self) -> int:
-        """Calls holding a slot now."""
-        return self._slots.in_flight()
-
-    @property
     def available(self) -> int:
         """Free slots now."""
         return self._slots.available()
-
-    @property
-    def queued(self) -> int:
-        """Calls waiting for a slot now."""
-        return self._slots.queue.waiting
-
-    @property
-    def rejected(self) -> int:
-        """Calls refused since the bulkhead was made."""
-        return self._slots.rejected
 
     def metrics(self) -> BulkheadMetrics:
         """A consistent snapshot of the slots, the queue and the refusals."""
@@ -232,31 +198,6 @@ class Bulkhead(Middleware):
 
     # -- admission out of the fast path: take, queue, or refuse --------------------------------
 
-    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[Waiter | None, float, float]:
-        """Take a slot now (no waiter), or join the queue: ``(waiter, now, give_up)``.
-
-        Raises `BulkheadFullError` when the queue is full or nothing may wait.
-        """
-        slots = self._slots
-        slots.lock()
-        try:
-            queue = slots.queue
-            if not queue.count and slots.take(1.0, 0.0):  # a slot came back meanwhile
-                return None, 0.0, 0.0
-            limit = math.inf if self.max_wait is None else self.max_wait
-            left = remaining(VAR.get())
-            if left is not None and left < limit:
-                limit = max(0.0, left)
-            if queue.waiting < self.max_queue and limit > 0.0:
-                now = self.clock.monotonic()
-                waiter = queue.join(1.0, loop, now)
-                queue.serve(now)  # a slot given back since we looked is not left idle
-                return waiter, now, now + limit
-            slots.rejected += 1
-        finally:
-            slots.unlock()
-        raise self._rejection(0.0)
-
     def _rejection(self, waited: float) -> BulkheadFullError:
         """The refusal of a call that waited ``waited`` seconds (0: refused at once)."""
         label = f"bulkhead {self.name!r}" if self.name else "bulkhead"
@@ -275,37 +216,8 @@ class Bulkhead(Middleware):
             self._emit(BulkheadEvent(self.name, "rejected", waited, error))
         return error
 
-    def _waited(self, started: float, granted: bool) -> None:
-        """After a wait in the queue: report it, or refuse a waiter whose time ran out."""
-        if granted and not self._listeners and not logger.isEnabledFor(logging.DEBUG):
-            return
-        seconds = self.clock.monotonic() - started
-        if granted:
-            label = f" {self.name!r}" if self.name else ""
-            logger.debug("resilience: Bulkhead%s: a call waited %.3gs", label, seconds)
-            self._emit(BulkheadEvent(self.name, "waited", seconds))
-            return
-        slots = self._slots
-        slots.lock()
-        try:
-            slots.rejected += 1
-        finally:
-            slots.unlock()
-        raise self._rejection(seconds)
-
-    def _admit(self) -> None:
-        """Take a slot for this thread, waiting in the queue if allowed, or raise."""
-        waiter, started, give_up = self._enter(None)
-        if waiter is not None:
-            slots = self._slots
-            self._waited(started, wait_turn(slots.queue, slots, waiter, give_up))
-
-    async def _aadmit(self) -> None:
-        """`_admit` for this task."""
-        waiter, started, give_up = self._enter(asyncio.get_running_loop())
-        if waiter is not None:
-            slots = self._slots
-            self._waited(started, await await_turn(slots.queue, slots, waiter, give_up))
+    def _waited_event(self, seconds: float) -> BulkheadEvent:
+        return BulkheadEvent(self.name, "waited", seconds)
 
     def _acquire(self) -> None:
         if self._slots.queue.count or not self._slots.take_free():
@@ -319,24 +231,14 @@ class Bulkhead(Middleware):
         """``with bulkhead:`` holds a slot for the block (or raises `BulkheadFullError`)."""
         self._acquire()
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self._slots.release()
 
     async def __aenter__(self) -> None:
         """``async with bulkhead:`` holds a slot for the block."""
         await self._aacquire()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         self._slots.release()
 
     # -- the shells: the slot's fast path inline, the queue out of line --------------------
@@ -344,34 +246,14 @@ class Bulkhead(Middleware):
     def wrap(self, next: Endpoint, /) -> Endpoint:
         if self.isolation == "thread":
             return self._wrap_isolated(next)
-        slots = self._slots
-        queue = slots.queue
-        take = slots.free.pop
-        give = slots.free.append
-        hand_over = slots.hand_over
-        serve = slots.serve
-        admit = self._admit
+        return self._shell(_shells_sync, next, self._admit)  # type: ignore[no-any-return]
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]
+
+    def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
         direct = next is terminal  # innermost: call the function without the extra hop
-
-        def bulkhead(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if queue.count:
-                admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    admit()
-            try:
-                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            finally:
-                if queue.count:  # Slots.release, inlined
-                    hand_over()
-                else:
-                    give(None)
-                    if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                        serve()  # type: ignore[unreachable]
-
-        return bulkhead
+        return shells.bulkhead(next, direct, self._slots, admit)
 
     def _workers(self) -> WorkerPool:
         with self._pool_lock:
@@ -403,11 +285,8 @@ class Bulkhead(Middleware):
                 now = clock.monotonic()
                 raw = VAR.get()
                 deadline = effective_deadline(raw, clock, now)
-                inner: Raw = [raw[0], raw[1], deadline, clock, raw[4]]
-                context = contextvars.copy_context()
-                future = workers().submit(
-                    context.run, _run_in_slot, give_back, inner, next, fn, args, kwargs
-                )
+                inner = child(raw, deadline, clock)
+                future = hand_off(workers(), inner, next, fn, args, kwargs, give_back)
             except BaseException:
                 give_back()
                 raise
@@ -418,37 +297,5 @@ class Bulkhead(Middleware):
                 return future.result()
             # An enclosing layer's deadline: the layer that set it reports it.
             raise DeadlineCut(max(0.0, deadline - now))
-
-        return bulkhead
-
-    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        slots = self._slots
-        queue = slots.queue
-        take = slots.free.pop
-        give = slots.free.append
-        hand_over = slots.hand_over
-        serve = slots.serve
-        admit = self._aadmit
-        direct = next is terminal
-
-        async def bulkhead(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if queue.count:
-                await admit()
-            else:
-                try:
-                    take()
-                except IndexError:
-                    await admit()
-            try:
-                return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
-            finally:
-                if queue.count:  # Slots.release, inlined
-                    hand_over()
-                else:
-                    give(None)
-                    if queue.count:  # a caller joined meanwhile (mypy narrows it to 0)
-                        serve()  # type: ignore[unreachable]
 
         return bulkhead

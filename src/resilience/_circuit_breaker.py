@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from . import _shells, _shells_sync
 from . import backoff as _backoff
 from ._circuit_store import (
     FAILURE,
@@ -21,8 +22,9 @@ from ._circuit_store import (
 )
 from ._clock import Clock, validate_clock
 from ._errors import CircuitOpenError
+from ._events import CIRCUIT_STATE, Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
-from ._validate import callable_or_none, exception_matcher, integer, number, optional_name
+from ._validate import Matcher, callable_or_none, exception_matcher, integer, number, optional_name
 from ._validate import seconds as _seconds
 
 __all__ = ["CircuitBreaker", "CircuitOutcome", "CircuitStateChange"]
@@ -33,9 +35,18 @@ _UNSET: Any = object()
 
 Outcome = Literal["success", "failure", "ignored", "rejected"]
 
+#: The event name of each state a breaker enters.
+_VERBS = {
+    CircuitState.CLOSED: "circuit_closed",
+    CircuitState.OPEN: "circuit_opened",
+    CircuitState.HALF_OPEN: "circuit_half_opened",
+    CircuitState.ISOLATED: "circuit_isolated",
+    CircuitState.DISABLED: "circuit_disabled",
+}
+
 
 @dataclass(frozen=True, slots=True)
-class CircuitStateChange:
+class CircuitStateChange(ResilienceEvent):
     """Passed to ``on_state_change`` after the breaker changed state."""
 
     name: str | None
@@ -44,9 +55,18 @@ class CircuitStateChange:
     at: float
     """The breaker's clock reading when it happened."""
 
+    event = "circuit_state_changed"
+
+    def describe(self) -> Described:
+        details = {
+            CIRCUIT_STATE: self.new.value,
+            "resilience.circuit_breaker.previous_state": self.old.value,
+        }
+        return _VERBS[self.new], None, details
+
 
 @dataclass(frozen=True, slots=True)
-class CircuitOutcome:
+class CircuitOutcome(ResilienceEvent):
     """Passed to ``on_outcome`` after each call the breaker saw."""
 
     name: str | None
@@ -57,6 +77,12 @@ class CircuitOutcome:
     slow: bool
     error: BaseException | None
     """The call's exception, or the rejection for ``"rejected"``."""
+
+    event = "rejected"
+
+    def describe(self) -> Described | None:
+        """Only rejections are counted (listeners receive no other outcome)."""
+        return (self.event, self.error, {}) if self.outcome == "rejected" else None
 
 
 def _matcher(value: object, name: str) -> Callable[[BaseException], bool] | None:
@@ -127,6 +153,54 @@ _THRESHOLDS = (
 )
 
 
+def _classifiers(
+    failure_on: object, ignore: object, rules: CircuitRules
+) -> tuple[Callable[[BaseException], bool], Callable[[BaseException], bool] | None]:
+    """What counts as a failure, and what is ignored, from ``failure_on`` and ``ignore``."""
+    if failure_on is None:  # None means "no failures": a breaker that can never trip
+        raise TypeError(
+            "failure_on must be an exception type, a tuple of them, or a predicate, got None"
+        )
+    if failure_on == () and rules.slow_call_ratio is None:
+        raise ValueError(
+            "failure_on=() counts no error as a failure, so the breaker could never open: "
+            "name the exceptions that are failures, or set a slow-call rule"
+        )
+    is_failure = _matcher(failure_on, "failure_on")
+    assert is_failure is not None
+    return is_failure, _matcher(ignore, "ignore")
+
+
+def _refuse_never_opening(
+    ratio: float | None, consecutive: int | None, slow_ratio: float | None, rule: str
+) -> None:
+    """A breaker with no trip rule, or a ratio rule with no ratio, could never open."""
+    if ratio is None and consecutive is None and slow_ratio is None:
+        raise ValueError(
+            "failure_ratio=None with no other rule gives a breaker that can never open: "
+            "set failure_ratio, consecutive_failures or slow_call_seconds"
+        )
+    if rule == "ratio" and ratio is None and slow_ratio is None:
+        raise ValueError(
+            "half_open_rule='ratio' judges the trials by failure_ratio (and the slow-call "
+            "ratio): set failure_ratio, or keep half_open_rule='first_failure'"
+        )
+
+
+def _window(given: dict[str, Any], minimum_calls: int) -> dict[str, Any]:
+    """``window_calls`` (default 100) or ``window_seconds``, checked."""
+    window_seconds = given.get("window_seconds")
+    window_calls = given.get("window_calls")
+    if window_seconds is not None:
+        if window_calls is not None:
+            raise ValueError("window_calls and window_seconds cannot both be set: pick one")
+        return {"window_seconds": _seconds(window_seconds, "window_seconds"), "window_calls": None}
+    calls = integer(100 if window_calls is None else window_calls, "window_calls", minimum=1)
+    if minimum_calls > calls:
+        raise ValueError(f"minimum_calls must be <= window_calls ({calls}), got {minimum_calls!r}")
+    return {"window_seconds": None, "window_calls": calls}
+
+
 def _thresholds(given: dict[str, Any]) -> tuple[dict[str, Any], CircuitRules]:
     """The thresholds with their defaults, checked, and the rules a store runs on."""
     consecutive = given.get("consecutive_failures")
@@ -141,23 +215,7 @@ def _thresholds(given: dict[str, Any]) -> tuple[dict[str, Any], CircuitRules]:
         "slow_call_ratio": _ratio(given.get("slow_call_ratio", 1.0), "slow_call_ratio"),
         "half_open_calls": integer(given.get("half_open_calls", 1), "half_open_calls", minimum=1),
     }
-    window_seconds = given.get("window_seconds")
-    window_calls = given.get("window_calls")
-    if window_seconds is not None:
-        if window_calls is not None:
-            raise ValueError("window_calls and window_seconds cannot both be set: pick one")
-        out["window_seconds"] = _seconds(window_seconds, "window_seconds")
-        out["window_calls"] = None
-    else:
-        out["window_seconds"] = None
-        out["window_calls"] = integer(
-            100 if window_calls is None else window_calls, "window_calls", minimum=1
-        )
-        if out["minimum_calls"] > out["window_calls"]:
-            raise ValueError(
-                f"minimum_calls must be <= window_calls ({out['window_calls']}), "
-                f"got {out['minimum_calls']!r}"
-            )
+    out.update(_window(given, out["minimum_calls"]))
     slow = given.get("slow_call_seconds")
     out["slow_call_seconds"] = None if slow is None else _seconds(slow, "slow_call_seconds")
     break_seconds, out["open_seconds"] = _break_seconds(given.get("open_seconds", 30.0))
@@ -172,16 +230,7 @@ def _thresholds(given: dict[str, Any]) -> tuple[dict[str, Any], CircuitRules]:
         raise ValueError(f"half_open_rule must be 'first_failure' or 'ratio', got {rule!r}")
     out["half_open_rule"] = rule
     slow_ratio = out["slow_call_ratio"] if out["slow_call_seconds"] is not None else None
-    if out["failure_ratio"] is None and consecutive is None and slow_ratio is None:
-        raise ValueError(
-            "failure_ratio=None with no other rule gives a breaker that can never open: "
-            "set failure_ratio, consecutive_failures or slow_call_seconds"
-        )
-    if rule == "ratio" and out["failure_ratio"] is None and slow_ratio is None:
-        raise ValueError(
-            "half_open_rule='ratio' judges the trials by failure_ratio (and the slow-call "
-            "ratio): set failure_ratio, or keep half_open_rule='first_failure'"
-        )
+    _refuse_never_opening(out["failure_ratio"], consecutive, slow_ratio, rule)
     rules = CircuitRules(
         failure_ratio=out["failure_ratio"],
         consecutive_failures=consecutive,
@@ -276,13 +325,8 @@ class CircuitBreaker(Middleware):
         half_open_calls: int = 1,
         half_open_max_seconds: float | timedelta | None = None,
         half_open_rule: HalfOpenRule = "first_failure",
-        failure_on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = Exception,
-        ignore: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool]
-        | None = None,
+        failure_on: Matcher = Exception,
+        ignore: Matcher | None = None,
         failure_result: Callable[[Any], bool] | None = None,
         on_state_change: Callable[[CircuitStateChange], object] | None = None,
         on_outcome: Callable[[CircuitOutcome], object] | None = None,
@@ -298,21 +342,9 @@ class CircuitBreaker(Middleware):
         self._given = given  # as passed: update() recomputes the defaults that follow them
         thresholds, rules = _thresholds(given)
         self._set(**thresholds)
-        if failure_on is None:  # None means "no failures": a breaker that can never trip
-            raise TypeError(
-                "failure_on must be an exception type, a tuple of them, or a predicate, got None"
-            )
-        if failure_on == () and rules.slow_call_ratio is None:
-            raise ValueError(
-                "failure_on=() counts no error as a failure, so the breaker could never open: "
-                "name the exceptions that are failures, or set a slow-call rule"
-            )
+        self._is_failure, self._is_ignored = _classifiers(failure_on, ignore, rules)
         self.failure_on = failure_on
         self.ignore = ignore
-        is_failure = _matcher(failure_on, "failure_on")
-        assert is_failure is not None
-        self._is_failure = is_failure
-        self._is_ignored = _matcher(ignore, "ignore")
         self.failure_result = callable_or_none(failure_result, "failure_result")
         self.on_state_change = callable_or_none(on_state_change, "on_state_change")
         self.on_outcome = callable_or_none(on_outcome, "on_outcome")
@@ -384,7 +416,7 @@ class CircuitBreaker(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         rules = []
         if self.failure_ratio is not None:
             rules.append(f"failure_ratio={self.failure_ratio:g}")
@@ -416,7 +448,7 @@ class CircuitBreaker(Middleware):
         self.store.transition(CircuitState.CLOSED)
 
     def _notify(self, old: CircuitState, new: CircuitState, at: float) -> None:
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         logger.info("resilience: circuit breaker%s %s -> %s", label, old.value, new.value)
         listener = self.on_state_change
         if listener is None and not self._listeners:
@@ -425,6 +457,13 @@ class CircuitBreaker(Middleware):
         if listener is not None:
             notify(listener, event, f"the on_state_change listener of circuit breaker{label}")
         self._emit(event)
+
+    def _admit(self) -> int:
+        """A permit from the store, or the refusal raised."""
+        permit = self.store.acquire()
+        if permit < 0:
+            raise self._rejection()
+        return permit
 
     def _rejection(self) -> CircuitOpenError:
         state = self.store.state()
@@ -452,7 +491,7 @@ class CircuitBreaker(Middleware):
         listener = self.on_outcome
         if listener is None:
             return
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         event = CircuitOutcome(self.name, outcome, seconds, slow, error)
         notify(listener, event, f"the on_outcome listener of circuit breaker{label}")
 
@@ -461,8 +500,14 @@ class CircuitBreaker(Middleware):
     def _settle(
         self, permit: int, error: BaseException | None, result: Any, started: float | None
     ) -> None:
-        """Classify the outcome of a permitted call and hand it to the store."""
+        """Classify the outcome of a permitted call and hand it to the store.
+
+        Control flow (not an `Exception`) only gives the permit back: it counts nothing.
+        """
         store = self.store
+        if error is not None and not isinstance(error, Exception):
+            store.release(permit)
+            return
         try:
             if error is not None:
                 ignored = self._is_ignored
@@ -491,153 +536,21 @@ class CircuitBreaker(Middleware):
         if self.on_outcome is not None:
             self._report("failure" if code & 2 else "success", seconds, slow, error)
 
-    # -- the shells ------------------------------------------------------------------
+    # -- the shells (resilience._shells): the store's lane inline --------------------
+
+    def _shell(self, shells: Any, next: Any) -> Any:
+        store = self.store
+        direct = next is terminal  # innermost: call the function without the extra hop
+        timed = self.slow_call_seconds is not None or self.window_seconds is not None
+        if timed or self.failure_result is not None or self.on_outcome is not None:
+            monotonic = self.clock.monotonic if timed else None
+            return shells.measured_circuit_breaker(
+                next, direct, store, self._settle, self._admit, monotonic
+            )
+        return shells.circuit_breaker(next, direct, store, self._settle, self._rejection)
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        store = self.store
-        acquire = store.acquire
-        record = store.record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-        timed = self.slow_call_seconds is not None or self.window_seconds is not None
-        monotonic = self.clock.monotonic
-        plain = not timed and self.failure_result is None and self.on_outcome is None
-        direct = next is terminal
-
-        if plain and type(store) is MemoryCircuitStore:
-            return self._wrap_memory(next, store)
-
-        def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = acquire()
-            if permit < 0:
-                raise reject()
-            started = monotonic() if timed else None
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, started)
-                raise
-            except BaseException:
-                release(permit)  # control flow: hand the permit back, count nothing
-                raise
-            if plain:
-                record(permit, SUCCESS, 0.0)
-            else:
-                settle(permit, None, result, started)
-            return result
-
-        return circuit_breaker
-
-    def _wrap_memory(self, next: Endpoint, store: MemoryCircuitStore) -> Endpoint:
-        """The sync shell for the common case, with the memory store's fast paths inlined.
-
-        Same steps as `wrap`; only the closed-state permit and the lock-free
-        success are read from the store's fields instead of through calls.
-        """
-        acquire = store._acquire_slow
-        record = store._record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-        direct = next is terminal
-
-        def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = store._fast_permit
-            if permit < 0:
-                permit = acquire()
-                if permit < 0:
-                    raise reject()
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, None)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            ring = store._ring  # read before the check: a reset swaps in a new ring
-            if permit == store._success_permit:
-                ring.append(SUCCESS)
-                if store._consecutive:
-                    store._consecutive = 0
-            else:
-                record(permit, SUCCESS, 0.0)
-            return result
-
-        return circuit_breaker
+        return self._shell(_shells_sync, next)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        store = self.store
-        acquire = store.acquire
-        record = store.record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-        timed = self.slow_call_seconds is not None or self.window_seconds is not None
-        monotonic = self.clock.monotonic
-        plain = not timed and self.failure_result is None and self.on_outcome is None
-        if plain and type(store) is MemoryCircuitStore:
-            return self._awrap_memory(next, store)
-
-        async def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = acquire()
-            if permit < 0:
-                raise reject()
-            started = monotonic() if timed else None
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, started)
-                raise
-            except BaseException:
-                release(permit)  # cancellation: hand the permit back, count nothing
-                raise
-            if plain:
-                record(permit, SUCCESS, 0.0)
-            else:
-                settle(permit, None, result, started)
-            return result
-
-        return circuit_breaker
-
-    def _awrap_memory(self, next: AsyncEndpoint, store: MemoryCircuitStore) -> AsyncEndpoint:
-        """`_wrap_memory` for async calls."""
-        acquire = store._acquire_slow
-        record = store._record
-        release = store.release
-        settle = self._settle
-        reject = self._rejection
-
-        async def circuit_breaker(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            permit = store._fast_permit
-            if permit < 0:
-                permit = acquire()
-                if permit < 0:
-                    raise reject()
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                settle(permit, exc, None, None)
-                raise
-            except BaseException:
-                release(permit)
-                raise
-            ring = store._ring
-            if permit == store._success_permit:
-                ring.append(SUCCESS)
-                if store._consecutive:
-                    store._consecutive = 0
-            else:
-                record(permit, SUCCESS, 0.0)
-            return result
-
-        return circuit_breaker
+        return self._shell(_shells, next)  # type: ignore[no-any-return]

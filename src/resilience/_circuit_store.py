@@ -15,10 +15,21 @@ of state, so a call admitted before a transition can never move the new
 state; ``trial`` marks a half-open trial call, whose slot must come back.
 A negative permit is a rejection.
 
+Besides these, a store may open a *lane* to its breaker (`CircuitLane`):
+fields the breaker reads and writes without a call or a lock, so the common
+case costs next to nothing. While ``lane.permit`` is >= 0 a call is
+admitted with it without asking; a success whose permit is
+``lane.success_permit`` is recorded by appending to ``lane.successes``
+(and zeroing ``lane.consecutive``). The store changes the lane's fields,
+under its own lock, whenever its state changes. A store that opens no lane
+keeps the default, `NO_LANE`, whose permit is -1: every call then goes
+through ``acquire`` and ``record``. The breaker uses the same shell for
+every store.
+
 `MemoryCircuitStore` is the default. It holds its lock only around a few
 integer updates, never around the protected call, and never blocks for
 long, so the async path can use it from the event loop. A store shared
-between processes (Redis, a later issue) implements the same operations
+between processes (`resilience.redis`) implements the same operations
 with server-side scripts; everything it needs is in `CircuitRules`.
 """
 
@@ -34,6 +45,8 @@ from dataclasses import dataclass
 from ._clock import Clock
 
 __all__ = [
+    "NO_LANE",
+    "CircuitLane",
     "CircuitMetrics",
     "CircuitRules",
     "CircuitState",
@@ -49,6 +62,8 @@ SUCCESS = PRESENT
 FAILURE = PRESENT | FAILED
 
 REJECTED = -1
+#: A ``success_permit`` no permit ever equals: successes go through ``record``.
+NOT_LANED = -2
 
 
 class CircuitState(enum.Enum):
@@ -129,8 +144,34 @@ class CircuitMetrics:
 Notify = Callable[[CircuitState, CircuitState, float], None]
 
 
+class CircuitLane:
+    """The fast path a store opens to its breaker (see the module docs)."""
+
+    __slots__ = ("consecutive", "permit", "success_permit", "successes")
+
+    def __init__(self) -> None:
+        self.permit = REJECTED
+        """>= 0: admit a call with this permit, without calling ``acquire``."""
+        self.success_permit = NOT_LANED
+        """A success with this permit is appended to `successes`, not passed to ``record``."""
+        self.successes: deque[int] = deque()
+        """Where lane successes go (the store reads them)."""
+        self.consecutive = 0
+        """Failures since the last success; a lane success zeroes it."""
+
+    def __repr__(self) -> str:
+        return f"CircuitLane(permit={self.permit}, success_permit={self.success_permit})"
+
+
+NO_LANE = CircuitLane()
+"""The lane of a store that opens none: never admits, never takes a success."""
+
+
 class CircuitStore(ABC):
     """Where a breaker's state lives; see the module docs for the protocol."""
+
+    lane: CircuitLane = NO_LANE
+    """The fast path this store opens to its breaker; none by default."""
 
     @abstractmethod
     def configure(self, rules: CircuitRules, clock: Clock, notify: Notify) -> None:
@@ -297,11 +338,11 @@ class MemoryCircuitStore(CircuitStore):
         self._notify = notify
         self._state = CLOSED
         self._epoch = 0
-        self._fast_permit = 0  # the permit of a CLOSED or DISABLED state, else -1
+        self.lane = CircuitLane()
+        self.lane.permit = 0  # the permit of a CLOSED or DISABLED state, else REJECTED
         self._since = clock.monotonic()
         self._open_until = 0.0
         self._streak = 0  # trips in a row without closing in between
-        self._consecutive = 0
         self._in_flight = 0  # half-open trials running
         self._trials = [0, 0, 0]  # half-open trials ended: calls, failures, slow calls
         self._trips = 0
@@ -324,33 +365,36 @@ class MemoryCircuitStore(CircuitStore):
                 if rules.window_seconds is not None
                 else _CountWindow(rules.window_calls or 1)
             )
-        # Plain successes in a count window skip the lock (a deque append is atomic), once
+        # Plain successes in a count window take the lane (a deque append is atomic), once
         # the window holds minimum_calls: before that, a success may complete a window
         # whose ratio trips, and must be judged under the lock.
-        self._ring = self._window.ring if isinstance(self._window, _CountWindow) else deque()
+        window = self._window
+        self.lane.successes = window.ring if isinstance(window, _CountWindow) else deque()
         self._arm_success()
 
     def _arm_success(self) -> None:
-        """Open or close the lock-free success lane (lock held, or while configuring)."""
-        ready = isinstance(self._window, _CountWindow) and len(self._ring) >= (
+        """Open or close the lane to successes (lock held, or while configuring)."""
+        lane = self.lane
+        ready = isinstance(self._window, _CountWindow) and len(lane.successes) >= (
             self._rules.minimum_calls
         )
-        self._success_permit = self._fast_permit if ready else -2
+        lane.success_permit = lane.permit if ready else NOT_LANED
 
     # -- the hot path ---------------------------------------------------------
 
     def acquire(self) -> int:
-        permit = self._fast_permit
+        permit = self.lane.permit
         if permit >= 0:
             return permit
         return self._acquire_slow()
 
     def record(self, permit: int, outcome: int, now: float) -> None:
+        lane = self.lane
         if outcome == SUCCESS:
-            ring = self._ring  # read before the check: a reset swaps in a new ring
-            if permit == self._success_permit:
-                ring.append(SUCCESS)
-                self._consecutive = 0
+            successes = lane.successes  # read before the check: a reset swaps in a new ring
+            if permit == lane.success_permit:
+                successes.append(SUCCESS)
+                lane.consecutive = 0
                 return
         self._record(permit, outcome, now)
 
@@ -363,13 +407,11 @@ class MemoryCircuitStore(CircuitStore):
                 self._record_trial(outcome)
             else:
                 self._window.add(outcome, now)
-                if outcome & FAILED:
-                    self._consecutive += 1
-                else:
-                    self._consecutive = 0
+                lane = self.lane
+                lane.consecutive = lane.consecutive + 1 if outcome & FAILED else 0
                 if state is CLOSED and self._should_trip():
                     self._open(self._clock.monotonic(), streak=1)
-                elif self._success_permit == -2:
+                elif lane.success_permit == NOT_LANED:
                     self._arm_success()
             changes = self._pending
             if not changes:
@@ -423,7 +465,8 @@ class MemoryCircuitStore(CircuitStore):
         trials[0] += 1
         trials[1] += (outcome & FAILED) >> 1
         trials[2] += (outcome & SLOW) >> 2
-        self._consecutive = self._consecutive + 1 if outcome & FAILED else 0
+        lane = self.lane
+        lane.consecutive = lane.consecutive + 1 if outcome & FAILED else 0
         if rules.half_open_rule == "first_failure":
             if outcome != SUCCESS:  # a failed or slow trial reopens at once
                 self._open(now, streak=self._streak + 1)
@@ -440,7 +483,7 @@ class MemoryCircuitStore(CircuitStore):
     def _should_trip(self) -> bool:
         rules = self._rules
         if rules.consecutive_failures is not None and (
-            self._consecutive >= rules.consecutive_failures
+            self.lane.consecutive >= rules.consecutive_failures
         ):
             return True
         calls, failures, slow = self._window.counts()
@@ -463,9 +506,10 @@ class MemoryCircuitStore(CircuitStore):
 
     def _close(self, now: float) -> None:
         self._streak = 0
-        self._consecutive = 0
-        self._window.clear()
-        self._ring = self._window.ring if isinstance(self._window, _CountWindow) else deque()
+        self.lane.consecutive = 0
+        window = self._window
+        window.clear()
+        self.lane.successes = window.ring if isinstance(window, _CountWindow) else deque()
         self._enter(CLOSED, now)
 
     def _enter(self, state: CircuitState, now: float) -> None:
@@ -473,7 +517,7 @@ class MemoryCircuitStore(CircuitStore):
         self._state = state
         self._epoch += 1
         self._since = now
-        self._fast_permit = self._epoch << 1 if state is CLOSED or state is DISABLED else REJECTED
+        self.lane.permit = self._epoch << 1 if state is CLOSED or state is DISABLED else REJECTED
         self._arm_success()
         self._pending.append((old, state, now))
 
@@ -530,7 +574,7 @@ class MemoryCircuitStore(CircuitStore):
                 calls=calls,
                 failures=failures,
                 slow_calls=slow,
-                consecutive_failures=self._consecutive,
+                consecutive_failures=self.lane.consecutive,
                 seconds_in_state=max(0.0, now - self._since),
                 retry_after=retry_after,
                 trips=self._trips,

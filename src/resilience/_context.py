@@ -3,14 +3,19 @@
 It lives in one `contextvars.ContextVar`, so it follows the call into the
 tasks it starts and into threads started with a copied context.
 
-On the hot path the variable holds a small list ``[pipeline, attempt,
-deadline, clock, tags]``, one per call, made when the call enters its
-pipeline. The layers of that call change it in place and put back what they
-changed on the way out (a Timeout its deadline, a Retry its attempt number):
-writing a list item costs a fraction of a `ContextVar.set` and `reset`
-pair. The public, frozen `CallContext` is made only when someone asks for it
-through `current()`. A task or thread that the call starts and that outlives
-the layer sees the context as it is now, not as it was when it started.
+On the hot path the variable holds a small list, one per call, made when
+the call enters its pipeline. The layers of that call change it in place and
+put back what they changed on the way out (a Timeout its deadline, a Retry
+its attempt number): writing a list item costs a fraction of a
+`ContextVar.set` and `reset` pair. The public, frozen `CallContext` is made
+only when someone asks for it through `current()`. A task or thread that the
+call starts and that outlives the layer sees the context as it is now, not
+as it was when it started.
+
+The list's fields are read and written by name everywhere, through the
+constants below (`PIPELINE`, `ATTEMPT`, `DEADLINE`, `CLOCK`, `TAGS`); only
+this module knows their order. A new context is always made from another
+one (`entered`, `child`), so a new field is added here and nowhere else.
 """
 
 from __future__ import annotations
@@ -26,20 +31,41 @@ from ._clock import Clock
 
 __all__ = ["CallContext", "current", "tags"]
 
-# [pipeline, attempt, deadline, clock, tags]: see PIPELINE ... TAGS below.
+#: The fields of one call's record, read and written by these names only.
 Raw = list[Any]
+
+PIPELINE: Final = 0
+"""The name of the pipeline (or policy) the call entered."""
+ATTEMPT: Final = 1
+"""The attempt number, 1-based (0 outside any call)."""
+DEADLINE: Final = 2
+"""The absolute deadline on `CLOCK`'s timeline, or None."""
+CLOCK: Final = 3
+"""The clock the deadline is measured on, or None."""
+TAGS: Final = 4
+"""The user's tags, a read-only mapping."""
 
 NO_TAGS: Mapping[str, Any] = MappingProxyType({})
 # Outside any call. A tuple, so that nothing can change it by mistake.
 EMPTY: Any = (None, 0, None, None, NO_TAGS)
 VAR: ContextVar[Raw] = ContextVar("resilience.call", default=EMPTY)
 
-# Field positions in the raw tuple.
-PIPELINE: Final = 0
-ATTEMPT: Final = 1
-DEADLINE: Final = 2
-CLOCK: Final = 3
-TAGS: Final = 4
+
+def entered(parent: Raw, name: str | None) -> Raw:
+    """The record of a call entering ``name``: the parent's deadline and tags, attempt 1.
+
+    The entry points (`resilience.Middleware`) inline this one literal, which
+    costs less than the call of this function; a test keeps them equal.
+    """
+    return [name, 1, parent[DEADLINE], parent[CLOCK], parent[TAGS]]
+
+
+def child(parent: Raw, deadline: float | None, clock: Any) -> Raw:
+    """A copy of ``parent`` with another deadline, for a call run on another thread."""
+    raw = list(parent)
+    raw[DEADLINE] = deadline
+    raw[CLOCK] = clock
+    return raw
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,8 +114,8 @@ class CallContext:
 
 def current() -> CallContext:
     """The context of the call running here (or an empty one outside any call)."""
-    pipeline, attempt, deadline, clock, tag_map = VAR.get()
-    return CallContext(pipeline, attempt, deadline, tag_map, clock)
+    raw = VAR.get()
+    return CallContext(raw[PIPELINE], raw[ATTEMPT], raw[DEADLINE], raw[TAGS], raw[CLOCK])
 
 
 @contextlib.contextmanager
@@ -100,7 +126,7 @@ def own_context() -> Iterator[Raw]:
     without the caller's context; the layers that write into the context
     (Timeout, Retry) then make one here instead of writing into `EMPTY`.
     """
-    raw: Raw = [None, 1, None, None, NO_TAGS]
+    raw = entered(EMPTY, None)
     token = VAR.set(raw)
     try:
         yield raw
@@ -118,9 +144,10 @@ def tags(**values: Any) -> Iterator[Mapping[str, Any]]:
         with resilience.tags(tenant="acme", chaos=True):
             users_get.call(fetch, 42)
     """
-    raw = VAR.get()
+    raw = list(VAR.get())
     merged = MappingProxyType({**raw[TAGS], **values})
-    token = VAR.set([raw[PIPELINE], raw[ATTEMPT], raw[DEADLINE], raw[CLOCK], merged])
+    raw[TAGS] = merged
+    token = VAR.set(raw)
     try:
         yield merged
     finally:

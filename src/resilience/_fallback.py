@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, overload
 
+from . import _shells, _shells_sync
+from ._events import ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._misuse import Misuse
 from ._retry import _show
-from ._validate import callable_or_none, exception_matcher, optional_name
+from ._validate import Matcher, callable_or_none, exception_matcher, optional_name
 
 __all__ = ["Fallback", "FallbackContext", "FallbackEvent"]
 
@@ -43,7 +45,7 @@ class FallbackContext:
 
 
 @dataclass(frozen=True, slots=True)
-class FallbackEvent:
+class FallbackEvent(ResilienceEvent):
     """Passed to ``on_fallback`` just before the substitute is produced."""
 
     name: str | None
@@ -52,6 +54,8 @@ class FallbackEvent:
     """The exception being replaced, or None when a result was rejected."""
     result: Any = None
     """The rejected result when ``on_result`` asked for a substitute."""
+
+    event = "fallback_served"
 
 
 def _matcher(on: object) -> Callable[[Exception], bool]:
@@ -107,9 +111,7 @@ class Fallback(Middleware):
         self,
         *,
         value: Any,
-        on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[Exception], bool] = Exception,
+        on: Matcher = Exception,
         on_result: Callable[[Any], bool] | None = None,
         on_fallback: Callable[[FallbackEvent], object] | None = None,
         name: str | None = None,
@@ -120,9 +122,7 @@ class Fallback(Middleware):
         self,
         *,
         handler: Callable[[FallbackContext], Any],
-        on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[Exception], bool] = Exception,
+        on: Matcher = Exception,
         on_result: Callable[[Any], bool] | None = None,
         on_fallback: Callable[[FallbackEvent], object] | None = None,
         name: str | None = None,
@@ -133,9 +133,7 @@ class Fallback(Middleware):
         *,
         value: Any = _UNSET,
         handler: Callable[[FallbackContext], Any] | None = None,
-        on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[Exception], bool] = Exception,
+        on: Matcher = Exception,
         on_result: Callable[[Any], bool] | None = None,
         on_fallback: Callable[[FallbackEvent], object] | None = None,
         name: str | None = None,
@@ -157,7 +155,7 @@ class Fallback(Middleware):
         return {**chosen, "on": self.on, "on_result": self.on_result}
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         if self.handler is None:
             chosen = f"value={_REPR.repr(self.value)}"
         else:
@@ -172,7 +170,7 @@ class Fallback(Middleware):
     ) -> Any:
         """The value, or what the handler returns (an awaitable for an async handler)."""
         if self.on_fallback is not None:
-            label = f" {self.name!r}" if self.name else ""
+            label = self._label
             notify(
                 self.on_fallback,
                 FallbackEvent(self.name, error, result),
@@ -180,7 +178,7 @@ class Fallback(Middleware):
             )
         logger.info(
             "resilience: Fallback%s served a substitute for %s",
-            f" {self.name!r}" if self.name else "",
+            self._label,
             _REPR.repr(error if error is not None else result),
         )
         if self._listeners:
@@ -192,24 +190,14 @@ class Fallback(Middleware):
     # -- the shells: a plain try/except around the call --------------------------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        handles = self._handles
-        check = self.on_result
-        substitute = self._sync_substitute
-        direct = next is terminal  # innermost: call the function without the extra hop
+        return _shells_sync.fallback(
+            next, next is terminal, self._handles, self.on_result, self._sync_substitute
+        )
 
-        def fallback(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                if not handles(exc):
-                    raise
-                # Still inside `except`: an error from the handler chains to `exc`.
-                return substitute(exc, None, args, kwargs)
-            if check is None or not check(result):
-                return result
-            return substitute(None, result, args, kwargs)
-
-        return fallback
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        return _shells.fallback(
+            next, next is terminal, self._handles, self.on_result, self._async_substitute
+        )
 
     def _sync_substitute(
         self, error: Exception | None, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -226,27 +214,6 @@ class Fallback(Middleware):
                 )
             )
         return substitute
-
-    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        handles = self._handles
-        check = self.on_result
-        substitute = self._async_substitute
-        direct = next is terminal
-
-        async def fallback(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            try:
-                result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
-            except Exception as exc:
-                if not handles(exc):
-                    raise
-                return await substitute(exc, None, args, kwargs)
-            if check is None or not check(result):
-                return result
-            return await substitute(None, result, args, kwargs)
-
-        return fallback
 
     async def _async_substitute(
         self, error: Exception | None, result: Any, args: tuple[Any, ...], kwargs: dict[str, Any]

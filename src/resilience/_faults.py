@@ -19,13 +19,15 @@ from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Any
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
 from ._context import CallContext, current
 from ._errors import InjectedFault
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._misuse import Misuse, refuse_async
 from ._testing_mode import MODE
-from ._validate import number, optional_name
+from ._validate import number, optional_name, random_source
 from ._validate import seconds as _seconds
 
 __all__ = ["FaultEvent", "FaultInjector", "FaultPlan"]
@@ -94,34 +96,35 @@ def _slot_names(kind: type) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _fresh(template: BaseException, slots: tuple[str, ...]) -> BaseException:
+    """A new exception like ``template`` (its args, dict, slots, cause and notes), unraised."""
+    try:
+        fresh = copy.copy(template)
+        fresh.args = template.args  # an __init__ that formats its argument ran again
+    except Exception:  # an __init__ that cannot take its own args back: skip it
+        try:
+            fresh = type(template).__new__(type(template), *template.args)
+            fresh.__dict__.update(template.__dict__)
+        except Exception:  # a __new__ that cannot either: reuse the template
+            fresh = template
+    if fresh is not template:
+        # copy.copy carries args and __dict__ only: slots and the cause too.
+        for slot in slots:
+            with contextlib.suppress(AttributeError):  # unset on the template
+                setattr(fresh, slot, getattr(template, slot))
+        fresh.__cause__ = template.__cause__
+        fresh.__suppress_context__ = template.__suppress_context__
+        if "__notes__" in template.__dict__:
+            fresh.__notes__ = list(template.__notes__)  # a list of its own
+    return fresh.with_traceback(None)
+
+
 def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
     """A function making a fresh exception per injection, from what the user gave."""
     if isinstance(error, BaseException):
         template = error
         slots = _slot_names(type(template))
-
-        def from_instance(_: CallContext) -> BaseException:
-            try:
-                fresh = copy.copy(template)
-                fresh.args = template.args  # an __init__ that formats its argument ran again
-            except Exception:  # an __init__ that cannot take its own args back: skip it
-                try:
-                    fresh = type(template).__new__(type(template), *template.args)
-                    fresh.__dict__.update(template.__dict__)
-                except Exception:  # a __new__ that cannot either: reuse the template
-                    fresh = template
-            if fresh is not template:
-                # copy.copy carries args and __dict__ only: slots and the cause too.
-                for slot in slots:
-                    with contextlib.suppress(AttributeError):  # unset on the template
-                        setattr(fresh, slot, getattr(template, slot))
-                fresh.__cause__ = template.__cause__
-                fresh.__suppress_context__ = template.__suppress_context__
-                if "__notes__" in template.__dict__:
-                    fresh.__notes__ = list(template.__notes__)  # a list of its own
-            return fresh.with_traceback(None)
-
-        return from_instance
+        return lambda _: _fresh(template, slots)
     if isinstance(error, type):
         if not issubclass(error, BaseException):
             raise TypeError(f"error must be an exception or exception type, got {error.__name__}")
@@ -154,6 +157,56 @@ def _error_factory(error: object) -> Callable[[CallContext], BaseException]:
     )
 
 
+def _behaviour(value: object) -> Callable[[CallContext], object] | None:
+    if value is not None and not callable(value):
+        raise TypeError(f"behaviour must be callable or None, got {type(value).__name__}")
+    return value
+
+
+class _Live:
+    """The injector's settings now: replaced whole by an update, read once per call."""
+
+    __slots__ = ("settings",)
+
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = settings
+
+
+@dataclass(frozen=True, slots=True)
+class _Kind:
+    """One kind of fault, as `FaultInjector.update` takes it."""
+
+    name: str
+    make: Callable[[Any], Any]
+    """What the settings keep of the value given."""
+    absent: Any
+    """The kept value that means "no such fault"."""
+    needs: str
+    """The error when a rate comes without the fault (the error kind has a default instead)."""
+    keeps_spec: bool = False
+    """Whether the settings also keep the value as given (to show it back)."""
+
+
+_KINDS = (
+    _Kind(
+        "error",
+        lambda value: None if value is None else _error_factory(value),
+        None,
+        "",
+        keeps_spec=True,
+    ),
+    _Kind(
+        "latency",
+        lambda value: _latency_factory(value),
+        None,
+        "latency_rate needs latency= (the seconds to add)",
+        keeps_spec=True,
+    ),
+    _Kind("result", lambda value: value, _UNSET, "result_rate needs result= (the value to return)"),
+    _Kind("behaviour", _behaviour, None, "behaviour_rate needs behaviour= (the callable to run)"),
+)
+
+
 @dataclass(frozen=True, slots=True)
 class FaultPlan:
     """What a `FaultInjector` does to one call, as drawn by its core."""
@@ -173,13 +226,24 @@ _NOTHING = FaultPlan()
 
 
 @dataclass(frozen=True, slots=True)
-class FaultEvent:
+class FaultEvent(ResilienceEvent):
     """Sent to the injector's listeners for every call it injected something into."""
 
     name: str | None
     """The injector's name."""
     plan: FaultPlan
     """What was injected."""
+
+    event = "fault_injected"
+
+    def describe(self) -> Described:
+        plan = self.plan
+        details = {
+            "resilience.fault.latency": plan.latency,
+            "resilience.fault.result": plan.replace_result,
+            "resilience.fault.behaviour": plan.behaviour,
+        }
+        return self.event, plan.error, details
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,14 +324,9 @@ class FaultInjector(Middleware):
     ) -> None:
         self.name = optional_name(name)
         self.clock = validate_clock(clock)
-        if seed is None or isinstance(seed, _random.Random):
-            self.random = seed or _random.Random()
-        elif isinstance(seed, int) and not isinstance(seed, bool):
-            self.random = _random.Random(seed)
-        else:
-            raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
+        self.random = random_source(seed)
         self._lock = threading.Lock()
-        self._settings = _Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0)
+        self._live = _Live(_Settings(False, None, 0.0, None, 0.0, _UNSET, 0.0, None, 0.0))
 
         # An omitted rate follows its fault (1.0 with it, else off); None is off.
         self.update(
@@ -303,51 +362,18 @@ class FaultInjector(Middleware):
         removes the fault (except ``result``, where None is a value to return:
         remove it with ``result_rate=0``).
         """
+        given = {
+            "error": (error, error_rate),
+            "latency": (latency, latency_rate),
+            "result": (result, result_rate),
+            "behaviour": (behaviour, behaviour_rate),
+        }
         with self._lock:
-            old = self._settings
+            old = self._live.settings
             changes: dict[str, Any] = {}
-            if error is not _UNSET:
-                changes["error"] = None if error is None else _error_factory(error)
-                changes["error_spec"] = error
-                if error_rate is _UNSET:
-                    error_rate = 1.0 if error is not None else 0.0
-            if error_rate is not _UNSET:
-                rate = 0.0 if error_rate is None else _rate(error_rate, "error_rate")
-                changes["error_rate"] = rate
-                if rate and changes.get("error", old.error) is None:
-                    changes["error"] = lambda _: InjectedFault(self._message("error"))
-            if latency is not _UNSET:
-                changes["latency"] = _latency_factory(latency)
-                changes["latency_spec"] = latency
-                if latency_rate is _UNSET:
-                    latency_rate = 1.0 if latency is not None else 0.0
-            if latency_rate is not _UNSET:
-                rate = 0.0 if latency_rate is None else _rate(latency_rate, "latency_rate")
-                if rate and changes.get("latency", old.latency) is None:
-                    raise ValueError("latency_rate needs latency= (the seconds to add)")
-                changes["latency_rate"] = rate
-            if result is not _UNSET:
-                changes["result"] = result
-                if result_rate is _UNSET:
-                    result_rate = 1.0
-            if result_rate is not _UNSET:
-                rate = 0.0 if result_rate is None else _rate(result_rate, "result_rate")
-                if rate and changes.get("result", old.result) is _UNSET:
-                    raise ValueError("result_rate needs result= (the value to return)")
-                changes["result_rate"] = rate
-            if behaviour is not _UNSET:
-                if behaviour is not None and not callable(behaviour):
-                    raise TypeError(
-                        f"behaviour must be callable or None, got {type(behaviour).__name__}"
-                    )
-                changes["behaviour"] = behaviour
-                if behaviour_rate is _UNSET:
-                    behaviour_rate = 1.0 if behaviour is not None else 0.0
-            if behaviour_rate is not _UNSET:
-                rate = 0.0 if behaviour_rate is None else _rate(behaviour_rate, "behaviour_rate")
-                if rate and changes.get("behaviour", old.behaviour) is None:
-                    raise ValueError("behaviour_rate needs behaviour= (the callable to run)")
-                changes["behaviour_rate"] = rate
+            for kind in _KINDS:
+                value, rate = given[kind.name]
+                changes.update(self._kind_changes(kind, value, rate, old))
             if enabled is not _UNSET:
                 if isinstance(enabled, bool):
                     changes["enabled"] = enabled
@@ -361,33 +387,51 @@ class FaultInjector(Middleware):
                         f"enabled must be a bool or a predicate on the call context, "
                         f"got {type(enabled).__name__}"
                     )
-            self._settings = replace(old, **changes)
+            self._live.settings = replace(old, **changes)
+
+    def _kind_changes(self, kind: _Kind, value: Any, rate: Any, old: _Settings) -> dict[str, Any]:
+        """What giving one kind of fault, or its rate, changes in the settings."""
+        changes: dict[str, Any] = {}
+        if value is not _UNSET:
+            changes[kind.name] = kind.make(value)
+            if kind.keeps_spec:
+                changes[f"{kind.name}_spec"] = value
+            if rate is _UNSET:  # a fault given alone comes with rate 1; None turns it off
+                rate = 1.0 if value is not None or kind.name == "result" else 0.0
+        if rate is not _UNSET:
+            fixed = 0.0 if rate is None else _rate(rate, f"{kind.name}_rate")
+            if fixed and changes.get(kind.name, getattr(old, kind.name)) is kind.absent:
+                if kind.name != "error":
+                    raise ValueError(kind.needs)
+                changes["error"] = lambda _: InjectedFault(self._message("error"))
+            changes[f"{kind.name}_rate"] = fixed
+        return changes
 
     def _snapshot(self) -> object:
         """Everything `update` can change, to put back with `_restore`."""
-        return self._settings
+        return self._live.settings
 
     def _restore(self, snapshot: object) -> None:
         with self._lock:
-            self._settings = snapshot  # type: ignore[assignment]
+            self._live.settings = snapshot  # type: ignore[assignment]
 
     def enable(self) -> None:
         """Inject again (a predicate given as ``enabled`` is kept)."""
         with self._lock:
-            self._settings = replace(self._settings, enabled=True)
+            self._live.settings = replace(self._live.settings, enabled=True)
 
     def disable(self) -> None:
         """Stop injecting: calls go straight through, at almost no cost."""
         with self._lock:
-            self._settings = replace(self._settings, enabled=False)
+            self._live.settings = replace(self._live.settings, enabled=False)
 
     @property
     def enabled(self) -> bool:
         """False after `disable`; a predicate still decides call by call when True."""
-        return self._settings.enabled
+        return self._live.settings.enabled
 
     def settings(self) -> dict[str, Any]:
-        s = self._settings
+        s = self._live.settings
         out: dict[str, Any] = {"enabled": s.enabled if s.when is None else s.enabled and s.when}
         if s.error_rate:
             out["error"] = InjectedFault if s.error_spec is None else s.error_spec
@@ -404,7 +448,7 @@ class FaultInjector(Middleware):
         return out
 
     def __repr__(self) -> str:
-        s = self._settings
+        s = self._live.settings
         parts = [f"{self.name!r}"] if self.name else []
         for label, rate in (
             ("error", s.error_rate),
@@ -421,7 +465,7 @@ class FaultInjector(Middleware):
         return f"FaultInjector({', '.join(parts)})"
 
     def _message(self, what: str) -> str:
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         return f"{what} injected by FaultInjector{label}"
 
     # -- the core: decide, with no I/O ---------------------------------------------
@@ -434,7 +478,7 @@ class FaultInjector(Middleware):
         factory (the plan holds the error it made). Returns a plan with
         nothing in it when disabled.
         """
-        return self._draw(self._settings, context)
+        return self._draw(self._live.settings, context)
 
     def _draw(self, s: _Settings, context: CallContext | None) -> FaultPlan:
         if not s.enabled or not MODE.inject_faults:
@@ -466,76 +510,41 @@ class FaultInjector(Middleware):
 
     def _injected(self, plan: FaultPlan) -> None:
         """Log a drawn plan and tell the listeners (only calls that get a fault come here)."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         logger.debug("resilience: FaultInjector%s injects %r", label, plan)
         if self._listeners:
             self._emit(FaultEvent(self.name, plan))
 
-    # -- the shells -----------------------------------------------------------------
+    # -- the shells (resilience._shells) ----------------------------------------------------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        draw = self._draw
-        sleep = self.clock.sleep
-        direct = next is terminal
-
-        def fault_injection(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            settings = self._settings
-            if not settings.enabled:
-                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            plan = draw(settings, None)
-            if plan is _NOTHING:
-                return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            self._injected(plan)
-            if plan.behaviour and settings.behaviour is not None:
-                outcome = settings.behaviour(current())
-                if inspect.isawaitable(outcome):
-                    if inspect.iscoroutine(outcome):
-                        outcome.close()
-                    raise Misuse(
-                        TypeError(
-                            f"{self!r} has an async behaviour, which cannot run in a sync "
-                            "call: give it a plain function, or make the call async"
-                        )
-                    )
-            if plan.latency > 0:
-                sleep(plan.latency)
-            if plan.error is not None:
-                raise plan.error
-            if plan.replace_result:
-                return settings.result
-            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-
-        return fault_injection
+        return self._shell(_shells_sync, next, self._behave, self.clock.sleep)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        draw = self._draw
-        asleep = self.clock.asleep
+        return self._shell(_shells, next, self._abehave, self.clock.asleep)  # type: ignore[no-any-return]
 
-        async def fault_injection(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            settings = self._settings
-            if not settings.enabled:
-                return await next(fn, args, kwargs)
-            plan = draw(settings, None)
-            if plan is _NOTHING:
-                return await next(fn, args, kwargs)
-            self._injected(plan)
-            if plan.behaviour and settings.behaviour is not None:
-                outcome = settings.behaviour(current())
-                if inspect.isawaitable(outcome):
-                    await outcome
-            if plan.latency > 0:
-                await asleep(plan.latency)
-            if plan.error is not None:
-                raise plan.error
-            if plan.replace_result:
-                return settings.result
-            return await next(fn, args, kwargs)
+    def _shell(self, shells: Any, next: Any, behave: Any, sleep: Any) -> Any:
+        parts = (self._live, self._draw, _NOTHING, self._injected, behave, sleep)
+        return shells.fault_injection(next, next is terminal, parts)
 
-        return fault_injection
+    def _behave(self, behaviour: Callable[[CallContext], object]) -> None:
+        """Run the behaviour in a sync call: an async one is a misuse."""
+        outcome = behaviour(current())
+        if inspect.isawaitable(outcome):
+            if inspect.iscoroutine(outcome):
+                outcome.close()
+            raise Misuse(
+                TypeError(
+                    f"{self!r} has an async behaviour, which cannot run in a sync "
+                    "call: give it a plain function, or make the call async"
+                )
+            )
+
+    async def _abehave(self, behaviour: Callable[[CallContext], object]) -> None:
+        """Run the behaviour in an async call, awaiting it if it is async."""
+        outcome = behaviour(current())
+        if inspect.isawaitable(outcome):
+            await outcome
 
 
 def _rate_spec(rate: float | _RateFunction) -> RateSpec:

@@ -20,7 +20,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable
 from typing import Any, ClassVar, ParamSpec, TypeVar, cast
 
-from ._context import EMPTY, NO_TAGS, VAR
+from . import _shells, _shells_sync
+from ._context import CLOCK, DEADLINE, TAGS, VAR
 from ._misuse import (
     Misuse,
     check_async_entry,
@@ -100,6 +101,16 @@ class Middleware(ABC):
     @abstractmethod
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
         """Return the async endpoint that runs this layer around ``next``."""
+
+    @property
+    def _label(self) -> str:
+        """`` 'name'``, with a leading space, or nothing: how messages name this layer."""
+        return f" {self.name!r}" if self.name else ""
+
+    @property
+    def _repr_name(self) -> str:
+        """``'name', `` or nothing: how a ``repr`` starts its arguments."""
+        return f"{self.name!r}, " if self.name else ""
 
     def settings(self) -> dict[str, Any]:
         """This layer's configuration, for `describe()`; override to show yours."""
@@ -204,8 +215,8 @@ class Middleware(ABC):
         if fn is not self._checked_sync:
             check_sync_entry(fn, self)
         chain = self._sync_chain or self._chains()[0]
-        parent = VAR.get()
-        token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
+        parent = VAR.get()  # _context.entered, inlined (tests/test_context.py keeps them equal)
+        token = VAR.set([self.name, 1, parent[DEADLINE], parent[CLOCK], parent[TAGS]])
         try:
             return chain(fn, args, kwargs)  # type: ignore[no-any-return]
         except Misuse as misuse:
@@ -225,8 +236,8 @@ class Middleware(ABC):
         if fn is not self._checked_async:
             fn = check_async_entry(fn, self)
         chain = self._async_chain or self._chains()[1]
-        parent = VAR.get()
-        token = VAR.set([self.name, 1, parent[2], parent[3], parent[4]])
+        parent = VAR.get()  # _context.entered, inlined
+        token = VAR.set([self.name, 1, parent[DEADLINE], parent[CLOCK], parent[TAGS]])
         try:
             return await chain(fn, args, kwargs)  # type: ignore[no-any-return]
         except Misuse as misuse:
@@ -273,44 +284,6 @@ def decorate(name: str | None, cell: list[Any], fn: Callable[P, R]) -> Callable[
     if not callable(fn):
         raise TypeError(f"can only decorate a callable, got {type(fn).__name__}")
     is_async = check_decorated(fn, name)
-    get = VAR.get
-    set_ = VAR.set
-    reset = VAR.reset
-    empty = EMPTY
-    no_tags = NO_TAGS
-
     if is_async:
-
-        async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-            parent = get()
-            token = set_(
-                [name, 1, None, None, no_tags]
-                if parent is empty
-                else [name, 1, parent[2], parent[3], parent[4]]
-            )
-            try:
-                return await cell[1](fn, args, kwargs)
-            except Misuse as misuse:
-                raise misuse.error from misuse.__context__
-            finally:
-                reset(token)
-
-        functools.update_wrapper(async_wrapper, fn)
-        return cast(Callable[P, R], async_wrapper)
-
-    def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
-        parent = get()
-        token = set_(
-            [name, 1, None, None, no_tags]
-            if parent is empty
-            else [name, 1, parent[2], parent[3], parent[4]]
-        )
-        try:
-            return cell[0](fn, args, kwargs)
-        except Misuse as misuse:
-            raise misuse.error from misuse.__context__
-        finally:
-            reset(token)
-
-    functools.update_wrapper(sync_wrapper, fn)
-    return cast(Callable[P, R], sync_wrapper)
+        return cast(Callable[P, R], _shells.entry(name, cell, fn))
+    return cast(Callable[P, R], _shells_sync.entry(name, cell, fn))

@@ -12,11 +12,13 @@ for the next free worker, which is a moment away.
 from __future__ import annotations
 
 import concurrent.futures
+import contextvars
 import queue
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from ._context import VAR, Raw
 from ._errors import RejectedError
 
 _Work = tuple[concurrent.futures.Future[Any], Callable[..., Any], tuple[Any, ...]]
@@ -103,3 +105,39 @@ class WorkerPool:
                     self._busy -= 1
                     if self._busy == 0:
                         self._idle.notify_all()
+
+
+def hand_off(
+    pool: WorkerPool,
+    raw: Raw,
+    next: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    done: Callable[[], None] | None = None,
+) -> concurrent.futures.Future[Any]:
+    """Run ``next(fn, args, kwargs)`` on a worker, in a copy of the caller's context.
+
+    The worker's call record is ``raw`` (its own deadline, say); ``done()``
+    runs when the call really ends, on the worker, whether the caller still
+    waits for it or not. The walk-away `Timeout` and a thread-isolated
+    `Bulkhead` hand their calls over this way.
+    """
+    context = contextvars.copy_context()
+    return pool.submit(context.run, _run_as, raw, next, fn, args, kwargs, done)
+
+
+def _run_as(
+    raw: Raw,
+    next: Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any],
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    done: Callable[[], None] | None,
+) -> Any:
+    VAR.set(raw)  # inside a copied context of its own: nothing to restore
+    try:
+        return next(fn, args, kwargs)
+    finally:
+        if done is not None:
+            done()

@@ -9,14 +9,16 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
+from . import _shells, _shells_sync
 from . import backoff as _backoff
 from ._budget import RetryBudget, RetryBudgetExhausted, describe_budget
 from ._clock import Clock, validate_clock
-from ._context import ATTEMPT, EMPTY, VAR, own_context, remaining
+from ._context import VAR, remaining
 from ._errors import RejectedError
+from ._events import ATTEMPT_NUMBER, Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify, terminal
 from ._testing_mode import MODE
-from ._validate import callable_or_none, exception_matcher, integer, optional_name
+from ._validate import Matcher, callable_or_none, exception_matcher, integer, optional_name
 from ._validate import seconds as _seconds
 
 __all__ = ["RetriesExhausted", "Retry", "RetryEvent"]
@@ -27,7 +29,7 @@ _DEFAULT_BACKOFF = object()
 
 
 @dataclass(frozen=True, slots=True)
-class RetryEvent:
+class RetryEvent(ResilienceEvent):
     """Passed to ``on_retry`` just before the wait that precedes a new attempt."""
 
     name: str | None
@@ -41,9 +43,15 @@ class RetryEvent:
     result: Any = None
     """The rejected result when ``on_result`` asked for a retry."""
 
+    event = "retry_scheduled"
+
+    def describe(self) -> Described:
+        details = {ATTEMPT_NUMBER: self.attempt, "resilience.retry.delay": self.delay}
+        return self.event, self.error, details
+
 
 @dataclass(frozen=True, slots=True)
-class RetriesExhausted:
+class RetriesExhausted(ResilienceEvent):
     """Sent to a Retry's listeners when it gives up: the last outcome goes to the caller.
 
     A refusal by the Retry's budget sends `RetryBudgetExhausted` instead.
@@ -59,6 +67,15 @@ class RetriesExhausted:
     """The error that will be raised, or None when a result was to be retried."""
     result: Any = None
     """The rejected result that will be returned, for ``on_result`` retries."""
+
+    event = "retries_exhausted"
+
+    def describe(self) -> Described:
+        details = {
+            "resilience.retry.attempts": self.attempts,
+            "resilience.retry.reason": self.reason,
+        }
+        return self.event, self.error, details
 
 
 def _matcher(on: object) -> Callable[[BaseException], bool]:
@@ -124,9 +141,7 @@ class Retry(Middleware):
         self,
         attempts: int = 3,
         *,
-        on: type[BaseException]
-        | tuple[type[BaseException], ...]
-        | Callable[[BaseException], bool] = Exception,
+        on: Matcher = Exception,
         on_result: Callable[[Any], bool] | None = None,
         backoff: _backoff.Backoff | float | Callable[[Any], float] | object = _DEFAULT_BACKOFF,
         max_delay: float | timedelta | None = None,
@@ -168,7 +183,7 @@ class Retry(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         budget = "" if self.budget is None else f", budget={self.budget!r}"
         return (
             f"Retry({label}attempts={self.attempts}, on={_show(self.on)}, "
@@ -190,7 +205,7 @@ class Retry(Middleware):
         note: str,
     ) -> None:
         """Note why on the error, log the end of the retries and tell the listeners."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         if error is not None:
             error.add_note(f"resilience: Retry{label} {note}")
         logger.info(
@@ -207,7 +222,7 @@ class Retry(Middleware):
         self, budget: RetryBudget, attempt: int, error: BaseException | None, result: Any
     ) -> None:
         """The budget refused the next retry: note it, log it, tell the listeners."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         if error is not None:
             error.add_note(
                 f"resilience: Retry{label} stopped after {attempt} attempt(s): its "
@@ -225,7 +240,7 @@ class Retry(Middleware):
         self, attempt: int, delay: float, error: BaseException | None, result: Any
     ) -> None:
         """A retry is scheduled: log it and tell the listeners."""
-        label = f" {self.name!r}" if self.name else ""
+        label = self._label
         logger.debug(
             "resilience: Retry%s retrying in %.3gs after attempt %d failed: %r",
             label,
@@ -239,169 +254,49 @@ class Retry(Middleware):
                 notify(self.on_retry, event, f"the on_retry listener of Retry{label}")
             self._emit(event)
 
-    # -- the shells: the first attempt inline, the rest driven out of the hot path ----
+    # -- the shells (resilience._shells): the first attempt inline, the rest driven ----
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        retryable = self._retryable
-        check = self.on_result
-        again = self._again
-        direct = next is terminal  # innermost: call the function without the extra hop
-        deposit, monotonic, timed = self._first()
-        if deposit is None and not timed:  # the common case: nothing before the attempt
-
-            def retry(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-                try:
-                    result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
-                        raise
-                    return again(next, fn, args, kwargs, exc, None, _NAN)
-                if check is None or not check(result):
-                    return result
-                return again(next, fn, args, kwargs, None, result, _NAN)
-
-            return retry
-
-        def counted(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            if deposit is not None:
-                deposit()
-            started = monotonic() if timed else _NAN
-            try:
-                result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                return again(next, fn, args, kwargs, exc, None, started)
-            if check is None or not check(result):
-                return result
-            return again(next, fn, args, kwargs, None, result, started)
-
-        return counted
+        return self._shell(_shells_sync, next, self.clock.sleep)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        retryable = self._retryable
-        check = self.on_result
-        again = self._aagain
-        deposit, monotonic, timed = self._first()
-        if deposit is None and not timed:
+        return self._shell(_shells, next, self.clock.asleep)  # type: ignore[no-any-return]
 
-            async def retry(
-                fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-            ) -> Any:
-                try:
-                    result = await next(fn, args, kwargs)
-                except Exception as exc:
-                    if not retryable(exc):
-                        raise
-                    return await again(next, fn, args, kwargs, exc, None, _NAN)
-                if check is None or not check(result):
-                    return result
-                return await again(next, fn, args, kwargs, None, result, _NAN)
+    def _shell(self, shells: Any, next: Any, sleep: Any) -> Any:
+        """The first attempt's shell, and what happens before it.
 
-            return retry
-
-        async def counted(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            if deposit is not None:
-                deposit()
-            started = monotonic() if timed else _NAN
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                return await again(next, fn, args, kwargs, exc, None, started)
-            if check is None or not check(result):
-                return result
-            return await again(next, fn, args, kwargs, None, result, started)
-
-        return counted
-
-    def _first(self) -> tuple[Callable[[], None] | None, Callable[[], float], bool]:
-        """What happens before the first attempt: a budget deposit, a clock read.
-
-        The budget's deposit (None without a budget that deposits), once per
-        call; the clock, read when the backoff wants the time since the first
-        attempt (`backoff.Backoff.wants_elapsed`).
+        Before the first attempt, a budget that deposits takes this call's
+        deposit, and a backoff that wants the time since the first attempt
+        (`backoff.Backoff.wants_elapsed`) has the clock read. A failure goes
+        to ``again``, which drives the call's `_Schedule`.
         """
+        direct = next is terminal
+        drive, schedule = shells.retry_again, self._schedule
+        retryable, check = self._retryable, self.on_result
+
+        def again(
+            next: Any, fn: Any, args: Any, kwargs: Any, error: Any, result: Any, started: Any
+        ) -> Any:
+            schedule_ = schedule(_NAN if started is None else started)
+            return drive(schedule_, sleep, retryable, check, next, fn, args, kwargs, error, result)
+
+        return shells.retry(next, direct, (retryable, check, again, self._before()))
+
+    def _before(self) -> Callable[[], float | None] | None:
+        """What a call does before its first attempt: deposit, read the clock; None if nothing."""
         budget = self.budget
         deposit = budget.deposit if budget is not None and budget.deposits else None
-        return deposit, self.clock.monotonic, self.backoff.wants_elapsed
+        monotonic = self.clock.monotonic if self.backoff.wants_elapsed else None
+        if monotonic is None:
+            return deposit
+        if deposit is None:
+            return monotonic
 
-    def _again(
-        self,
-        next: Endpoint,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        error: BaseException | None,
-        result: Any,
-        started: float,
-    ) -> Any:
-        """The sync driver of the schedule: sleep, attempt again, report the outcome."""
-        ctx = VAR.get()
-        if ctx is EMPTY:  # run outside any call (a custom layer's own thread)
-            with own_context():
-                return self._again(next, fn, args, kwargs, error, result, started)
-        schedule = self._schedule(started)
-        first = ctx[ATTEMPT]
-        retryable, check, sleep = self._retryable, self.on_result, self.clock.sleep
-        while (delay := schedule.next_delay(error, result)) is not None:
-            sleep(delay)
-            ctx[ATTEMPT] = schedule.attempt
-            try:
-                result = next(fn, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                error, result = exc, None
-            else:
-                if check is None or not check(result):
-                    return result
-                error = None
-            finally:
-                ctx[ATTEMPT] = first
-        if error is not None:
-            raise error
-        return result
+        def both() -> float:
+            deposit()
+            return monotonic()
 
-    async def _aagain(
-        self,
-        next: AsyncEndpoint,
-        fn: Callable[..., Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        error: BaseException | None,
-        result: Any,
-        started: float,
-    ) -> Any:
-        """The async driver of the schedule: `_again` with the waits and attempts awaited."""
-        ctx = VAR.get()
-        if ctx is EMPTY:  # run outside any call (a custom layer's own task)
-            with own_context():
-                return await self._aagain(next, fn, args, kwargs, error, result, started)
-        schedule = self._schedule(started)
-        first = ctx[ATTEMPT]
-        retryable, check, asleep = self._retryable, self.on_result, self.clock.asleep
-        while (delay := schedule.next_delay(error, result)) is not None:
-            await asleep(delay)
-            ctx[ATTEMPT] = schedule.attempt
-            try:
-                result = await next(fn, args, kwargs)
-            except Exception as exc:
-                if not retryable(exc):
-                    raise
-                error, result = exc, None
-            else:
-                if check is None or not check(result):
-                    return result
-                error = None
-            finally:
-                ctx[ATTEMPT] = first
-        if error is not None:
-            raise error
-        return result
+        return both
 
 
 _NAN = math.nan

@@ -23,13 +23,20 @@ without the lock.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import threading
 from collections import deque
+from typing import TYPE_CHECKING, Any
 
 from ._clock import Clock
-from ._waiters import WaiterQueue
+from ._context import VAR, remaining
+from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
 
-__all__ = ["Slots"]
+logger = logging.getLogger("resilience")
+
+__all__ = ["Admission", "Slots"]
 
 #: Tokens made up front: a small pool serves most bulkheads without a trip to the reserve.
 PREFILL = 64
@@ -155,3 +162,101 @@ class Slots:
     def available(self) -> int:
         """Free slots now, the reserve included."""
         return len(self.free) + self.reserve
+
+
+class Admission:
+    """The slow way into `Slots`, shared by `Bulkhead` and `AdaptiveLimiter`.
+
+    A call that found no free slot on its fast path comes here: a slot given
+    back meanwhile, or a place in the FIFO queue for at most ``max_wait``
+    (and never past the call's deadline), or a refusal. The policy says how
+    it refuses (`_rejection`) and what its "waited" event is
+    (`_waited_event`).
+    """
+
+    _slots: Slots
+    max_queue: int
+    max_wait: float | None
+    clock: Clock
+    _listeners: tuple[Any, ...]
+
+    if TYPE_CHECKING:  # given by Middleware and by the policy
+
+        def _emit(self, event: object) -> None: ...
+
+        @property
+        def _label(self) -> str: ...
+
+        def _rejection(self, waited: float) -> BaseException: ...
+
+        def _waited_event(self, seconds: float) -> object: ...
+
+    @property
+    def in_flight(self) -> int:
+        """Calls holding a slot now."""
+        return self._slots.in_flight()
+
+    @property
+    def queued(self) -> int:
+        """Calls waiting for a slot now."""
+        return self._slots.queue.waiting
+
+    @property
+    def rejected(self) -> int:
+        """Calls refused since the policy was made."""
+        return self._slots.rejected
+
+    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[Waiter | None, float, float]:
+        """Take a slot now (no waiter), or join the queue: ``(waiter, now, give_up)``.
+
+        Raises the policy's rejection when the queue is full or nothing may wait.
+        """
+        slots = self._slots
+        slots.lock()
+        try:
+            queue = slots.queue
+            if not queue.count and slots.take(1.0, 0.0):  # a slot came back meanwhile
+                return None, 0.0, 0.0
+            limit = math.inf if self.max_wait is None else self.max_wait
+            left = remaining(VAR.get())
+            if left is not None and left < limit:
+                limit = max(0.0, left)
+            if queue.waiting < self.max_queue and limit > 0.0:
+                now = self.clock.monotonic()
+                waiter = queue.join(1.0, loop, now)
+                queue.serve(now)  # a slot given back since we looked is not left idle
+                return waiter, now, now + limit
+            slots.rejected += 1
+        finally:
+            slots.unlock()
+        raise self._rejection(0.0)
+
+    def _waited(self, started: float, granted: bool) -> None:
+        """After a wait in the queue: report it, or refuse a waiter whose time ran out."""
+        if granted and not self._listeners and not logger.isEnabledFor(logging.DEBUG):
+            return
+        seconds = self.clock.monotonic() - started
+        if granted:
+            event = self._waited_event(seconds)
+            label = f"{type(self).__name__}{self._label}"
+            logger.debug("resilience: %s: a call waited %.3gs", label, seconds)
+            self._emit(event)
+            return
+        slots = self._slots
+        with slots.mutex:
+            slots.rejected += 1
+        raise self._rejection(seconds)
+
+    def _admit(self) -> None:
+        """Take a slot for this thread, waiting in the queue if allowed, or raise."""
+        waiter, started, give_up = self._enter(None)
+        if waiter is not None:
+            slots = self._slots
+            self._waited(started, wait_turn(slots.queue, slots, waiter, give_up))
+
+    async def _aadmit(self) -> None:
+        """`_admit` for this task."""
+        waiter, started, give_up = self._enter(asyncio.get_running_loop())
+        if waiter is not None:
+            slots = self._slots
+            self._waited(started, await await_turn(slots.queue, slots, waiter, give_up))

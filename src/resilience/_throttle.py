@@ -12,12 +12,13 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from types import TracebackType
 from typing import Any, Literal
 
+from . import _shells, _shells_sync
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import ThrottledError
+from ._events import AdmissionEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._misuse import refuse_async
 from ._validate import number, optional_name
@@ -54,7 +55,7 @@ class ThrottleMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class ThrottleEvent:
+class ThrottleEvent(AdmissionEvent):
     """Sent to the throttle's listeners when a call waited for its tokens or was refused."""
 
     name: str | None
@@ -404,7 +405,7 @@ class Throttle(Middleware):
         return out
 
     def __repr__(self) -> str:
-        label = f"{self.name!r}, " if self.name else ""
+        label = self._repr_name
         wait = "None" if self.max_wait is None else f"{self.max_wait:g}"
         cost = "" if self.cost == 1 else f", cost={getattr(self.cost, '__name__', self.cost)}"
         return (
@@ -497,7 +498,7 @@ class Throttle(Middleware):
         if granted:
             if self._listeners or logger.isEnabledFor(logging.DEBUG):
                 seconds = self.clock.monotonic() - started
-                label = f" {self.name!r}" if self.name else ""
+                label = self._label
                 logger.debug("resilience: Throttle%s: a call waited %.3gs", label, seconds)
                 self._emit(ThrottleEvent(self.name, "waited", cost, seconds))
             return
@@ -563,24 +564,14 @@ class Throttle(Middleware):
         """``with throttle:`` takes one token (or raises `ThrottledError`)."""
         self._admit(1.0, self.max_wait)
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         return None
 
     async def __aenter__(self) -> None:
         """``async with throttle:`` takes one token, as ``async with AsyncLimiter()`` does."""
         await self._aadmit(1.0, self.max_wait)
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         return None
 
     # -- the shells: the bucket's fast path inline, the queue out of line -----------------
@@ -590,61 +581,23 @@ class Throttle(Middleware):
         return _cost(self._cost_of(*args, **kwargs), self.burst, "the cost function's result")
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        if self._cost_of is not None:
-            return self._wrap_weighted(next)
-        admit = self._admit
-        bucket = self._bucket
-        direct = next is terminal  # innermost: call the function without the extra hop
-
-        def admitted(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            admit(bucket.cost, self.max_wait)  # the queue, or ThrottledError
-            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-
-        return bucket.shell(next, direct, admitted)
-
-    def _wrap_weighted(self, next: Endpoint) -> Endpoint:
-        """The sync shell when each call has its own cost."""
-        cost_for = self._cost_for
-        take_now = self._bucket.take_now
-        admit = self._admit
-        direct = next is terminal
-
-        def throttle(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            cost = cost_for(args, kwargs)
-            if not take_now(cost):
-                admit(cost, self.max_wait)
-            return fn(*args, **kwargs) if direct else next(fn, args, kwargs)
-
-        return throttle
+        return self._shell(_shells_sync, next, self._admit)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        if self._cost_of is not None:
-            return self._awrap_weighted(next)
-        admit = self._aadmit
+        return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]
+
+    def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
+        """Calls of one cost: the bucket's fast path, the queue (``admit``) when it says so;
+        calls of their own cost (``cost=`` a function): `_shells.weighted_throttle`."""
+        direct = next is terminal  # innermost: call the function without the extra hop
         bucket = self._bucket
-        direct = next is terminal
-
-        async def admitted(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            await admit(bucket.cost, self.max_wait)  # the queue, or ThrottledError
-            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
-
-        return bucket.shell(next, direct, admitted)
-
-    def _awrap_weighted(self, next: AsyncEndpoint) -> AsyncEndpoint:
-        """The async shell when each call has its own cost."""
-        cost_for = self._cost_for
-        take_now = self._bucket.take_now
-        admit = self._aadmit
-        direct = next is terminal
-
-        async def throttle(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            cost = cost_for(args, kwargs)
-            if not take_now(cost):
-                await admit(cost, self.max_wait)
-            return await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))
-
-        return throttle
+        if self._cost_of is not None:
+            return shells.weighted_throttle(
+                next,
+                direct,
+                self._cost_for,
+                bucket.take_now,
+                lambda cost: admit(cost, self.max_wait),
+            )
+        slow = shells.admitted(next, direct, lambda: admit(bucket.cost, self.max_wait))
+        return bucket.shell(next, direct, slow)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import threading
 from collections.abc import Callable
@@ -12,11 +11,12 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._clock import Clock, validate_clock, wait_future
-from ._context import EMPTY, VAR, Raw, effective_deadline, own_context
-from ._deadlines import DeadlineQueues
+from ._context import CLOCK, DEADLINE, EMPTY, VAR, child, effective_deadline, own_context
+from ._deadlines import FINISHED, FIRED, TASK, DeadlineQueues
 from ._errors import DeadlineCut, TimeoutExceeded
+from ._events import Described, ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
-from ._pool import WorkerPool
+from ._pool import WorkerPool, hand_off
 from ._validate import integer, optional_name
 from ._validate import seconds as _seconds
 
@@ -27,15 +27,8 @@ logger = logging.getLogger("resilience")
 SyncMode = Literal["cooperative", "walk_away"]
 
 
-def _run_in_context(
-    raw: Raw, next: Endpoint, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    VAR.set(raw)  # runs inside a copied context of its own: nothing to restore
-    return next(fn, args, kwargs)
-
-
 @dataclass(frozen=True, slots=True)
-class TimeoutEvent:
+class TimeoutEvent(ResilienceEvent):
     """Sent to the timeout's listeners when its own deadline fired.
 
     Only the layer whose deadline it was sends one: an inner Timeout cut
@@ -48,6 +41,11 @@ class TimeoutEvent:
     """The limit that fired, in seconds."""
     error: TimeoutExceeded
     """The error raised to the caller."""
+
+    event = "timed_out"
+
+    def describe(self) -> Described:
+        return self.event, self.error, {"resilience.timeout.seconds": self.seconds}
 
 
 class Timeout(Middleware):
@@ -125,11 +123,20 @@ class Timeout(Middleware):
         pool = self._pool
         return True if pool is None else pool.drain(timeout)
 
-    def _fired(self, seconds: float) -> TimeoutExceeded:
-        """The error for this layer's own deadline; logged and sent to listeners."""
+    def _passed(self, ours: bool, allowed: float = 0.0) -> TimeoutExceeded:
+        """Who reports a deadline that passed (docs/design.md): the layer whose deadline it was.
+
+        ``ours``: this layer's own deadline passed, so it reports it: its
+        `TimeoutExceeded` (its name, its seconds), logged and sent to its
+        listeners. Otherwise an earlier deadline, set outside, stopped the
+        call after ``allowed`` seconds: a `DeadlineCut`, which the enclosing
+        Timeout that set it turns into its own report.
+        """
+        if not ours:
+            return DeadlineCut(max(0.0, allowed))
+        seconds = self.seconds
         error = TimeoutExceeded(seconds, self.name)
-        label = f" {self.name!r}" if self.name else ""
-        logger.info("resilience: Timeout%s fired after %gs", label, seconds)
+        logger.info("resilience: Timeout%s fired after %gs", self._label, seconds)
         if self._listeners:
             self._emit(TimeoutEvent(self.name, seconds, error))
         return error
@@ -146,50 +153,51 @@ class Timeout(Middleware):
         if self.sync_mode == "walk_away":
             return self._wrap_walk_away(next)
         limit = self.seconds
-        fired = self._fired
+        passed = self._passed
         clock = self.clock
         monotonic = clock.monotonic
         get = VAR.get
         empty = EMPTY
+        deadline_at, clock_at = DEADLINE, CLOCK  # the fields' places, as cells (no global reads)
         direct = next is terminal  # innermost: call the function without the extra hop
 
         def timeout(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
             own = monotonic() + limit
             ctx = get()
-            outer = saved = ctx[2]
-            outer_clock = ctx[3]
+            outer = saved = ctx[deadline_at]
+            outer_clock = ctx[clock_at]
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, own - limit)
             if outer is None or own < outer:
                 if ctx is empty:  # run outside any call (a custom layer's own thread)
                     with own_context():
                         return timeout(fn, args, kwargs)
-                ctx[2] = own
-                ctx[3] = clock
+                ctx[deadline_at] = own
+                ctx[clock_at] = clock
                 try:
                     result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
                 except DeadlineCut as exc:  # a layer inside stopped at a deadline
                     if monotonic() >= own:  # ours, on our own clock
-                        raise fired(limit) from exc
+                        raise passed(True) from exc
                     raise
                 finally:
-                    ctx[2] = saved
-                    ctx[3] = outer_clock
+                    ctx[deadline_at] = saved
+                    ctx[clock_at] = outer_clock
                 if monotonic() >= own:
-                    raise fired(limit)
+                    raise passed(True)
                 return result
             # An earlier deadline is in force: it is the one that can pass, judged
-            # on its own clock, and the layer that set it reports it (DeadlineCut).
+            # on its own clock, and the layer that set it reports it.
             result = fn(*args, **kwargs) if direct else next(fn, args, kwargs)
             if outer_clock.monotonic() >= saved:
-                raise DeadlineCut(max(0.0, outer - (own - limit)))
+                raise passed(False, outer - (own - limit))
             return result
 
         return timeout
 
     def _wrap_walk_away(self, next: Endpoint) -> Endpoint:
         limit = self.seconds
-        fired = self._fired
+        passed = self._passed
         clock = self.clock
         workers = self._workers
 
@@ -199,37 +207,29 @@ class Timeout(Middleware):
             raw = VAR.get()
             outer = effective_deadline(raw, clock, now)
             deadline = own if outer is None or own < outer else outer
-            inner: Raw = [raw[0], raw[1], deadline, clock, raw[4]]
-            context = contextvars.copy_context()
-            future = workers().submit(context.run, _run_in_context, inner, next, fn, args, kwargs)
+            inner = child(raw, deadline, clock)
+            future = hand_off(workers(), inner, next, fn, args, kwargs)
             wait_future(clock, future, deadline)
             if future.done():
                 if deadline == own and isinstance(future.exception(), DeadlineCut):
-                    raise fired(limit) from future.exception()  # a walk-away layer inside
+                    raise passed(True) from future.exception()  # a walk-away layer inside
                 return future.result()
-            if deadline == own:
-                raise fired(limit)
-            raise DeadlineCut(max(0.0, deadline - now))  # an enclosing layer's deadline
+            raise passed(deadline == own, deadline - now)
 
         return timeout
 
     # -- async --------------------------------------------------------------
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        limit = self.seconds
-        fired = self._fired
-        clock = self.clock
-        monotonic = clock.monotonic
-        queues = self._deadline_queues
-        get = VAR.get
-        empty = EMPTY
-        get_loop = asyncio.get_running_loop
-        current_task = asyncio.current_task
-        cancelled_error = asyncio.CancelledError
+        limit, clock, queues, ended = self.seconds, self.clock, self._deadline_queues, self._aended
+        monotonic, get, empty = clock.monotonic, VAR.get, EMPTY
+        deadline_at, clock_at = DEADLINE, CLOCK  # the fields' places, as cells
+        get_loop, current_task = asyncio.get_running_loop, asyncio.current_task
 
         async def timeout(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
+            # 1. the deadline: ours, or an earlier one already in force
             loop = get_loop()
             task = current_task(loop)
             if task is None:  # pragma: no cover - awaited outside a task (not asyncio)
@@ -237,46 +237,61 @@ class Timeout(Middleware):
             now = monotonic()
             own = now + limit
             ctx = get()
-            outer = saved = ctx[2]
-            outer_clock = ctx[3]
+            outer = saved = ctx[deadline_at]
+            outer_clock = ctx[clock_at]
             if outer is not None and outer_clock is not clock:
                 outer = effective_deadline(ctx, clock, now)
             tighter = outer is None or own < outer
             if tighter and ctx is empty:  # run outside any call (a custom layer's own task)
                 with own_context():
                     return await timeout(fn, args, kwargs)
+            # 2. watch it: the loop's deadline queue cancels the task when it passes
             deadlines = queues.last
             if deadlines is None or deadlines.loop is not loop:
                 deadlines = queues.for_loop(loop)
-            entry = deadlines.add(own, task)  # [deadline, task, finished, fired]
+            entry = deadlines.add(own, task)
             if tighter:
-                ctx[2] = own
-                ctx[3] = clock
+                ctx[deadline_at] = own
+                ctx[clock_at] = clock
             cancelling = task.cancelling()
-            try:
+            try:  # 3. the call, and 4. what its end means
                 result = await next(fn, args, kwargs)
-            except cancelled_error as exc:
-                if entry[3] and task.uncancel() <= cancelling:
-                    raise fired(limit) from exc
-                raise
-            except DeadlineCut as exc:  # a sync layer inside stopped at a deadline
-                if entry[3]:
-                    task.uncancel()
-                if tighter and monotonic() >= own:  # ours
-                    raise fired(limit) from exc
-                raise
-            except BaseException:
-                if entry[3]:
-                    task.uncancel()
+            except BaseException as exc:
+                ended(exc, entry, task, cancelling, tighter and monotonic() >= own)
                 raise
             finally:
-                entry[2] = True  # finished: the timer skips it
-                entry[1] = None  # and the queue holds nothing of the call any more
+                entry[FINISHED] = True  # the timer skips it
+                entry[TASK] = None  # and the queue holds nothing of the call any more
                 if tighter:
-                    ctx[2] = saved
-                    ctx[3] = outer_clock
-            if entry[3]:  # the call swallowed our cancellation and returned
+                    ctx[deadline_at] = saved
+                    ctx[clock_at] = outer_clock
+            if entry[FIRED]:  # the call swallowed our cancellation and returned
                 task.uncancel()
             return result
 
         return timeout
+
+    def _aended(
+        self,
+        error: BaseException,
+        entry: list[Any],
+        task: asyncio.Task[Any],
+        cancelling: int,
+        past_our_deadline: bool,
+    ) -> None:
+        """An async call raised ``error``: take back our cancellation, say who reports.
+
+        Raises this layer's `TimeoutExceeded` (from ``error``) when it was our
+        own deadline: our timer cancelled the task (and no other cancellation
+        is pending), or a sync layer inside stopped at our deadline. Returns
+        otherwise, and the caller re-raises ``error`` as it is.
+        """
+        fired = entry[FIRED]
+        if isinstance(error, asyncio.CancelledError):
+            if fired and task.uncancel() <= cancelling:
+                raise self._passed(True) from error
+            return
+        if fired:
+            task.uncancel()
+        if isinstance(error, DeadlineCut) and past_our_deadline:
+            raise self._passed(True) from error

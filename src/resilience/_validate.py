@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -10,6 +11,9 @@ from typing import Any
 from ._misuse import refuse_async
 
 Predicate = Callable[[BaseException], bool]
+
+#: What ``on=``-style parameters take: an exception type, a tuple of them, or a predicate.
+Matcher = type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool]
 
 #: Control flow that no policy may retry, count as a failure or swallow.
 CONTROL_FLOW: tuple[type[BaseException], ...] = (KeyboardInterrupt, SystemExit, GeneratorExit)
@@ -100,3 +104,14 @@ def exception_matcher(
         f"{name} must be an exception type, a tuple of them, or a predicate, "
         f"got {type(value).__name__}"
     )
+
+
+def random_source(seed: object, name: str = "seed") -> random.Random:
+    """A random source from a seed: None (fresh), an int, or a `random.Random` (used as is)."""
+    if seed is None:
+        return random.Random()
+    if isinstance(seed, random.Random):
+        return seed
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"{name} must be an int or a random.Random, got {type(seed).__name__}")
+    return random.Random(seed)

@@ -222,24 +222,30 @@ class WaiterQueue:
 
 
 def _next_round(
-    queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float
-) -> tuple[bool | None, float, float | None]:
+    queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float, new_signal: Callable[[], Any]
+) -> tuple[bool | None, float, float | None, Any]:
     """One decision, under the gate's lock: granted, gave up, or wait until when.
 
-    Returns ``(done, now, at)``: ``done`` is True when granted, False when the
-    waiter gave up (and left), None to wait again, on the head's timer ``at``
-    or on a signal.
+    Returns ``(done, now, at, signal)``: ``done`` is True when granted, False
+    when the waiter gave up (and left), None to wait again, on the head's
+    timer ``at`` or on ``signal``, a fresh future (from ``new_signal``) that
+    whoever grants the waiter sets.
     """
-    now = gate.clock.monotonic()
-    if waiter.state == WAITING:
-        queue.serve(now)
-    if waiter.state == GRANTED:
-        return True, now, None
-    if now >= give_up:
-        queue.leave(waiter, now)
-        return False, now, None
-    at = gate.ready_at(waiter.cost, now) if queue.head() is waiter else None
-    return None, now, at
+    gate.lock()
+    try:
+        now = gate.clock.monotonic()
+        if waiter.state == WAITING:
+            queue.serve(now)
+        if waiter.state == GRANTED:
+            return True, now, None, None
+        if now >= give_up:
+            queue.leave(waiter, now)
+            return False, now, None, None
+        at = gate.ready_at(waiter.cost, now) if queue.head() is waiter else None
+        signal = waiter.signal = new_signal()
+        return None, now, at, signal
+    finally:
+        gate.unlock()
 
 
 def _refuse_on_an_event_loop() -> None:
@@ -269,15 +275,11 @@ def wait_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float) ->
     clock = gate.clock
     try:
         while True:
-            gate.lock()
-            try:
-                done, now, at = _next_round(queue, gate, waiter, give_up)
-                if done is not None:
-                    return done
-                signal: concurrent.futures.Future[None] = concurrent.futures.Future()
-                waiter.signal = signal
-            finally:
-                gate.unlock()
+            done, now, at, signal = _next_round(
+                queue, gate, waiter, give_up, concurrent.futures.Future
+            )
+            if done is not None:
+                return done
             if at is not None:
                 # The head sleeps like any sleeper (an auto-advancing FakeClock moves on).
                 clock.sleep(max(0.0, min(at, give_up) - now))
@@ -296,15 +298,9 @@ async def await_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: fl
     assert loop is not None
     try:
         while True:
-            gate.lock()
-            try:
-                done, now, at = _next_round(queue, gate, waiter, give_up)
-                if done is not None:
-                    return done
-                signal: asyncio.Future[None] = loop.create_future()
-                waiter.signal = signal
-            finally:
-                gate.unlock()
+            done, now, at, signal = _next_round(queue, gate, waiter, give_up, loop.create_future)
+            if done is not None:
+                return done
             if at is not None:
                 await clock.asleep(max(0.0, min(at, give_up) - now))
                 continue

@@ -36,7 +36,7 @@ from datetime import UTC
 from typing import Any, ClassVar, Literal
 
 from ._misuse import refuse_async
-from ._validate import number
+from ._validate import number, random_source
 
 __all__ = [
     "Backoff",
@@ -60,13 +60,7 @@ _LOG_MAX_FLOAT = math.log(1.7976931348623157e308)
 
 
 def _rng(seed: int | _random.Random | None) -> _random.Random:
-    if seed is None:
-        return _random.Random()
-    if isinstance(seed, _random.Random):
-        return seed
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an int or a random.Random, got {type(seed).__name__}")
-    return _random.Random(seed)
+    return random_source(seed)
 
 
 def _jitter_mode(value: object) -> Jitter | None:
@@ -180,16 +174,12 @@ class _Constant(_Capped):
         return f"constant({self.value:g}{self._tail()})"
 
 
+# The concrete strategies take their own parameters, then `_Capped`'s (maximum, jitter, seed).
+
+
 class _Linear(_Capped):
-    def __init__(
-        self,
-        initial: float,
-        step: float | None,
-        maximum: float,
-        jitter: Jitter | None,
-        seed: int | _random.Random | None,
-    ) -> None:
-        super().__init__(maximum, jitter, seed)
+    def __init__(self, initial: float, step: float | None, *cap: Any) -> None:
+        super().__init__(*cap)
         self.initial = number(initial, "initial", minimum=0.0)
         self.step = self.initial if step is None else number(step, "step", minimum=0.0)
 
@@ -201,15 +191,8 @@ class _Linear(_Capped):
 
 
 class _Exponential(_Capped):
-    def __init__(
-        self,
-        initial: float,
-        base: float,
-        maximum: float,
-        jitter: Jitter | None,
-        seed: int | _random.Random | None,
-    ) -> None:
-        super().__init__(maximum, jitter, seed)
+    def __init__(self, initial: float, base: float, *cap: Any) -> None:
+        super().__init__(*cap)
         self.initial = number(initial, "initial", minimum=0.0)
         self.base = number(base, "base", minimum=1.0)
 
@@ -227,14 +210,8 @@ class _Exponential(_Capped):
 
 
 class _Fibonacci(_Capped):
-    def __init__(
-        self,
-        initial: float,
-        maximum: float,
-        jitter: Jitter | None,
-        seed: int | _random.Random | None,
-    ) -> None:
-        super().__init__(maximum, jitter, seed)
+    def __init__(self, initial: float, *cap: Any) -> None:
+        super().__init__(*cap)
         self.initial = number(initial, "initial", minimum=0.0)
 
     def base_delay(self, retry: int) -> float:

@@ -79,17 +79,14 @@ class RunResult:
 
     label: str
     requests: int = 0
-    fresh: int = 0
-    """Requests answered by the service itself."""
-    fallbacks: int = 0
-    """Requests answered by the fallback (stale but usable)."""
+    fresh: int = 0  # answered by the service itself
+    fallbacks: int = 0  # answered by the fallback (stale but usable)
     failed: int = 0
-    downstream_calls: int = 0
-    """Calls that reached the service (retries included)."""
+    downstream_calls: int = 0  # calls that reached the service, retries included
     trips: int = 0
     latencies: list[float] = field(default_factory=list)
     timeline: list[tuple[float, bool, float]] = field(default_factory=list)
-    """(seconds since start, answered, latency) per request."""
+    # ^ (seconds since start, answered, latency) per request
 
     @property
     def answered(self) -> int:
@@ -173,26 +170,32 @@ def protected_pipeline(options: DemoOptions) -> tuple[Pipeline, CircuitBreaker]:
     return pipeline, breaker
 
 
-async def _run(
-    label: str,
-    options: DemoOptions,
-    call: Callable[[Downstream, int], Awaitable[dict[str, Any]]],
-    on_tick: Callable[[float, RunResult], str] | None = None,
-) -> tuple[RunResult, Downstream]:
-    result = RunResult(label)
-    loop = asyncio.get_running_loop()
-    start = loop.time()
+class _Run:
+    """One simulated run: clients sending requests on an open loop, and a progress line."""
 
-    def elapsed() -> float:
-        return loop.time() - start
+    def __init__(
+        self,
+        label: str,
+        options: DemoOptions,
+        call: Callable[[Downstream, int], Awaitable[dict[str, Any]]],
+        on_tick: Callable[[float, RunResult], str] | None,
+    ) -> None:
+        self.label, self.options, self.call, self.on_tick = label, options, call, on_tick
+        self.result = RunResult(label)
+        self.loop = asyncio.get_running_loop()
+        self.start = self.loop.time()
+        self.service = Downstream(options, self.elapsed)
+        self.rng = random.Random(options.seed + 2)
+        self.in_flight: set[asyncio.Task[None]] = set()
 
-    service = Downstream(options, elapsed)
-    rng = random.Random(options.seed + 2)
+    def elapsed(self) -> float:
+        return self.loop.time() - self.start
 
-    async def request(sku: int) -> None:
-        began = loop.time()
+    async def request(self, sku: int) -> None:
+        result = self.result
+        began = self.loop.time()
         try:
-            answer = await call(service, sku)
+            answer = await self.call(self.service, sku)
         except Exception:
             result.failed += 1
             answered = False
@@ -202,49 +205,58 @@ async def _run(
                 result.fallbacks += 1
             else:
                 result.fresh += 1
-        took = loop.time() - began
+        took = self.loop.time() - began
         result.requests += 1
         result.latencies.append(took)
-        result.timeline.append((began - start, answered, took))
+        result.timeline.append((began - self.start, answered, took))
 
-    in_flight: set[asyncio.Task[None]] = set()
-
-    async def client(index: int) -> None:
+    async def client(self, index: int) -> None:
         # Open loop: a client sends its next request on schedule, whether or
         # not the last one has come back, as independent users would. Both
         # runs therefore offer the service the same load.
         sku = index * 1_000_000
-        while elapsed() < options.duration:
+        while self.elapsed() < self.options.duration:
             sku += 1
-            task = asyncio.create_task(request(sku))
-            in_flight.add(task)
-            task.add_done_callback(in_flight.discard)
-            await asyncio.sleep(rng.uniform(0.5, 1.5) * options.interval)
+            task = asyncio.create_task(self.request(sku))
+            self.in_flight.add(task)
+            task.add_done_callback(self.in_flight.discard)
+            await asyncio.sleep(self.rng.uniform(0.5, 1.5) * self.options.interval)
 
-    async def progress() -> None:
+    async def progress(self) -> None:
         second = 0
-        while elapsed() < options.duration:
+        while self.elapsed() < self.options.duration:
             await asyncio.sleep(1.0)
             second += 1
-            if not options.quiet:
-                done = result.requests
-                rate = 100.0 * result.answered / done if done else 0.0
-                extra = on_tick(elapsed(), result) if on_tick else ""
+            if not self.options.quiet:
+                done = self.result.requests
+                rate = 100.0 * self.result.answered / done if done else 0.0
+                extra = self.on_tick(self.elapsed(), self.result) if self.on_tick else ""
                 print(
-                    f"  {label:<12} t={second:>3}s  requests done={done:>6}"
-                    f"  answered={rate:5.1f}%  downstream calls started={service.calls:>6}{extra}",
+                    f"  {self.label:<12} t={second:>3}s  requests done={done:>6}"
+                    f"  answered={rate:5.1f}%  downstream calls started="
+                    f"{self.service.calls:>6}{extra}",
                     flush=True,
                 )
 
-    watcher = asyncio.create_task(progress())
-    await asyncio.gather(*(client(i) for i in range(options.clients)))
-    while in_flight:  # the requests still out when the run ends
-        await asyncio.gather(*list(in_flight))
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    result.downstream_calls = service.calls
-    return result, service
+    async def __call__(self) -> tuple[RunResult, Downstream]:
+        watcher = asyncio.create_task(self.progress())
+        await asyncio.gather(*(self.client(i) for i in range(self.options.clients)))
+        while self.in_flight:  # the requests still out when the run ends
+            await asyncio.gather(*list(self.in_flight))
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        self.result.downstream_calls = self.service.calls
+        return self.result, self.service
+
+
+async def _run(
+    label: str,
+    options: DemoOptions,
+    call: Callable[[Downstream, int], Awaitable[dict[str, Any]]],
+    on_tick: Callable[[float, RunResult], str] | None = None,
+) -> tuple[RunResult, Downstream]:
+    return await _Run(label, options, call, on_tick)()
 
 
 async def run_demo(options: DemoOptions) -> tuple[RunResult, RunResult]:
@@ -335,7 +347,8 @@ def plot(bare: RunResult, guarded: RunResult, path: str, duration: float) -> Non
         import matplotlib.pyplot as plt
     except ImportError:
         raise SystemExit(
-            "--plot needs matplotlib: pip install 'resilience[plot]' (or pip install matplotlib)"
+            "--plot needs matplotlib: "
+            "pip install 'resilience-layers[plot]' (or pip install matplotlib)"
         ) from None
     seconds = max(1, math.ceil(duration))
     figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
@@ -377,6 +390,18 @@ def _count(text: str) -> int:
     return value
 
 
+# The command line: flag, parser of its value, help (the field is the flag's name).
+_FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
+    ("--duration", _positive, "seconds per run; there are two runs"),
+    ("--clients", _count, "concurrent clients"),
+    ("--error-rate", _fraction, "share of calls that fail"),
+    ("--slow-rate", _fraction, "share of calls that are slow"),
+    ("--slow-seconds", _positive, "how slow a slow call is"),
+    ("--outage-length", _fraction, "share of each run the service is down"),
+    ("--seed", int, "seed of the fault injection"),
+)
+
+
 def parse(argv: Sequence[str]) -> tuple[DemoOptions, str | None]:
     parser = argparse.ArgumentParser(
         prog="python -m resilience demo",
@@ -384,62 +409,15 @@ def parse(argv: Sequence[str]) -> tuple[DemoOptions, str | None]:
         "a resilience pipeline, and compare.",
     )
     defaults = DemoOptions()
-    parser.add_argument(
-        "--duration",
-        type=_positive,
-        default=defaults.duration,
-        help="seconds per run; there are two runs (default %(default)s)",
-    )
-    parser.add_argument(
-        "--clients",
-        type=_count,
-        default=defaults.clients,
-        help="concurrent clients (default %(default)s)",
-    )
-    parser.add_argument(
-        "--error-rate",
-        type=_fraction,
-        default=defaults.error_rate,
-        help="share of calls that fail (default %(default)s)",
-    )
-    parser.add_argument(
-        "--slow-rate",
-        type=_fraction,
-        default=defaults.slow_rate,
-        help="share of calls that are slow (default %(default)s)",
-    )
-    parser.add_argument(
-        "--slow-seconds",
-        type=_positive,
-        default=defaults.slow_seconds,
-        help="how slow a slow call is (default %(default)s)",
-    )
-    parser.add_argument(
-        "--outage-length",
-        type=_fraction,
-        default=defaults.outage_length,
-        help="share of each run the service is down (default %(default)s)",
-    )
-    parser.add_argument(
-        "--seed",
-        type=int,
-        default=defaults.seed,
-        help="seed of the fault injection (default %(default)s)",
-    )
+    names = [flag[2:].replace("-", "_") for flag, _, _ in _FLAGS]
+    for (flag, kind, text), name in zip(_FLAGS, names, strict=True):
+        default = getattr(defaults, name)
+        parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
     parser.add_argument("--plot", metavar="FILE.png", help="draw both runs (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
     args = parser.parse_args(list(argv))
-    options = DemoOptions(
-        duration=args.duration,
-        clients=args.clients,
-        error_rate=args.error_rate,
-        slow_rate=args.slow_rate,
-        slow_seconds=args.slow_seconds,
-        outage_length=args.outage_length,
-        seed=args.seed,
-        quiet=args.quiet,
-    )
-    return options, args.plot
+    given = {name: getattr(args, name) for name in names}
+    return DemoOptions(**given, quiet=args.quiet), args.plot
 
 
 def main(argv: Sequence[str] | None = None) -> int:

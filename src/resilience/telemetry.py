@@ -21,14 +21,11 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from contextvars import Token
-from types import SimpleNamespace, TracebackType
 from typing import Any, Final
 
 from opentelemetry import context as _otel_context
 from opentelemetry import metrics as _metrics
 from opentelemetry import trace as _trace
-from opentelemetry.context import Context
 from opentelemetry.metrics import (
     CallbackOptions,
     Counter,
@@ -41,24 +38,31 @@ from opentelemetry.metrics import (
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, TracerProvider
 from opentelemetry.util.types import AttributeValue
 
-from . import __version__
-from ._adaptive import AdaptiveLimiter, AdaptiveLimiterEvent, LimitChange
-from ._adaptive_throttler import AdaptiveThrottler, AdaptiveThrottlerEvent
-from ._budget import RetryBudgetExhausted
-from ._bulkhead import Bulkhead, BulkheadEvent
-from ._circuit_breaker import CircuitBreaker, CircuitOutcome, CircuitStateChange
+from . import __version__, _shells, _shells_sync
+from ._adaptive import AdaptiveLimiter
+from ._adaptive_throttler import AdaptiveThrottler
+from ._bulkhead import Bulkhead
+from ._circuit_breaker import CircuitBreaker
 from ._circuit_store import CircuitState
 from ._clock import Clock, validate_clock
-from ._context import VAR
-from ._fallback import FallbackEvent
-from ._faults import FaultEvent
-from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._context import ATTEMPT, PIPELINE, VAR
+from ._events import (
+    ATTEMPT_NUMBER,
+    CIRCUIT_STATE,
+    ERROR_TYPE,
+    EVENT,
+    OUTCOME,
+    PIPELINE_NAME,
+    POLICY_NAME,
+    POLICY_TYPE,
+    Described,
+    ResilienceEvent,
+)
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pipeline import Pipeline
-from ._retry import RetriesExhausted, RetryEvent
-from ._throttle import Throttle, ThrottleEvent
-from ._timeout import TimeoutEvent
+from ._throttle import Throttle
 
-__all__ = [
+__all__ = [  # the attribute names (resilience._events), and what this module adds
     "ATTEMPT_NUMBER",
     "CIRCUIT_STATE",
     "DURATION_BUCKETS",
@@ -72,29 +76,13 @@ __all__ = [
     "Instrumentation",
     "event_name",
     "instrument",
+    "sdk_behind",
 ]
 
 logger = logging.getLogger("resilience")
 
 SCOPE: Final = "resilience"
 """The one instrumentation scope of every meter and tracer, with the package version."""
-
-PIPELINE_NAME: Final = "resilience.pipeline.name"
-"""Attribute: the name of the pipeline (or standalone policy) running the call."""
-POLICY_TYPE: Final = "resilience.policy.type"
-"""Attribute: the kind of layer that sent the event (``retry``, ``circuit_breaker``...)."""
-POLICY_NAME: Final = "resilience.policy.name"
-"""Attribute: the name of the layer that sent the event."""
-EVENT: Final = "resilience.event"
-"""Attribute: what happened (``retry_scheduled``, ``circuit_opened``, ``rejected``...)."""
-OUTCOME: Final = "resilience.outcome"
-"""Attribute: how a call or attempt ended: ``success``, ``failure`` or ``cancelled``."""
-ATTEMPT_NUMBER: Final = "resilience.attempt.number"
-"""Attribute: the attempt's number, 1-based."""
-ERROR_TYPE: Final = "error.type"
-"""Attribute (OpenTelemetry's own): the exception's class name."""
-CIRCUIT_STATE: Final = "resilience.circuit_breaker.state"
-"""Attribute: a circuit breaker state (``closed``, ``open``, ``half_open``...)."""
 
 DURATION_BUCKETS: Final = (
     0.001,
@@ -117,16 +105,24 @@ DURATION_BUCKETS: Final = (
 )
 """Bucket bounds in seconds advised to the SDK for both duration histograms."""
 
-_CIRCUIT_VERBS = {
-    CircuitState.CLOSED: "circuit_closed",
-    CircuitState.OPEN: "circuit_opened",
-    CircuitState.HALF_OPEN: "circuit_half_opened",
-    CircuitState.ISOLATED: "circuit_isolated",
-    CircuitState.DISABLED: "circuit_disabled",
-}
+_RENAMED = object()
 
-# A probe that never reports an SDK: for signals that are statically on or off.
-_NEVER = SimpleNamespace(_real_instrument=None, _TRACER_PROVIDER=None)
+
+def sdk_behind(proxy: object, private_name: str) -> bool:
+    """Whether an SDK stands behind one of opentelemetry-api's global proxies, now.
+
+    The one place this module reads opentelemetry-api's private names: a
+    proxy instrument's ``_real_instrument`` and the module attribute
+    ``opentelemetry.trace._TRACER_PROVIDER`` stay None until the application
+    sets an SDK. Should a release rename them, the answer is True: calls are
+    then timed and traced as with an SDK (slower, but nothing is lost), and
+    ``tests/test_telemetry.py`` fails loudly so that this is noticed.
+    """
+    return getattr(proxy, private_name, _RENAMED) is not None
+
+
+#: ``(proxy, private name)`` to ask `sdk_behind`, or None: the signal is on or off for good.
+Probe = tuple[object, str] | None
 
 Attributes = dict[str, AttributeValue]
 
@@ -134,68 +130,15 @@ Attributes = dict[str, AttributeValue]
 # -- events -> names ---------------------------------------------------------------------
 
 
-def _describe(event: object) -> tuple[str, BaseException | None, Attributes] | None:
-    """The event's name, its error, and the details that go on its span event only."""
-    if isinstance(event, RetryEvent):
-        return (
-            "retry_scheduled",
-            event.error,
-            {
-                ATTEMPT_NUMBER: event.attempt,
-                "resilience.retry.delay": event.delay,
-            },
-        )
-    if isinstance(event, RetriesExhausted):
-        return (
-            "retries_exhausted",
-            event.error,
-            {
-                "resilience.retry.attempts": event.attempts,
-                "resilience.retry.reason": event.reason,
-            },
-        )
-    if isinstance(event, RetryBudgetExhausted):
-        return "retry_budget_exhausted", event.error, {"resilience.retry.attempts": event.attempt}
-    if isinstance(event, CircuitStateChange):
-        return (
-            _CIRCUIT_VERBS[event.new],
-            None,
-            {
-                CIRCUIT_STATE: event.new.value,
-                "resilience.circuit_breaker.previous_state": event.old.value,
-            },
-        )
-    if isinstance(event, CircuitOutcome):  # only rejections are sent to listeners
-        return ("rejected", event.error, {}) if event.outcome == "rejected" else None
-    if isinstance(event, ThrottleEvent | BulkheadEvent | AdaptiveLimiterEvent):
-        return event.outcome, event.error, {"resilience.wait.seconds": event.seconds}
-    if isinstance(event, AdaptiveThrottlerEvent):
-        return "rejected", event.error, {"resilience.probability": event.probability}
-    if isinstance(event, LimitChange):
-        return (
-            "limit_changed",
-            None,
-            {
-                "resilience.adaptive_limiter.limit": event.new,
-                "resilience.adaptive_limiter.previous_limit": event.old,
-            },
-        )
-    if isinstance(event, TimeoutEvent):
-        return "timed_out", event.error, {"resilience.timeout.seconds": event.seconds}
-    if isinstance(event, FaultEvent):
-        plan = event.plan
-        return (
-            "fault_injected",
-            plan.error,
-            {
-                "resilience.fault.latency": plan.latency,
-                "resilience.fault.result": plan.replace_result,
-                "resilience.fault.behaviour": plan.behaviour,
-            },
-        )
-    if isinstance(event, FallbackEvent):
-        return "fallback_served", event.error, {}
-    error = getattr(event, "error", None)  # a custom layer's own event
+def _describe(event: object) -> Described | None:
+    """The event's name, its error, and the details that go on its span event only.
+
+    Events describe themselves (`resilience.events.ResilienceEvent`); a custom
+    layer's own event is counted under its class name, with its ``error``.
+    """
+    if isinstance(event, ResilienceEvent):
+        return event.describe()
+    error = getattr(event, "error", None)
     return type(event).__name__, error if isinstance(error, BaseException) else None, {}
 
 
@@ -217,6 +160,43 @@ def _error_type(error: BaseException) -> str:
 
 
 # -- the instruments of one meter provider, shared by every instrumentation using it ----------
+
+
+#: The gauges read from a policy's ``metrics()``: name, unit, description, policy, field.
+_GAUGES: tuple[tuple[str, str, str, type[Any], str], ...] = (
+    ("bulkhead.in_flight", "{call}", "Calls holding a bulkhead slot.", Bulkhead, "in_flight"),
+    ("bulkhead.queued", "{call}", "Calls waiting for a bulkhead slot.", Bulkhead, "queued"),
+    ("throttle.tokens", "{token}", "Tokens in the throttle's bucket.", Throttle, "available"),
+    ("throttle.queued", "{call}", "Calls waiting for throttle tokens.", Throttle, "queued"),
+    (
+        "adaptive_limiter.limit",
+        "{call}",
+        "The adaptive limiter's current limit.",
+        AdaptiveLimiter,
+        "limit",
+    ),
+    (
+        "adaptive_throttler.probability",
+        "1",
+        "The probability that the adaptive throttler rejects the next call locally.",
+        AdaptiveThrottler,
+        "probability",
+    ),
+    (
+        "adaptive_limiter.in_flight",
+        "{call}",
+        "Calls holding an adaptive limiter slot.",
+        AdaptiveLimiter,
+        "in_flight",
+    ),
+    (
+        "adaptive_limiter.queued",
+        "{call}",
+        "Calls waiting for an adaptive limiter slot.",
+        AdaptiveLimiter,
+        "queued",
+    ),
+)
 
 
 class _Signals:
@@ -243,66 +223,23 @@ class _Signals:
         self.lock = threading.Lock()
         # id(layer) -> [layer, instrumentations using it, unsubscribe]
         self.layers: dict[int, list[Any]] = {}
-        gauges: list[tuple[str, str, str, Callable[[], Iterator[Observation]]]] = [
-            (
-                "resilience.circuit_breaker.state",
-                "1",
-                "1 for the breaker's current state, 0 for the others.",
-                self._breaker_states,
-            ),
-            (
-                "resilience.bulkhead.in_flight",
-                "{call}",
-                "Calls holding a bulkhead slot.",
-                self._gauge(Bulkhead, lambda b: b.metrics().in_flight),
-            ),
-            (
-                "resilience.bulkhead.queued",
-                "{call}",
-                "Calls waiting for a bulkhead slot.",
-                self._gauge(Bulkhead, lambda b: b.metrics().queued),
-            ),
-            (
-                "resilience.throttle.tokens",
-                "{token}",
-                "Tokens in the throttle's bucket.",
-                self._gauge(Throttle, lambda t: t.metrics().available),
-            ),
-            (
-                "resilience.throttle.queued",
-                "{call}",
-                "Calls waiting for throttle tokens.",
-                self._gauge(Throttle, lambda t: t.metrics().queued),
-            ),
-            (
-                "resilience.adaptive_limiter.limit",
-                "{call}",
-                "The adaptive limiter's current limit.",
-                self._gauge(AdaptiveLimiter, lambda a: a.metrics().limit),
-            ),
-            (
-                "resilience.adaptive_throttler.probability",
-                "1",
-                "The probability that the adaptive throttler rejects the next call locally.",
-                self._gauge(AdaptiveThrottler, lambda a: a.metrics().probability),
-            ),
-            (
-                "resilience.adaptive_limiter.in_flight",
-                "{call}",
-                "Calls holding an adaptive limiter slot.",
-                self._gauge(AdaptiveLimiter, lambda a: a.metrics().in_flight),
-            ),
-            (
-                "resilience.adaptive_limiter.queued",
-                "{call}",
-                "Calls waiting for an adaptive limiter slot.",
-                self._gauge(AdaptiveLimiter, lambda a: a.metrics().queued),
-            ),
-        ]
-        for name, unit, description, observe in gauges:
+        for name, unit, description, observe in self._gauges():
             meter.create_observable_gauge(
                 name, callbacks=[_callback(observe)], unit=unit, description=description
             )
+
+    def _gauges(self) -> list[tuple[str, str, str, Callable[[], Iterator[Observation]]]]:
+        """The observable gauges: name, unit, description, and what they read at collection."""
+        states = (
+            "resilience.circuit_breaker.state",
+            "1",
+            "1 for the breaker's current state, 0 for the others.",
+            self._breaker_states,
+        )
+        return [states] + [
+            (f"resilience.{name}", unit, description, self._gauge(kind, field))
+            for name, unit, description, kind, field in _GAUGES
+        ]
 
     def _snapshot(self, kind: type[Any]) -> list[Any]:
         with self.lock:
@@ -315,12 +252,10 @@ class _Signals:
             for state in CircuitState:
                 yield Observation(1 if state is now else 0, {**base, CIRCUIT_STATE: state.value})
 
-    def _gauge(
-        self, kind: type[Any], read: Callable[[Any], float]
-    ) -> Callable[[], Iterator[Observation]]:
+    def _gauge(self, kind: type[Any], field: str) -> Callable[[], Iterator[Observation]]:
         def observe() -> Iterator[Observation]:
             for layer in self._snapshot(kind):
-                yield Observation(read(layer), _policy_attributes(layer))
+                yield Observation(getattr(layer.metrics(), field), _policy_attributes(layer))
 
         return observe
 
@@ -353,7 +288,7 @@ class _Signals:
                 return
             name, error, details = described
             attributes: Attributes = {**policy, EVENT: name}
-            pipeline = VAR.get()[0]
+            pipeline = VAR.get()[PIPELINE]
             if pipeline is not None:
                 attributes[PIPELINE_NAME] = pipeline
             if error is not None:
@@ -451,8 +386,8 @@ class Instrumentation:
         self._full: tuple[Endpoint, AsyncEndpoint] | None = None
         for layer in self._layers:
             signals.attach(layer)
-        off = not (self._metrics_on or self._metrics_probe is not _NEVER)
-        off = off and not (self._traces_on or self._traces_probe is not _NEVER)
+        off = not (self._metrics_on or self._metrics_probe is not None)
+        off = off and not (self._traces_on or self._traces_probe is not None)
         if off:
             pass  # no-op providers: nothing to time, nothing to trace
         elif self._metrics_on or self._traces_on:
@@ -480,12 +415,7 @@ class Instrumentation:
     def __enter__(self) -> Instrumentation:
         return self
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.uninstrument()
 
     # -- chains -----------------------------------------------------------------------------
@@ -500,8 +430,8 @@ class Instrumentation:
                 return self._original
             if self._full is not None:
                 return self._full
-            metering = self._metrics_on or self._metrics_probe._real_instrument is not None
-            tracing = self._traces_on or self._traces_probe._TRACER_PROVIDER is not None
+            metering = self._metrics_on or _asked(self._metrics_probe)
+            tracing = self._traces_on or _asked(self._traces_probe)
             if metering or tracing:
                 chains = self._build()
             else:
@@ -533,143 +463,54 @@ class Instrumentation:
 
     def _build(self) -> tuple[Endpoint, AsyncEndpoint]:
         """The timed, traced chains: the target's layers around an attempt hook."""
-        target = self.target
-        sync_inner = target.wrap(self._attempt())
-        async_inner = target.awrap(self._aattempt())
-        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
-        traces_on, traces_probe = self._traces_on, self._traces_probe
-        tracer = self._tracer
-        span_name = self._span_name
-        base = self._base
-        now = self._now
-        finish = self._finish
-        record = self._signals.call_duration.record
-        internal = SpanKind.INTERNAL
-        attach = _otel_context.attach
-        in_context = _trace.set_span_in_context
-
-        def instrumented(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
-            span: Span | None = None
-            token: Token[Context] | None = None
-            if traces_on or traces_probe._TRACER_PROVIDER is not None:
-                span = tracer.start_span(span_name, kind=internal, attributes=base)
-                token = attach(in_context(span))
-            started = now()
-            try:
-                result = sync_inner(fn, args, kwargs)
-            except BaseException as error:
-                finish(record if metering else None, base, now() - started, error, span, token)
-                raise
-            finish(record if metering else None, base, now() - started, None, span, token)
-            return result
-
-        async def ainstrumented(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
-            span: Span | None = None
-            token: Token[Context] | None = None
-            if traces_on or traces_probe._TRACER_PROVIDER is not None:
-                span = tracer.start_span(span_name, kind=internal, attributes=base)
-                token = attach(in_context(span))
-            started = now()
-            try:
-                result = await async_inner(fn, args, kwargs)
-            except BaseException as error:
-                finish(record if metering else None, base, now() - started, error, span, token)
-                raise
-            finish(record if metering else None, base, now() - started, None, span, token)
-            return result
-
-        self._full = (instrumented, ainstrumented)
+        begin, attempt, end = self._begin_call, self._begin_attempt, self._end
+        sync_inner = self.target.wrap(_shells_sync.timed(terminal, attempt, end, True))
+        async_inner = self.target.awrap(_shells.timed(terminal, attempt, end, True))
+        self._full = (
+            _shells_sync.timed(sync_inner, begin, end, False),
+            _shells.timed(async_inner, begin, end, False),
+        )
         return self._full
 
-    def _attempt(self) -> Endpoint:
-        """The innermost endpoint: times (and optionally traces) each call of the function."""
-        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
-        spans = self.attempt_spans
-        traces_on, traces_probe = self._traces_on, self._traces_probe
-        start = self._start_attempt
-        finish = self._finish
-        record = self._signals.attempt_duration.record
-        now = self._now
-        get = VAR.get
+    # -- one call or attempt: begun, then ended with its outcome ---------------------------
 
-        def attempt(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
-            tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
-            if not (metering or tracing):
-                return fn(*args, **kwargs)
-            attributes, span, token = start(get()[1], tracing)
-            started = now()
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as error:
-                finish(
-                    record if metering else None, attributes, now() - started, error, span, token
-                )
-                raise
-            finish(record if metering else None, attributes, now() - started, None, span, token)
-            return result
+    def _metering(self) -> bool:
+        return self._metrics_on or _asked(self._metrics_probe)
 
-        return attempt
+    def _tracing(self) -> bool:
+        return self._traces_on or _asked(self._traces_probe)
 
-    def _aattempt(self) -> AsyncEndpoint:
-        """`_attempt` for async calls."""
-        metrics_on, metrics_probe = self._metrics_on, self._metrics_probe
-        spans = self.attempt_spans
-        traces_on, traces_probe = self._traces_on, self._traces_probe
-        start = self._start_attempt
-        finish = self._finish
-        record = self._signals.attempt_duration.record
-        now = self._now
-        get = VAR.get
+    def _begin_call(self) -> _Opened:
+        """Start timing (and tracing) a call through the target."""
+        span = token = None
+        if self._tracing():
+            span = self._tracer.start_span(
+                self._span_name, kind=SpanKind.INTERNAL, attributes=self._base
+            )
+            token = _otel_context.attach(_trace.set_span_in_context(span))
+        record = self._signals.call_duration.record if self._metering() else None
+        return record, self._base, self._now(), span, token
 
-        async def attempt(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Any:
-            metering = metrics_on or metrics_probe._real_instrument is not None
-            tracing = spans and (traces_on or traces_probe._TRACER_PROVIDER is not None)
-            if not (metering or tracing):
-                return await fn(*args, **kwargs)
-            attributes, span, token = start(get()[1], tracing)
-            started = now()
-            try:
-                result = await fn(*args, **kwargs)
-            except BaseException as error:
-                finish(
-                    record if metering else None, attributes, now() - started, error, span, token
-                )
-                raise
-            finish(record if metering else None, attributes, now() - started, None, span, token)
-            return result
+    def _begin_attempt(self) -> _Opened | None:
+        """Start timing (and, with attempt spans, tracing) an attempt; None: nothing to do."""
+        metering = self._metering()
+        tracing = self.attempt_spans and self._tracing()
+        if not (metering or tracing):
+            return None
+        attributes: Attributes = {**self._base, ATTEMPT_NUMBER: VAR.get()[ATTEMPT]}
+        span = token = None
+        if tracing:
+            span = self._tracer.start_span(
+                f"{self._span_name} attempt", kind=SpanKind.INTERNAL, attributes=attributes
+            )
+            token = _otel_context.attach(_trace.set_span_in_context(span))
+        record = self._signals.attempt_duration.record if metering else None
+        return record, attributes, self._now(), span, token
 
-        return attempt
-
-    def _start_attempt(
-        self, number: int, tracing: bool
-    ) -> tuple[Attributes, Span | None, Token[Context] | None]:
-        attributes: Attributes = {**self._base, ATTEMPT_NUMBER: number}
-        if not tracing:
-            return attributes, None, None
-        span = self._tracer.start_span(
-            f"{self._span_name} attempt", kind=SpanKind.INTERNAL, attributes=attributes
-        )
-        return attributes, span, _otel_context.attach(_trace.set_span_in_context(span))
-
-    @staticmethod
-    def _finish(
-        record: Callable[[float, Attributes], None] | None,
-        base: Attributes,
-        seconds: float,
-        error: BaseException | None,
-        span: Span | None,
-        token: Token[Context] | None,
-    ) -> None:
+    def _end(self, opened: _Opened, error: BaseException | None) -> None:
         """Record the duration with its outcome, and end the span."""
+        record, base, started, span, token = opened
+        seconds = self._now() - started
         if error is None:
             attributes = {**base, OUTCOME: "success"}
         else:
@@ -687,25 +528,34 @@ class Instrumentation:
                 _otel_context.detach(token)
 
 
-def _metrics_state(signals: _Signals, provider: MeterProvider | None) -> tuple[bool, Any]:
-    """``(always on, probe)``: the probe's ``_real_instrument`` is None while no SDK is set."""
+#: A call or attempt begun: ``(record, attributes, started, span, context token)``.
+_Opened = tuple[Callable[[float, Attributes], None] | None, Attributes, float, Span | None, Any]
+
+
+def _asked(probe: Probe) -> bool:
+    """Whether the probe finds an SDK now (no probe: no SDK to find)."""
+    return probe is not None and sdk_behind(*probe)
+
+
+def _metrics_state(signals: _Signals, provider: MeterProvider | None) -> tuple[bool, Probe]:
+    """``(always on, probe)``: on for good, off for good, or to be asked per call."""
     if isinstance(provider, NoOpMeterProvider):
-        return False, _NEVER
+        return False, None
     histogram = signals.call_duration
     if isinstance(histogram, _metrics.NoOpHistogram):
-        return False, _NEVER
-    if getattr(histogram, "_real_instrument", True) is None:
-        return False, histogram  # the API's proxy before an SDK is set: check per call
-    return True, _NEVER
+        return False, None
+    if not sdk_behind(histogram, "_real_instrument"):
+        return False, (histogram, "_real_instrument")  # the API's proxy, no SDK yet
+    return True, None
 
 
-def _traces_state(tracer: Tracer) -> tuple[bool, Any]:
-    """``(always on, probe)``: the probe's ``_TRACER_PROVIDER`` is None while no SDK is set."""
+def _traces_state(tracer: Tracer) -> tuple[bool, Probe]:
+    """``(always on, probe)``: on for good, off for good, or to be asked per call."""
     if isinstance(tracer, _trace.NoOpTracer):
-        return False, _NEVER
-    if isinstance(tracer, _trace.ProxyTracer) and getattr(_trace, "_TRACER_PROVIDER", 1) is None:
-        return False, _trace  # the API's proxy before an SDK is set: check per call
-    return True, _NEVER
+        return False, None
+    if isinstance(tracer, _trace.ProxyTracer) and not sdk_behind(_trace, "_TRACER_PROVIDER"):
+        return False, (_trace, "_TRACER_PROVIDER")  # the API's proxy, no SDK yet
+    return True, None
 
 
 def instrument(
@@ -727,16 +577,12 @@ def instrument(
     * gauges of the breakers', bulkheads', throttles' and adaptive limiters'
       state, read at collection.
 
-    The providers default to the global ones of ``opentelemetry-api``, which
-    do nothing until the application sets an SDK. With those, the choice is
-    made at the first call through ``target``: if an SDK is set by then,
-    calls are timed and traced from then on; if not, the original chain is
-    put back and calls cost nothing more, while events still reach the API's
-    proxies (which deliver once an SDK is set). Instrument again after
-    setting up an SDK late. Functions decorated with ``target`` before this
-    call are instrumented too. Returns an `Instrumentation`; its
-    `~Instrumentation.uninstrument` undoes all this. A target can be
-    instrumented once at a time.
+    The providers default to the global ones of ``opentelemetry-api``; with
+    those, whether to time and trace is decided at the first call (see
+    docs/telemetry.md: set up the SDK first, or instrument again after).
+    Functions decorated with ``target`` before this call are instrumented
+    too. Returns an `Instrumentation`, whose `~Instrumentation.uninstrument`
+    undoes all this; a target is instrumented once at a time.
     """
     if not isinstance(target, Middleware):
         raise TypeError(f"can only instrument a resilience.Middleware, got {type(target).__name__}")

@@ -62,7 +62,7 @@ async def main() -> None:
         pass
 
 
-def on_retry(event: rs.RetryEvent) -> None:
+def on_retry(event: rs.events.RetryEvent) -> None:
     assert_type(event.attempt, int)
     assert_type(event.delay, float)
 
@@ -82,7 +82,7 @@ async def acached_user(ctx: rs.FallbackContext) -> str:
     return str(ctx.args[0])
 
 
-def on_fallback(event: rs.FallbackEvent) -> None:
+def on_fallback(event: rs.events.FallbackEvent) -> None:
     assert_type(event.name, str | None)
     assert_type(event.error, Exception | None)
 
@@ -132,12 +132,12 @@ def legacy_call() -> bytes:
     return b""
 
 
-def on_throttle(event: rs.ThrottleEvent) -> None:
+def on_throttle(event: rs.events.ThrottleEvent) -> None:
     assert_type(event.seconds, float)
     assert_type(event.error, rs.ThrottledError | None)
 
 
-def on_bulkhead(event: rs.BulkheadEvent) -> None:
+def on_bulkhead(event: rs.events.BulkheadEvent) -> None:
     assert_type(event.error, rs.BulkheadFullError | None)
 
 
@@ -151,9 +151,9 @@ async def use_limits() -> None:
     assert_type(api_limit.try_acquire(2.5), bool)
     upload_limit.acquire(4096, max_wait=1.0)
     await upload_limit.aacquire(512, max_wait=None)
-    assert_type(api_limit.metrics(), rs.ThrottleMetrics)
+    assert_type(api_limit.metrics(), rs.metrics.ThrottleMetrics)
     assert_type(api_limit.available, float)
-    assert_type(db_slots.metrics(), rs.BulkheadMetrics)
+    assert_type(db_slots.metrics(), rs.metrics.BulkheadMetrics)
     assert_type(db_slots.in_flight, int)
     assert_type(db_slots.drain(1.0), bool)
     with api_limit, db_slots:
@@ -172,7 +172,9 @@ from resilience import telemetry  # noqa: E402
 instrumented = telemetry.instrument(users_get, attempt_spans=True, clock=FakeClock())
 assert_type(instrumented, telemetry.Instrumentation)
 assert_type(instrumented.target, rs.Middleware)
-assert_type(telemetry.event_name(rs.TimeoutEvent(None, 1.0, rs.TimeoutExceeded(1.0))), str | None)
+assert_type(
+    telemetry.event_name(rs.events.TimeoutEvent(None, 1.0, rs.TimeoutExceeded(1.0))), str | None
+)
 with instrumented:
     pass
 instrumented.uninstrument()

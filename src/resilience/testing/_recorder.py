@@ -22,7 +22,7 @@ class EventRecorder:
         recorder = EventRecorder()
         recorder.watch(users_get)          # a pipeline: all its layers
         users_get.call(fetch, 42)
-        assert len(recorder.of(rs.RetryEvent)) == 2
+        assert len(recorder.of(rs.events.RetryEvent)) == 2
         recorder.close()                   # unsubscribe (the pytest fixture does it)
     """
 
@@ -55,7 +55,7 @@ class EventRecorder:
             self.events.append(event)
 
     def of(self, kind: type[E]) -> list[E]:
-        """The events of one type, e.g. ``recorder.of(rs.RetryEvent)``."""
+        """The events of one type, e.g. ``recorder.of(rs.events.RetryEvent)``."""
         with self._lock:
             return [event for event in self.events if isinstance(event, kind)]
 

@@ -30,11 +30,8 @@ def fake_clock() -> FakeClock:
 @pytest.fixture
 def resilience_events() -> Iterator[EventRecorder]:
     """Records the events of what the test watches; stops listening afterwards."""
-    recorder = EventRecorder()
-    try:
+    with EventRecorder() as recorder:
         yield recorder
-    finally:
-        recorder.close()
 
 
 @pytest.fixture

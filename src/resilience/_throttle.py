@@ -386,6 +386,8 @@ class Throttle(Middleware):
             self._set(rate=new_rate, per=new_per, burst=new_burst, max_wait=new_wait)
             if burst is not None:
                 self._burst_follows_rate = False
+            # A waiter for more than the new burst could never be served: it is refused.
+            bucket.queue.refuse_over(new_burst, now)
             bucket.queue.serve(now)
         finally:
             bucket.unlock()

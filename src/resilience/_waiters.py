@@ -213,6 +213,22 @@ class WaiterQueue:
             self._leave(waiter)
         self.serve(now)
 
+    def refuse_over(self, limit: float, now: float) -> int:
+        """Refuse the waiters whose cost is above ``limit`` (a gate that shrank); returns how many.
+
+        They could never be granted: each is woken to leave with nothing, and the queue
+        moves on without them.
+        """
+        refused = 0
+        for waiter in list(self._waiters):
+            if waiter.state == WAITING and waiter.collect is None and waiter.cost > limit:
+                self._leave(waiter)
+                _wake(waiter)
+                refused += 1
+        if refused:
+            self.serve(now)
+        return refused
+
     def _leave(self, waiter: Waiter) -> None:
         waiter.state = LEFT
         self.count -= 1
@@ -238,6 +254,8 @@ def _next_round(
             queue.serve(now)
         if waiter.state == GRANTED:
             return True, now, None, None
+        if waiter.state == LEFT:  # refused by the gate (see `WaiterQueue.refuse_over`)
+            return False, now, None, None
         if now >= give_up:
             queue.leave(waiter, now)
             return False, now, None, None
@@ -280,9 +298,12 @@ def wait_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float) ->
             )
             if done is not None:
                 return done
-            if at is not None:
-                # The head sleeps like any sleeper (an auto-advancing FakeClock moves on).
+            if at is not None and getattr(clock, "auto_advance", False):
+                # An auto-advancing FakeClock moves on only for a sleeper.
                 clock.sleep(max(0.0, min(at, give_up) - now))
+            elif at is not None:
+                # The head's timer, which a grant from another thread cuts short.
+                wait_future(clock, signal, min(at, give_up))
             else:
                 _refuse_on_an_event_loop()
                 wait_future(clock, signal, min(give_up, now + ROUND))
@@ -302,7 +323,12 @@ async def await_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: fl
             if done is not None:
                 return done
             if at is not None:
-                await clock.asleep(max(0.0, min(at, give_up) - now))
+                # The head sleeps on its timer, or less: a grant by another caller wakes it.
+                sleep = loop.create_task(clock.asleep(max(0.0, min(at, give_up) - now)))
+                try:
+                    await asyncio.wait((sleep, signal), return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    sleep.cancel()
                 continue
             timer = None
             if not math.isinf(give_up):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
 
 import pytest
 
+from redis_support import RedisServer, TcpProxy, require_redis_server
 from resilience._context import EMPTY, VAR
 from resilience.testing import FakeClock
 
@@ -47,3 +49,40 @@ def mode(request: pytest.FixtureRequest) -> str:
     See ``tests/modes.py`` for the helpers that turn one body into both.
     """
     return str(request.param)
+
+
+# -- a real redis-server for the Redis-backed policies (tests/redis_support.py) -------------
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """One redis-server for the session, on a free 127.0.0.1 port, persistence off.
+
+    Skipped with an install hint when redis-server is missing; a failure with CI=true.
+    A test that kills it must leave it running (`RedisServer.ensure_running`).
+    """
+    require_redis_server()
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The URL of the session's server, running and emptied for this test."""
+    redis_server.ensure_running()
+    redis_server.flushall()
+    return redis_server.url
+
+
+@pytest.fixture
+def redis_proxy(redis_url: str, redis_server: RedisServer) -> Iterator[TcpProxy]:
+    """A fault proxy in front of the session's server (delay, blackhole, reset), stopped after."""
+    proxy = TcpProxy(redis_server.host, redis_server.port)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

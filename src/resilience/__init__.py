@@ -13,6 +13,7 @@ the storage of their state in `resilience.stores`, the delay strategies in
 from . import backoff, events, metrics, stores
 from ._adaptive import AIMD, AdaptiveLimiter, Gradient2, LimitAlgorithm, LimitPermit, Vegas
 from ._adaptive_throttler import AdaptiveThrottler
+from ._backend import BackendUnavailableError
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._circuit_breaker import CircuitBreaker
@@ -44,6 +45,7 @@ __all__ = [
     "AdaptiveLimiter",
     "AdaptiveThrottler",
     "AsyncEndpoint",
+    "BackendUnavailableError",
     "Bulkhead",
     "BulkheadFullError",
     "CallContext",

@@ -28,10 +28,11 @@ import math
 import sys
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from ._backend import Backend, Unavailable, check_backend
 from ._clock import Clock, validate_clock
 from ._events import Described, ResilienceEvent
 from ._tally import Tally
@@ -85,6 +86,9 @@ class RetryBudgetMetrics:
     """Retries allowed since the budget was made."""
     refused: int
     """Retries refused since the budget was made."""
+    shared: bool = field(default=False, repr=False)
+    """True when read from a backend shared by processes: the fleet's balance, and its
+    deposits and withdrawals over the window (``ttl``)."""
 
 
 class _Account:
@@ -227,7 +231,7 @@ class RetryBudget:
     `try_withdraw` and `balance` let other code use it directly.
     """
 
-    __slots__ = ("_account", "_deposits", "_name", "deposit")
+    __slots__ = ("__weakref__", "_account", "_deposits", "_name", "_shared", "backend", "deposit")
 
     def __init__(
         self,
@@ -235,6 +239,7 @@ class RetryBudget:
         *,
         min_per_second: float = 10,
         ttl: float | timedelta = 10.0,
+        backend: Backend | None = None,
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
@@ -249,8 +254,14 @@ class RetryBudget:
         """Count one call (a `Retry` does it once per call, before the first attempt).
 
         A plain function made for this budget: the deposit is on every call's
-        path, so it is one clock read and one atomic step, with no lock.
+        path, so it is one clock read and one atomic step, with no lock (with
+        a backend too: the background sync sends the count).
         """
+        self.backend = check_backend(backend, self._name, "RetryBudget")
+        """Where the budget is shared with other processes (None: this process only)."""
+        self._shared: Any = None
+        if self.backend is not None:
+            self._shared = self.backend.attach("retry_budget", self._name or "", self)
 
     @property
     def ratio(self) -> float:
@@ -305,16 +316,54 @@ class RetryBudget:
         )
 
     def try_withdraw(self) -> bool:
-        """Take one retry from the budget: True if allowed, False (and nothing taken) if not."""
+        """Take one retry from the budget: True if allowed, False (and nothing taken) if not.
+
+        With a backend this asks the fleet's budget (one round trip); when the
+        backend fails, ``on_backend_error`` decides: ``"local"`` asks this
+        process's budget, ``"open"`` allows the retry, ``"closed"`` refuses it.
+        """
+        shared = self._shared
+        if shared is not None:
+            try:
+                allowed: bool = shared.withdraw()
+            except Unavailable as problem:
+                action = shared.on_backend_error
+                shared.failed("withdraw", problem, action)
+                if action != "local":
+                    return bool(action == "open")
+            else:
+                if not allowed:
+                    with self._account.mutex:
+                        self._account.refused += 1
+                return allowed
         return self._account.try_withdraw()
 
     @property
     def balance(self) -> int:
-        """How many retries the budget would allow now."""
+        """How many retries the budget would allow now (the fleet's, with a backend)."""
+        shared = self._shared
+        if shared is not None:
+            try:
+                return int(shared.read()[0])
+            except Unavailable:
+                pass
         return self._account.balance()
 
     def metrics(self) -> RetryBudgetMetrics:
-        """A consistent snapshot of the balance and the totals."""
+        """A consistent snapshot of the balance and the totals.
+
+        With a backend: the fleet's balance, deposits and withdrawals over the
+        window, read from it (one round trip), and this process's refusals.
+        """
+        shared = self._shared
+        if shared is not None:
+            try:
+                balance, deposits, withdrawals = shared.read()
+            except Unavailable:
+                pass
+            else:
+                refused = self._account.refused
+                return RetryBudgetMetrics(balance, deposits, withdrawals, refused, True)
         return self._account.metrics()
 
     def withdraw_only(self) -> RetryBudget:
@@ -329,6 +378,8 @@ class RetryBudget:
         view._name = self._name
         view._account = self._account
         view._deposits = False
+        view._shared = self._shared
+        view.backend = self.backend
         view.deposit = _no_deposit
         return view
 

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
 from . import _shells, _shells_sync
+from ._backend import Backend, Unavailable, check_backend
 from ._clock import Clock, validate_clock, wait_future
-from ._context import VAR, child, effective_deadline
+from ._context import VAR, child, effective_deadline, remaining
 from ._errors import BulkheadFullError, DeadlineCut
 from ._events import AdmissionEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
@@ -55,6 +57,9 @@ class BulkheadMetrics:
     """Calls waiting for a slot."""
     rejected: int
     """Calls refused since the bulkhead was made (full queue, or no slot in time)."""
+    shared: bool = field(default=False, repr=False)
+    """True when ``in_flight`` and ``available`` were read from a backend shared by
+    processes (the fleet's slots)."""
 
 
 class Bulkhead(Admission, Middleware):
@@ -84,7 +89,16 @@ class Bulkhead(Admission, Middleware):
 
     kind = "bulkhead"
     _read_only = frozenset(
-        {"max_concurrent", "max_queue", "max_wait", "isolation", "retry_after", "clock", "name"}
+        {
+            "max_concurrent",
+            "max_queue",
+            "max_wait",
+            "isolation",
+            "retry_after",
+            "backend",
+            "clock",
+            "name",
+        }
     )
 
     def __init__(
@@ -95,6 +109,7 @@ class Bulkhead(Admission, Middleware):
         max_wait: float | timedelta | None = None,
         isolation: Isolation | None = None,
         retry_after: float | timedelta | None = None,
+        backend: Backend | None = None,
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
@@ -114,6 +129,17 @@ class Bulkhead(Admission, Middleware):
         self._slots = Slots(self.max_concurrent, self.clock)
         self._pool: WorkerPool | None = None
         self._pool_lock = threading.Lock()
+        self.backend = check_backend(backend, self.name, "Bulkhead")
+        self._shared: Any = None
+        self._held: contextvars.ContextVar[tuple[str, ...]] | None = None
+        if self.backend is not None:
+            if isolation is not None:
+                raise ValueError(
+                    "a Bulkhead with a backend cannot also have isolation='thread' (yet): "
+                    "isolate the calls in an inner Bulkhead without a backend"
+                )
+            self._shared = self.backend.attach(self.kind, self.name or "", self)
+            self._held = contextvars.ContextVar(f"resilience.bulkhead.{self.name}", default=())
 
     def update(
         self,
@@ -157,6 +183,8 @@ class Bulkhead(Admission, Middleware):
         }
         if self.isolation is not None:
             out["isolation"] = self.isolation
+        if self.backend is not None:
+            out["backend"] = self.backend
         return out
 
     def __repr__(self) -> str:
@@ -174,8 +202,23 @@ class Bulkhead(Admission, Middleware):
         return self._slots.available()
 
     def metrics(self) -> BulkheadMetrics:
-        """A consistent snapshot of the slots, the queue and the refusals."""
+        """A consistent snapshot of the slots, the queue and the refusals.
+
+        With a backend, ``in_flight`` and ``available`` are the fleet's, read
+        from it (one round trip); the queue and the refusals are this process's.
+        """
         slots = self._slots
+        shared = self._shared
+        if shared is not None:
+            try:
+                holders = shared.holders()
+            except Unavailable:
+                pass
+            else:
+                with slots.mutex:
+                    queued, rejected = slots.queue.waiting, slots.rejected
+                free = max(0, self.max_concurrent - holders)
+                return BulkheadMetrics(holders, free, queued, rejected, True)
         with slots.mutex:
             return BulkheadMetrics(
                 in_flight=slots.in_flight(),
@@ -230,25 +273,135 @@ class Bulkhead(Admission, Middleware):
     def __enter__(self) -> None:
         """``with bulkhead:`` holds a slot for the block (or raises `BulkheadFullError`)."""
         self._acquire()
+        if self._held is not None:
+            try:
+                member = self._fleet_take()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._enter_fleet(member)
 
     def __exit__(self, *exc_info: object) -> None:
+        if self._held is not None:
+            self._exit_fleet()
         self._slots.release()
 
     async def __aenter__(self) -> None:
         """``async with bulkhead:`` holds a slot for the block."""
         await self._aacquire()
+        if self._held is not None:
+            try:
+                member = await self._afleet_take()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._enter_fleet(member)
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._held is not None:
+            self._exit_fleet()
         self._slots.release()
+
+    # -- slots shared by processes (``backend=``) -------------------------------------------
+
+    def _enter_fleet(self, member: str) -> None:
+        assert self._held is not None
+        self._held.set((*self._held.get(), member))
+
+    def _exit_fleet(self) -> None:
+        assert self._held is not None
+        held = self._held.get()
+        if held:
+            self._held.set(held[:-1])
+            self._shared.release(held[-1])
+
+    def _give_up(self) -> float | None:
+        """Until when a call may wait for a slot of the fleet (None: it may not wait)."""
+        if not self.max_queue:
+            return None
+        limit = float("inf") if self.max_wait is None else self.max_wait
+        left = remaining(VAR.get())
+        if left is not None:
+            limit = min(limit, max(0.0, left))
+        return self.clock.monotonic() + limit if limit > 0 else None
+
+    def _fleet_take(self) -> str:
+        """A slot of the fleet for this thread (its member), or the refusal raised.
+
+        Called with this process's slot held, which the caller gives back if this raises.
+        """
+        started = self.clock.monotonic()
+        try:
+            member = self._shared.take(self._give_up())
+        except Unavailable as problem:
+            return self._fleet_failed(problem)
+        return self._fleet_answer(member, started)
+
+    async def _afleet_take(self) -> str:
+        """`_fleet_take` for this task."""
+        started = self.clock.monotonic()
+        try:
+            member = await self._shared.atake(self._give_up())
+        except Unavailable as problem:
+            return self._fleet_failed(problem)
+        return self._fleet_answer(member, started)
+
+    def _fleet_answer(self, member: str | None, started: float) -> str:
+        if member is not None:
+            return member
+        slots = self._slots
+        with slots.mutex:
+            slots.rejected += 1
+        raise self._rejection(self.clock.monotonic() - started)
+
+    def _fleet_failed(self, problem: Unavailable) -> str:
+        """The backend failed: admit uncounted (``"local"``: this process's slots still
+        cap it; ``"open"``), or refuse (``"closed"``)."""
+        shared = self._shared
+        action = shared.on_backend_error
+        shared.failed("acquire", problem, action)
+        if action == "closed":
+            raise shared.refusal(problem) from problem.error
+        return ""
+
+    def _fleet(self, next: Endpoint) -> Endpoint:
+        take, release = self._fleet_take, self._shared.release
+
+        def fleet(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            member = take()
+            try:
+                return next(fn, args, kwargs)
+            finally:
+                release(member)
+
+        return fleet
+
+    def _afleet(self, next: AsyncEndpoint) -> AsyncEndpoint:
+        take, release = self._afleet_take, self._shared.release
+
+        async def fleet(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            member = await take()
+            try:
+                return await next(fn, args, kwargs)
+            finally:
+                release(member)
+
+        return fleet
 
     # -- the shells: the slot's fast path inline, the queue out of line --------------------
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
         if self.isolation == "thread":
             return self._wrap_isolated(next)
+        if self._shared is not None:
+            next = self._fleet(next)
         return self._shell(_shells_sync, next, self._admit)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        if self._shared is not None:
+            next = self._afleet(next)
         return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]
 
     def _shell(self, shells: Any, next: Any, admit: Any) -> Any:

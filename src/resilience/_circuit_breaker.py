@@ -10,6 +10,7 @@ from typing import Any, Literal
 
 from . import _shells, _shells_sync
 from . import backoff as _backoff
+from ._backend import Backend, check_backend
 from ._circuit_store import (
     FAILURE,
     SLOW,
@@ -305,6 +306,7 @@ class CircuitBreaker(Middleware):
             "on_state_change",
             "on_outcome",
             "store",
+            "backend",
             "clock",
             "name",
         }
@@ -331,6 +333,7 @@ class CircuitBreaker(Middleware):
         on_state_change: Callable[[CircuitStateChange], object] | None = None,
         on_outcome: Callable[[CircuitOutcome], object] | None = None,
         store: CircuitStore | None = None,
+        backend: Backend | None = None,
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
@@ -352,6 +355,11 @@ class CircuitBreaker(Middleware):
         self.name = optional_name(name)
         if store is not None and not isinstance(store, CircuitStore):
             raise TypeError(f"store must be a CircuitStore, got {type(store).__name__}")
+        self.backend = check_backend(backend, self.name, "CircuitBreaker")
+        if self.backend is not None:
+            if store is not None:
+                raise ValueError("give a CircuitBreaker a store or a backend, not both")
+            store = self.backend.attach(self.kind, self.name or "", self)
         self.store: CircuitStore = MemoryCircuitStore() if store is None else store
         self.store.configure(rules, self.clock, self._notify)
 
@@ -413,6 +421,8 @@ class CircuitBreaker(Middleware):
         out["open_seconds"] = self.open_seconds
         out["half_open_calls"] = self.half_open_calls
         out["half_open_max_seconds"] = self.half_open_max_seconds
+        if self.backend is not None:
+            out["backend"] = self.backend
         return out
 
     def __repr__(self) -> str:
@@ -461,6 +471,13 @@ class CircuitBreaker(Middleware):
     def _admit(self) -> int:
         """A permit from the store, or the refusal raised."""
         permit = self.store.acquire()
+        if permit < 0:
+            raise self._rejection()
+        return permit
+
+    async def _aadmit(self) -> int:
+        """`_admit` for async calls: a store shared by processes answers without blocking."""
+        permit = await self.store.aacquire()
         if permit < 0:
             raise self._rejection()
         return permit
@@ -538,19 +555,20 @@ class CircuitBreaker(Middleware):
 
     # -- the shells (resilience._shells): the store's lane inline --------------------
 
-    def _shell(self, shells: Any, next: Any) -> Any:
+    def _shell(self, shells: Any, next: Any, admit: Any) -> Any:
         store = self.store
         direct = next is terminal  # innermost: call the function without the extra hop
         timed = self.slow_call_seconds is not None or self.window_seconds is not None
-        if timed or self.failure_result is not None or self.on_outcome is not None:
+        measured = timed or self.failure_result is not None or self.on_outcome is not None
+        if measured or getattr(store, "remote", False):
             monotonic = self.clock.monotonic if timed else None
             return shells.measured_circuit_breaker(
-                next, direct, store, self._settle, self._admit, monotonic
+                next, direct, store, self._settle, admit, monotonic
             )
         return shells.circuit_breaker(next, direct, store, self._settle, self._rejection)
 
     def wrap(self, next: Endpoint, /) -> Endpoint:
-        return self._shell(_shells_sync, next)  # type: ignore[no-any-return]
+        return self._shell(_shells_sync, next, self._admit)  # type: ignore[no-any-return]
 
     def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
-        return self._shell(_shells, next)  # type: ignore[no-any-return]
+        return self._shell(_shells, next, self._aadmit)  # type: ignore[no-any-return]

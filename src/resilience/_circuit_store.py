@@ -40,7 +40,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ._clock import Clock
 
@@ -128,6 +128,8 @@ class CircuitMetrics:
     """Times the breaker opened, since it was made."""
     rejected: int
     """Calls it rejected, since it was made."""
+    shared: bool = field(default=False, repr=False)
+    """True when read from a backend shared by processes: the fleet's figures."""
 
     @property
     def failure_ratio(self) -> float | None:
@@ -180,6 +182,10 @@ class CircuitStore(ABC):
     @abstractmethod
     def acquire(self) -> int:
         """A permit (>= 0) to run one call, or `REJECTED` (< 0)."""
+
+    async def aacquire(self) -> int:
+        """`acquire` for async calls; a store that does I/O answers without blocking the loop."""
+        return self.acquire()
 
     @abstractmethod
     def record(self, permit: int, outcome: int, now: float) -> None:

@@ -128,7 +128,8 @@ def measured_circuit_breaker(
 ) -> AsyncEndpoint:
     """A breaker that judges every outcome: timed calls, results that may fail, listeners.
 
-    ``admit`` takes a permit from the store or raises the refusal; ``now``
+    ``admit`` takes a permit from the store or raises the refusal (awaited:
+    a store shared by processes asks its server); ``now``
     reads the clock before each call, when calls are timed (else None).
     ``settle`` also takes control flow, and only gives its permit back.
     """
@@ -137,7 +138,7 @@ def measured_circuit_breaker(
     async def circuit_breaker(fn: Call, args: Args, kwargs: Kwargs) -> Any:
         permit = lane.permit
         if permit < 0:
-            permit = admit()
+            permit = await admit()
         started = monotonic() if monotonic is not None else None
         try:
             result = await (fn(*args, **kwargs) if direct else next(fn, args, kwargs))

@@ -115,7 +115,8 @@ def measured_circuit_breaker(
 ) -> Endpoint:
     """A breaker that judges every outcome: timed calls, results that may fail, listeners.
 
-    ``admit`` takes a permit from the store or raises the refusal; ``now``
+    ``admit`` takes a permit from the store or raises the refusal (awaited:
+    a store shared by processes asks its server); ``now``
     reads the clock before each call, when calls are timed (else None).
     ``settle`` also takes control flow, and only gives its permit back.
     """

@@ -10,11 +10,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, Literal
 
 from . import _shells, _shells_sync
+from ._backend import Backend, Unavailable, check_backend
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
 from ._errors import ThrottledError
@@ -52,6 +53,8 @@ class ThrottleMetrics:
     """Callers waiting for tokens."""
     rejected: int
     """Calls and acquisitions refused since the throttle was made."""
+    shared: bool = field(default=False, repr=False)
+    """True when ``available`` was read from a backend shared by processes (the fleet's bucket)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,7 +311,7 @@ class Throttle(Middleware):
 
     kind = "throttle"
     _read_only = frozenset(
-        {"rate", "per", "burst", "max_wait", "cost", "initial_tokens", "clock", "name"}
+        {"rate", "per", "burst", "max_wait", "cost", "initial_tokens", "backend", "clock", "name"}
     )
 
     def __init__(
@@ -320,6 +323,7 @@ class Throttle(Middleware):
         max_wait: float | timedelta | None = 0.0,
         cost: float | Callable[..., float] = 1,
         initial_tokens: float | None = None,
+        backend: Backend | None = None,
         clock: Clock | None = None,
         name: str | None = None,
     ) -> None:
@@ -347,6 +351,10 @@ class Throttle(Middleware):
         self._bucket = TokenBucket(
             self.rate, self.per, self.burst, fixed, self.initial_tokens, self.clock
         )
+        self.backend = check_backend(backend, self.name, "Throttle")
+        self._shared: Any = None
+        if self.backend is not None:
+            self._shared = self.backend.attach(self.kind, self.name or "", self)
 
     def update(
         self,
@@ -395,7 +403,7 @@ class Throttle(Middleware):
     # -- description and observation ---------------------------------------------------
 
     def settings(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "rate": self.rate,
             "per": self.per,
             "burst": self.burst,
@@ -404,6 +412,8 @@ class Throttle(Middleware):
         }
         if self._initial_given:
             out["initial_tokens"] = self.initial_tokens
+        if self.backend is not None:
+            out["backend"] = self.backend
         return out
 
     def __repr__(self) -> str:
@@ -431,8 +441,20 @@ class Throttle(Middleware):
         return self._bucket.rejected
 
     def metrics(self) -> ThrottleMetrics:
-        """A consistent snapshot of the bucket, the queue and the refusals."""
+        """A consistent snapshot of the bucket, the queue and the refusals.
+
+        With a backend, ``available`` is the fleet's, read from it (one round
+        trip); the queue and the refusals are this process's.
+        """
         bucket = self._bucket
+        shared = self._shared
+        if shared is not None:
+            try:
+                available = shared.metrics()
+            except Unavailable:
+                pass
+            else:
+                return ThrottleMetrics(available, bucket.queue.count, bucket.rejected, True)
         bucket.lock()
         try:
             return ThrottleMetrics(
@@ -516,6 +538,24 @@ class Throttle(Middleware):
 
     def _admit(self, cost: float, max_wait: float | None) -> None:
         """Take ``cost`` tokens for this thread, waiting in the queue if allowed, or raise."""
+        shared = self._shared
+        if shared is not None:
+            limit, bound = self._fleet_limit(max_wait)
+            try:
+                granted, wait = shared.take(cost, limit, self.clock.monotonic())
+            except Unavailable as problem:
+                if not self._fleet_failed(problem, cost, max_wait):
+                    return
+            else:
+                started = self._fleet_granted(granted, wait, cost, limit, bound)
+                if wait > 0:
+                    try:
+                        self.clock.sleep(wait)
+                    except BaseException:
+                        shared.give_back(cost)
+                        raise
+                    self._waited(cost, started, True)
+                return
         waiter, started, give_up = self._enter(cost, max_wait, None)
         if waiter is not None:
             bucket = self._bucket
@@ -523,10 +563,62 @@ class Throttle(Middleware):
 
     async def _aadmit(self, cost: float, max_wait: float | None) -> None:
         """`_admit` for this task."""
+        shared = self._shared
+        if shared is not None:
+            limit, bound = self._fleet_limit(max_wait)
+            try:
+                granted, wait = await shared.atake(cost, limit, self.clock.monotonic())
+            except Unavailable as problem:
+                if not self._fleet_failed(problem, cost, max_wait):
+                    return
+            else:
+                started = self._fleet_granted(granted, wait, cost, limit, bound)
+                if wait > 0:
+                    try:
+                        await self.clock.asleep(wait)
+                    except BaseException:
+                        shared.give_back(cost)
+                        raise
+                    self._waited(cost, started, True)
+                return
         waiter, started, give_up = self._enter(cost, max_wait, asyncio.get_running_loop())
         if waiter is not None:
             bucket = self._bucket
             self._waited(cost, started, await await_turn(bucket.queue, bucket, waiter, give_up))
+
+    # -- a bucket shared by processes (``backend=``) --------------------------------------
+
+    def _fleet_limit(self, max_wait: float | None) -> tuple[float | None, bool]:
+        """How long a call may wait for the fleet's tokens (None: no limit), and whether its
+        deadline is what bounds it."""
+        left = remaining(VAR.get())
+        if left is not None and (max_wait is None or left < max_wait):
+            return max(0.0, left), True
+        return max_wait, False
+
+    def _fleet_granted(
+        self, granted: bool, wait: float, cost: float, limit: float | None, bound: bool
+    ) -> float:
+        """The fleet's answer: the clock time the wait starts, or the refusal raised."""
+        if granted:
+            return self.clock.monotonic()
+        bucket = self._bucket
+        bucket.lock()
+        try:
+            bucket.rejected += 1
+        finally:
+            bucket.unlock()
+        raise self._rejection(cost, wait, 0.0 if limit is None else limit, bound)
+
+    def _fleet_failed(self, problem: Unavailable, cost: float, max_wait: float | None) -> bool:
+        """The backend failed: True to decide with this process's bucket (``"local"``),
+        False to admit (``"open"``); ``"closed"`` raises `BackendUnavailableError`."""
+        shared = self._shared
+        action = shared.on_backend_error
+        shared.failed("acquire", problem, action)
+        if action == "closed":
+            raise shared.refusal(problem) from problem.error
+        return bool(action == "local")
 
     # -- direct use: tokens for work that is not a call ---------------------------------
 
@@ -534,6 +626,19 @@ class Throttle(Middleware):
         """Take ``cost`` tokens if they are there now and nobody waits; never blocks."""
         cost = _cost(cost, self.burst)
         bucket = self._bucket
+        shared = self._shared
+        if shared is not None:
+            try:
+                granted, _ = shared.take(cost, 0.0, self.clock.monotonic())
+            except Unavailable as problem:
+                if not self._fleet_failed(problem, cost, 0.0):
+                    return True
+            else:
+                if not granted:
+                    bucket.lock()
+                    bucket.rejected += 1
+                    bucket.unlock()
+                return bool(granted)
         bucket.lock()
         try:
             if not bucket.queue.count and bucket.take(cost, self.clock.monotonic()):
@@ -593,6 +698,13 @@ class Throttle(Middleware):
         calls of their own cost (``cost=`` a function): `_shells.weighted_throttle`."""
         direct = next is terminal  # innermost: call the function without the extra hop
         bucket = self._bucket
+        if self._shared is not None:  # every call asks the fleet's bucket first
+            if self._cost_of is None:
+                fixed = bucket.cost
+                return shells.admitted(next, direct, lambda: admit(fixed, self.max_wait))
+            return shells.weighted_throttle(
+                next, direct, self._cost_for, _never, lambda cost: admit(cost, self.max_wait)
+            )
         if self._cost_of is not None:
             return shells.weighted_throttle(
                 next,
@@ -603,3 +715,8 @@ class Throttle(Middleware):
             )
         slow = shells.admitted(next, direct, lambda: admit(bucket.cost, self.max_wait))
         return bucket.shell(next, direct, slow)
+
+
+def _never(cost: float) -> bool:
+    """A throttle shared by processes takes no token from its own bucket on the fast path."""
+    return False

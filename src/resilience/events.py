@@ -14,6 +14,7 @@ AdaptiveLimiter) are also `AdmissionEvent`s.
 
 from ._adaptive import AdaptiveLimiterEvent, LimitChange
 from ._adaptive_throttler import AdaptiveThrottlerEvent
+from ._backend import BackendErrorEvent
 from ._budget import RetryBudgetExhausted
 from ._bulkhead import BulkheadEvent
 from ._circuit_breaker import CircuitOutcome, CircuitStateChange
@@ -28,6 +29,7 @@ __all__ = [
     "AdaptiveLimiterEvent",
     "AdaptiveThrottlerEvent",
     "AdmissionEvent",
+    "BackendErrorEvent",
     "BulkheadEvent",
     "CircuitOutcome",
     "CircuitStateChange",

@@ -331,28 +331,33 @@ class Bulkhead(Admission, Middleware):
         Called with this process's slot held, which the caller gives back if this raises.
         """
         started = self.clock.monotonic()
+        give_up = self._give_up()
         try:
-            member = self._shared.take(self._give_up())
+            member = self._shared.take(give_up)
         except Unavailable as problem:
             return self._fleet_failed(problem)
-        return self._fleet_answer(member, started)
+        return self._fleet_answer(member, None if give_up is None else started)
 
     async def _afleet_take(self) -> str:
         """`_fleet_take` for this task."""
         started = self.clock.monotonic()
+        give_up = self._give_up()
         try:
-            member = await self._shared.atake(self._give_up())
+            member = await self._shared.atake(give_up)
         except Unavailable as problem:
             return self._fleet_failed(problem)
-        return self._fleet_answer(member, started)
+        return self._fleet_answer(member, None if give_up is None else started)
 
-    def _fleet_answer(self, member: str | None, started: float) -> str:
+    def _fleet_answer(self, member: str | None, started: float | None) -> str:
+        """The member admitted, or the refusal of a call that waited since ``started``
+        (None: it was not allowed to wait)."""
         if member is not None:
             return member
         slots = self._slots
         with slots.mutex:
             slots.rejected += 1
-        raise self._rejection(self.clock.monotonic() - started)
+        waited = 0.0 if started is None else self.clock.monotonic() - started
+        raise self._rejection(waited)
 
     def _fleet_failed(self, problem: Unavailable) -> str:
         """The backend failed: admit uncounted (``"local"``: this process's slots still

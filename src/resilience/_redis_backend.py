@@ -176,16 +176,19 @@ class RedisBackend(Backend):
         self.mode = mode
         self.on_backend_error = on_backend_error  # type: ignore[assignment]
         self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
-        self._ascripts = (
-            {name: aclient.register_script(src) for name, src in _SCRIPTS.items()}
-            if aclient is not None
-            else None
+        # A redis.asyncio client belongs to the event loop it first ran on: each loop gets
+        # its own (the first one uses ``aclient``), closed when that loop shuts down.
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
+            weakref.WeakKeyDictionary()
         )
+        self._aclient_free = aclient is not None
+        self._owns_aclient = False  # from_url: the first loop's client is the backend's own
         self._down_until = 0.0
         self._last_error: BaseException | None = None
         self._parts: weakref.WeakSet[Shared] = weakref.WeakSet()
         self._names: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
         self._flusher: _Flusher | None = None
         self._pid = os.getpid()
         self.process_id = _process_id()
@@ -210,7 +213,9 @@ class RedisBackend(Backend):
         aclient = redis.asyncio.Redis.from_url(
             url, **{**options, "retry": redis.asyncio.retry.Retry(NoBackoff(), 0)}
         )
-        return cls(client=client, aclient=aclient, **kwargs)
+        backend = cls(client=client, aclient=aclient, **kwargs)
+        backend._owns_aclient = True
+        return backend
 
     def __repr__(self) -> str:
         kwargs = self.client.connection_pool.connection_kwargs
@@ -286,17 +291,40 @@ class RedisBackend(Backend):
 
     async def arun(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
         """`run` for async callers, on the async client (the sync one without it)."""
-        if self._ascripts is None:
+        if self.aclient is None:
             return self.run(script, keys, args)
         self._check()
         self.round_trips += 1
         try:
             async with asyncio.timeout(self.timeout * 2):  # the socket timeout bounds each read
-                reply: list[Any] = await self._ascripts[script](keys=keys, args=args)
+                scripts = self._loops.get(asyncio.get_running_loop()) or await self._adopt()
+                reply: list[Any] = await scripts.scripts[script](keys=keys, args=args)
         except (redis.RedisError, OSError, TimeoutError) as exc:
             raise self._failed(exc) from exc
         self._down_until = 0.0
         return reply
+
+    async def _adopt(self) -> _LoopClient:
+        """The async client of this event loop, made on its first use here."""
+        loop = asyncio.get_running_loop()
+        template = self.aclient
+        assert template is not None
+        with self._lock:
+            entry = self._loops.get(loop)
+            if entry is not None:
+                return entry
+            if self._aclient_free:
+                self._aclient_free = False
+                client, owned = template, self._owns_aclient
+            else:
+                pool = template.connection_pool
+                copy = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
+                client, owned = redis.asyncio.Redis(connection_pool=copy), True
+            entry = _LoopClient(client, owned)
+            self._loops[loop] = entry
+        if entry.closer is not None:
+            await entry.closer.__anext__()  # armed: the loop's shutdown closes the client
+        return entry
 
     def available(self) -> bool:
         """False while the backend rests after a failure."""
@@ -320,7 +348,15 @@ class RedisBackend(Backend):
             flusher.wanted.set()
 
     def flush(self) -> None:
-        """Send everything waiting in this process now (and learn the others' state)."""
+        """Send everything waiting in this process now (and learn the others' state).
+
+        Returns once what was waiting when it was called has been sent (or has failed):
+        a background sync already under way is waited for.
+        """
+        with self._flush_lock:
+            self._flush()
+
+    def _flush(self) -> None:
         for part in list(self._parts):
             try:
                 part.flush()
@@ -343,6 +379,32 @@ class RedisBackend(Backend):
         self.process_id = _process_id()
         self._flusher = None
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._loops = weakref.WeakKeyDictionary()  # the parent's loops did not come along
+
+
+class _LoopClient:
+    """The async client of one event loop and its scripts.
+
+    A client the backend made is closed when its loop shuts down: ``closer``
+    is an async generator started on that loop, and `asyncio.run` (like any
+    loop's ``shutdown_asyncgens``) closes the generators still open, which
+    runs its ``finally`` on the loop, while it can still close sockets.
+    """
+
+    __slots__ = ("client", "closer", "scripts")
+
+    def __init__(self, client: Any, owned: bool) -> None:
+        self.client = client
+        self.scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self.closer = _close_at_shutdown(client) if owned else None
+
+
+async def _close_at_shutdown(client: Any) -> Any:
+    try:
+        yield
+    finally:
+        await client.aclose()
 
 
 class _Flusher(threading.Thread):

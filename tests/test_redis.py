@@ -20,11 +20,10 @@ import redis
 from redis.crc import key_slot
 
 import resilience as rs
+from redis_support import free_port
 from resilience.events import BackendErrorEvent
 from resilience.redis import RedisBackend
 from resilience.stores import MemoryCircuitStore
-
-from redis_support import free_port
 
 pytestmark = pytest.mark.redis
 
@@ -66,7 +65,7 @@ def sync_of(backend: RedisBackend) -> None:
     backend.flush()
 
 
-# -- construction ---------------------------------------------------------------------------
+# -- construction -----------------------------------------------------------------------------
 
 
 def test_a_policy_with_a_backend_needs_a_name(backends: Backends) -> None:
@@ -159,7 +158,8 @@ def test_failures_in_one_process_open_the_breaker_for_another(
     sync_of(there)
     with pytest.raises(rs.CircuitOpenError) as refused:
         theirs.call(lambda: 1)
-    assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 30
+    assert refused.value.retry_after is not None
+    assert 0 < refused.value.retry_after <= 30
     assert theirs.state is rs.CircuitState.OPEN
     metrics = theirs.metrics()
     assert metrics.shared
@@ -306,7 +306,7 @@ def test_strict_is_one_round_trip_per_call(backends: Backends) -> None:
     assert backend.round_trips - before == 50
 
 
-# -- Throttle -----------------------------------------------------------------------------------
+# -- Throttle ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -320,7 +320,8 @@ def test_one_rate_for_every_process(backends: Backends, mode: str) -> None:
     assert admitted == 5  # 5 a minute: the bucket refills a token every 12 s
     with pytest.raises(rs.ThrottledError) as refused:
         throttles[1].call(lambda: None)
-    assert refused.value.retry_after is not None and 0 < refused.value.retry_after <= 12
+    assert refused.value.retry_after is not None
+    assert 0 < refused.value.retry_after <= 12
     assert throttles[0].metrics().shared
     assert throttles[0].metrics().available < 1
 
@@ -348,7 +349,8 @@ def test_a_waiter_reserves_its_tokens_and_a_cancelled_one_gives_them_back(
     with pytest.raises(rs.ThrottledError) as refused:
         throttle.acquire(max_wait=0)
     # Given back: the next token is 10 s away, not 20 s (behind the cancelled waiter).
-    assert refused.value.retry_after is not None and refused.value.retry_after <= 10
+    assert refused.value.retry_after is not None
+    assert refused.value.retry_after <= 10
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -367,7 +369,7 @@ def test_local_first_leases_tokens_in_batches(backends: Backends) -> None:
     assert backend.round_trips < 200  # the lease doubles while it is used up
 
 
-# -- Bulkhead -------------------------------------------------------------------------------------
+# -- Bulkhead ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -442,7 +444,7 @@ def test_a_lease_not_renewed_ends(backends: Backends) -> None:
     assert theirs.call(lambda: 5) == 5
 
 
-# -- RetryBudget ------------------------------------------------------------------------------------
+# -- RetryBudget ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -476,7 +478,7 @@ def test_a_retry_spends_the_shared_budget(backends: Backends) -> None:
     assert attempts == 2  # 0.1 a second over 10 s: one retry in the whole fleet
 
 
-# -- keys ---------------------------------------------------------------------------------------------
+# -- keys -------------------------------------------------------------------------------------
 
 
 def test_every_key_expires_and_each_policy_is_in_one_cluster_slot(
@@ -505,7 +507,7 @@ def test_every_key_expires_and_each_policy_is_in_one_cluster_slot(
         client.close()
 
 
-# -- when Redis does not answer ------------------------------------------------------------------------
+# -- when Redis does not answer ---------------------------------------------------------------
 
 
 def nowhere(backends: Backends, action: str) -> RedisBackend:
@@ -527,7 +529,8 @@ def test_local_decides_in_the_process_while_redis_is_down(backends: Backends) ->
     with pytest.raises(rs.CircuitOpenError):
         breaker.call(lambda: 1)
     failures = [event for event in events if isinstance(event, BackendErrorEvent)]
-    assert failures and failures[0].action == "local"
+    assert failures
+    assert failures[0].action == "local"
     assert isinstance(failures[0].error, redis.ConnectionError)
     throttle = rs.Throttle(2, per=60, name="down", backend=backend)
     assert [throttle.try_acquire() for _ in range(3)] == [True, True, False]

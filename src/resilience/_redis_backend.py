@@ -341,10 +341,14 @@ class RedisBackend(Backend):
                 self._flusher = _Flusher(self)
                 self._flusher.start()
 
-    def wake(self) -> None:
-        """Sync now rather than at the next interval (a failure to report, a slot to free)."""
+    def wake(self, *, urgent: bool = True) -> None:
+        """Sync now rather than at the next interval: at once (a failure the fleet must
+        know), or, not ``urgent``, after a short grace (a slot or tokens to give back, which
+        this process's next request may carry instead, saving a round trip)."""
         flusher = self._flusher
         if flusher is not None:
+            if urgent:
+                flusher.urgent = True
             flusher.wanted.set()
 
     def flush(self) -> None:
@@ -383,6 +387,10 @@ class RedisBackend(Backend):
         self._loops = weakref.WeakKeyDictionary()  # the parent's loops did not come along
 
 
+#: How long a sync woken for something that is not urgent waits for a request to carry it.
+_GRACE = 0.002
+
+
 class _LoopClient:
     """The async client of one event loop and its scripts.
 
@@ -415,12 +423,15 @@ class _Flusher(threading.Thread):
         self.backend = weakref.ref(backend)
         self.interval = backend.sync_interval
         self.wanted = threading.Event()
+        self.urgent = False
         self.stopped = threading.Event()
 
     def run(self) -> None:
         while not self.stopped.is_set():
-            self.wanted.wait(self.interval)
+            if self.wanted.wait(self.interval) and not self.urgent:
+                self.stopped.wait(min(_GRACE, self.interval))
             self.wanted.clear()
+            self.urgent = False
             backend = self.backend()
             if backend is None or self.stopped.is_set():
                 return

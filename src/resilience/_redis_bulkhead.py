@@ -122,7 +122,7 @@ class SharedBulkhead(Shared):
             raise
         except BaseException:  # cancelled while Redis answered: the slot goes back
             self._put_back([*releases, member])
-            self.backend.wake()
+            self.backend.wake(urgent=False)
             raise
         return member if self._answer(member, reply) else None
 
@@ -167,7 +167,7 @@ class SharedBulkhead(Shared):
         with self._mutex:
             self._held.pop(member, None)
             self._releases.append(member)
-        self.backend.wake()
+        self.backend.wake(urgent=False)
 
     def flush(self) -> None:
         with self._mutex:

@@ -24,7 +24,7 @@ from ._backend import Unavailable
 from ._redis_backend import RedisBackend, Shared
 
 #: The most tokens one process leases at a time.
-_MOST = 256
+_MOST = 1024
 
 
 class SharedThrottle(Shared):
@@ -43,6 +43,7 @@ class SharedThrottle(Shared):
         self._rejected = 0
         self._mutex = threading.Lock()
         self.lease = 2 * backend.sync_interval
+        self._monotonic = policy.clock.monotonic
         backend.start()
 
     # -- the request ---------------------------------------------------------------------------
@@ -59,6 +60,21 @@ class SharedThrottle(Shared):
             self.backend.key_ttl,
             repr(want),
         ]
+
+    def take_now(self, cost: float) -> bool:
+        """Local-first: take ``cost`` from this process's lease if it holds that many, unexpired
+        (the fast path of every call: no round trip)."""
+        with self._mutex:
+            if self._tokens >= cost and self._monotonic() < self._expires:
+                self._tokens -= cost
+                return True
+        return False
+
+    def _most(self) -> float:
+        """The largest lease: a quarter of the burst, and no more than the fleet's tokens of
+        one lease period, nor `_MOST`."""
+        policy = self._settings
+        return max(1.0, min(_MOST, policy.burst / 4, policy.rate * self.lease / policy.per))
 
     def _from_lease(self, cost: float, now: float) -> bool:
         """Local-first: take ``cost`` from this process's lease, if it holds that many."""
@@ -99,12 +115,12 @@ class SharedThrottle(Shared):
                 self._tokens += granted - cost
                 self._expires = now + self.lease
                 if spent_fast:
-                    most = max(1.0, min(_MOST, self._settings.burst / 4))
+                    most = self._most()
                     self._batch = min(most, self._batch * 2)
         elif op == "l" and self.mode == "local-first":
             with self._mutex:
                 if self._expires > now:  # used up before it expired: ask for more next time
-                    most = max(1.0, min(_MOST, self._settings.burst / 4))
+                    most = self._most()
                     self._batch = min(most, self._batch * 2)
                 self._expires = now + self.lease
         return True, wait
@@ -134,7 +150,7 @@ class SharedThrottle(Shared):
         """A waiter that gave up: its reserved tokens go back at the next sync."""
         with self._mutex:
             self._returns += cost
-        self.backend.wake()
+        self.backend.wake(urgent=False)
 
     def flush(self) -> None:
         now = self._settings.clock.monotonic()

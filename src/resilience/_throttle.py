@@ -698,12 +698,17 @@ class Throttle(Middleware):
         calls of their own cost (``cost=`` a function): `_shells.weighted_throttle`."""
         direct = next is terminal  # innermost: call the function without the extra hop
         bucket = self._bucket
-        if self._shared is not None:  # every call asks the fleet's bucket first
-            if self._cost_of is None:
-                fixed = bucket.cost
+        shared = self._shared
+        if shared is not None:  # every call asks the fleet's bucket (or this process's lease)
+            fixed = bucket.cost
+            if shared.mode == "strict" and self._cost_of is None:
                 return shells.admitted(next, direct, lambda: admit(fixed, self.max_wait))
             return shells.weighted_throttle(
-                next, direct, self._cost_for, _never, lambda cost: admit(cost, self.max_wait)
+                next,
+                direct,
+                self._cost_for if self._cost_of is not None else lambda args, kwargs: fixed,
+                shared.take_now if shared.mode == "local-first" else _never,
+                lambda cost: admit(cost, self.max_wait),
             )
         if self._cost_of is not None:
             return shells.weighted_throttle(

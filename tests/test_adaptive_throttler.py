@@ -325,3 +325,38 @@ async def test_a_thousand_tasks_count_exactly(clock: FakeClock) -> None:
     )
     assert sum(isinstance(r, ConnectionError) for r in results) == 500
     assert throttler.metrics() == rs.metrics.AdaptiveThrottlerMetrics(1000, 500, 0.0, 0)
+
+
+def test_update_changes_k_for_the_next_call() -> None:
+    """update(k=) reaches the calls of a throttler already wrapped (the shell reads it)."""
+    clock = FakeClock()
+    throttler = rs.AdaptiveThrottler(k=1000, seed=1, clock=clock)
+    refusing = False
+
+    @throttler
+    def backend() -> None:
+        if refusing:
+            raise ConnectionError
+
+    for _ in range(20):
+        backend()
+    refusing = True
+    for _ in range(60):  # k=1000: 20 accepts cover them all, nothing is rejected here
+        with pytest.raises(ConnectionError):
+            backend()
+    assert throttler.metrics().probability == 0.0
+    throttler.update(k=1.0)
+    assert throttler.k == 1.0
+    assert throttler.metrics().probability == pytest.approx(60 / 81)
+    rejected = 0
+    for _ in range(50):
+        try:
+            backend()
+        except rs.ThrottledError:
+            rejected += 1
+        except ConnectionError:
+            pass
+    assert rejected > 20
+    with pytest.raises(ValueError, match="k"):
+        throttler.update(k=0.5)
+    assert throttler.k == 1.0

@@ -55,6 +55,7 @@ from ._validate import seconds as _seconds
 
 __all__ = ["AdaptiveThrottler", "AdaptiveThrottlerEvent", "AdaptiveThrottlerMetrics"]
 
+_UNSET: Any = object()
 logger = logging.getLogger("resilience")
 
 
@@ -117,6 +118,7 @@ class _Window:
         "base_requests",
         "clock",
         "edge",
+        "k",
         "latest",
         "marks",
         "mutex",
@@ -127,6 +129,7 @@ class _Window:
     )
 
     def __init__(self, seconds: float, buckets: int, clock: Clock) -> None:
+        self.k = 2.0  # the throttler's, read by every call
         self.clock = clock
         self.width = seconds / buckets
         self.requests = Tally()
@@ -219,6 +222,18 @@ class AdaptiveThrottler(Middleware):
         self.clock = validate_clock(clock)
         self.name = optional_name(name)
         self._window = _Window(self.window_seconds, self.window_buckets, self.clock)
+        self._window.k = self.k
+
+    def update(self, *, k: float = _UNSET) -> None:
+        """Change ``k``, from any thread: the next call's rejection probability uses it.
+
+        The window keeps its counts; a smaller ``k`` rejects more of the calls
+        that the backend has been refusing, a larger one fewer.
+        """
+        if k is not _UNSET:
+            value = number(k, "k", minimum=1.0)
+            self._set(k=value)
+            self._window.k = value
 
     # -- description and observation ----------------------------------------------------------
 
@@ -289,6 +304,5 @@ class AdaptiveThrottler(Middleware):
             self._reject,
             self._refused,
             self.refused_result,
-            self.k,
         )
         return shells.adaptive_throttler(next, next is terminal, self._window, parts)

@@ -218,9 +218,9 @@ def adaptive_throttler(
     """Reject locally with the SRE book's probability; count requests and accepts lock-free.
 
     ``parts``: the clock, the draw of a random number, the rejection, what
-    counts as refused (an error, a result) and ``k``.
+    counts as refused (an error, a result); ``k`` is the window's (``update`` changes it).
     """
-    monotonic, draw, reject, refused, check, k = parts
+    monotonic, draw, reject, refused, check = parts
     requests, accepts, rotate = window.requests.counter, window.accepts.counter, window.rotate
     step = requests.__next__
     accept = accepts.__next__
@@ -230,7 +230,7 @@ def adaptive_throttler(
             rotate()
         seen = window.requested - window.base_requests
         accepted = window.accepted - window.base_accepts
-        excess = seen - k * accepted
+        excess = seen - window.k * accepted
         if excess > 0 and draw() < excess / (seen + 1):
             raise reject(seen, accepted)
         try:

@@ -412,7 +412,7 @@ async def _close_at_shutdown(client: Any) -> Any:
     try:
         yield
     finally:
-        await client.aclose()
+        await client.aclose(close_connection_pool=True)
 
 
 class _Flusher(threading.Thread):

@@ -34,9 +34,9 @@ import redis
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "tests"))
 
-import resilience as rs  # noqa: E402
-from redis_support import RedisServer  # noqa: E402
-from resilience.redis import RedisBackend  # noqa: E402
+import resilience as rs
+from redis_support import RedisServer
+from resilience.redis import RedisBackend
 
 
 def work() -> int:

@@ -40,7 +40,9 @@ Nothing is patched: a snippet runs as a reader would run it, so a page that
 waits for real (the real-time examples of docs/timeout.md, a 10 ms backoff)
 waits here too. Keep such waits to a few milliseconds and prefer a
 ``FakeClock`` on pages about time; ``PAGE_BUDGET`` catches a page that waits
-for longer. Snippets must not touch the network.
+for longer. Snippets must not touch the network, but for one thing: a page
+that names ``REDIS_URL`` runs with that variable set to a redis-server the
+tests start on 127.0.0.1 (tests/conftest.py).
 """
 
 from __future__ import annotations
@@ -341,6 +343,11 @@ def has_python(path: Path) -> bool:
 def test_page(page: str, request: pytest.FixtureRequest) -> None:
     """The page's blocks run, print what the page shows, and its pytest tests pass."""
     path = ROOT / page
+    if "REDIS_URL" in path.read_text(encoding="utf-8"):
+        # A page about the Redis backend runs against a real redis-server of the tests
+        # (127.0.0.1, a free port): the snippets read its URL from the environment.
+        url = request.getfixturevalue("redis_url")
+        request.getfixturevalue("monkeypatch").setenv("REDIS_URL", url)
     started = time.perf_counter()
     problems = run_page(path)
     took = time.perf_counter() - started

@@ -9,7 +9,6 @@ the backend's timeout and turn every client error into `Unavailable`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import os
@@ -273,9 +272,8 @@ class RedisBackend(Backend):
     def _failed(self, error: BaseException) -> Unavailable:
         self._last_error = error
         self._down_until = time.monotonic() + self.retry_interval
-        # Drop connections that may be broken: the next try starts afresh.
-        with contextlib.suppress(Exception):
-            self.client.connection_pool.disconnect()
+        # redis-py drops the connection that failed; the pool's others may be in use by
+        # other threads, so they are left alone (each is dropped when it fails in turn).
         return Unavailable(error, self.retry_interval)
 
     def run(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
@@ -284,7 +282,7 @@ class RedisBackend(Backend):
         self.round_trips += 1
         try:
             reply: list[Any] = self._scripts[script](keys=keys, args=args, client=self.client)
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # a client error of any kind: the backend failed
             raise self._failed(exc) from exc
         self._down_until = 0.0
         return reply
@@ -299,7 +297,7 @@ class RedisBackend(Backend):
             async with asyncio.timeout(self.timeout * 2):  # the socket timeout bounds each read
                 scripts = self._loops.get(asyncio.get_running_loop()) or await self._adopt()
                 reply: list[Any] = await scripts.scripts[script](keys=keys, args=args)
-        except (redis.RedisError, OSError, TimeoutError) as exc:
+        except Exception as exc:  # a timeout, a client error of any kind: the backend failed
             raise self._failed(exc) from exc
         self._down_until = 0.0
         return reply

@@ -294,12 +294,22 @@ class RedisCircuitStore(Shared, CircuitStore):
         records, releases, pending, given = self._take()
         try:
             reply = self.backend.run("circuit", self._keys, self._args("m", records, releases))
-        except Unavailable as problem:
+        except Unavailable:
             self._put_back(pending, given)
             local = self._local
             if local is not None:
                 return local.metrics()
-            raise self.refusal(problem) from problem.error
+            return CircuitMetrics(  # what this process knows: its last view of the fleet
+                state=self._state,
+                calls=0,
+                failures=0,
+                slow_calls=0,
+                consecutive_failures=self.lane.consecutive,
+                seconds_in_state=0.0,
+                retry_after=self.retry_after(),
+                trips=0,
+                rejected=self._rejected_here,
+            )
         self._learn(reply)
         state = _STATES[_text(reply[1])]
         retry_after = float(reply[3])

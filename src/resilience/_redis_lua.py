@@ -109,17 +109,18 @@ end
 local function add_count(code, count)
   local n = math.min(count, window_calls)
   local chunk = {}
+  local length = 0
   for i = 1, n do
     chunk[#chunk + 1] = code
     if #chunk == 1000 or i == n then
-      redis.call('RPUSH', W, unpack(chunk))
+      length = redis.call('RPUSH', W, unpack(chunk))
       chunk = {}
     end
   end
   w_calls = w_calls + n
   if code % 4 >= 2 then w_fail = w_fail + n end
   if code >= 4 then w_slow = w_slow + n end
-  local over = redis.call('LLEN', W) - window_calls
+  local over = length - window_calls
   while over > 0 do
     local take = math.min(over, 1000)
     local gone = redis.call('LPOP', W, take)
@@ -259,7 +260,7 @@ if dirty then
     'ws', w_slow)
 end
 redis.call('EXPIRE', S, ttl)
-if redis.call('EXISTS', W) == 1 then redis.call('EXPIRE', W, ttl) end
+redis.call('EXPIRE', W, ttl)  -- nothing when there is no window yet
 
 local retry_after = -1
 if state == 'open' then retry_after = math.max(0, open_until - now) end

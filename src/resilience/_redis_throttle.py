@@ -74,7 +74,8 @@ class SharedThrottle(Shared):
         """The largest lease: a quarter of the burst, and no more than the fleet's tokens of
         one lease period, nor `_MOST`."""
         policy = self._settings
-        return max(1.0, min(_MOST, policy.burst / 4, policy.rate * self.lease / policy.per))
+        most: float = min(_MOST, policy.burst / 4, policy.rate * self.lease / policy.per)
+        return max(1.0, most)
 
     def _from_lease(self, cost: float, now: float) -> bool:
         """Local-first: take ``cost`` from this process's lease, if it holds that many."""

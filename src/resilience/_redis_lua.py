@@ -104,6 +104,7 @@ local function add_time(code, count)
   if code % 4 >= 2 then b = b + count end
   if code >= 4 then d = d + count end
   redis.call('HSET', W, bucket, a .. ':' .. b .. ':' .. d)
+  if not old then redis.call('EXPIRE', W, ttl) end
 end
 
 local function add_count(code, count)
@@ -120,6 +121,7 @@ local function add_count(code, count)
   w_calls = w_calls + n
   if code % 4 >= 2 then w_fail = w_fail + n end
   if code >= 4 then w_slow = w_slow + n end
+  if length == n then redis.call('EXPIRE', W, ttl) end  -- a new window
   local over = length - window_calls
   while over > 0 do
     local take = math.min(over, 1000)
@@ -259,8 +261,14 @@ if dirty then
     'tc', t_calls, 'tf', t_fail, 'ts', t_slow, 'cf', consecutive, 'wc', w_calls, 'wf', w_fail,
     'ws', w_slow)
 end
-redis.call('EXPIRE', S, ttl)
-redis.call('EXPIRE', W, ttl)  -- nothing when there is no window yet
+-- The keys' TTL, renewed a few times per TTL rather than at every call (two commands less).
+-- (A window key made since then got its TTL when it was made.)
+local renewed = tonumber(st.x or '0')
+if now - renewed >= ttl / 4 then
+  redis.call('HSET', S, 'x', tostring(now))
+  redis.call('EXPIRE', S, ttl)
+  redis.call('EXPIRE', W, ttl)  -- nothing when there is no window yet
+end
 
 local retry_after = -1
 if state == 'open' then retry_after = math.max(0, open_until - now) end

@@ -184,7 +184,7 @@ class Bulkhead(Admission, Middleware):
         if self.isolation is not None:
             out["isolation"] = self.isolation
         if self.backend is not None:
-            out["backend"] = self.backend
+            out["backend"] = repr(self.backend)
         return out
 
     def __repr__(self) -> str:

@@ -422,7 +422,7 @@ class CircuitBreaker(Middleware):
         out["half_open_calls"] = self.half_open_calls
         out["half_open_max_seconds"] = self.half_open_max_seconds
         if self.backend is not None:
-            out["backend"] = self.backend
+            out["backend"] = repr(self.backend)
         return out
 
     def __repr__(self) -> str:

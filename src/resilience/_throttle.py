@@ -413,7 +413,7 @@ class Throttle(Middleware):
         if self._initial_given:
             out["initial_tokens"] = self.initial_tokens
         if self.backend is not None:
-            out["backend"] = self.backend
+            out["backend"] = repr(self.backend)
         return out
 
     def __repr__(self) -> str:

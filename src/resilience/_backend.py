@@ -58,10 +58,13 @@ class BackendErrorEvent(ResilienceEvent):
 class Unavailable(Exception):
     """The backend failed an operation, or is resting after a failure (internal)."""
 
-    def __init__(self, error: BaseException, retry_after: float) -> None:
+    def __init__(self, error: BaseException, retry_after: float, sent: bool = True) -> None:
         super().__init__(str(error))
         self.error = error
         self.retry_after = retry_after
+        self.sent = sent
+        """False when the request surely never reached the server (the backend was resting,
+        or no connection could be made); True when it may have been applied."""
 
 
 class Backend(ABC):

@@ -267,14 +267,17 @@ class RedisBackend(Backend):
             self._forked()
         if self._down_until and time.monotonic() < self._down_until:
             assert self._last_error is not None
-            raise Unavailable(self._last_error, self._down_until - time.monotonic())
+            raise Unavailable(self._last_error, self._down_until - time.monotonic(), sent=False)
 
     def _failed(self, error: BaseException) -> Unavailable:
         self._last_error = error
         self._down_until = time.monotonic() + self.retry_interval
         # redis-py drops the connection that failed; the pool's others may be in use by
         # other threads, so they are left alone (each is dropped when it fails in turn).
-        return Unavailable(error, self.retry_interval)
+        # A request that failed to connect never reached the server; any other failure (a
+        # timeout above all) may come after the server applied it.
+        unsent = isinstance(error, redis.ConnectionError) and "connecting to" in str(error)
+        return Unavailable(error, self.retry_interval, sent=not unsent)
 
     def run(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
         """Run one script, bounded by the timeout; raises `Unavailable` on any failure."""

@@ -63,8 +63,9 @@ class SharedBudget(Shared):
         fresh = self._fresh()
         try:
             reply = self.backend.run("budget", self._keys, self._args(op, fresh))
-        except BaseException:
-            self._unsend(fresh)
+        except Unavailable as problem:
+            if not problem.sent:  # else they may have been added: never twice
+                self._unsend(fresh)
             raise
         self.answered()
         return reply

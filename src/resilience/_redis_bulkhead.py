@@ -45,6 +45,10 @@ class SharedBulkhead(Shared):
         self._serial = itertools.count(1)
         self._releases: list[str] = []
         self._held: dict[str, float] = {}  # member -> when its lease was last renewed (here)
+        # Members whose admission failed in a way that may still reach Redis (a timeout, a
+        # cancellation): removed again at every sync until their lease would have ended, in
+        # case the admission lands after the first removal.
+        self._doubtful: dict[str, float] = {}
         self._mutex = threading.Lock()
         self._rejected = 0
         backend.start()
@@ -60,6 +64,12 @@ class SharedBulkhead(Shared):
         now = self._policy.clock.monotonic()
         with self._mutex:
             releases, self._releases = self._releases, []
+            if self._doubtful:
+                for doubtful, since in list(self._doubtful.items()):
+                    if now - since > lease:
+                        del self._doubtful[doubtful]
+                    elif doubtful not in releases:
+                        releases.append(doubtful)
             renewals = []
             if renew:
                 for held, since in self._held.items():
@@ -76,9 +86,11 @@ class SharedBulkhead(Shared):
         ]
         return args, releases
 
-    def _put_back(self, releases: list[str]) -> None:
+    def _put_back(self, releases: list[str], doubtful: str = "") -> None:
         with self._mutex:
             self._releases.extend(releases)
+            if doubtful:
+                self._doubtful[doubtful] = self._policy.clock.monotonic()
 
     def _answer(self, member: str, reply: list[Any]) -> bool:
         self.answered()
@@ -103,11 +115,9 @@ class SharedBulkhead(Shared):
         args, releases = self._args(member)
         try:
             reply = self.backend.run("bulkhead", self._keys, args)
-        except Unavailable:
-            self._put_back(releases)
-            raise
         except BaseException:
-            self._put_back([*releases, member])  # it may have been admitted: never keep it
+            self._put_back(releases, member)  # it may have been admitted: never keep it
+            self.backend.wake(urgent=False)
             raise
         return member if self._answer(member, reply) else None
 
@@ -117,11 +127,8 @@ class SharedBulkhead(Shared):
         args, releases = self._args(member)
         try:
             reply = await self.backend.arun("bulkhead", self._keys, args)
-        except Unavailable:
-            self._put_back(releases)
-            raise
-        except BaseException:  # cancelled while Redis answered: the slot goes back
-            self._put_back([*releases, member])
+        except BaseException:  # timed out or cancelled while Redis answered: it goes back
+            self._put_back(releases, member)
             self.backend.wake(urgent=False)
             raise
         return member if self._answer(member, reply) else None
@@ -171,7 +178,7 @@ class SharedBulkhead(Shared):
 
     def flush(self) -> None:
         with self._mutex:
-            idle = not self._releases and not self._held
+            idle = not self._releases and not self._held and not self._doubtful
         if idle:
             return
         args, releases = self._args("", renew=True)

@@ -138,8 +138,16 @@ class RedisCircuitStore(Shared, CircuitStore):
         records = ",".join(f"{permit}:{code}:{count}" for permit, code, count in pending)
         return records, ",".join(map(str, releases)), pending, releases
 
-    def _put_back(self, pending: list[tuple[int, int, int]], releases: list[int]) -> None:
-        """Outcomes that could not be sent wait for the next try (the newest _KEEP of them)."""
+    def _put_back(
+        self, pending: list[tuple[int, int, int]], releases: list[int], problem: Unavailable
+    ) -> None:
+        """Outcomes that could not be sent wait for the next try (the newest _KEEP of them).
+
+        Outcomes that may have reached the server (the request timed out) are not sent
+        again: counted at most once, never twice. Trials given back are idempotent.
+        """
+        if problem.sent:
+            pending = []
         with self.lock:
             self._pending.extendleft(reversed(pending))
             self._releases.extendleft(reversed(releases))
@@ -192,7 +200,7 @@ class RedisCircuitStore(Shared, CircuitStore):
         try:
             reply = self.backend.run("circuit", self._keys, self._args("a", records, releases))
         except Unavailable as problem:
-            self._put_back(pending, given)
+            self._put_back(pending, given, problem)
             return self._without("acquire", problem)
         return self._learn(reply)
 
@@ -206,7 +214,7 @@ class RedisCircuitStore(Shared, CircuitStore):
                 "circuit", self._keys, self._args("a", records, releases)
             )
         except Unavailable as problem:
-            self._put_back(pending, given)
+            self._put_back(pending, given, problem)
             return self._without("acquire", problem)
         return self._learn(reply)
 
@@ -261,9 +269,14 @@ class RedisCircuitStore(Shared, CircuitStore):
         try:
             reply = self.backend.run("circuit", self._keys, self._args("s", records, releases))
         except Unavailable as problem:
-            self._put_back(pending, given)
+            self._put_back(pending, given, problem)
             if self.on_backend_error == "local":
                 self._fallback(problem, "sync")
+            else:  # calls stop taking the lane: each asks, and is refused ("closed") or admitted
+                self.failed("sync", problem, self.on_backend_error)
+                with self.lock:
+                    self.lane.permit = REJECTED
+                    self.lane.success_permit = NOT_LANED
             return
         self._learn(reply)
 
@@ -285,7 +298,7 @@ class RedisCircuitStore(Shared, CircuitStore):
         try:
             reply = self.backend.run("circuit", self._keys, args)
         except Unavailable as problem:
-            self._put_back(pending, given)
+            self._put_back(pending, given, problem)
             raise self.refusal(problem) from problem.error
         self._learn(reply)
 
@@ -294,8 +307,8 @@ class RedisCircuitStore(Shared, CircuitStore):
         records, releases, pending, given = self._take()
         try:
             reply = self.backend.run("circuit", self._keys, self._args("m", records, releases))
-        except Unavailable:
-            self._put_back(pending, given)
+        except Unavailable as problem:
+            self._put_back(pending, given, problem)
             local = self._local
             if local is not None:
                 return local.metrics()

@@ -4,6 +4,8 @@
 
 Uses the Redis at $REDIS_URL, or starts a throwaway redis-server on a free
 port of 127.0.0.1 (persistence off) when one is on PATH, and stops it after.
+With neither, it says so and exits 0 (1 when CI=true, where redis-server
+is installed).
 
 1. Worker 0 calls a dependency that has gone down; its failures open the
    breaker "payments", and the three other workers, which never saw a
@@ -87,7 +89,11 @@ def redis_url() -> Iterator[str]:
         return
     binary = shutil.which("redis-server")
     if binary is None:
-        sys.exit("set REDIS_URL, or install redis-server (apt-get install -y redis-server)")
+        message = "set REDIS_URL, or install redis-server (apt-get install -y redis-server)"
+        if os.environ.get("CI", "").strip().lower() == "true":
+            sys.exit(message)  # CI installs redis-server: its absence is a failure there
+        print(f"skipped: {message}")
+        sys.exit(0)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

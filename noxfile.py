@@ -138,7 +138,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/run.py", *session.posargs)
     session.run("python", "bench/suite.py", *session.posargs)
     session.run("python", "bench/throttle_accuracy.py")
-    session.run("python", "bench/shared_state.py", *session.posargs)  # needs redis-server
+    session.run("python", "bench/redis_bench.py", *session.posargs)  # needs redis-server
 
 
 @nox.session(python=PYTHON)
@@ -151,4 +151,4 @@ def bench_smoke(session: nox.Session) -> None:
     session.install("-e", ".[bench]")
     session.run("python", "bench/run.py", "--quick")
     session.run("python", "bench/suite.py", "--quick")
-    session.run("python", "bench/shared_state.py", "--quick")
+    session.run("python", "bench/redis_bench.py", "--quick")

@@ -182,6 +182,8 @@ class SharedBulkhead(Shared):
         if idle:
             return
         args, releases = self._args("", renew=True)
+        if not args[4] and not args[5]:
+            return  # nothing to give back and no lease due for renewal: no round trip
         try:
             self.backend.run("bulkhead", self._keys, args)
         except Unavailable:

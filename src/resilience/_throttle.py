@@ -395,7 +395,7 @@ class Throttle(Middleware):
             if burst is not None:
                 self._burst_follows_rate = False
             # A waiter for more than the new burst could never be served: it is refused.
-            bucket.queue.refuse_over(new_burst, now)
+            bucket.queue.refuse_over(new_burst)
             bucket.queue.serve(now)
         finally:
             bucket.unlock()

@@ -213,21 +213,16 @@ class WaiterQueue:
             self._leave(waiter)
         self.serve(now)
 
-    def refuse_over(self, limit: float, now: float) -> int:
-        """Refuse the waiters whose cost is above ``limit`` (a gate that shrank); returns how many.
+    def refuse_over(self, limit: float) -> None:
+        """Refuse the waiters whose cost is above ``limit`` (a gate that shrank).
 
-        They could never be granted: each is woken to leave with nothing, and the queue
-        moves on without them.
+        They could never be granted: each is woken to leave with nothing. The caller
+        serves the queue next, which moves on without them.
         """
-        refused = 0
         for waiter in list(self._waiters):
             if waiter.state == WAITING and waiter.collect is None and waiter.cost > limit:
                 self._leave(waiter)
                 _wake(waiter)
-                refused += 1
-        if refused:
-            self.serve(now)
-        return refused
 
     def _leave(self, waiter: Waiter) -> None:
         waiter.state = LEFT

@@ -24,6 +24,7 @@ from redis_support import free_port
 from resilience.events import BackendErrorEvent
 from resilience.redis import RedisBackend
 from resilience.stores import MemoryCircuitStore
+from resilience.testing import FakeClock
 
 pytestmark = pytest.mark.redis
 
@@ -331,16 +332,19 @@ def test_a_waiter_reserves_its_tokens_and_a_cancelled_one_gives_them_back(
     backends: Backends,
 ) -> None:
     backend = backends("strict")
-    throttle = rs.Throttle(1, per=10, name="slow", max_wait=30, backend=backend)
+    # The server times the reservation; the waiter sleeps on this clock, which never moves.
+    clock = FakeClock(auto_advance=False)
+    throttle = rs.Throttle(1, per=10, name="slow", max_wait=30, backend=backend, clock=clock)
     throttle.acquire()
 
     async def main() -> None:
         waiter = asyncio.create_task(throttle.aacquire())
-        for _ in range(100):  # until its reservation is made and it sleeps
-            await asyncio.sleep(0)
-            if backend.round_trips >= 2:
+        for _ in range(5000):  # until Redis has answered and the waiter sleeps (bounded)
+            if clock.sleeps:
                 break
-        await asyncio.sleep(0.01)
+            await asyncio.sleep(0.001)
+        assert clock.sleeps
+        assert clock.sleeps[0] > 9
         waiter.cancel()
         with pytest.raises(asyncio.CancelledError):
             await waiter
@@ -596,3 +600,16 @@ def test_a_backend_that_comes_back_is_used_again(backends: Backends, redis_serve
         redis_server.ensure_running()
     assert throttle.try_acquire()
     assert throttle.metrics().shared
+
+
+def test_a_dropped_policy_frees_its_name(backends: Backends) -> None:
+    """A policy made again under the same name (a reload) once the first is gone."""
+    import gc
+
+    backend = backends()
+    throttle = rs.Throttle(10, name="again", backend=backend)
+    with pytest.raises(ValueError, match="already holds"):
+        rs.Throttle(10, name="again", backend=backend)
+    del throttle
+    gc.collect()
+    assert rs.Throttle(10, name="again", backend=backend).try_acquire()

@@ -185,7 +185,6 @@ class RedisBackend(Backend):
         self._down_until = 0.0
         self._last_error: BaseException | None = None
         self._parts: weakref.WeakSet[Shared] = weakref.WeakSet()
-        self._names: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._flusher: _Flusher | None = None
@@ -245,20 +244,16 @@ class RedisBackend(Backend):
         maker: Callable[[RedisBackend, str, Any], Shared] = getattr(
             importlib.import_module(f"resilience.{module}"), cls
         )
+        part = maker(self, name, policy)
         with self._lock:
-            if (kind, name) in self._names:
+            # One live part per kind and name: a policy that was dropped frees its name.
+            if any(other.kind == kind and other.name == name for other in self._parts):
                 raise ValueError(
                     f"this backend already holds a {kind} named {name!r} in this process: "
                     f"give each policy its own name, or share the policy itself"
                 )
-            self._names.add((kind, name))
-        part = maker(self, name, policy)
-        self._parts.add(part)
+            self._parts.add(part)
         return part
-
-    def detach(self, kind: str, name: str) -> None:
-        with self._lock:
-            self._names.discard((kind, name))
 
     # -- operations ----------------------------------------------------------------------
 

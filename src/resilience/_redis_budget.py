@@ -13,7 +13,6 @@ the budget a little stricter, never looser).
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from ._backend import Unavailable
@@ -33,18 +32,17 @@ class SharedBudget(Shared):
         self._keys = [self.key("window")]
         self._account = policy._account
         self._sent = 0  # deposits counted here and already added on the server
-        self._mutex = threading.Lock()
         backend.start()
 
     def _fresh(self) -> int:
         """Deposits not sent yet, now marked sent (put them back with `_unsend` on failure)."""
-        with self._mutex:
+        with self.lock:
             total: int = self._account.tally.total()
             fresh, self._sent = total - self._sent, total
         return fresh
 
     def _unsend(self, count: int) -> None:
-        with self._mutex:
+        with self.lock:
             self._sent -= count
 
     def _args(self, op: str, deposits: int) -> list[Any]:
@@ -80,7 +78,7 @@ class SharedBudget(Shared):
         return max(0, int(float(reply[1]))), int(reply[2]), int(reply[3])
 
     def flush(self) -> None:
-        with self._mutex:
+        with self.lock:
             idle = self._account.tally.total() == self._sent
         if idle:
             return

@@ -20,7 +20,6 @@ not first-come first-served across processes.
 from __future__ import annotations
 
 import itertools
-import threading
 from typing import Any
 
 from ._backend import Unavailable
@@ -49,8 +48,6 @@ class SharedBulkhead(Shared):
         # cancellation): removed again at every sync until their lease would have ended, in
         # case the admission lands after the first removal.
         self._doubtful: dict[str, float] = {}
-        self._mutex = threading.Lock()
-        self._rejected = 0
         backend.start()
 
     # -- requests --------------------------------------------------------------------------
@@ -62,7 +59,7 @@ class SharedBulkhead(Shared):
         """The script's arguments: the slot asked for, releases and renewals waiting."""
         lease = self.backend.lease_seconds
         now = self._policy.clock.monotonic()
-        with self._mutex:
+        with self.lock:
             releases, self._releases = self._releases, []
             if self._doubtful:
                 for doubtful, since in list(self._doubtful.items()):
@@ -87,7 +84,7 @@ class SharedBulkhead(Shared):
         return args, releases
 
     def _put_back(self, releases: list[str], doubtful: str = "") -> None:
-        with self._mutex:
+        with self.lock:
             self._releases.extend(releases)
             if doubtful:
                 self._doubtful[doubtful] = self._policy.clock.monotonic()
@@ -95,7 +92,7 @@ class SharedBulkhead(Shared):
     def _answer(self, member: str, reply: list[Any]) -> bool:
         self.answered()
         if int(reply[0]):
-            with self._mutex:
+            with self.lock:
                 self._held[member] = self._policy.clock.monotonic()
             return True
         return False
@@ -145,9 +142,6 @@ class SharedBulkhead(Shared):
             clock.sleep(wait)
             pause = min(_LONGEST_PAUSE, pause * 2)
             member = self.try_take()
-        if member is None:
-            with self._mutex:
-                self._rejected += 1
         return member
 
     async def atake(self, give_up: float | None) -> str | None:
@@ -162,22 +156,19 @@ class SharedBulkhead(Shared):
             await clock.asleep(wait)
             pause = min(_LONGEST_PAUSE, pause * 2)
             member = await self.atry_take()
-        if member is None:
-            with self._mutex:
-                self._rejected += 1
         return member
 
     def release(self, member: str) -> None:
         """Give a slot back: sent with the next request, or by the sync, woken now."""
         if member == UNCOUNTED:
             return
-        with self._mutex:
+        with self.lock:
             self._held.pop(member, None)
             self._releases.append(member)
         self.backend.wake(urgent=False)
 
     def flush(self) -> None:
-        with self._mutex:
+        with self.lock:
             idle = not self._releases and not self._held and not self._doubtful
         if idle:
             return
@@ -200,6 +191,3 @@ class SharedBulkhead(Shared):
             self._put_back(releases)
             raise
         return int(reply[1])
-
-    def refusals(self) -> int:
-        return self._rejected

@@ -17,7 +17,6 @@ that gives up (cancelled, interrupted) gives its tokens back.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from ._backend import Unavailable
@@ -40,8 +39,6 @@ class SharedThrottle(Shared):
         self._expires = 0.0  # when they go back (this process's clock)
         self._batch = 1.0
         self._returns = 0.0  # tokens to give back at the next sync
-        self._rejected = 0
-        self._mutex = threading.Lock()
         self.lease = 2 * backend.sync_interval
         self._monotonic = policy.clock.monotonic
         backend.start()
@@ -64,7 +61,7 @@ class SharedThrottle(Shared):
     def take_now(self, cost: float) -> bool:
         """Local-first: take ``cost`` from this process's lease if it holds that many, unexpired
         (the fast path of every call: no round trip)."""
-        with self._mutex:
+        with self.lock:
             if self._tokens >= cost and self._monotonic() < self._expires:
                 self._tokens -= cost
                 return True
@@ -77,16 +74,6 @@ class SharedThrottle(Shared):
         most: float = min(_MOST, policy.burst / 4, policy.rate * self.lease / policy.per)
         return max(1.0, most)
 
-    def _from_lease(self, cost: float, now: float) -> bool:
-        """Local-first: take ``cost`` from this process's lease, if it holds that many."""
-        with self._mutex:
-            if self._tokens >= cost and now < self._expires:
-                self._tokens -= cost
-                return True
-            if self._tokens and now >= self._expires:
-                self._give_back(now)
-        return False
-
     def _give_back(self, now: float) -> None:
         """An expired lease goes back to the bucket; the next lease is smaller (mutex held)."""
         unused = self._tokens
@@ -95,10 +82,14 @@ class SharedThrottle(Shared):
         if unused * 2 >= self._batch:
             self._batch = max(1.0, self._batch / 2)
 
-    def _request(self, cost: float, max_wait: float | None, now: float) -> tuple[str, list[Any]]:
+    def _request(self, cost: float, max_wait: float | None) -> tuple[str, list[Any]] | None:
+        """What to ask the server for ``cost`` tokens; None when this process's lease has
+        them (local-first)."""
         if self.mode == "strict":
             return "r", self._args("r", cost, max_wait)
-        with self._mutex:
+        if self.take_now(cost):
+            return None
+        with self.lock:
             want = max(cost, self._batch)
         return "l", self._args("l", cost, max_wait, want)
 
@@ -106,25 +97,13 @@ class SharedThrottle(Shared):
         """The server's answer: granted, and the seconds to wait (or, refused, until when)."""
         granted, wait = float(reply[0]), max(0.0, float(reply[1]))
         self.answered()
-        if not granted:
-            with self._mutex:
-                self._rejected += 1
-            return False, wait
-        if op == "l" and granted > cost:
-            with self._mutex:
-                spent_fast = self._expires > now and self._tokens == 0.0
+        if granted and op == "l":
+            with self.lock:
+                if self._expires > now:  # the lease was used up before it expired: grow it
+                    self._batch = min(self._most(), self._batch * 2)
                 self._tokens += granted - cost
                 self._expires = now + self.lease
-                if spent_fast:
-                    most = self._most()
-                    self._batch = min(most, self._batch * 2)
-        elif op == "l" and self.mode == "local-first":
-            with self._mutex:
-                if self._expires > now:  # used up before it expired: ask for more next time
-                    most = self._most()
-                    self._batch = min(most, self._batch * 2)
-                self._expires = now + self.lease
-        return True, wait
+        return bool(granted), wait
 
     # -- the operations ------------------------------------------------------------------------
 
@@ -133,29 +112,29 @@ class SharedThrottle(Shared):
 
         Raises `Unavailable` when Redis did not answer.
         """
-        if self.mode == "local-first" and self._from_lease(cost, now):
+        request = self._request(cost, max_wait)
+        if request is None:
             return True, 0.0
-        op, args = self._request(cost, max_wait, now)
-        reply = self.backend.run("throttle", self._keys, args)
-        return self._granted(op, reply, cost, now)
+        reply = self.backend.run("throttle", self._keys, request[1])
+        return self._granted(request[0], reply, cost, now)
 
     async def atake(self, cost: float, max_wait: float | None, now: float) -> tuple[bool, float]:
         """`take` for async calls."""
-        if self.mode == "local-first" and self._from_lease(cost, now):
+        request = self._request(cost, max_wait)
+        if request is None:
             return True, 0.0
-        op, args = self._request(cost, max_wait, now)
-        reply = await self.backend.arun("throttle", self._keys, args)
-        return self._granted(op, reply, cost, now)
+        reply = await self.backend.arun("throttle", self._keys, request[1])
+        return self._granted(request[0], reply, cost, now)
 
     def give_back(self, cost: float) -> None:
         """A waiter that gave up: its reserved tokens go back at the next sync."""
-        with self._mutex:
+        with self.lock:
             self._returns += cost
         self.backend.wake(urgent=False)
 
     def flush(self) -> None:
         now = self._settings.clock.monotonic()
-        with self._mutex:
+        with self.lock:
             if self._tokens and now >= self._expires:
                 self._give_back(now)
             returns, self._returns = self._returns, 0.0

@@ -544,7 +544,7 @@ class Throttle(Middleware):
             try:
                 granted, wait = shared.take(cost, limit, self.clock.monotonic())
             except Unavailable as problem:
-                if not self._fleet_failed(problem, cost, max_wait):
+                if not self._fleet_failed(problem):
                     return
             else:
                 started = self._fleet_granted(granted, wait, cost, limit, bound)
@@ -569,7 +569,7 @@ class Throttle(Middleware):
             try:
                 granted, wait = await shared.atake(cost, limit, self.clock.monotonic())
             except Unavailable as problem:
-                if not self._fleet_failed(problem, cost, max_wait):
+                if not self._fleet_failed(problem):
                     return
             else:
                 started = self._fleet_granted(granted, wait, cost, limit, bound)
@@ -610,7 +610,7 @@ class Throttle(Middleware):
             bucket.unlock()
         raise self._rejection(cost, wait, 0.0 if limit is None else limit, bound)
 
-    def _fleet_failed(self, problem: Unavailable, cost: float, max_wait: float | None) -> bool:
+    def _fleet_failed(self, problem: Unavailable) -> bool:
         """The backend failed: True to decide with this process's bucket (``"local"``),
         False to admit (``"open"``); ``"closed"`` raises `BackendUnavailableError`."""
         shared = self._shared
@@ -631,7 +631,7 @@ class Throttle(Middleware):
             try:
                 granted, _ = shared.take(cost, 0.0, self.clock.monotonic())
             except Unavailable as problem:
-                if not self._fleet_failed(problem, cost, 0.0):
+                if not self._fleet_failed(problem):
                     return True
             else:
                 if not granted:

@@ -94,6 +94,28 @@ async def test_exhausted_attempts_raise_the_last_error_itself(mode: str, clock: 
     assert clock.sleeps == [0.5, 0.5]
 
 
+class Unrepeatable(ValueError):
+    """An error that says its call must not be repeated."""
+
+    retryable = False
+
+
+@pytest.mark.parametrize("on", [Exception, ValueError, lambda error: True])
+async def test_an_error_marked_not_retryable_is_never_retried(
+    mode: str, clock: FakeClock, on: Any
+) -> None:
+    """``retryable = False`` on the error wins over ``on``; True changes nothing."""
+    fn = Flaky([Unrepeatable("sent once")], value="no")
+    with pytest.raises(Unrepeatable):
+        await run(mode, Retry(3, on=on, backoff=0.0, clock=clock), flavour(mode, fn))
+    assert fn.calls == 1
+    again = ValueError("may repeat")
+    again.retryable = True  # type: ignore[attr-defined]
+    fn = Flaky([again], value="yes")
+    assert await run(mode, Retry(3, on=on, backoff=0.0, clock=clock), flavour(mode, fn)) == "yes"
+    assert fn.calls == 2
+
+
 async def test_attempts_one_means_no_retry(mode: str, clock: FakeClock) -> None:
     """attempts=1 calls once and raises the error with a note saying 1 attempt."""
     fn = AlwaysFails()

@@ -79,6 +79,17 @@ class RetriesExhausted(ResilienceEvent):
 
 
 def _matcher(on: object) -> Callable[[BaseException], bool]:
+    wanted = _wanted(on)
+
+    def retryable(error: BaseException) -> bool:
+        # An error that says it must not be repeated (an integration's request that is not
+        # idempotent, a server's negative pushback) is not retried, whatever ``on`` says.
+        return getattr(error, "retryable", None) is not False and wanted(error)
+
+    return retryable
+
+
+def _wanted(on: object) -> Callable[[BaseException], bool]:
     types, predicate = exception_matcher(on, "on")
     if predicate is not None:
         return predicate
@@ -110,6 +121,11 @@ class Retry(Middleware):
     and `GeneratorExit` are never retried. ``on_result`` retries on return
     values for which it returns True; when attempts run out the last result
     is returned.
+
+    An exception whose ``retryable`` attribute is False is never retried,
+    whatever ``on`` says: the integrations (`resilience.integrations.httpx`,
+    `resilience.integrations.grpc`) mark this way a request that must not be
+    sent twice, and your own errors can say the same.
 
     The wait honours ``retry_after`` on the exception (at least that long)
     and never crosses the call's deadline: when the next wait would, the

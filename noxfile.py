@@ -86,9 +86,10 @@ def typecheck(session: nox.Session) -> None:
 
 @nox.session(python=PYTHON)
 def examples(session: nox.Session) -> None:
-    """Run every script in examples/ and fail if any fails."""
+    """Run every script in examples/ (and each example folder's main.py); fail if any fails."""
     session.install("-e", ".[examples]")
-    for script in sorted((ROOT / "examples").glob("*.py")):
+    scripts = [*(ROOT / "examples").glob("*.py"), *(ROOT / "examples").glob("*/main.py")]
+    for script in sorted(scripts):
         session.log(f"running {script.name}")
         session.run("python", str(script))
 

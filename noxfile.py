@@ -140,6 +140,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/suite.py", *session.posargs)
     session.run("python", "bench/throttle_accuracy.py")
     session.run("python", "bench/redis_bench.py", *session.posargs)  # needs redis-server
+    session.run("python", "bench/integrations_bench.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -153,3 +154,4 @@ def bench_smoke(session: nox.Session) -> None:
     session.run("python", "bench/run.py", "--quick")
     session.run("python", "bench/suite.py", "--quick")
     session.run("python", "bench/redis_bench.py", "--quick")
+    session.run("python", "bench/integrations_bench.py", "--quick")

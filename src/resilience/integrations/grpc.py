@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -221,7 +222,7 @@ class _Deadline:
             if held is None or deadline < held:
                 raw = child(raw, deadline, SYSTEM_CLOCK)
         raw = list(raw)
-        raw[TAGS] = {**raw[TAGS], "method": _method_name(details)}
+        raw[TAGS] = MappingProxyType({**raw[TAGS], "method": _method_name(details)})
         self.token = VAR.set(raw)
 
     def close(self) -> None:
@@ -332,6 +333,17 @@ class _SyncStream:
 _EMPTY = object()
 
 
+def _unary(continuation: Callable[..., Any], details: Any, request: Any) -> Any:
+    """One attempt of a sync unary-unary RPC (a module function: `call` checks it once)."""
+    outcome = continuation(_attempt_details(details), request)
+    try:
+        outcome.result()
+    except grpc.RpcError as error:
+        _read_pushback(error)
+        raise
+    return outcome
+
+
 class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
     """Runs each unary-unary and unary-stream RPC of a sync channel through ``pipeline``.
 
@@ -344,18 +356,9 @@ class ClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClient
     def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any
     ) -> Any:
-        def attempt() -> Any:
-            outcome = continuation(_attempt_details(client_call_details), request)
-            try:
-                outcome.result()
-            except grpc.RpcError as error:
-                _read_pushback(error)
-                raise
-            return outcome
-
         scope = _Deadline(client_call_details)
         try:
-            result = self.pipeline.call(attempt)
+            result = self.pipeline.call(_unary, continuation, client_call_details, request)
         except Exception as error:
             return _Outcome(error=to_rpc_error(error))
         finally:

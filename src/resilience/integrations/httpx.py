@@ -53,11 +53,12 @@ import email.utils
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from types import MappingProxyType
 from typing import Any
 
 import httpx
 
-from .._context import CLOCK, DEADLINE, VAR, tags
+from .._context import CLOCK, DEADLINE, TAGS, VAR
 from .._errors import TimeoutExceeded
 from .._middleware import Middleware
 
@@ -248,9 +249,15 @@ class _Base:
         timeouts = dict(request.extensions.get("timeout") or {})
         return _Plan(repeatable, replayable, timeouts)
 
-    def _tags(self, request: httpx.Request) -> dict[str, str]:
-        route = self._route(request) if self._route is not None else request.url.path
-        return {"method": request.method, "host": request.url.host, "route": route}
+    def _tagged(self, request: httpx.Request) -> list[Any]:
+        """The caller's call context with the request's tags added (as `resilience.tags`)."""
+        url = request.url
+        route = self._route(request) if self._route is not None else url.path
+        raw = list(VAR.get())
+        raw[TAGS] = MappingProxyType(
+            {**raw[TAGS], "method": request.method, "host": url.host, "route": route}
+        )
+        return raw
 
     @staticmethod
     def _cut_timeouts(request: httpx.Request, plan: _Plan) -> None:
@@ -342,13 +349,15 @@ class ResilientTransport(_Base, httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         plan = self._plan(request)
-        with tags(**self._tags(request)):
-            try:
-                return self.pipeline.call(self._attempt, request, plan)
-            except ResponseFailure as failure:
-                if failure.request is not request:
-                    raise
-                return failure.response
+        token = VAR.set(self._tagged(request))
+        try:
+            return self.pipeline.call(_send, self, request, plan)
+        except ResponseFailure as failure:
+            if failure.request is not request:
+                raise
+            return failure.response
+        finally:
+            VAR.reset(token)
 
     def _attempt(self, request: httpx.Request, plan: _Plan) -> httpx.Response:
         self._cut_timeouts(request, plan)
@@ -411,13 +420,15 @@ class AsyncResilientTransport(_Base, httpx.AsyncBaseTransport):
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         plan = self._plan(request)
-        with tags(**self._tags(request)):
-            try:
-                return await self.pipeline.acall(self._attempt, request, plan)
-            except ResponseFailure as failure:
-                if failure.request is not request:
-                    raise
-                return failure.response
+        token = VAR.set(self._tagged(request))
+        try:
+            return await self.pipeline.acall(_asend, self, request, plan)
+        except ResponseFailure as failure:
+            if failure.request is not request:
+                raise
+            return failure.response
+        finally:
+            VAR.reset(token)
 
     async def _attempt(self, request: httpx.Request, plan: _Plan) -> httpx.Response:
         self._cut_timeouts(request, plan)
@@ -442,6 +453,18 @@ class AsyncResilientTransport(_Base, httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         await self.transport.aclose()
+
+
+# One function object each, so that `call` and `acall` check them once (not a bound method,
+# which is a new object at every access).
+def _send(transport: ResilientTransport, request: httpx.Request, plan: _Plan) -> httpx.Response:
+    return transport._attempt(request, plan)
+
+
+async def _asend(
+    transport: AsyncResilientTransport, request: httpx.Request, plan: _Plan
+) -> httpx.Response:
+    return await transport._attempt(request, plan)
 
 
 class _SyncDeadlineStream(httpx.SyncByteStream):

@@ -141,6 +141,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/throttle_accuracy.py")
     session.run("python", "bench/redis_bench.py", *session.posargs)  # needs redis-server
     session.run("python", "bench/integrations_bench.py", *session.posargs)
+    session.run("python", "bench/keyed_bench.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -155,3 +156,4 @@ def bench_smoke(session: nox.Session) -> None:
     session.run("python", "bench/suite.py", "--quick")
     session.run("python", "bench/redis_bench.py", "--quick")
     session.run("python", "bench/integrations_bench.py", "--quick")
+    session.run("python", "bench/keyed_bench.py", "--quick")

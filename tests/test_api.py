@@ -39,6 +39,8 @@ def isort_order(name: str) -> tuple[int, str]:
         "resilience.metrics",
         "resilience.stores",
         "resilience.testing",
+        "resilience.integrations.httpx",
+        "resilience.integrations.grpc",
     ],
 )
 def test_subpackages_have_sorted_all(module: str) -> None:

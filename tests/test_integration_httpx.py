@@ -332,6 +332,18 @@ def test_calls_carry_method_host_and_route_tags(url: str, app: TestApp) -> None:
     ]
 
 
+def test_a_breaker_per_route_through_keyed(url: str, app: TestApp) -> None:
+    # Per host works the same way (key="host"); the tests reach only 127.0.0.1.
+    per_route = rs.Keyed(lambda route: rs.CircuitBreaker(minimum_calls=1), key="route")
+    with sync_client(per_route) as client:
+        assert client.get(f"{url}/status/500").status_code == 500
+        with pytest.raises(rs.CircuitOpenError):
+            client.get(f"{url}/status/500")
+        assert client.get(f"{url}/ok").status_code == 200
+    assert per_route.keys() == ["/status/500", "/ok"]
+    assert app.hits == {"/status/500": 1, "/ok": 1}
+
+
 def test_fault_injection_targets_a_route_through_the_tags(url: str, app: TestApp) -> None:
     faults = rs.FaultInjector(error_rate=1.0, enabled=lambda ctx: ctx.tags["route"] == "/ok")
     with sync_client(faults) as client:

@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._fallback import Fallback, FallbackContext
 from ._faults import FaultInjector
+from ._keyed import Keyed
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pipeline import Pipeline, PipelineBuilder, PipelineOrderWarning
 from ._retry import Retry
@@ -59,6 +60,7 @@ __all__ = [
     "FaultInjector",
     "Gradient2",
     "InjectedFault",
+    "Keyed",
     "LimitAlgorithm",
     "LimitExceededError",
     "LimitPermit",

@@ -5,6 +5,7 @@ from ._adaptive_throttler import AdaptiveThrottlerMetrics
 from ._budget import RetryBudgetMetrics
 from ._bulkhead import BulkheadMetrics
 from ._circuit_store import CircuitMetrics
+from ._keyed import KeyedMetrics
 from ._throttle import ThrottleMetrics
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "AdaptiveThrottlerMetrics",
     "BulkheadMetrics",
     "CircuitMetrics",
+    "KeyedMetrics",
     "RetryBudgetMetrics",
     "ThrottleMetrics",
 ]

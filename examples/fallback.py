@@ -136,6 +136,22 @@ def main() -> None:
     print("\nasync, with an async handler")
     print(f"  user 1: {asyncio.run(fetch(1))}")
 
+    print("\nthe last good answer for the same user, marked stale (last_good=True)")
+    feed = {7: {"id": 7, "name": "Grace"}}
+    last_good = rs.Fallback(
+        last_good=True,
+        value={"id": None, "name": "unknown"},
+        on_fallback=lambda event: print(f"  (stale={event.stale})"),
+    )
+
+    def profile(user_id: int) -> dict[str, Any]:
+        return feed[user_id]  # a KeyError stands for the service being down
+
+    print(f"  user 7, fresh: {last_good.call(profile, 7)}")
+    feed.clear()
+    print(f"  user 7, service down: {last_good.call(profile, 7)}")
+    print(f"  user 8, never seen: {last_good.call(profile, 8)}")
+
 
 if __name__ == "__main__":
     main()

@@ -31,7 +31,7 @@ from ._bulkhead import Bulkhead
 from ._circuit_breaker import CircuitBreaker, CircuitStateChange
 from ._context import CallContext
 from ._errors import TimeoutExceeded
-from ._fallback import Fallback, FallbackEvent
+from ._fallback import Fallback, FallbackContext, FallbackEvent
 from ._faults import FaultInjector
 from ._pipeline import Pipeline
 from ._retry import Retry
@@ -140,6 +140,13 @@ class Downstream:
         return await self._pipeline.acall(self._answer, sku)
 
 
+def _last_good_stock(context: FallbackContext) -> dict[str, Any]:
+    """The last stock figure the service gave for this SKU, marked stale; or "unknown"."""
+    if context.last_good is None:
+        return FALLBACK_ANSWER
+    return {**context.last_good, "stale": True}
+
+
 def protected_pipeline(options: DemoOptions) -> tuple[Pipeline, CircuitBreaker]:
     """The stack the demo recommends, outermost first."""
     breaker = CircuitBreaker(
@@ -153,7 +160,7 @@ def protected_pipeline(options: DemoOptions) -> tuple[Pipeline, CircuitBreaker]:
     )
     pipeline = (
         Pipeline.builder("stock.get")
-        .add(Fallback(value=FALLBACK_ANSWER, name="stale-stock"))
+        .add(Fallback(handler=_last_good_stock, last_good=True, max_age=5.0, name="stale-stock"))
         .add(
             Retry(
                 attempts=3,

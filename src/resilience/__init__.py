@@ -32,6 +32,7 @@ from ._errors import (
 )
 from ._fallback import Fallback, FallbackContext
 from ._faults import FaultInjector
+from ._hedge import Hedge, LatencyPercentile
 from ._keyed import Keyed
 from ._middleware import AsyncEndpoint, Endpoint, Middleware
 from ._pipeline import Pipeline, PipelineBuilder, PipelineOrderWarning
@@ -59,8 +60,10 @@ __all__ = [
     "FallbackContext",
     "FaultInjector",
     "Gradient2",
+    "Hedge",
     "InjectedFault",
     "Keyed",
+    "LatencyPercentile",
     "LimitAlgorithm",
     "LimitExceededError",
     "LimitPermit",

@@ -21,6 +21,7 @@ from ._circuit_breaker import CircuitOutcome, CircuitStateChange
 from ._events import AdmissionEvent, ResilienceEvent
 from ._fallback import FallbackEvent
 from ._faults import FaultEvent, FaultPlan
+from ._hedge import HedgeEvent
 from ._retry import RetriesExhausted, RetryEvent
 from ._throttle import ThrottleEvent
 from ._timeout import TimeoutEvent
@@ -36,6 +37,7 @@ __all__ = [
     "FallbackEvent",
     "FaultEvent",
     "FaultPlan",
+    "HedgeEvent",
     "LimitChange",
     "ResilienceEvent",
     "RetriesExhausted",

@@ -1,0 +1,470 @@
+"""`Hedge`: start another attempt when the first is slow; the first good answer wins.
+
+Hedged requests (Dean and Barroso, "The Tail at Scale", CACM 2013) cut tail
+latency: send a second copy of a request that has not answered within, say,
+the 95th percentile of recent latencies, and use whichever answers first.
+The extra load is small (about 5 % for a p95 delay) and the slow tail
+mostly disappears. Polly v8's hedging strategy and failsafe-go's
+HedgePolicy are the models here, modes included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+from ._budget import RetryBudget
+from ._clock import SYSTEM_CLOCK, Clock, validate_clock
+from ._context import ATTEMPT, VAR
+from ._events import ResilienceEvent
+from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._retry import _matcher, _show
+from ._validate import Matcher, callable_or_none, integer, optional_name
+from ._validate import seconds as _seconds
+
+__all__ = ["Hedge", "HedgeEvent", "LatencyPercentile"]
+
+Mode = Literal["latency", "parallel", "fallback"]
+_MODES = ("latency", "parallel", "fallback")
+
+
+@dataclass(frozen=True, slots=True)
+class HedgeEvent(ResilienceEvent):
+    """Sent when a hedged attempt starts."""
+
+    name: str | None
+    """The Hedge's name."""
+    attempt: int
+    """The attempt being started: 2 for the first hedge."""
+    reason: str
+    """``"delay"`` (the earlier attempts were slow), ``"failure"`` or ``"parallel"``."""
+
+    event = "hedge_started"
+
+
+class LatencyPercentile:
+    """A hedging delay that follows a percentile of recent latencies (p95 by default).
+
+    ``Hedge(delay=LatencyPercentile(95))`` hedges the calls slower than 95 %
+    of the last ``window`` successful attempts, the rule of "The Tail at
+    Scale". Until ``minimum`` latencies are known it answers ``initial``.
+    Thread-safe; the percentile is recomputed at most every ``window // 10``
+    new samples, so the hot path reads a number.
+    """
+
+    def __init__(
+        self,
+        percentile: float = 95.0,
+        *,
+        window: int = 1000,
+        minimum: int = 20,
+        initial: float = 0.05,
+    ) -> None:
+        if isinstance(percentile, bool) or not isinstance(percentile, int | float):
+            raise TypeError(f"percentile must be a number, got {type(percentile).__name__}")
+        if not 0 < percentile < 100:
+            raise ValueError(f"percentile must be between 0 and 100 (exclusive), got {percentile}")
+        self.percentile = float(percentile)
+        self.window = integer(window, "window", minimum=1)
+        self.minimum = integer(minimum, "minimum", minimum=1)
+        self.initial = _seconds(initial, "initial", allow_zero=True)
+        self._samples: deque[float] = deque(maxlen=self.window)
+        self._current = self.initial
+        self._fresh = 0
+        self._every = max(1, self.window // 10)
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        return self._current
+
+    def record(self, seconds: float) -> None:
+        """Add the latency of an attempt that answered."""
+        with self._lock:
+            self._samples.append(seconds)
+            self._fresh += 1
+            if len(self._samples) >= self.minimum and (
+                self._fresh >= self._every or len(self._samples) == self.minimum
+            ):
+                self._fresh = 0
+                ordered = sorted(self._samples)
+                index = min(len(ordered) - 1, math.ceil(self.percentile / 100 * len(ordered)) - 1)
+                self._current = ordered[max(0, index)]
+
+    def __repr__(self) -> str:
+        return f"LatencyPercentile({self.percentile:g}, window={self.window})"
+
+
+class Hedge(Middleware):
+    """Start another attempt when the earlier ones have not answered after ``delay``.
+
+    The first acceptable outcome wins and the other attempts are cancelled.
+    *Acceptable* is as in `Retry`: an exception that ``on`` matches, or a
+    result that ``on_result`` rejects, is a failed attempt; any other
+    exception ends the call at once (it is not worth hedging), and so does a
+    good result. When every attempt has failed, the last failure is the
+    outcome.
+
+    ``mode``, as Polly's hedging modes:
+
+    - ``"latency"`` (default): a hedge starts when ``delay`` passes with no
+      answer, or at once when an attempt fails;
+    - ``"parallel"``: all ``1 + max_hedges`` attempts start together;
+    - ``"fallback"``: a hedge starts only when an attempt fails.
+
+    ``delay`` is seconds, a function returning seconds (read for each
+    hedge), or a `LatencyPercentile`, which also learns from the attempts'
+    latencies. With a ``budget`` (`RetryBudget`), each call deposits once
+    and each hedge must withdraw first; a refused hedge is not started.
+
+    Each attempt runs in its own copy of the call context:
+    ``resilience.current().attempt`` is 1 for the first attempt and 2, 3...
+    for the hedges, so layers inside (a CircuitBreaker counts each attempt;
+    a Bulkhead gives each its slot) and your function can tell them apart.
+
+    Async attempts are tasks; the losers are cancelled, and awaited, before
+    the call returns, so their slots and connections are back. Sync attempts
+    run on a pool of ``max_workers`` threads (the caller waits): a thread
+    cannot be stopped, so the losers are left to finish in the pool and
+    their outcomes are dropped. Hedge only idempotent work: every attempt
+    may reach the server.
+    """
+
+    kind = "hedge"
+    _read_only = frozenset(
+        {"max_hedges", "mode", "on", "on_result", "budget", "clock", "max_workers", "name"}
+    )
+
+    def __init__(
+        self,
+        delay: float | timedelta | Callable[[], float] = 0.05,
+        *,
+        max_hedges: int = 1,
+        mode: Mode = "latency",
+        on: Matcher = Exception,
+        on_result: Callable[[Any], bool] | None = None,
+        on_hedge: Callable[[HedgeEvent], object] | None = None,
+        budget: RetryBudget | None = None,
+        max_workers: int = 32,
+        clock: Clock | None = None,
+        name: str | None = None,
+    ) -> None:
+        if callable(delay):
+            self.delay: float | Callable[[], float] = delay
+        else:
+            self.delay = _seconds(delay, "delay", allow_zero=True)
+        self.max_hedges = integer(max_hedges, "max_hedges", minimum=1)
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(map(repr, _MODES))}, got {mode!r}")
+        self.mode: Mode = mode
+        self.on = on
+        self._failed = _matcher(on)
+        self.on_result = callable_or_none(on_result, "on_result")
+        self.on_hedge = callable_or_none(on_hedge, "on_hedge")
+        if budget is not None and not isinstance(budget, RetryBudget):
+            raise TypeError(f"budget must be a RetryBudget or None, got {type(budget).__name__}")
+        self.budget = budget
+        self.max_workers = integer(max_workers, "max_workers", minimum=1)
+        self.clock = validate_clock(clock)
+        self.name = optional_name(name)
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    def settings(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"delay": self.delay, "max_hedges": self.max_hedges}
+        out["mode"] = self.mode
+        out["on"] = self.on
+        if self.on_result is not None:
+            out["on_result"] = self.on_result
+        if self.budget is not None:
+            out["budget"] = self.budget
+        return out
+
+    def __repr__(self) -> str:
+        delay = self.delay if callable(self.delay) else f"{self.delay:g}"
+        return (
+            f"Hedge({self._repr_name}delay={delay}, max_hedges={self.max_hedges}, "
+            f"mode={self.mode!r}, on={_show(self.on)})"
+        )
+
+    # -- decisions, with no I/O ----------------------------------------------------------
+
+    def _wait(self) -> float | None:
+        """Seconds to wait before the next hedge; None: only a failure starts one."""
+        if self.mode == "fallback":
+            return None
+        if self.mode == "parallel":
+            return 0.0
+        delay = self.delay
+        return max(0.0, float(delay())) if callable(delay) else delay
+
+    def _may_hedge(self, attempt: int, reason: str) -> bool:
+        """Whether attempt number ``attempt`` (2, 3...) may start; announce it if so."""
+        budget = self.budget
+        if budget is not None and not budget.try_withdraw():
+            return False
+        event = HedgeEvent(self.name, attempt, reason)
+        if self.on_hedge is not None:
+            self.on_hedge(event)
+        if self._listeners:
+            self._emit(event)
+        return True
+
+    def _judge(self, error: BaseException | None, result: Any) -> bool:
+        """True when the outcome ends the call; False when it is a failed attempt."""
+        if error is not None:
+            return not (isinstance(error, Exception) and self._failed(error))
+        check = self.on_result
+        return check is None or not check(result)
+
+    def _learn(self, seconds: float) -> None:
+        record = getattr(self.delay, "record", None)
+        if record is not None:
+            record(seconds)
+
+    @staticmethod
+    def _attempt_context(attempt: int) -> contextvars.Context:
+        """A copy of the caller's context whose call record says ``attempt``."""
+        raw = list(VAR.get())
+        raw[ATTEMPT] = attempt
+        context = contextvars.copy_context()
+        context.run(VAR.set, raw)
+        return context
+
+    # -- async ------------------------------------------------------------------------------
+
+    def awrap(self, next: AsyncEndpoint, /) -> AsyncEndpoint:
+        hedge = self
+
+        async def hedged(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            return await _AsyncRace(hedge, next, fn, args, kwargs).run()
+
+        return hedged
+
+    # -- sync -------------------------------------------------------------------------------
+
+    def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        pool = self._pool
+        if pool is None:
+            with self._pool_lock:
+                pool = self._pool
+                if pool is None:
+                    pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                        self.max_workers, thread_name_prefix=f"resilience-hedge-{self.name or ''}"
+                    )
+        return pool
+
+    def wrap(self, next: Endpoint, /) -> Endpoint:
+        hedge = self
+
+        def hedged(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            return _SyncRace(hedge, next, fn, args, kwargs).run()
+
+        return hedged
+
+    def close(self) -> None:
+        """Stop the sync attempts' thread pool (it is made again if needed)."""
+        with self._pool_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _AsyncRace:
+    """One hedged async call: its attempts as tasks, and the timer of the next hedge."""
+
+    __slots__ = ("args", "attempts", "fn", "hedge", "kwargs", "next", "started")
+
+    def __init__(
+        self,
+        hedge: Hedge,
+        next: AsyncEndpoint,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.hedge, self.next, self.fn, self.args, self.kwargs = hedge, next, fn, args, kwargs
+        self.attempts: dict[asyncio.Task[Any], float] = {}
+        self.started = 0
+
+    def _launch(self) -> None:
+        self.started += 1
+        clock = self.hedge.clock
+        coroutine = self.next(self.fn, self.args, self.kwargs)
+        context = Hedge._attempt_context(self.started)
+        task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(
+            coroutine,  # type: ignore[arg-type]
+            context=context,
+        )
+        self.attempts[task] = clock.monotonic()
+
+    async def run(self) -> Any:
+        hedge = self.hedge
+        if hedge.budget is not None:
+            hedge.budget.deposit()
+        limit = 1 + hedge.max_hedges
+        timer: asyncio.Task[None] | None = None
+        last: tuple[BaseException | None, Any] = (None, None)
+        self._launch()
+        try:
+            while True:
+                wait = hedge._wait() if self.started < limit else None
+                while (
+                    wait == 0.0
+                    and self.started < limit
+                    and hedge._may_hedge(self.started + 1, "parallel")
+                ):
+                    self._launch()
+                    wait = hedge._wait() if self.started < limit else None
+                if wait is not None and wait > 0.0 and timer is None and self.started < limit:
+                    timer = asyncio.get_running_loop().create_task(hedge.clock.asleep(wait))
+                waiting: set[asyncio.Future[Any]] = set(self.attempts)
+                if timer is not None:
+                    waiting.add(timer)
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                if timer is not None and timer in done:
+                    timer = None
+                    if self.started < limit and hedge._may_hedge(self.started + 1, "delay"):
+                        self._launch()
+                for task in done:
+                    if task not in self.attempts:
+                        continue
+                    began = self.attempts.pop(task)
+                    error = task.exception()
+                    result = None if error is not None else task.result()
+                    if hedge._judge(error, result):
+                        if error is None:
+                            hedge._learn(hedge.clock.monotonic() - began)
+                            return result
+                        raise error
+                    last = (error, result)
+                if not self.attempts:
+                    if self.started < limit and hedge._may_hedge(self.started + 1, "failure"):
+                        self._launch()
+                        continue
+                    error, result = last
+                    if error is not None:
+                        raise error
+                    return result
+                # An attempt failed while others run: hedge now rather than after the delay.
+                if (
+                    done - {timer}
+                    and self.started < limit
+                    and hedge.mode != "parallel"
+                    and hedge._may_hedge(self.started + 1, "failure")
+                ):
+                    self._launch()
+        finally:
+            await self._cancel(timer)
+
+    async def _cancel(self, timer: asyncio.Task[None] | None) -> None:
+        """Cancel the losers and the timer, and wait until they have stopped."""
+        pending: list[asyncio.Task[Any]] = list(self.attempts)
+        if timer is not None:
+            pending.append(timer)
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+class _SyncRace:
+    """One hedged sync call: its attempts on the hedge's pool; the caller waits."""
+
+    __slots__ = ("args", "attempts", "fn", "hedge", "kwargs", "next", "started")
+
+    def __init__(
+        self,
+        hedge: Hedge,
+        next: Endpoint,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.hedge, self.next, self.fn, self.args, self.kwargs = hedge, next, fn, args, kwargs
+        self.attempts: dict[concurrent.futures.Future[Any], float] = {}
+        self.started = 0
+
+    def _launch(self) -> None:
+        self.started += 1
+        context = Hedge._attempt_context(self.started)
+        future = self.hedge._executor().submit(
+            context.run, self.next, self.fn, self.args, self.kwargs
+        )
+        self.attempts[future] = self.hedge.clock.monotonic()
+
+    def _await_any(self, wait: float | None) -> set[concurrent.futures.Future[Any]]:
+        """The attempts done within ``wait`` seconds on the hedge's clock (None: no limit)."""
+        clock = self.hedge.clock
+        if wait is None or clock is SYSTEM_CLOCK:
+            done, _ = concurrent.futures.wait(
+                self.attempts, timeout=wait, return_when=concurrent.futures.FIRST_COMPLETED
+            )
+            return done
+        timer = self.hedge._executor().submit(clock.sleep, wait)
+        done, _ = concurrent.futures.wait(
+            [*self.attempts, timer], return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        done.discard(timer)
+        return done
+
+    def run(self) -> Any:
+        hedge = self.hedge
+        if hedge.budget is not None:
+            hedge.budget.deposit()
+        limit = 1 + hedge.max_hedges
+        last: tuple[BaseException | None, Any] = (None, None)
+        self._launch()
+        while True:
+            wait = hedge._wait() if self.started < limit else None
+            while (
+                wait == 0.0
+                and self.started < limit
+                and hedge._may_hedge(self.started + 1, "parallel")
+            ):
+                self._launch()
+                wait = hedge._wait() if self.started < limit else None
+            done = self._await_any(wait)
+            if not done:
+                if self.started < limit and hedge._may_hedge(self.started + 1, "delay"):
+                    self._launch()
+                continue
+            failed = False
+            for future in done:
+                began = self.attempts.pop(future)
+                error = future.exception()
+                result = None if error is not None else future.result()
+                if hedge._judge(error, result):
+                    self._walk_away()
+                    if error is None:
+                        hedge._learn(hedge.clock.monotonic() - began)
+                        return result
+                    raise error
+                last, failed = (error, result), True
+            if (
+                failed
+                and self.started < limit
+                and hedge.mode != "parallel"
+                and hedge._may_hedge(self.started + 1, "failure")
+            ):
+                self._launch()
+            if not self.attempts:
+                error, result = last
+                if error is not None:
+                    raise error
+                return result
+
+    def _walk_away(self) -> None:
+        """Leave the losers: those not started yet never run; the others finish unheard."""
+        for future in self.attempts:
+            future.cancel()

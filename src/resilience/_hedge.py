@@ -13,8 +13,11 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import heapq
+import itertools
 import math
 import threading
+from asyncio import current_task
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,10 +25,10 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from ._budget import RetryBudget
-from ._clock import SYSTEM_CLOCK, Clock, validate_clock
+from ._clock import SYSTEM_CLOCK, Clock, call_at, validate_clock
 from ._context import ATTEMPT, VAR
 from ._events import ResilienceEvent
-from ._middleware import AsyncEndpoint, Endpoint, Middleware
+from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify
 from ._retry import _matcher, _show
 from ._validate import Matcher, callable_or_none, integer, optional_name
 from ._validate import seconds as _seconds
@@ -176,6 +179,8 @@ class Hedge(Middleware):
         self.name = optional_name(name)
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self._loop_timers: _Timers | None = None
+        self._learns = callable(getattr(self.delay, "record", None))
 
     def settings(self) -> dict[str, Any]:
         out: dict[str, Any] = {"delay": self.delay, "max_hedges": self.max_hedges}
@@ -212,7 +217,7 @@ class Hedge(Middleware):
             return False
         event = HedgeEvent(self.name, attempt, reason)
         if self.on_hedge is not None:
-            self.on_hedge(event)
+            notify(self.on_hedge, event, f"the on_hedge listener of Hedge{self._label}")
         if self._listeners:
             self._emit(event)
         return True
@@ -250,6 +255,13 @@ class Hedge(Middleware):
 
         return hedged
 
+    def _timers(self, loop: asyncio.AbstractEventLoop) -> _Timers:
+        """The deadlines of this hedge's calls on ``loop`` (one loop at a time, usually)."""
+        timers = self._loop_timers
+        if timers is None or timers.loop is not loop:
+            timers = self._loop_timers = _Timers(loop, self.clock)
+        return timers
+
     # -- sync -------------------------------------------------------------------------------
 
     def _executor(self) -> concurrent.futures.ThreadPoolExecutor:
@@ -279,10 +291,86 @@ class Hedge(Middleware):
             pool.shutdown(wait=False, cancel_futures=True)
 
 
-class _AsyncRace:
-    """One hedged async call: its attempts as tasks, and the timer of the next hedge."""
+class _Timers:
+    """The hedging deadlines of one event loop: a heap, and one loop timer for the earliest.
 
-    __slots__ = ("args", "attempts", "fn", "hedge", "kwargs", "next", "started")
+    A call adds its deadline and, when it ends before it, leaves it there:
+    the timer finds the call done and drops it. So a call that answers in
+    time costs a push on a heap, not a timer made and cancelled.
+    """
+
+    __slots__ = ("armed", "clock", "handle", "heap", "loop", "order", "queue")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, clock: Clock) -> None:
+        self.loop = loop
+        self.clock = clock
+        self.queue: deque[tuple[float, _AsyncRace]] = deque()
+        """Deadlines in the order they come: those of a constant delay (the cheap case)."""
+        self.heap: list[tuple[float, int, _AsyncRace]] = []
+        """Deadlines that may come out of order: those of a delay that changes."""
+        self.order = itertools.count()
+        self.handle: Any = None
+        self.armed = math.inf
+
+    def add(self, when: float, race: _AsyncRace) -> None:
+        queue = self.queue
+        if not queue or queue[-1][0] <= when:
+            queue.append((when, race))
+        else:
+            heapq.heappush(self.heap, (when, next(self.order), race))
+        if when < self.armed:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+        self.armed = when
+        self.handle = call_at(self.clock, when, self._fire, self.loop)
+
+    def _fire(self) -> None:
+        self.handle = None
+        self.armed = math.inf
+        queue, heap = self.queue, self.heap
+        now = self.clock.monotonic()
+        while queue and queue[0][0] <= now:
+            race = queue.popleft()[1]
+            if race.inline:
+                race._on_delay()
+        while heap and heap[0][0] <= now:
+            race = heapq.heappop(heap)[2]
+            if race.inline:
+                race._on_delay()
+        earliest = min(queue[0][0] if queue else math.inf, heap[0][0] if heap else math.inf)
+        if earliest < math.inf:
+            self._arm(earliest)
+
+
+class _AsyncRace:
+    """One hedged async call.
+
+    The first attempt runs inline, in the caller's own task, with a timer for
+    the delay: a call that answers in time costs a timer and nothing else.
+    When the timer fires the hedges start as tasks; if one of them ends the
+    call while the first attempt still runs, it cancels the caller's task,
+    which this race catches (and takes back with ``uncancel``) to return the
+    hedge's outcome. From the first attempt's end on, the remaining attempts
+    are raced as tasks (`_race`).
+    """
+
+    __slots__ = (
+        "args",
+        "attempts",
+        "caller",
+        "decided",
+        "fn",
+        "hedge",
+        "inline",
+        "interrupted",
+        "kwargs",
+        "last",
+        "next",
+        "started",
+    )
 
     def __init__(
         self,
@@ -295,26 +383,145 @@ class _AsyncRace:
         self.hedge, self.next, self.fn, self.args, self.kwargs = hedge, next, fn, args, kwargs
         self.attempts: dict[asyncio.Task[Any], float] = {}
         self.started = 0
+        self.inline = False
+        self.interrupted = False
+        self.decided: tuple[BaseException | None, Any] = (None, None)
+        self.last: tuple[BaseException | None, Any] = (None, None)
+        self.caller: asyncio.Task[Any] | None = None
 
-    def _launch(self) -> None:
+    def _launch(self) -> asyncio.Task[Any]:
         self.started += 1
-        clock = self.hedge.clock
         coroutine = self.next(self.fn, self.args, self.kwargs)
         context = Hedge._attempt_context(self.started)
         task: asyncio.Task[Any] = asyncio.get_running_loop().create_task(
             coroutine,  # type: ignore[arg-type]
             context=context,
         )
-        self.attempts[task] = clock.monotonic()
+        self.attempts[task] = self.hedge.clock.monotonic()
+        return task
 
     async def run(self) -> Any:
         hedge = self.hedge
         if hedge.budget is not None:
             hedge.budget.deposit()
+        caller = current_task()
+        if hedge.mode == "parallel" or caller is None:
+            try:
+                self._launch()
+                return await self._race()
+            finally:
+                if self.attempts:
+                    await self._cancel(None)
+        # The first attempt runs inline, in the caller's task.
+        clock = hedge.clock
+        self.caller = caller
+        wait = hedge._wait()
+        now = clock.monotonic()
+        if wait is not None:
+            timers = hedge._loop_timers
+            if timers is None or timers.loop is not caller.get_loop():
+                timers = hedge._timers(caller.get_loop())
+            timers.add(now + wait, self)
+        self.started = 1
+        self.inline = True
+        raw = VAR.get()
+        own = type(raw) is list
+        if own:
+            saved, raw[ATTEMPT] = raw[ATTEMPT], 1
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            try:
+                result = await self.next(self.fn, self.args, self.kwargs)
+            except asyncio.CancelledError:
+                if not self.interrupted:
+                    raise
+            except BaseException as exc:
+                error = exc
+            finally:
+                self.inline = False  # the timer finds the race done: no need to remove it
+                if own:
+                    raw[ATTEMPT] = saved
+            if self.interrupted:
+                return self._decided(caller)
+            check = hedge.on_result
+            if error is None and (check is None or not check(result)):
+                if hedge._learns:
+                    hedge._learn(clock.monotonic() - now)
+                return result
+            if hedge._judge(error, result):
+                assert error is not None
+                raise error
+            self.last = (error, result)
+            self._hedge_after_failure()
+            return await self._race()
+        finally:
+            if self.attempts:
+                await self._cancel(None)
+
+    def _decided(self, caller: asyncio.Task[Any]) -> Any:
+        """The outcome a hedge decided while the first attempt ran (which it cancelled)."""
+        if caller.uncancel() > 0:
+            raise asyncio.CancelledError  # cancelled from outside as well: that wins
+        error, result = self.decided
+        if error is not None:
+            raise error
+        return result
+
+    def _hedge_after_failure(self) -> bool:
+        hedge = self.hedge
+        if (
+            self.started < 1 + hedge.max_hedges
+            and hedge.mode != "parallel"
+            and hedge._may_hedge(self.started + 1, "failure")
+        ):
+            self._launch().add_done_callback(self._on_hedge_done)
+            return True
+        return False
+
+    def _on_delay(self) -> None:
+        """The delay passed with the first attempt still running: start a hedge."""
+        if not self.inline:
+            return
+        hedge = self.hedge
+        limit = 1 + hedge.max_hedges
+        if self.started < limit and hedge._may_hedge(self.started + 1, "delay"):
+            self._launch().add_done_callback(self._on_hedge_done)
+        if self.started < limit and self.caller is not None:
+            wait = hedge._wait()
+            if wait is not None:
+                timers = hedge._timers(self.caller.get_loop())
+                timers.add(hedge.clock.monotonic() + wait, self)
+
+    def _on_hedge_done(self, task: asyncio.Task[Any]) -> None:
+        """A hedge ended while the first attempt runs: win, or hedge again on failure."""
+        if not self.inline or self.interrupted or task.cancelled() or task not in self.attempts:
+            return
+        began = self.attempts.pop(task)
+        error = task.exception()
+        result = None if error is not None else task.result()
+        hedge = self.hedge
+        try:
+            ends = hedge._judge(error, result)
+        except Exception as exc:  # an on_result that raises ends the call with its error
+            ends, error, result = True, exc, None
+        if not ends:
+            self.last = (error, result)
+            self._hedge_after_failure()
+            return
+        if error is None:
+            hedge._learn(hedge.clock.monotonic() - began)
+        self.decided = (error, result)
+        self.interrupted = True
+        assert self.caller is not None
+        self.caller.cancel()
+
+    # -- the rest, as tasks -----------------------------------------------------------------
+
+    async def _race(self) -> Any:
+        hedge = self.hedge
         limit = 1 + hedge.max_hedges
         timer: asyncio.Task[None] | None = None
-        last: tuple[BaseException | None, Any] = (None, None)
-        self._launch()
         try:
             while True:
                 wait = hedge._wait() if self.started < limit else None
@@ -327,6 +534,11 @@ class _AsyncRace:
                     wait = hedge._wait() if self.started < limit else None
                 if wait is not None and wait > 0.0 and timer is None and self.started < limit:
                     timer = asyncio.get_running_loop().create_task(hedge.clock.asleep(wait))
+                if not self.attempts:
+                    error, result = self.last
+                    if error is not None:
+                        raise error
+                    return result
                 waiting: set[asyncio.Future[Any]] = set(self.attempts)
                 if timer is not None:
                     waiting.add(timer)
@@ -335,6 +547,7 @@ class _AsyncRace:
                     timer = None
                     if self.started < limit and hedge._may_hedge(self.started + 1, "delay"):
                         self._launch()
+                failed = False
                 for task in done:
                     if task not in self.attempts:
                         continue
@@ -342,33 +555,22 @@ class _AsyncRace:
                     error = task.exception()
                     result = None if error is not None else task.result()
                     if hedge._judge(error, result):
-                        if error is None:
-                            hedge._learn(hedge.clock.monotonic() - began)
-                            return result
-                        raise error
-                    last = (error, result)
-                if not self.attempts:
-                    if self.started < limit and hedge._may_hedge(self.started + 1, "failure"):
-                        self._launch()
-                        continue
-                    error, result = last
-                    if error is not None:
-                        raise error
-                    return result
-                # An attempt failed while others run: hedge now rather than after the delay.
-                if (
-                    done - {timer}
-                    and self.started < limit
-                    and hedge.mode != "parallel"
-                    and hedge._may_hedge(self.started + 1, "failure")
-                ):
-                    self._launch()
+                        if error is not None:
+                            raise error
+                        hedge._learn(hedge.clock.monotonic() - began)
+                        return result
+                    self.last, failed = (error, result), True
+                if failed:
+                    self._hedge_after_failure()
         finally:
-            await self._cancel(timer)
+            if timer is not None:
+                timer.cancel()
+                await asyncio.gather(timer, return_exceptions=True)
 
     async def _cancel(self, timer: asyncio.Task[None] | None) -> None:
-        """Cancel the losers and the timer, and wait until they have stopped."""
+        """Cancel the losers (and the timer), and wait until they have stopped."""
         pending: list[asyncio.Task[Any]] = list(self.attempts)
+        self.attempts.clear()
         if timer is not None:
             pending.append(timer)
         if not pending:

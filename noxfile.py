@@ -142,6 +142,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/redis_bench.py", *session.posargs)  # needs redis-server
     session.run("python", "bench/integrations_bench.py", *session.posargs)
     session.run("python", "bench/keyed_bench.py", *session.posargs)
+    session.run("python", "bench/hedge_bench.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -157,3 +158,4 @@ def bench_smoke(session: nox.Session) -> None:
     session.run("python", "bench/redis_bench.py", "--quick")
     session.run("python", "bench/integrations_bench.py", "--quick")
     session.run("python", "bench/keyed_bench.py", "--quick")
+    session.run("python", "bench/hedge_bench.py", "--quick")

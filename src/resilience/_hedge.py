@@ -230,6 +230,13 @@ class Hedge(Middleware):
         return check is None or not check(result)
 
     def _learn(self, seconds: float) -> None:
+        """Tell an adaptive delay how long a call took to its answer (hedged or not).
+
+        The whole call's time, not the winning attempt's: a slow first attempt
+        that a hedge beat still shows as a slow call, so the percentile sees
+        the tail it is meant to cut (learning only the winners' times would
+        put the p95 among the fast answers, and hedge 5 % of those too).
+        """
         record = getattr(self.delay, "record", None)
         if record is not None:
             record(seconds)
@@ -370,6 +377,7 @@ class _AsyncRace:
         "last",
         "next",
         "started",
+        "t0",
     )
 
     def __init__(
@@ -405,6 +413,7 @@ class _AsyncRace:
         if hedge.budget is not None:
             hedge.budget.deposit()
         caller = current_task()
+        self.t0 = now = hedge.clock.monotonic()
         if hedge.mode == "parallel" or caller is None:
             try:
                 self._launch()
@@ -416,7 +425,6 @@ class _AsyncRace:
         clock = hedge.clock
         self.caller = caller
         wait = hedge._wait()
-        now = clock.monotonic()
         if wait is not None:
             timers = hedge._loop_timers
             if timers is None or timers.loop is not caller.get_loop():
@@ -497,7 +505,7 @@ class _AsyncRace:
         """A hedge ended while the first attempt runs: win, or hedge again on failure."""
         if not self.inline or self.interrupted or task.cancelled() or task not in self.attempts:
             return
-        began = self.attempts.pop(task)
+        self.attempts.pop(task)
         error = task.exception()
         result = None if error is not None else task.result()
         hedge = self.hedge
@@ -510,7 +518,7 @@ class _AsyncRace:
             self._hedge_after_failure()
             return
         if error is None:
-            hedge._learn(hedge.clock.monotonic() - began)
+            hedge._learn(hedge.clock.monotonic() - self.t0)
         self.decided = (error, result)
         self.interrupted = True
         assert self.caller is not None
@@ -551,13 +559,13 @@ class _AsyncRace:
                 for task in done:
                     if task not in self.attempts:
                         continue
-                    began = self.attempts.pop(task)
+                    self.attempts.pop(task)
                     error = task.exception()
                     result = None if error is not None else task.result()
                     if hedge._judge(error, result):
                         if error is not None:
                             raise error
-                        hedge._learn(hedge.clock.monotonic() - began)
+                        hedge._learn(hedge.clock.monotonic() - self.t0)
                         return result
                     self.last, failed = (error, result), True
                 if failed:
@@ -583,7 +591,7 @@ class _AsyncRace:
 class _SyncRace:
     """One hedged sync call: its attempts on the hedge's pool; the caller waits."""
 
-    __slots__ = ("args", "attempts", "fn", "hedge", "kwargs", "next", "started")
+    __slots__ = ("args", "attempts", "fn", "hedge", "kwargs", "next", "started", "t0")
 
     def __init__(
         self,
@@ -626,6 +634,7 @@ class _SyncRace:
             hedge.budget.deposit()
         limit = 1 + hedge.max_hedges
         last: tuple[BaseException | None, Any] = (None, None)
+        self.t0 = hedge.clock.monotonic()
         self._launch()
         while True:
             wait = hedge._wait() if self.started < limit else None
@@ -643,13 +652,13 @@ class _SyncRace:
                 continue
             failed = False
             for future in done:
-                began = self.attempts.pop(future)
+                self.attempts.pop(future)
                 error = future.exception()
                 result = None if error is not None else future.result()
                 if hedge._judge(error, result):
                     self._walk_away()
                     if error is None:
-                        hedge._learn(hedge.clock.monotonic() - began)
+                        hedge._learn(hedge.clock.monotonic() - self.t0)
                         return result
                     raise error
                 last, failed = (error, result), True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -342,3 +343,46 @@ def test_bad_percentiles_are_refused() -> None:
         rs.LatencyPercentile(100)
     with pytest.raises(TypeError, match="percentile must be a number"):
         rs.LatencyPercentile("p95")  # type: ignore[arg-type]
+
+
+async def test_many_tasks_exact_counts_and_nothing_left() -> None:
+    clock = held_clock()
+    events: list[HedgeEvent] = []
+    hedge = rs.Hedge(0.05, clock=clock, on_hedge=events.append)
+    started: list[tuple[int, int]] = []
+    gates: dict[int, asyncio.Event] = {}
+
+    async def attempt(key: int) -> int:
+        started.append((key, rs.current().attempt))
+        if key % 4 == 0 and rs.current().attempt == 1:  # every fourth first attempt is stuck
+            gates[key] = asyncio.Event()
+            await gates[key].wait()
+        await asyncio.sleep(0)
+        return key
+
+    tasks_before = len(asyncio.all_tasks())
+    calls = [asyncio.create_task(hedge.acall(attempt, key)) for key in range(200)]
+    await settle()
+    clock.advance(0.05)
+    assert await asyncio.gather(*calls) == list(range(200))
+    assert len(events) == 50
+    assert len(started) == 200 + len(events)
+    assert sorted(key for key, number in started if number == 2) == list(range(0, 200, 4))
+    assert len(asyncio.all_tasks()) == tasks_before
+
+
+def test_many_threads_each_get_their_own_answer() -> None:
+    hedge = rs.Hedge(0.001, max_workers=8)
+
+    def attempt(key: int) -> int:
+        return key * 2
+
+    def many(offset: int) -> list[int]:
+        return [hedge.call(attempt, offset * 100 + index) for index in range(20)]
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(many, range(8)))
+    finally:
+        hedge.close()
+    assert results == [[(offset * 100 + index) * 2 for index in range(20)] for offset in range(8)]

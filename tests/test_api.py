@@ -41,6 +41,7 @@ def isort_order(name: str) -> tuple[int, str]:
         "resilience.testing",
         "resilience.integrations.httpx",
         "resilience.integrations.grpc",
+        "resilience.config",
     ],
 )
 def test_subpackages_have_sorted_all(module: str) -> None:

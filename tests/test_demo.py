@@ -63,7 +63,7 @@ def test_module_entry_point_needs_the_demo_command() -> None:
         [sys.executable, "-m", "resilience"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 2
-    assert "usage: python -m resilience demo" in done.stderr
+    assert "usage: python -m resilience {demo" in done.stderr
 
 
 def test_module_entry_point_runs_the_demo() -> None:

@@ -10,7 +10,7 @@ the storage of their state in `resilience.stores`, the delay strategies in
 `resilience.backoff` and the test helpers in `resilience.testing`.
 """
 
-from . import backoff, events, metrics, stores
+from . import backoff, config, events, metrics, stores
 from ._adaptive import AIMD, AdaptiveLimiter, Gradient2, LimitAlgorithm, LimitPermit, Vegas
 from ._adaptive_throttler import AdaptiveThrottler
 from ._backend import BackendUnavailableError
@@ -39,6 +39,7 @@ from ._pipeline import Pipeline, PipelineBuilder, PipelineOrderWarning
 from ._retry import Retry
 from ._throttle import Throttle
 from ._timeout import Timeout
+from .config import Registry
 
 __version__ = "0.1.0"
 
@@ -71,6 +72,7 @@ __all__ = [
     "Pipeline",
     "PipelineBuilder",
     "PipelineOrderWarning",
+    "Registry",
     "RejectedError",
     "ResilienceError",
     "Retry",
@@ -82,6 +84,7 @@ __all__ = [
     "TimeoutExceeded",
     "Vegas",
     "backoff",
+    "config",
     "current",
     "events",
     "metrics",

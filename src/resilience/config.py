@@ -550,6 +550,13 @@ class Registry:
                 slot = self._slots[name] = _Slot(self, name)
             return slot
 
+    def get(self, name: str) -> Pipeline:
+        """The pipeline ``name`` holds now (a reload replaces it; `pipeline` follows reloads)."""
+        slot = self._slots.get(name)
+        if slot is None or slot.target is None:
+            raise KeyError(f"no pipeline {name!r}" + _suggest(name, self.names()))
+        return slot.target
+
     def policy(self, name: str) -> Any:
         """The named policy ``name`` of ``[policies]``: the one object every pipeline shares."""
         try:
@@ -894,20 +901,35 @@ def _json_type(parameter: inspect.Parameter) -> dict[str, Any]:
     return {"type": sorted(set(types))} if types else {}
 
 
+def _shown(value: Any) -> str:
+    if isinstance(value, type) or (callable(value) and hasattr(value, "__qualname__")):
+        return str(value.__qualname__)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(_shown(item) for item in value) + ")"
+    return repr(value)
+
+
 def check(path: str | os.PathLike[str]) -> str:
     """Validate a configuration file and describe each pipeline's layers as a table."""
     registry = Registry.from_file(path)
+    plan = registry._plan
+    assert plan is not None
     lines: list[str] = []
     for name in registry.names():
         lines.append(f"pipeline {name}")
-        lines.append(f"  {'#':<3}{'kind':<20}{'name':<16}settings")
+        lines.append(f"  {'#':<3}{'kind':<20}{'policy':<18}settings")
+        specs = plan.pipelines[name]
         for index, layer in enumerate(registry.pipeline(name)._current().layers):
             described = layer.describe()
             settings = ", ".join(
-                f"{k}={v!r}" for k, v in described.items() if k not in ("type", "kind", "name")
+                f"{key}={_shown(value)}"
+                for key, value in described.items()
+                if key not in ("type", "kind", "name") and value is not None
             )
-            shown = described.get("name") or "-"
-            lines.append(f"  {index:<3}{described['kind']:<20}{shown:<16}{settings}")
+            params = specs[index][1]
+            ref = params.get("ref") if isinstance(params, Mapping) else None
+            shown = ref or described.get("name") or "-"
+            lines.append(f"  {index:<3}{described['kind']:<20}{shown:<18}{settings}")
     return "\n".join(lines)
 
 

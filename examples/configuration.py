@@ -73,7 +73,7 @@ def main() -> None:
             registry.reload_from_file(live)
         except rs.config.ConfigError as error:
             print(f"an invalid file is refused and changes nothing:\n  {error.errors[0]}")
-        print(f"the retry still makes {registry.get("cache.Get").layers[0].attempts} attempts")
+        print(f"the retry still makes {registry.get('cache.Get').layers[0].attempts} attempts")
 
 
 if __name__ == "__main__":

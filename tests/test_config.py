@@ -93,7 +93,7 @@ def test_every_problem_is_reported_with_its_key_path() -> None:
         "pipelines.\"users.get\".layers[2].circuit_breaker.ref: no policy 'missing'",
         'pipelines."users.get".layers[3]: must be a table of one key, the policy\'s kind '
         "(timeout, retry, circuit_breaker, fallback, throttle, bulkhead, fault_injection, "
-        "adaptive_limiter, adaptive_throttler, hedge, retry_budget)",
+        "adaptive_limiter, adaptive_throttler, hedge, retry_budget, keyed)",
         "policy: unknown key (did you mean 'policies'?)",
     ]
     assert isinstance(caught.value, ValueError)
@@ -304,6 +304,39 @@ def test_describe_round_trips_through_configuration(policy: Any) -> None:
         assert (rebuilt.ratio, rebuilt.min_per_second, rebuilt.ttl) == (0.1, 10.0, 10.0)
     else:
         assert _described(rebuilt) == _described(policy)
+
+
+def test_a_keyed_layer_makes_its_policy_per_key() -> None:
+    config = {
+        "pipelines": {
+            "api": {
+                "layers": [
+                    {
+                        "keyed": {
+                            "key": "host",
+                            "max_keys": 100,
+                            "policy": {"circuit_breaker": {"minimum_calls": 1}},
+                        }
+                    }
+                ]
+            }
+        }
+    }
+    reg = registry(config)
+    keyed = layers(reg, "api")[0]
+    assert isinstance(keyed, rs.Keyed)
+    for host in ("a", "b"):
+        with rs.tags(host=host), pytest.raises(ZeroDivisionError):
+            reg.pipeline("api").call(lambda: 1 / 0)
+    first, second = keyed.policy_for("a"), keyed.policy_for("b")
+    assert isinstance(first, rs.CircuitBreaker)
+    assert first is not second
+    assert first.state is rs.CircuitState.OPEN
+    config["pipelines"]["api"]["layers"][0]["keyed"]["policy"] = {
+        "circuit_breaker": {"minimum_calls": 0}
+    }
+    with pytest.raises(ConfigError, match=r"keyed\.policy\.circuit_breaker\.minimum_calls"):
+        registry(config)
 
 
 def test_a_lambda_has_no_configuration() -> None:

@@ -58,6 +58,7 @@ from ._circuit_breaker import CircuitBreaker
 from ._fallback import Fallback
 from ._faults import FaultInjector
 from ._hedge import Hedge, LatencyPercentile
+from ._keyed import Keyed
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, terminal
 from ._pipeline import Pipeline
 from ._retry import Retry
@@ -90,6 +91,7 @@ KINDS: dict[str, type[Any]] = {
     "adaptive_throttler": AdaptiveThrottler,
     "hedge": Hedge,
     "retry_budget": RetryBudget,
+    "keyed": Keyed,
 }
 """The kinds a configuration names, and the classes they build."""
 
@@ -104,6 +106,8 @@ _ALGORITHMS: dict[str, type[Any]] = {"aimd": AIMD, "vegas": Vegas, "gradient2": 
 # Keywords whose values are named by dotted path: exceptions (or predicates) and functions.
 _MATCHERS = {"on", "failure_on", "ignore", "drop_on", "refused_on"}
 _FUNCTIONS = {
+    "factory",
+    "key_from_args",
     "on_result",
     "on_retry",
     "on_fallback",
@@ -317,6 +321,8 @@ class _Builder:
 
     def build(self, kind: str, params: Any, where: str) -> Any:
         """The policy ``kind`` with ``params``, or None when it cannot be built (errors noted)."""
+        if kind == "keyed" and isinstance(params, Mapping) and "policy" in params:
+            return self._keyed(params, where)
         cls = KINDS[kind]
         signature = inspect.signature(cls.__init__)
         names = [name for name in signature.parameters if name != "self"]
@@ -345,7 +351,32 @@ class _Builder:
             return None
         return None if failed else made
 
+    def _keyed(self, params: Mapping[str, Any], where: str) -> Any:
+        """A `Keyed` whose ``policy`` is a layer table, made anew for each key."""
+        template = params["policy"]
+        at = f"{where}.keyed.policy"
+        parsed = self._one_kind(template, at)
+        if parsed is None:
+            return None
+        kind, body = parsed
+        if kind == "keyed":
+            self.fail(at, "a keyed policy cannot hold another keyed policy")
+            return None
+        if self.build(kind, body, at) is None:  # checked once, here
+            return None
+        specs = dict(self.specs)
+
+        def factory(key: Any) -> Any:
+            builder = _Builder(self.config)
+            builder.specs = specs
+            return builder.build(kind, body, at)
+
+        rest = {name: value for name, value in params.items() if name != "policy"}
+        return self.build("keyed", {**rest, "factory": factory}, where)
+
     def _value(self, kind: str, key: str, value: Any, where: str) -> Any:
+        if key == "factory" and callable(value):
+            return value
         errors = self.errors
         if key in _MATCHERS:
             items = value if isinstance(value, list) else [value]

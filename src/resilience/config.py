@@ -149,7 +149,7 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         data = json.loads(text)
     elif suffix in (".yaml", ".yml"):
         try:
-            import yaml  # type: ignore[import-untyped]
+            import yaml  # type: ignore[import-untyped,import-not-found,unused-ignore]
         except ImportError as error:
             raise ConfigError(
                 [f"{file}: reading YAML needs PyYAML (pip install pyyaml)"]

@@ -435,3 +435,129 @@ def test_fuzzed_configurations_are_built_or_refused_with_key_paths(
     assert all(line.startswith("pipelines") for line in errors)
     if not errors:
         Registry(config, environ={})
+
+
+def test_check_prints_each_pipeline_in_process(tmp_path: Path) -> None:
+    file = tmp_path / "r.json"
+    file.write_text(json.dumps(USERS))
+    table = rs.config.check(file)
+    assert table.splitlines()[0] == "pipeline users.get"
+    assert "users-api" in table  # the ref is shown as the layer's policy
+    assert "on=(ConnectionError, TimeoutExceeded)" in table
+
+
+def test_lookups_name_what_is_missing() -> None:
+    reg = registry()
+    with pytest.raises(KeyError, match=r"no pipeline 'users\.gets'.*did you mean 'users\.get'"):
+        reg.get("users.gets")
+    with pytest.raises(KeyError, match=r"no policy 'user-api'.*did you mean 'users-api'"):
+        reg.policy("user-api")
+    assert reg.names() == ["users.get", "users.list"]
+
+
+def test_a_registry_pipeline_nests_in_another_pipeline() -> None:
+    reg = registry({"pipelines": {"inner": {"layers": [{"fallback": {"value": "fallback"}}]}}})
+    outer = rs.Pipeline([rs.Retry(1), reg.pipeline("inner")])
+    assert outer.call(lambda: 1 / 0) == "fallback"
+    reg.reload({"pipelines": {"inner": {"layers": [{"fallback": {"value": "reloaded"}}]}}})
+    assert outer.call(lambda: 1 / 0) == "reloaded"
+
+
+async def test_a_registry_pipeline_nests_in_another_async_pipeline() -> None:
+    reg = registry({"pipelines": {"inner": {"layers": [{"fallback": {"value": "fallback"}}]}}})
+    outer = rs.Pipeline([rs.Retry(1), reg.pipeline("inner")])
+
+    async def fails() -> None:
+        raise ConnectionError
+
+    assert await outer.acall(fails) == "fallback"
+
+
+def test_a_pipeline_dropped_by_a_reload_can_no_longer_be_called() -> None:
+    reg = registry()
+    reg.reload(
+        {
+            "pipelines": {"users.list": USERS["pipelines"]["users.list"]},
+            "policies": USERS["policies"],
+        }
+    )
+    with pytest.raises(RuntimeError, match=r"no configuration holds the pipeline 'users\.get'"):
+        reg.pipeline("users.get").call(lambda: None)
+
+
+def _layer(layer: dict[str, Any]) -> dict[str, Any]:
+    return {"pipelines": {"p": {"layers": [layer]}}}
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ([], "the top level must be a table"),
+        ({"pipelines": []}, "pipelines: must be a table of pipelines"),
+        ({"policies": 3}, "policies: must be a table of named policies"),
+        ({"pipelines": {"p": 3}}, "must be a table with 'layers'"),
+        ({"pipelines": {"p": {"layer": []}}}, "unknown key (did you mean 'layers'?)"),
+        ({"pipelines": {"p": {"layers": {}}}}, "must be a list of layers"),
+        (_layer({"retry": {"backoff": {"exponentail": {}}}}), "did you mean 'exponential'"),
+        (_layer({"retry": {"backoff": {"linear": {"x": 1}}}}), "unexpected keyword"),
+        (_layer({"retry": {"budget": "b"}}), "no retry_budget policy 'b'"),
+        (_layer({"retry": {"on": "ValueError"}}), "must be a dotted path"),
+        (_layer({"adaptive_limiter": {"algorithm": 3}}), "must be one of aimd"),
+        (_layer({"retry": {"ref": "x"}}), "no policy 'x'"),
+        (_layer({"retry_budget": 0.1}), "a retry budget is not a layer"),
+        (
+            {"policies": {"b": {"bulkhead": 2}}, **_layer({"retry": {"ref": "b"}})},
+            "'b' is a bulkhead, not a retry",
+        ),
+        (_layer({"keyed": {"key": "h", "policy": {"keyed": {}}}}), "cannot hold another keyed"),
+    ],
+)
+def test_structural_mistakes_are_reported(config: Any, words: str) -> None:
+    errors = list(rs.config.iter_errors(config))
+    assert any(words in line for line in errors), errors
+
+
+def test_budgets_by_name_are_shared_and_inline_ones_are_not() -> None:
+    config = {
+        "policies": {"retries": {"retry_budget": {"ratio": 0.1}}},
+        "pipelines": {
+            "a": {"layers": [{"retry": {"budget": "retries"}}]},
+            "b": {"layers": [{"retry": {"budget": "retries"}}]},
+            "c": {"layers": [{"retry": {"budget": {"ratio": 0.3}}}]},
+        },
+    }
+    reg = registry(config)
+    a, b, c = (layers(reg, name)[0].budget for name in "abc")
+    assert a is b
+    assert a is reg.policy("retries")
+    assert c.ratio == 0.3
+
+
+def test_files_that_are_not_tables_are_refused(tmp_path: Path) -> None:
+    listed = tmp_path / "list.json"
+    listed.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="the top level must be a table"):
+        Registry.from_file(listed, environ={})
+
+
+def test_a_watched_file_that_breaks_keeps_the_old_configuration(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    file = tmp_path / "live.toml"
+    file.write_text("[policies.cap]\nbulkhead = { max_concurrent = 2 }\n")
+    reg = Registry.from_file(file, environ={})
+    with pytest.raises(ValueError, match="interval"):
+        reg.watch(file, interval=0)
+    stop = reg.watch(file, interval=0.01)
+    try:
+        file.write_text("[policies.cap]\nbulkhead = { max_concurrent = -5 }\n")
+        logged = threading.Event()
+        for _ in range(500):  # bounded: up to 5 s for the poller to try the file
+            if "did not reload" in caplog.text:
+                logged.set()
+                break
+            logged.wait(0.01)
+        assert logged.is_set()
+    finally:
+        stop()
+    assert reg.policy("cap").max_concurrent == 2

@@ -301,6 +301,13 @@ class _Builder:
         if kind not in KINDS:
             self.fail(f"{where}.{kind}", "unknown kind" + _suggest(kind, KINDS))
             return None
+        if allow_ref and kind == "retry_budget":
+            self.fail(
+                f"{where}.{kind}",
+                "a retry budget is not a layer: name it in [policies] and give its name to a "
+                "retry's or a hedge's budget",
+            )
+            return None
         if allow_ref and isinstance(params, Mapping) and "ref" in params:
             extra = set(params) - {"ref"}
             if extra:
@@ -406,7 +413,8 @@ class _Builder:
             return None
         ((name, params),) = value.items()
         if name not in table:
-            self.fail(f"{where}.{name}", "unknown" + _suggest(name, table))
+            choices = ", ".join(table)
+            self.fail(f"{where}.{name}", f"unknown; one of {choices}" + _suggest(name, table))
             return None
         if not isinstance(params, Mapping):
             params = {"percentile" if name == "percentile" else "initial": params}
@@ -611,6 +619,10 @@ class Registry:
 
     def validate(self, config: Mapping[str, Any]) -> _Plan:
         """Check ``config`` whole; raise `ConfigError` listing every problem, or return its plan."""
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                [f"(top): the top level must be a table, got {type(config).__name__}"]
+            )
         merged = apply_environment(config, self._environ)
         builder = _Builder(merged)
         policies, pipelines = builder.read()
@@ -640,8 +652,11 @@ class Registry:
             old = self._plan
             builder = _Builder(plan.config)
             builder.specs = dict(plan.policies)
-            policies = {
-                name: self._keep(
+            policies: dict[str, Any] = {}
+            # Budgets first: the retries and hedges that name one get that very object.
+            ordered = sorted(plan.policies.items(), key=lambda item: item[1][0] != "retry_budget")
+            for name, (kind, params) in ordered:
+                policies[name] = self._keep(
                     old.policies.get(name) if old else None,
                     self._policies.get(name),
                     kind,
@@ -649,8 +664,8 @@ class Registry:
                     _path("policies", name),
                     builder,
                 )
-                for name, (kind, params) in plan.policies.items()
-            }
+                if kind == "retry_budget":
+                    builder.budgets[name] = policies[name]
             layers: dict[tuple[str, int, str], Any] = {}
             pipelines: dict[str, Pipeline] = {}
             for name, specs in plan.pipelines.items():
@@ -699,6 +714,11 @@ class Registry:
     ) -> Any:
         """The object for ``kind``/``params``: the existing one kept, updated, or a new one."""
         if existing is not None and previous is not None and previous[0] == kind:
+            named = params.get("budget") if isinstance(params, Mapping) else None
+            if isinstance(named, str) and getattr(existing, "budget", None) is not (
+                builder.budgets.get(named)
+            ):
+                return builder.build(kind, params, where)  # its budget was made anew
             if _same(previous[1], params):
                 return existing
             old_params = previous[1] if isinstance(previous[1], Mapping) else {}

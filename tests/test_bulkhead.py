@@ -12,6 +12,7 @@ import pickle
 import random
 import threading
 import tracemalloc
+from collections import deque
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
@@ -886,6 +887,90 @@ async def test_a_higher_limit_lets_waiters_in_at_once(clock: FakeClock) -> None:
     release.set()
     await asyncio.gather(*tasks)
     assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 3, 0, 0)
+
+
+async def test_a_limit_one_higher_lets_one_waiter_in(clock: FakeClock) -> None:
+    """update(max_concurrent=) up by exactly one slot admits exactly one waiter."""
+    bulkhead = rs.Bulkhead(1, max_queue=5, clock=clock)
+    release = asyncio.Event()
+    started: list[int] = []
+
+    async def hold(i: int) -> None:
+        started.append(i)
+        await release.wait()
+
+    tasks = [asyncio.create_task(bulkhead.acall(hold, i)) for i in range(3)]
+    for _ in range(5):
+        await asyncio.sleep(0)
+    bulkhead.update(max_concurrent=2)
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert (started, bulkhead.queued, bulkhead.in_flight) == ([0, 1], 1, 2)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 2, 0, 0)
+
+
+def test_a_lower_limit_takes_back_free_slots_and_counts_right() -> None:
+    """Shrinking with free tokens: they stop existing, and in_flight still counts the calls."""
+    bulkhead = rs.Bulkhead(200)  # 64 tokens made up front, the rest in reserve
+    for _ in range(70):
+        bulkhead.call(lambda: None)  # 70 tokens now exist, all free
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        entered.set()
+        release.wait(30)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        running = pool.submit(bulkhead.call, hold)
+        assert entered.wait(30)
+        bulkhead.update(max_concurrent=3)
+        assert (bulkhead.in_flight, bulkhead.available) == (1, 2)
+        release.set()
+        running.result(30)
+    assert (bulkhead.in_flight, bulkhead.available) == (0, 3)
+
+
+def test_a_waiter_who_joins_during_a_release_is_served() -> None:
+    """The race in release(): the queue was empty when checked, and a waiter joined before the
+    slot went back to the free list. The release must serve that waiter, not leave it waiting
+    for a slot that sits free."""
+    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=5)  # a waiter left waiting fails in 5 s
+    slots = bulkhead._slots
+    entered, release = threading.Event(), threading.Event()
+    joined = threading.Event()
+
+    class Racy(deque):  # type: ignore[type-arg]
+        def append(self, item: object) -> None:
+            if not joined.is_set():  # the first give-back: a waiter joins right now
+                joined.set()
+                waiter_started.set()
+                assert queued.wait(30)
+            super().append(item)
+
+    waiter_started, queued = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with bulkhead:  # the context manager gives its slot back through Slots.release
+            entered.set()
+            release.wait(30)
+
+    slots.free = Racy(slots.free)  # before the first call builds the chains that read it
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        holder = pool.submit(hold)
+        assert entered.wait(30)
+        release.set()
+        assert waiter_started.wait(30)
+        waiter = pool.submit(bulkhead.call, lambda: "served")
+        for _ in range(3000):  # bounded: until the waiter is in the queue (at most 30 s)
+            if bulkhead.queued == 1:
+                break
+            queued.wait(0.01)
+        queued.set()
+        holder.result(30)
+        assert waiter.result(30) == "served"
+    assert bulkhead.in_flight == 0
 
 
 def test_a_lower_limit_is_taken_back_as_calls_end() -> None:

@@ -142,13 +142,13 @@ class Slots:
             owe -= taken
             while owe:
                 try:
-                    self.free.pop()
+                    self.free.pop()  # a free token taken back stops existing
                 except IndexError:
                     break
-                self.top -= 1
                 owe -= 1
             if owe:
                 queue.owe(owe, self._collected)
+        # Slots that exist: the limit, plus the debts still to collect, less the reserve.
         self.top = self.capacity + queue.debts - self.reserve
 
     def _collected(self) -> None:

@@ -1,6 +1,8 @@
 """``python -m resilience``: the chaos demo, and the configuration's schema and check.
 
 - ``python -m resilience demo [--help]``: the chaos demo (see `resilience.demo`);
+- ``python -m resilience simulate [--help]``: run pipelines against a modelled service in
+  virtual time, compare them and sweep their parameters (see `resilience.simulate`);
 - ``python -m resilience schema``: the JSON Schema of configuration files, for editors;
 - ``python -m resilience check FILE``: validate a configuration file and print each
   pipeline's layers (exit status 1 with every problem listed when it is invalid).
@@ -11,7 +13,7 @@ from __future__ import annotations
 import json
 import sys
 
-USAGE = "usage: python -m resilience {demo [--help] | schema | check FILE}"
+USAGE = "usage: python -m resilience {demo [--help] | simulate [--help] | schema | check FILE}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from .demo import main as demo
 
         return demo(rest)
+    if command == "simulate":
+        from .simulate import main as simulate
+
+        return simulate(rest)
     if command == "schema" and not rest:
         from .config import schema
 

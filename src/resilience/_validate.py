@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import math
 import random
 from collections.abc import Callable
@@ -106,10 +107,18 @@ def exception_matcher(
     )
 
 
+#: While set (the simulator sets it), policies built without a seed draw theirs from it,
+#: so a whole simulated run is reproducible.
+DEFAULT_SEEDS: contextvars.ContextVar[random.Random | None] = contextvars.ContextVar(
+    "resilience_default_seeds", default=None
+)
+
+
 def random_source(seed: object, name: str = "seed") -> random.Random:
     """A random source from a seed: None (fresh), an int, or a `random.Random` (used as is)."""
     if seed is None:
-        return random.Random()
+        seeds = DEFAULT_SEEDS.get()
+        return random.Random() if seeds is None else random.Random(seeds.getrandbits(64))
     if isinstance(seed, random.Random):
         return seed
     if isinstance(seed, bool) or not isinstance(seed, int):

@@ -55,6 +55,7 @@ from ._adaptive_throttler import AdaptiveThrottler
 from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
 from ._circuit_breaker import CircuitBreaker
+from ._clock import Clock, validate_clock
 from ._fallback import Fallback
 from ._faults import FaultInjector
 from ._hedge import Hedge, LatencyPercentile
@@ -236,8 +237,10 @@ def _import(dotted: object, where: str, errors: list[str]) -> Any:
 class _Builder:
     """Turns one configuration into policies and pipelines, collecting errors as it goes."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Any, clock: Any = None) -> None:
         self.config = config
+        self.clock = clock
+        """Given to every policy that takes ``clock=`` (a simulation's virtual clock)."""
         self.errors: list[str] = []
         self.specs: dict[str, tuple[str, Any]] = {}
         """Named policies: name -> (kind, parameters as configured)."""
@@ -346,6 +349,8 @@ class _Builder:
             converted = self._value(kind, key, value, at)
             kwargs[key] = _BAD if len(self.errors) > errors else converted
         failed = len(self.errors) > before
+        if self.clock is not None and "clock" in names:
+            kwargs["clock"] = self.clock
         try:
             made = cls(**{key: value for key, value in kwargs.items() if value is not _BAD})
         except (TypeError, ValueError) as error:
@@ -374,7 +379,7 @@ class _Builder:
         specs = dict(self.specs)
 
         def factory(key: Any) -> Any:
-            builder = _Builder(self.config)
+            builder = _Builder(self.config, self.clock)
             builder.specs = specs
             return builder.build(kind, body, at)
 
@@ -546,13 +551,20 @@ class Registry:
     """Named pipelines and policies built from configuration, reloadable while calls run.
 
     ``environ`` (``os.environ`` by default; ``{}`` to ignore it) supplies
-    the ``RESILIENCE__`` overrides of `apply_environment`.
+    the ``RESILIENCE__`` overrides of `apply_environment`. ``clock`` is
+    given to every policy that takes one (the simulator's virtual clock, or
+    a test's `resilience.testing.FakeClock`); configuration cannot name one.
     """
 
     def __init__(
-        self, config: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None
+        self,
+        config: Mapping[str, Any] | None = None,
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self._environ = os.environ if environ is None else environ
+        self._clock = None if clock is None else validate_clock(clock)
         self._lock = threading.Lock()
         self._slots: dict[str, _Slot] = {}
         self._policies: dict[str, Any] = {}
@@ -564,16 +576,24 @@ class Registry:
 
     @classmethod
     def from_file(
-        cls, path: str | os.PathLike[str], *, environ: Mapping[str, str] | None = None
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> Registry:
         """A registry loaded from a TOML, JSON or YAML file."""
-        return cls(read_file(path), environ=environ)
+        return cls(read_file(path), environ=environ, clock=clock)
 
     @classmethod
     def from_dict(
-        cls, config: Mapping[str, Any], *, environ: Mapping[str, str] | None = None
+        cls,
+        config: Mapping[str, Any],
+        *,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
     ) -> Registry:
-        return cls(config, environ=environ)
+        return cls(config, environ=environ, clock=clock)
 
     # -- what users call --
 
@@ -624,7 +644,7 @@ class Registry:
                 [f"(top): the top level must be a table, got {type(config).__name__}"]
             )
         merged = apply_environment(config, self._environ)
-        builder = _Builder(merged)
+        builder = _Builder(merged, self._clock)
         policies, pipelines = builder.read()
         for name, (kind, params) in policies.items():
             builder.build(kind, params, _path("policies", name))
@@ -650,7 +670,7 @@ class Registry:
         plan = self.validate(config)
         with self._lock:
             old = self._plan
-            builder = _Builder(plan.config)
+            builder = _Builder(plan.config, self._clock)
             builder.specs = dict(plan.policies)
             policies: dict[str, Any] = {}
             # Budgets first: the retries and hedges that name one get that very object.

@@ -1,16 +1,18 @@
-"""The chaos demo: a flaky service, many clients, with and without protection.
+"""The chaos demo: a flaky service, many clients, three ways of calling it.
 
 Run it with ``python -m resilience demo`` (``--help`` for the options). It
-simulates, in this process and in real time:
+runs, in this process and in real time:
 
 * a downstream service whose faults come from a `FaultInjector`: about 30 %
   errors, about 10 % slow answers, and a hard outage in the middle of each
   run during which every call hangs until the caller gives up;
-* many concurrent clients calling it in a loop, first unprotected, then
-  through a pipeline: Fallback > Retry > CircuitBreaker > Bulkhead > Timeout.
+* many concurrent clients calling it on an open loop, three times:
+  unprotected; with naive retries (Retry > Timeout: no breaker, no budget,
+  the retry storm); and through the recommended pipeline, Fallback > Retry
+  (with a retry budget) > CircuitBreaker > Bulkhead > Timeout.
 
-It ends with a side-by-side table. Every figure in it is measured in the
-run; nothing is estimated.
+It prints the best fresh share the fault profile allows, computed, then a
+side-by-side table. Every figure in the table is measured in the run.
 """
 
 from __future__ import annotations
@@ -23,40 +25,50 @@ import random
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from . import backoff
+from ._budget import RetryBudget
 from ._bulkhead import Bulkhead
-from ._circuit_breaker import CircuitBreaker, CircuitStateChange
+from ._circuit_breaker import CircuitBreaker
 from ._context import CallContext
-from ._errors import TimeoutExceeded
-from ._fallback import Fallback, FallbackContext, FallbackEvent
+from ._errors import CircuitOpenError, TimeoutExceeded
+from ._fallback import Fallback, FallbackContext
 from ._faults import FaultInjector
 from ._pipeline import Pipeline
 from ._retry import Retry
 from ._timeout import Timeout
+from .simulate import Recorder, Report, plot_reports
 
 __all__ = [
+    "ATTEMPTS",
+    "ATTEMPT_TIMEOUT",
     "DemoOptions",
     "Downstream",
-    "RunResult",
+    "best_fresh_share",
     "format_table",
     "main",
+    "naive_pipeline",
     "parse",
     "protected_pipeline",
+    "retry_through_bound",
     "run_demo",
 ]
 
 FALLBACK_ANSWER = {"stock": None, "stale": True}
+ATTEMPTS = 3
+"""Attempts per request in the retrying runs."""
+ATTEMPT_TIMEOUT = 0.1
+"""Seconds one attempt may take in the retrying runs."""
 
 
 @dataclass(frozen=True)
 class DemoOptions:
     """What to simulate; the command-line options map one to one."""
 
-    duration: float = 7.5
-    """Seconds per run (two runs: unprotected, then protected)."""
+    duration: float = 5.0
+    """Seconds per run (three runs)."""
     clients: int = 50
     interval: float = 0.1
     """Mean seconds between two requests of one client (open loop)."""
@@ -72,32 +84,63 @@ class DemoOptions:
     seed: int = 7
     quiet: bool = False
 
-
-@dataclass
-class RunResult:
-    """What one run measured."""
-
-    label: str
-    requests: int = 0
-    fresh: int = 0  # answered by the service itself
-    fallbacks: int = 0  # answered by the fallback (stale but usable)
-    failed: int = 0
-    downstream_calls: int = 0  # calls that reached the service, retries included
-    trips: int = 0
-    latencies: list[float] = field(default_factory=list)
-    timeline: list[tuple[float, bool, float]] = field(default_factory=list)
-    # ^ (seconds since start, answered, latency) per request
-
     @property
-    def answered(self) -> int:
-        return self.fresh + self.fallbacks
+    def outage(self) -> tuple[float, float]:
+        """The outage's (start, end), in seconds from the start of a run."""
+        start = self.outage_start * self.duration
+        return start, start + self.outage_length * self.duration
 
-    def percentile(self, q: float) -> float:
-        if not self.latencies:
-            return math.nan
-        ordered = sorted(self.latencies)
-        index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
-        return ordered[index]
+
+def _attempt_odds(options: DemoOptions) -> tuple[float, float, float]:
+    """(succeeds, fails fast, fails slowly) for one attempt outside the outage.
+
+    The injector draws the slow answer and the error independently; a slow
+    answer longer than `ATTEMPT_TIMEOUT` is a failure too.
+    """
+    slow = options.slow_rate if options.slow_seconds > ATTEMPT_TIMEOUT else 0.0
+    return (1.0 - slow) * (1.0 - options.error_rate), (1.0 - slow) * options.error_rate, slow
+
+
+def best_fresh_share(options: DemoOptions) -> float:
+    """The share of fresh answers the fault profile allows, nothing fresh during the outage.
+
+    With ``p`` the chance that one attempt fails, `ATTEMPTS` attempts
+    succeed with probability ``1 - p**ATTEMPTS`` outside the outage, and the
+    outage takes its share of the run: ``(1 - outage_length) * (1 - p**3)``.
+    """
+    succeeds, _, _ = _attempt_odds(options)
+    return (1.0 - options.outage_length) * (1.0 - (1.0 - succeeds) ** ATTEMPTS)
+
+
+def retry_through_bound(options: DemoOptions, step: float = 0.001) -> float:
+    """The fresh share when every request retries through the outage, whatever the load.
+
+    A request arriving late in the outage can be answered fresh by a retry
+    that lands after it. For each arrival time ``t`` (spread evenly over the
+    run) this follows the attempts: an attempt during the outage hangs
+    until `ATTEMPT_TIMEOUT`; outside it, it succeeds, fails fast (after the
+    mean service time) or fails slowly (at the timeout), with the odds of
+    `_attempt_odds`; each retry first waits the mean of the backoff. Naive
+    retries come close to it, at the load the table shows.
+    """
+    start, end = options.outage
+    succeeds, fast, slow = _attempt_odds(options)
+    service = 0.0125  # the mean normal service time (Downstream._answer)
+
+    def chance(t: float, attempt: int) -> float:
+        if attempt > ATTEMPTS:
+            return 0.0
+        pause = 0.01 * 2 ** (attempt - 1)  # the mean of exponential(0.02, jitter="full")
+        if start <= t < end:
+            return chance(t + ATTEMPT_TIMEOUT + pause, attempt + 1)
+        return (
+            succeeds
+            + fast * chance(t + service + pause, attempt + 1)
+            + slow * chance(t + ATTEMPT_TIMEOUT + pause, attempt + 1)
+        )
+
+    count = max(1, round(options.duration / step))
+    return math.fsum(chance((i + 0.5) * step, 1) for i in range(count)) / count
 
 
 class Downstream:
@@ -105,7 +148,8 @@ class Downstream:
 
     def __init__(self, options: DemoOptions, started: Callable[[], float]) -> None:
         self.options = options
-        self.calls = 0
+        self.calls: list[float] = []
+        """When each call reached the service (seconds since the run started)."""
         self._started = started
         random_source = random.Random(options.seed)
         self.faults = FaultInjector(
@@ -126,9 +170,8 @@ class Downstream:
         self._jitter = random.Random(options.seed + 1)
 
     def _in_outage(self, _: CallContext) -> bool:
-        fraction = self._started() / self.options.duration
-        start = self.options.outage_start
-        return start <= fraction < start + self.options.outage_length
+        start, end = self.options.outage
+        return start <= self._started() < end
 
     async def _answer(self, sku: int) -> dict[str, Any]:
         await asyncio.sleep(self._jitter.uniform(0.005, 0.02))  # normal service time
@@ -136,7 +179,7 @@ class Downstream:
 
     async def get_stock(self, sku: int) -> dict[str, Any]:
         """One call to the service (what a client's HTTP call would be)."""
-        self.calls += 1
+        self.calls.append(self._started())
         return await self._pipeline.acall(self._answer, sku)
 
 
@@ -147,48 +190,77 @@ def _last_good_stock(context: FallbackContext) -> dict[str, Any]:
     return {**context.last_good, "stale": True}
 
 
+def _retry(options: DemoOptions, *on: type[Exception], **budget: Any) -> Retry:
+    return Retry(
+        attempts=ATTEMPTS,
+        on=(ConnectionError, TimeoutExceeded, *on),
+        backoff=backoff.exponential(0.02, maximum=0.2, jitter="full", seed=options.seed),
+        name="stock.retry",
+        **budget,
+    )
+
+
+def naive_pipeline(options: DemoOptions) -> Pipeline:
+    """What many services do: retry every failure, each attempt with a timeout; nothing else."""
+    return (
+        Pipeline.builder("stock.naive")
+        .add(_retry(options))
+        .add(Timeout(ATTEMPT_TIMEOUT, name="stock.timeout"))
+        .build()
+    )
+
+
 def protected_pipeline(options: DemoOptions) -> tuple[Pipeline, CircuitBreaker]:
-    """The stack the demo recommends, outermost first."""
+    """The stack the demo recommends, outermost first, and its breaker."""
     breaker = CircuitBreaker(
-        failure_ratio=0.8,  # well above the 40 % of attempts that fail on a normal day
-        minimum_calls=20,
-        window_seconds=1.0,
+        # 37 % of attempts fail on a normal day: 60 % in half a second of about 350
+        # attempts is far outside their spread, and reached soon after an outage begins.
+        failure_ratio=0.6,
+        # Errors come back before answers: the first 20 outcomes of a cold start are
+        # mostly errors. 50 outcomes take in the first requests' answers too.
+        minimum_calls=50,
+        window_seconds=0.5,
         window_buckets=10,
-        open_seconds=backoff.exponential(0.25, maximum=1.0),
-        half_open_calls=1,
+        open_seconds=0.1,
+        # Ten trials judged by the failure ratio: one trial judged alone would fail on a
+        # normal day 37 % of the time and keep the breaker flapping after the outage.
+        half_open_calls=25,
+        half_open_rule="ratio",
+        # A trial may take up to the attempt timeout; by default a trial still out after
+        # the first break (0.2 s) would reopen the breaker, and one in ten calls is slow.
+        half_open_max_seconds=2 * ATTEMPT_TIMEOUT,
         name="downstream",
     )
     pipeline = (
         Pipeline.builder("stock.get")
         .add(Fallback(handler=_last_good_stock, last_good=True, max_age=5.0, name="stale-stock"))
-        .add(
-            Retry(
-                attempts=3,
-                on=(ConnectionError, TimeoutExceeded),
-                backoff=backoff.exponential(0.02, maximum=0.2, jitter="full", seed=options.seed),
-                name="stock.retry",
-            )
-        )
+        # A normal day needs about 0.5 retries per request; the budget allows 0.7, so
+        # during an outage the service sees at most 1.7 calls per request, not 3.
+        .add(_retry(options, CircuitOpenError, budget=RetryBudget(ratio=0.7, min_per_second=10)))
         .add(breaker)
         .add(Bulkhead(max(1, options.clients), max_queue=options.clients // 2, max_wait=0.1))
-        .add(Timeout(0.25, name="stock.timeout"))
+        .add(Timeout(ATTEMPT_TIMEOUT, name="stock.timeout"))
         .build()
     )
     return pipeline, breaker
 
 
+Call = Callable[[Downstream, int], Awaitable[dict[str, Any]]]
+
+
 class _Run:
-    """One simulated run: clients sending requests on an open loop, and a progress line."""
+    """One run: clients sending requests on an open loop, and a progress line a second."""
 
     def __init__(
         self,
         label: str,
         options: DemoOptions,
-        call: Callable[[Downstream, int], Awaitable[dict[str, Any]]],
-        on_tick: Callable[[float, RunResult], str] | None,
+        call: Call,
+        on_tick: Callable[[], str] | None,
+        record: Recorder,
     ) -> None:
         self.label, self.options, self.call, self.on_tick = label, options, call, on_tick
-        self.result = RunResult(label)
+        self.record = record
         self.loop = asyncio.get_running_loop()
         self.start = self.loop.time()
         self.service = Downstream(options, self.elapsed)
@@ -199,28 +271,18 @@ class _Run:
         return self.loop.time() - self.start
 
     async def request(self, sku: int) -> None:
-        result = self.result
-        began = self.loop.time()
+        began = self.elapsed()
         try:
             answer = await self.call(self.service, sku)
-        except Exception:
-            result.failed += 1
-            answered = False
+        except Exception as error:
+            self.record.failed(began, self.elapsed() - began, error)
         else:
-            answered = True
-            if answer.get("stale"):
-                result.fallbacks += 1
-            else:
-                result.fresh += 1
-        took = self.loop.time() - began
-        result.requests += 1
-        result.latencies.append(took)
-        result.timeline.append((began - self.start, answered, took))
+            self.record.request(began, self.elapsed() - began, not answer.get("stale"))
 
     async def client(self, index: int) -> None:
         # Open loop: a client sends its next request on schedule, whether or
-        # not the last one has come back, as independent users would. Both
-        # runs therefore offer the service the same load.
+        # not the last one has come back, as independent users would. Every
+        # run therefore offers the service the same load.
         sku = index * 1_000_000
         while self.elapsed() < self.options.duration:
             sku += 1
@@ -235,17 +297,18 @@ class _Run:
             await asyncio.sleep(1.0)
             second += 1
             if not self.options.quiet:
-                done = self.result.requests
-                rate = 100.0 * self.result.answered / done if done else 0.0
-                extra = self.on_tick(self.elapsed(), self.result) if self.on_tick else ""
+                outcomes = self.record.outcomes
+                done = len(outcomes)
+                fresh = 100.0 * outcomes.count(0) / done if done else 0.0
+                extra = self.on_tick() if self.on_tick else ""
                 print(
-                    f"  {self.label:<12} t={second:>3}s  requests done={done:>6}"
-                    f"  answered={rate:5.1f}%  downstream calls started="
-                    f"{self.service.calls:>6}{extra}",
+                    f"  {self.label:<14} t={second:>2}s  requests done={done:>5}"
+                    f"  fresh={fresh:5.1f}%  calls reaching the service="
+                    f"{len(self.service.calls):>5}{extra}",
                     flush=True,
                 )
 
-    async def __call__(self) -> tuple[RunResult, Downstream]:
+    async def __call__(self) -> Report:
         watcher = asyncio.create_task(self.progress())
         await asyncio.gather(*(self.client(i) for i in range(self.options.clients)))
         while self.in_flight:  # the requests still out when the run ends
@@ -253,88 +316,98 @@ class _Run:
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watcher
-        self.result.downstream_calls = self.service.calls
-        return self.result, self.service
+        self.record.calls.extend(self.service.calls)
+        return self.record.report(self.label, self.options.duration, [self.options.outage])
 
 
 async def _run(
     label: str,
     options: DemoOptions,
-    call: Callable[[Downstream, int], Awaitable[dict[str, Any]]],
-    on_tick: Callable[[float, RunResult], str] | None = None,
-) -> tuple[RunResult, Downstream]:
-    return await _Run(label, options, call, on_tick)()
+    call: Call,
+    pipeline: Pipeline | None = None,
+    on_tick: Callable[[], str] | None = None,
+) -> Report:
+    record = Recorder()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    stop = None
+    if pipeline is not None:
+        stop = pipeline.subscribe(record.listener(lambda: loop.time() - started))
+    try:
+        return await _Run(label, options, call, on_tick, record)()
+    finally:
+        if stop is not None:
+            stop()
 
 
-async def run_demo(options: DemoOptions) -> tuple[RunResult, RunResult]:
-    """Run the two simulations one after the other and return what they measured."""
+async def run_demo(options: DemoOptions) -> list[Report]:
+    """The three runs, one after the other: unprotected, naive retries, recommended."""
 
     async def unprotected(service: Downstream, sku: int) -> dict[str, Any]:
         return await service.get_stock(sku)
 
     if not options.quiet:
-        print(f"Run 1 of 2: {options.clients} clients call the service directly")
-    bare, _ = await _run("unprotected", options, unprotected)
+        print(f"Run 1 of 3: {options.clients} clients call the service directly")
+    bare = await _run("unprotected", options, unprotected)
+
+    naive = naive_pipeline(options)
+
+    async def retrying(service: Downstream, sku: int) -> dict[str, Any]:
+        return await naive.acall(service.get_stock, sku)
+
+    if not options.quiet:
+        print(f"Run 2 of 3: the same clients through {naive!r}")
+    storm = await _run("naive retries", options, retrying, naive)
 
     pipeline, breaker = protected_pipeline(options)
-    trips = 0
-    fallbacks = 0
-
-    def count(event: object) -> None:
-        nonlocal trips, fallbacks
-        if isinstance(event, CircuitStateChange) and event.new.value == "open":
-            trips += 1
-        elif isinstance(event, FallbackEvent):
-            fallbacks += 1
-
-    pipeline.subscribe(count)
 
     async def protected(service: Downstream, sku: int) -> dict[str, Any]:
         return await pipeline.acall(service.get_stock, sku)
 
-    def breaker_state(_: float, __: RunResult) -> str:
+    def breaker_state() -> str:
         return f"  breaker={breaker.state.value}"
 
     if not options.quiet:
-        print(f"Run 2 of 2: the same clients through {pipeline!r}")
-    guarded, _ = await _run("protected", options, protected, on_tick=breaker_state)
-    guarded.trips = trips
-    if fallbacks != guarded.fallbacks:  # pragma: no cover - a bug in the demo itself
-        raise AssertionError(f"fallback events {fallbacks} != stale answers {guarded.fallbacks}")
-    return bare, guarded
+        print(f"Run 3 of 3: the same clients through {pipeline!r}")
+    guarded = await _run("recommended", options, protected, pipeline, breaker_state)
+    return [bare, storm, guarded]
 
 
-def format_table(bare: RunResult, guarded: RunResult) -> str:
+def format_table(reports: Sequence[Report]) -> str:
     """The side-by-side comparison, as aligned text."""
 
-    def pct(part: int, whole: int) -> str:
-        return f"{100.0 * part / whole:.1f}%" if whole else "n/a"
+    def pct(report: Report, part: int) -> str:
+        return f"{100.0 * part / report.requests:.1f}%" if report.requests else "n/a"
 
     def ms(seconds: float) -> str:
         return "n/a" if math.isnan(seconds) else f"{seconds * 1000:.0f} ms"
 
-    def amplification(run: RunResult) -> str:
-        if not run.requests:
-            return "n/a"
-        return f"{run.downstream_calls} ({run.downstream_calls / run.requests:.2f} per request)"
+    def load(value: float | None) -> str:
+        return "n/a" if value is None or math.isnan(value) else f"{value:.2f}x"
 
-    rows: list[tuple[str, str, str]] = [
-        ("requests made", str(bare.requests), str(guarded.requests)),
-        (
-            "answered (fresh + fallback)",
-            pct(bare.answered, bare.requests),
-            pct(guarded.answered, guarded.requests),
+    reasons = sorted({reason for r in reports for reason in r.fallbacks_by_reason})
+    rows: list[tuple[str, ...]] = [
+        ("requests made", *(str(r.requests) for r in reports)),
+        ("answered (fresh + fallback)", *(pct(r, r.fresh + r.fallbacks) for r in reports)),
+        ("fresh answers", *(pct(r, r.fresh) for r in reports)),
+        ("fallbacks served", *(str(r.fallbacks) for r in reports)),
+        *(
+            (f"  for {reason}", *(str(r.fallbacks_by_reason.get(reason, 0)) for r in reports))
+            for reason in reasons
         ),
-        ("fresh answers", pct(bare.fresh, bare.requests), pct(guarded.fresh, guarded.requests)),
-        ("fallbacks served", str(bare.fallbacks), str(guarded.fallbacks)),
-        ("errors seen by callers", str(bare.failed), str(guarded.failed)),
-        ("p50 latency", ms(bare.percentile(0.5)), ms(guarded.percentile(0.5))),
-        ("p99 latency", ms(bare.percentile(0.99)), ms(guarded.percentile(0.99))),
-        ("calls reaching the service", amplification(bare), amplification(guarded)),
-        ("breaker trips", "-", str(guarded.trips)),
+        ("errors seen by callers", *(str(r.errors) for r in reports)),
+        ("p50 latency", *(ms(r.p50) for r in reports)),
+        ("p99 latency", *(ms(r.p99) for r in reports)),
+        ("calls reaching the service", *(f"{r.service_calls}" for r in reports)),
+        ("  per request", *(load(r.load) for r in reports)),
+        ("  per request during the outage", *(load(r.outage_load) for r in reports)),
+        (
+            "breaker trips",
+            *(str(r.trips) if r.trips or r.name == "recommended" else "-" for r in reports),
+        ),
     ]
-    head = ("", "unprotected", "protected")
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(3)]
+    head = ("", *(r.name for r in reports))
+    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
     lines = [
         "  ".join(
             cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
@@ -345,35 +418,9 @@ def format_table(bare: RunResult, guarded: RunResult) -> str:
     return "\n".join(lines)
 
 
-def plot(bare: RunResult, guarded: RunResult, path: str, duration: float) -> None:
-    """Success rate and p99 latency per second for both runs (needs matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit(
-            "--plot needs matplotlib: "
-            "pip install 'resilience-layers[plot]' (or pip install matplotlib)"
-        ) from None
-    seconds = max(1, math.ceil(duration))
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for run in (bare, guarded):
-        rates, p99s = [], []
-        for second in range(seconds):
-            window = [t for t in run.timeline if second <= t[0] < second + 1]
-            rates.append(100.0 * sum(ok for _, ok, _ in window) / len(window) if window else 0)
-            took = sorted(latency for _, _, latency in window)
-            p99s.append(took[min(len(took) - 1, int(0.99 * len(took)))] * 1000 if took else 0)
-        top.plot(range(seconds), rates, label=run.label)
-        bottom.plot(range(seconds), p99s, label=run.label)
-    top.set_ylabel("answered (%)")
-    bottom.set_ylabel("p99 latency (ms)")
-    bottom.set_xlabel("seconds into the run")
-    top.legend()
-    figure.tight_layout()
-    figure.savefig(path)
+def plot(reports: Sequence[Report], path: str) -> None:
+    """Each run over time at 200 ms resolution (needs matplotlib): see `plot_reports`."""
+    plot_reports(reports, path, resolution=0.2)
 
 
 def _fraction(text: str) -> float:
@@ -399,7 +446,7 @@ def _count(text: str) -> int:
 
 # The command line: flag, parser of its value, help (the field is the flag's name).
 _FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
-    ("--duration", _positive, "seconds per run; there are two runs"),
+    ("--duration", _positive, "seconds per run; there are three runs"),
     ("--clients", _count, "concurrent clients"),
     ("--error-rate", _fraction, "share of calls that fail"),
     ("--slow-rate", _fraction, "share of calls that are slow"),
@@ -412,15 +459,15 @@ _FLAGS: tuple[tuple[str, Callable[[str], Any], str], ...] = (
 def parse(argv: Sequence[str]) -> tuple[DemoOptions, str | None]:
     parser = argparse.ArgumentParser(
         prog="python -m resilience demo",
-        description="Simulate a flaky service called by many clients, without and with "
-        "a resilience pipeline, and compare.",
+        description="Call a flaky service from many clients: unprotected, with naive retries, "
+        "and through the recommended pipeline; compare.",
     )
     defaults = DemoOptions()
     names = [flag[2:].replace("-", "_") for flag, _, _ in _FLAGS]
     for (flag, kind, text), name in zip(_FLAGS, names, strict=True):
         default = getattr(defaults, name)
         parser.add_argument(flag, type=kind, default=default, help=f"{text} (default %(default)s)")
-    parser.add_argument("--plot", metavar="FILE.png", help="draw both runs (needs matplotlib)")
+    parser.add_argument("--plot", metavar="FILE.png", help="draw the three runs (needs matplotlib)")
     parser.add_argument("--quiet", action="store_true", help="print only the final table")
     args = parser.parse_args(list(argv))
     given = {name: getattr(args, name) for name in names}
@@ -430,21 +477,39 @@ def parse(argv: Sequence[str]) -> tuple[DemoOptions, str | None]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m resilience demo``."""
     options, plot_path = parse(sys.argv[2:] if argv is None else argv)
+    best = best_fresh_share(options)
     if not options.quiet:
-        start = options.outage_start * options.duration
+        start, end = options.outage
         print(
             f"A downstream service fails {options.error_rate:.0%} of calls, is slow "
             f"({options.slow_seconds:g}s) for {options.slow_rate:.0%}, and goes down from "
-            f"t={start:.1f}s for {options.outage_length * options.duration:.1f}s "
-            f"(calls hang {options.outage_hang:g}s).\n"
+            f"t={start:.1f}s for {end - start:.1f}s (calls hang {options.outage_hang:g}s).\n"
         )
     began = time.perf_counter()
-    bare, guarded = asyncio.run(run_demo(options))
+    reports = asyncio.run(run_demo(options))
     print()
-    print(format_table(bare, guarded))
+    print(
+        f"Best fresh share this fault profile allows ({ATTEMPTS} attempts of "
+        f"{ATTEMPT_TIMEOUT:g}s, nothing fresh during the outage): {100 * best:.1f}%"
+    )
     if not options.quiet:
-        print(f"\n(two runs of {options.duration:g}s, {time.perf_counter() - began:.1f}s in all)")
+        print(
+            f"(Retrying through the outage, whatever the load, reaches "
+            f"{100 * retry_through_bound(options):.1f}%: retries that land after it answer "
+            "some requests made late in it.)"
+        )
+    print(format_table(reports))
+    recommended = reports[-1]
+    print(
+        f"\nThe recommended pipeline answered {100 * recommended.fresh_share:.1f}% fresh, "
+        f"{100 * (best - recommended.fresh_share):.1f} points from the best, and no caller "
+        "saw an error."
+        if recommended.errors == 0
+        else f"\nThe recommended pipeline answered {100 * recommended.fresh_share:.1f}% fresh."
+    )
+    if not options.quiet:
+        print(f"\n(three runs of {options.duration:g}s, {time.perf_counter() - began:.1f}s in all)")
     if plot_path:
-        plot(bare, guarded, plot_path, options.duration)
+        plot(reports, plot_path)
         print(f"plot written to {plot_path}")
     return 0

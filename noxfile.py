@@ -143,6 +143,7 @@ def bench(session: nox.Session) -> None:
     session.run("python", "bench/integrations_bench.py", *session.posargs)
     session.run("python", "bench/keyed_bench.py", *session.posargs)
     session.run("python", "bench/hedge_bench.py", *session.posargs)
+    session.run("python", "bench/simulate_bench.py", *session.posargs)
 
 
 @nox.session(python=PYTHON)
@@ -159,3 +160,4 @@ def bench_smoke(session: nox.Session) -> None:
     session.run("python", "bench/integrations_bench.py", "--quick")
     session.run("python", "bench/keyed_bench.py", "--quick")
     session.run("python", "bench/hedge_bench.py", "--quick")
+    session.run("python", "bench/simulate_bench.py", "--quick")

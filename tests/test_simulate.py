@@ -397,3 +397,15 @@ def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert sim.main([str(tmp_path / "missing.toml")]) == 1
     with pytest.raises(SystemExit):
         sim.main(["--latency", "weird:1"])
+
+
+def test_a_timeline_window_shows_the_breaker_state_that_held_longest() -> None:
+    """A slice that was open 0.1 s, half-open 0.05 s and closed 0.05 s shows "open"."""
+    record = sim.Recorder()
+    record.breaker = [(0.25, "open"), (0.35, "half_open"), (0.45, "open"), (0.55, "closed")]
+    record.request(0.1, 0.01, True)
+    windows = record.report("r", 0.8).timeline(0.2)
+    assert [w.breaker for w in windows] == ["closed", "open", "open", "closed"]
+    no_breaker = sim.Recorder()
+    no_breaker.request(0.1, 0.01, True)
+    assert [w.breaker for w in no_breaker.report("r", 0.4).timeline(0.2)] == [None, None]

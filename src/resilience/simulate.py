@@ -472,6 +472,30 @@ class Recorder:
         )
 
 
+def _dominant_states(
+    changes: Sequence[tuple[float, str]], count: int, resolution: float
+) -> list[str | None]:
+    """For each slice, the breaker state that held longest in it (None: no breaker seen)."""
+    if not changes:
+        return [None] * count
+    out: list[str | None] = []
+    state, index = "closed", 0
+    for slot in range(count):
+        start, end = slot * resolution, (slot + 1) * resolution
+        held: dict[str, float] = {}
+        at = start
+        while index < len(changes) and changes[index][0] < end:
+            when, new = changes[index]
+            if when > at:
+                held[state] = held.get(state, 0.0) + when - at
+                at = when
+            state = new
+            index += 1
+        held[state] = held.get(state, 0.0) + end - at
+        out.append(max(held, key=lambda name: held[name]))
+    return out
+
+
 def _percentile(ordered: Sequence[float], q: float) -> float:
     """Nearest rank: the smallest value with at least ``q`` of the values at or below it."""
     if not ordered:
@@ -491,7 +515,7 @@ class Window:
     service_calls: int
     p99: float
     breaker: str | None
-    """The breaker's state at the end of the slice (None: no breaker seen)."""
+    """The breaker's state for most of the slice (None: no breaker seen)."""
 
 
 @dataclass(frozen=True)
@@ -585,15 +609,7 @@ class Report:
         calls = [0] * count
         for when in record.calls:
             calls[min(count - 1, int(when / resolution))] += 1
-        states: list[str | None] = []
-        changes = iter(record.breaker)
-        change = next(changes, None)
-        state: str | None = "closed" if record.breaker else None
-        for index in range(count):
-            while change is not None and change[0] < (index + 1) * resolution:
-                state = change[1]
-                change = next(changes, None)
-            states.append(state)
+        states = _dominant_states(record.breaker, count, resolution)
         return [
             Window(
                 start=index * resolution,
@@ -1153,6 +1169,15 @@ def plot_reports(reports: Sequence[Report], path: str, *, resolution: float = 0.
     axes[1][0].set_ylabel("calls/s reaching the service")
     axes[2][0].set_ylabel("p99 latency (ms)")
     axes[0][0].legend(loc="lower left", fontsize="small")
+    if any(r.recorder.breaker for r in reports):
+        from matplotlib.patches import Patch
+
+        column = next(i for i, r in enumerate(reports) if r.recorder.breaker)
+        handles = [
+            Patch(color=colour, label=f"breaker {state.replace('_', '-')}")
+            for state, colour in _BREAKER_COLOURS.items()
+        ]
+        axes[0][column].legend(handles=handles, loc="lower left", fontsize="small")
     figure.tight_layout()
     figure.savefig(path, dpi=90)
     plt.close(figure)

@@ -409,3 +409,34 @@ def test_a_timeline_window_shows_the_breaker_state_that_held_longest() -> None:
     no_breaker = sim.Recorder()
     no_breaker.request(0.1, 0.01, True)
     assert [w.breaker for w in no_breaker.report("r", 0.4).timeline(0.2)] == [None, None]
+
+
+def test_a_sweep_plot_and_the_module_entry_point(tmp_path: Path) -> None:
+    """plot_sweep writes a PNG; ``python -m resilience simulate`` runs the command."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("matplotlib")
+    points = sim.sweep(
+        lambda clock, attempts: rs.Retry(attempts=attempts, clock=clock),
+        Service(error_rate=0.3),
+        {"attempts": [1, 2]},
+        rate=100,
+        requests=500,
+    )
+    out = tmp_path / "sweep.png"
+    sim.plot_sweep(points, str(out))
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="points is empty"):
+        sim.plot_sweep([], str(out))
+    done = subprocess.run(
+        [sys.executable, "-m", "resilience", "simulate", "--requests", "300", "--json"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    (row,) = json.loads(done.stdout)
+    assert row["name"] == "unprotected"
+    assert row["requests"] == 300

@@ -59,7 +59,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_throttle_model.py",
         "tests/test_bulkhead_model.py",
     ),
-    "_budget": ("tests/test_budget.py",),
+    "_budget": ("tests/test_budget.py", "tests/test_budget_model.py"),
     "_retry": ("tests/test_retry.py",),
     "_adaptive": ("tests/test_adaptive.py",),
 }

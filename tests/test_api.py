@@ -42,6 +42,8 @@ def isort_order(name: str) -> tuple[int, str]:
         "resilience.integrations.httpx",
         "resilience.integrations.grpc",
         "resilience.config",
+        "resilience.simulate",
+        "resilience.demo",
     ],
 )
 def test_subpackages_have_sorted_all(module: str) -> None:

@@ -64,6 +64,8 @@ __all__ = [
     "Service",
     "ServiceError",
     "SweepPoint",
+    "VirtualClock",
+    "Window",
     "compare",
     "constant",
     "exponential",

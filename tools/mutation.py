@@ -59,7 +59,12 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_throttle_model.py",
         "tests/test_bulkhead_model.py",
     ),
-    "_budget": ("tests/test_budget.py", "tests/test_budget_model.py"),
+    "_budget": (
+        "tests/test_budget.py",
+        "tests/test_budget_model.py",
+        "tests/test_redis.py",
+        "tests/test_redis_faults.py",
+    ),
     "_retry": ("tests/test_retry.py",),
     "_adaptive": ("tests/test_adaptive.py",),
 }

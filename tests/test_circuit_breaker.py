@@ -660,9 +660,9 @@ async def test_consecutive_failures_count_half_open_trials(mode: str, clock: Fak
     assert (cb.state, cb.metrics().consecutive_failures) == (CircuitState.OPEN, 1)
 
 
-async def test_the_ratio_rule_decides_after_all_trials(mode: str, clock: FakeClock) -> None:
-    """half_open_rule="ratio" (resilience4j): the trials run to the end, then the failure
-    ratio of the trials decides. metrics() in half-open counts the trials only."""
+async def test_the_ratio_rule_judges_the_trials_together(mode: str, clock: FakeClock) -> None:
+    """half_open_rule="ratio" (resilience4j): the failure ratio of all the trials decides,
+    not the first failure. metrics() in half-open counts the trials only."""
     cb = rs.CircuitBreaker(
         failure_ratio=0.5,
         minimum_calls=2,
@@ -687,9 +687,64 @@ async def test_the_ratio_rule_decides_after_all_trials(mode: str, clock: FakeClo
     for _ in range(2):
         await outcome(mode, cb, fail)
     clock.advance(5)
-    for fn in (fail, ok, fail, ok):  # 2 of 4: reaches 0.5
+    for fn in (fail, ok):
         await outcome(mode, cb, fn)
+    assert cb.state is CircuitState.HALF_OPEN  # 1 of 2 so far: the last two decide
+    await outcome(mode, cb, fail)  # 2 of 4 whatever the last does: reaches 0.5
     assert (cb.state, cb.metrics().trips) == (CircuitState.OPEN, 3)  # closed, tripped, reopened
+
+
+async def test_the_ratio_rule_decides_once_the_trials_left_cannot_change_it(
+    clock: FakeClock,
+) -> None:
+    """With 10 trials and failure_ratio=0.6, the fifth success closes the breaker (at most 5
+    failures: 0.5) while the other trials still run, and the sixth failure reopens it."""
+    cb = rs.CircuitBreaker(
+        failure_ratio=0.6,
+        minimum_calls=5,
+        window_calls=5,
+        half_open_calls=10,
+        half_open_rule="ratio",
+        open_seconds=1,
+        clock=clock,
+    )
+    for _ in range(5):
+        await outcome("async", cb, fail)
+    clock.advance(1)
+    release = asyncio.Event()
+
+    async def ok_async() -> str:
+        return "ok"
+
+    async def slow_trial() -> str:
+        await release.wait()
+        return "late"
+
+    hanging = [asyncio.create_task(cb.acall(slow_trial)) for _ in range(5)]
+    await asyncio.sleep(0)
+    assert cb.state is CircuitState.HALF_OPEN
+    for count in range(1, 6):
+        await cb.acall(ok_async)
+        expected = CircuitState.CLOSED if count == 5 else CircuitState.HALF_OPEN
+        assert cb.state is expected, count
+    release.set()
+    assert await asyncio.gather(*hanging) == ["late"] * 5
+    assert cb.state is CircuitState.CLOSED
+    # And the other way: 6 failures of 10 reopen it at the sixth, five trials still out.
+    for _ in range(5):
+        await outcome("async", cb, fail)
+    assert cb.state is CircuitState.OPEN
+    clock.advance(1)
+    release = asyncio.Event()
+    hanging = [asyncio.create_task(cb.acall(slow_trial)) for _ in range(4)]
+    await asyncio.sleep(0)
+    for count in range(1, 7):
+        await outcome("async", cb, fail)
+        expected = CircuitState.OPEN if count == 6 else CircuitState.HALF_OPEN
+        assert cb.state is expected, count
+    release.set()
+    await asyncio.gather(*hanging)
+    assert cb.state is CircuitState.OPEN  # the late trials belong to the old half-open
 
 
 def test_the_first_failure_rule_stays_the_default() -> None:

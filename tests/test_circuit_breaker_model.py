@@ -312,6 +312,9 @@ class Model:
         calls = len(window)
         failures = sum(outcome.failed for outcome in window)
         slow = sum(outcome.slow for outcome in window)
+        return self.counts_trip(calls, failures, slow)
+
+    def counts_trip(self, calls: int, failures: int, slow: int) -> bool:
         ratio = self.failure_ratio
         if ratio is not None and failures / calls >= ratio:
             return True
@@ -353,10 +356,14 @@ class Model:
                     self.trip(self.streak + 1)
                 elif done:
                     self.close()
-            elif done:
-                if self.ratios_trip(self.trials):
+            else:  # the ratio rule, decided once the trials left cannot change it
+                calls = self.config.half_open_calls
+                failed_ = sum(t.failed for t in self.trials)
+                slow_ = sum(t.slow for t in self.trials)
+                left = calls - len(self.trials)
+                if self.counts_trip(calls, failed_, slow_):
                     self.trip(self.streak + 1)
-                else:
+                elif done or not self.counts_trip(calls, failed_ + left, slow_ + left):
                     self.close()
             return
         self.outcomes.append(Outcome(self.now, failed, slow))

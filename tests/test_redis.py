@@ -240,6 +240,56 @@ def test_half_open_lets_exactly_its_trials_through_the_fleet(backends: Backends,
     assert breakers[1].metrics().state is rs.CircuitState.CLOSED
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_the_ratio_rule_decides_once_the_trials_left_cannot_change_it(
+    backends: Backends, mode: str
+) -> None:
+    """Four trials, failure_ratio=0.5: three successes close the breaker for the fleet while
+    the fourth trial still runs (at most 1 failure of 4 is left), as the memory store does."""
+    here, there = backends(mode), backends(mode)
+    rules: dict[str, Any] = {
+        "failure_ratio": 0.5,
+        "minimum_calls": 2,
+        "window_calls": 2,
+        "open_seconds": 0.2,
+        "half_open_calls": 4,
+        "half_open_rule": "ratio",
+    }
+    first = rs.CircuitBreaker(name="ratio", backend=here, **rules)
+    second = rs.CircuitBreaker(name="ratio", backend=there, **rules)
+    for _ in range(2):
+        with pytest.raises(Boom):
+            first.call(boom)
+    sync_of(here)
+    retry_after = first.metrics().retry_after
+    assert retry_after is not None
+    threading.Event().wait(retry_after + 0.02)  # the break is timed by the server's clock
+    release, entered = threading.Event(), threading.Event()
+
+    def held() -> str:
+        entered.set()
+        assert release.wait(10)
+        return "late"
+
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(first.call(held)))
+    thread.start()
+    try:
+        assert entered.wait(10)
+        for count in range(1, 4):
+            assert second.call(lambda: "ok") == "ok"
+            sync_of(there)
+            state = second.metrics().state
+            expected = rs.CircuitState.CLOSED if count == 3 else rs.CircuitState.HALF_OPEN
+            assert state is expected, count
+    finally:
+        release.set()
+        thread.join(10)
+    assert outcome == ["late"]
+    sync_of(here)
+    assert first.metrics().state is rs.CircuitState.CLOSED
+
+
 def test_control_flow_is_not_counted_by_a_shared_breaker(backends: Backends) -> None:
     breaker = rs.CircuitBreaker(name="flow", consecutive_failures=1, backend=backends())
 

@@ -104,8 +104,9 @@ class CircuitRules:
     break_seconds: Callable[[int], float]
     """The break duration for the n-th trip in a row (n = 1, 2, ...)."""
     half_open_rule: str = "first_failure"
-    """``"first_failure"``: the first failed or slow trial reopens; ``"ratio"``: decide
-    after ``half_open_calls`` trials by the failure and slow-call ratios (resilience4j)."""
+    """``"first_failure"``: the first failed or slow trial reopens; ``"ratio"``: judge the
+    ``half_open_calls`` trials by the failure and slow-call ratios (resilience4j), as soon
+    as the trials still out cannot change the verdict."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -479,12 +480,15 @@ class MemoryCircuitStore(CircuitStore):
             elif trials[0] >= rules.half_open_calls:
                 self._close(now)
             return
-        if trials[0] < rules.half_open_calls:
-            return  # the ratio rule decides once every trial has ended
-        if self._trips_on(trials[0], trials[1], trials[2]):
+        # The ratio rule judges all half_open_calls trials together, but decides as soon
+        # as the trials still to end cannot change the verdict either way.
+        calls = rules.half_open_calls
+        if self._trips_on(calls, trials[1], trials[2]):  # even if every other one succeeds
             self._open(now, streak=self._streak + 1)
-        else:
-            self._close(now)
+            return
+        left = calls - trials[0]
+        if not left or not self._trips_on(calls, trials[1] + left, trials[2] + left):
+            self._close(now)  # even if every other one fails and is slow
 
     def _should_trip(self) -> bool:
         rules = self._rules

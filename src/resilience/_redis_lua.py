@@ -187,8 +187,10 @@ local function record_trial(code)
     elseif t_calls >= half_open_calls then close() end
     return
   end
-  if t_calls < half_open_calls then return end
-  if trips_on(t_calls, t_fail, t_slow) then open(streak + 1) else close() end
+  -- Judge all half_open_calls trials together, as soon as those left cannot change it.
+  if trips_on(half_open_calls, t_fail, t_slow) then open(streak + 1); return end
+  local left = half_open_calls - t_calls
+  if left <= 0 or not trips_on(half_open_calls, t_fail + left, t_slow + left) then close() end
 end
 
 local function record(permit, code, count)

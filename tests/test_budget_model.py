@@ -35,7 +35,7 @@ SCALE = 1000
 SLICES = 10
 
 MODEL_SETTINGS = settings(
-    max_examples=200,
+    max_examples=300,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -23,53 +23,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import selectors
 import statistics
 import sys
 import time
 from typing import Any
 
 import resilience as rs
+from resilience import simulate as sim
 
-
-class _JumpingSelector(selectors.DefaultSelector):  # type: ignore[misc,valid-type]
-    """Polls without waiting, and moves its loop's virtual clock by the wait instead."""
-
-    def __init__(self, loop: VirtualLoop) -> None:
-        super().__init__()
-        self.loop = loop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        if timeout is not None and timeout > 0:
-            self.loop.now += timeout
-        return super().select(0)  # type: ignore[no-any-return]
-
-
-class VirtualLoop(asyncio.SelectorEventLoop):
-    """An event loop in virtual time: waiting for a timer takes no real time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        super().__init__(_JumpingSelector(self))
-
-    def time(self) -> float:
-        return self.now
-
-
-class LoopClock:
-    """A `resilience.Clock` that reads the running loop's (virtual) time."""
-
-    def __init__(self, loop: VirtualLoop) -> None:
-        self.loop = loop
-
-    def monotonic(self) -> float:
-        return self.loop.now
-
-    def sleep(self, seconds: float) -> None:
-        raise RuntimeError("the simulation is async only")
-
-    async def asleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+# The simulator's virtual-time loop and clock (resilience.simulate).
+VirtualLoop = sim._VirtualLoop
+LoopClock = sim.VirtualClock
 
 
 def simulate(make: Any, calls: int, seed: int) -> tuple[list[float], int]:

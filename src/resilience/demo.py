@@ -39,7 +39,7 @@ from ._faults import FaultInjector
 from ._pipeline import Pipeline
 from ._retry import Retry
 from ._timeout import Timeout
-from .simulate import Recorder, Report, plot_reports
+from .simulate import Recorder, Report, _table, plot_reports
 
 __all__ = [
     "ATTEMPTS",
@@ -406,16 +406,7 @@ def format_table(reports: Sequence[Report]) -> str:
             *(str(r.trips) if r.trips or r.name == "recommended" else "-" for r in reports),
         ),
     ]
-    head = ("", *(r.name for r in reports))
-    widths = [max(len(row[i]) for row in [head, *rows]) for i in range(len(head))]
-    lines = [
-        "  ".join(
-            cell.ljust(widths[i]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row)
-        )
-        for row in [head, *rows]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return _table(("", *(r.name for r in reports)), rows)
 
 
 def plot(reports: Sequence[Report], path: str) -> None:

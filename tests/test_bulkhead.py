@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import Event, checkpoint, create_task, gather
 from resilience._slots import Slots
 from resilience.testing import FakeClock
 
@@ -39,9 +40,9 @@ class WatchedClock(FakeClock):
 
 
 async def settle() -> None:
-    """Let the event loop run what is ready."""
+    """Let the event loop (asyncio's or trio's) run what is ready."""
     for _ in range(5):
-        await asyncio.sleep(0)
+        await checkpoint()
 
 
 class Traffic:
@@ -58,8 +59,8 @@ class Traffic:
         self.entered: list[int] = []  # the order in which calls got a slot
         self.outcomes: dict[int, Any] = {}
         self._entered_signal = threading.Semaphore(0)
-        self._gates: dict[int, threading.Event | asyncio.Event] = {}
-        self._workers: dict[int, threading.Thread | asyncio.Task[Any]] = {}
+        self._gates: dict[int, Any] = {}  # threading.Event, asyncio.Event or trio.Event
+        self._workers: dict[int, Any] = {}  # a thread, or a task (modes.create_task)
 
     def _body(self, i: int) -> int:
         self.entered.append(i)
@@ -72,7 +73,7 @@ class Traffic:
     async def _abody(self, i: int) -> int:
         self.entered.append(i)
         gate = self._gates[i]
-        assert isinstance(gate, asyncio.Event)
+        assert not isinstance(gate, threading.Event)
         await gate.wait()
         return i
 
@@ -97,7 +98,7 @@ class Traffic:
             else:
                 thread.join(30)
         else:
-            self._gates[i] = asyncio.Event()
+            self._gates[i] = Event()
 
             async def caller() -> None:
                 try:
@@ -105,7 +106,7 @@ class Traffic:
                 except Exception as exc:
                     self.outcomes[i] = exc
 
-            self._workers[i] = asyncio.create_task(caller())
+            self._workers[i] = create_task(caller())
             await settle()
         state = {"running": i in self.entered, "rejected": i in self.outcomes}
         assert state.get(expect, not state["running"] and not state["rejected"]), expect
@@ -667,7 +668,12 @@ async def test_the_slow_path_takes_a_slot_that_came_back(
     if mode == "sync":
         assert bulkhead.call(lambda: "in") == "in"
     else:
-        assert await bulkhead.acall(asyncio.sleep, 0, "in") == "in"
+
+        async def inside() -> str:
+            await checkpoint()
+            return "in"
+
+        assert await bulkhead.acall(inside) == "in"
     assert free_when_missed == [0]  # the fast path had found no slot: the race happened
     assert events == []  # neither refused (max_queue=0) nor served through the queue
     assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(
@@ -842,7 +848,7 @@ async def test_calls_beyond_the_first_tokens_come_from_the_reserve(mode: str) ->
         with concurrent.futures.ThreadPoolExecutor(150) as pool:
             seen = list(pool.map(lambda _: bulkhead.call(hold), range(150)))
     else:
-        started = asyncio.Event()
+        started = Event()
         count = 0
 
         async def ahold() -> int:
@@ -853,7 +859,7 @@ async def test_calls_beyond_the_first_tokens_come_from_the_reserve(mode: str) ->
             await started.wait()
             return bulkhead.in_flight
 
-        seen = await asyncio.gather(*(bulkhead.acall(ahold) for _ in range(150)))
+        seen = await gather(*(bulkhead.acall(ahold) for _ in range(150)))
     assert max(seen) == 150
     assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 200, 0, 0)
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import resilience as rs
-from modes import run_plain
+from modes import checkpoint, create_task, gather, run_plain
 from resilience.testing import FakeClock
 
 
@@ -47,7 +47,7 @@ class WatchedClock(FakeClock):
 async def settle() -> None:
     """Let the event loop run what is ready (timers fired by the fake clock, woken waiters)."""
     for _ in range(5):
-        await asyncio.sleep(0)
+        await checkpoint()
 
 
 def ok() -> str:
@@ -418,7 +418,9 @@ async def test_waiters_are_served_first_come_first_served(mode: str) -> None:
             await throttle.aacquire(cost)
             order.append(name)
 
-        tasks = [asyncio.create_task(await_("big", 3)), asyncio.create_task(await_("small", 1))]
+        tasks = [create_task(await_("big", 3))]
+        await settle()  # "big" is in the queue first (trio runs new tasks in any order)
+        tasks.append(create_task(await_("small", 1)))
         await settle()
         assert throttle.queued == 2
         clock.advance(1)
@@ -428,7 +430,7 @@ async def test_waiters_are_served_first_come_first_served(mode: str) -> None:
         await settle()
         assert order == ["big"]
         clock.advance(1)
-        await asyncio.gather(*tasks)
+        await gather(*tasks)
     assert order == ["big", "small"]
     assert throttle.queued == 0
 
@@ -542,7 +544,7 @@ async def test_calls_meeting_due_waiters_serve_them_first(mode: str) -> None:
     clock = FakeClock(auto_advance=False)
     throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
     throttle.acquire(2)
-    waiter = asyncio.create_task(throttle.aacquire(1))
+    waiter = create_task(throttle.aacquire(1))
     await settle()
     clock.advance(5)  # its timer fired, but the loop has not run it yet: the bucket is full
     assert await run_plain(mode, throttle, ok) == "ok"  # queued behind it, served at once

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
-from modes import run_plain
+from modes import on_asyncio, run_plain
 from resilience import _context
 from resilience.testing import FakeClock
 
@@ -703,7 +703,26 @@ class WithoutContext(rs.Middleware):
 
     def awrap(self, next: Any) -> Any:
         async def endpoint(fn: Any, args: Any, kwargs: Any) -> Any:
-            return await asyncio.create_task(next(fn, args, kwargs), context=contextvars.Context())
+            if on_asyncio():
+                empty = contextvars.Context()
+                return await asyncio.create_task(next(fn, args, kwargs), context=empty)
+            import trio
+
+            outcome: list[Any] = []
+
+            async def run() -> None:
+                try:
+                    outcome.append(await next(fn, args, kwargs))
+                except Exception as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                # A trio task starts in a copy of its spawner's context: spawn it from an
+                # empty one.
+                contextvars.Context().run(nursery.start_soon, run)
+            if isinstance(outcome[0], Exception):
+                raise outcome[0]
+            return outcome[0]
 
         return endpoint
 

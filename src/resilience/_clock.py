@@ -24,6 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
+from . import _aio
+
 __all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
 
 #: The longest single blocking wait the platform takes; longer ones are done in rounds.
@@ -72,10 +74,12 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: `time.monotonic`, `time.sleep` and `asyncio.sleep`.
+    """The real clock: `time.monotonic`, `time.sleep`, and `asyncio.sleep` or `trio.sleep`.
 
     ``monotonic`` is the same clock the asyncio event loop uses, so a deadline
-    computed here can be handed to ``loop.call_at`` directly.
+    computed here can be handed to ``loop.call_at`` directly. ``asleep``
+    sleeps with the library that runs the task: under trio it is
+    `trio.sleep`, on trio's clock (a `trio.testing.MockClock` included).
     """
 
     __slots__ = ()
@@ -84,7 +88,7 @@ class SystemClock:
     sleep = staticmethod(_sleep)
 
     async def asleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        await _aio.sleep(seconds)
 
     def call_at(
         self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop

@@ -17,7 +17,7 @@ import heapq
 import itertools
 import math
 import threading
-from asyncio import current_task
+from asyncio import _get_running_loop, current_task
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,11 +29,17 @@ from ._clock import SYSTEM_CLOCK, Clock, call_at, validate_clock
 from ._context import ATTEMPT, VAR
 from ._events import ResilienceEvent
 from ._middleware import AsyncEndpoint, Endpoint, Middleware, notify
+from ._misuse import Misuse
 from ._retry import _matcher, _show
 from ._validate import Matcher, callable_or_none, integer, optional_name
 from ._validate import seconds as _seconds
 
 __all__ = ["Hedge", "HedgeEvent", "LatencyPercentile"]
+
+TRIO_UNSUPPORTED = (
+    "resilience.Hedge runs its attempts as asyncio tasks and does not support trio (nor "
+    "anyio's trio backend): hedge under asyncio, or leave Hedge out of a pipeline run on trio"
+)
 
 Mode = Literal["latency", "parallel", "fallback"]
 _MODES = ("latency", "parallel", "fallback")
@@ -132,8 +138,10 @@ class Hedge(Middleware):
     for the hedges, so layers inside (a CircuitBreaker counts each attempt;
     a Bulkhead gives each its slot) and your function can tell them apart.
 
-    Async attempts are tasks; the losers are cancelled, and awaited, before
-    the call returns, so their slots and connections are back. Sync attempts
+    Async attempts are asyncio tasks; the losers are cancelled, and awaited,
+    before the call returns, so their slots and connections are back. Hedge
+    does not support trio (nor anyio's trio backend): an async call there
+    raises `NotImplementedError` at once, before any attempt starts. Sync attempts
     run on a pool of ``max_workers`` threads (the caller waits): a thread
     cannot be stopped, so the losers are left to finish in the pool and
     their outcomes are dropped. Hedge only idempotent work: every attempt
@@ -258,6 +266,8 @@ class Hedge(Middleware):
         async def hedged(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
+            if _get_running_loop() is None:
+                raise Misuse(NotImplementedError(TRIO_UNSUPPORTED))
             return await _AsyncRace(hedge, next, fn, args, kwargs).run()
 
         return hedged

@@ -61,16 +61,27 @@ def mode(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@pytest.fixture(params=["async", "trio"])
+def async_mode(request: pytest.FixtureRequest) -> str:
+    """Run an async-only test under asyncio, then under trio (as ``mode`` does)."""
+    if request.param == "trio" and not HAVE_TRIO:
+        pytest.skip("trio mode needs trio (pip install -e '.[tests]')")
+    return str(request.param)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """Run the async body of a test in ``mode`` "trio" with `trio.run`, not on asyncio.
+    """Run the async body of a test in ``mode`` (or ``async_mode``) "trio" with `trio.run`.
 
     pytest-asyncio (auto mode) has already swapped the test function for a sync
     wrapper that would run it on its event loop; the body is the wrapper's
     ``__wrapped__``. Every other test is left to pytest and pytest-asyncio.
     """
     callspec = getattr(pyfuncitem, "callspec", None)
-    if callspec is None or callspec.params.get("mode") != "trio":
+    if callspec is None or "trio" not in (
+        callspec.params.get("mode"),
+        callspec.params.get("async_mode"),
+    ):
         return None
     body = pyfuncitem.obj
     if not inspect.iscoroutinefunction(body):

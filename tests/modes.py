@@ -4,7 +4,7 @@ The ``mode`` fixture (in ``conftest.py``) is ``"sync"``, ``"async"`` (asyncio)
 or ``"trio"``; these helpers turn one test body into all three: a sync
 ``call()`` with a plain function, or an ``acall()`` with an async function
 doing the same thing. Both async modes run the same async body: write it with
-the helpers below (`checkpoint`, `sleep`, `Event`, `create_task`, `gather`) where it needs the
+the helpers below (`checkpoint`, `settle`, `Event`, `create_task`, `gather`...) where it needs the
 event loop, not with asyncio's own functions.
 """
 
@@ -31,6 +31,21 @@ async def checkpoint() -> None:
         import trio
 
         await trio.lowlevel.checkpoint()
+
+
+async def settle(rounds: int = 1) -> None:
+    """Let the tasks that are ready run until they block.
+
+    asyncio runs ready tasks in order, so ``rounds`` yields are enough; trio
+    runs them in any order, so this waits until every other task is blocked.
+    """
+    if on_asyncio():
+        for _ in range(rounds):
+            await asyncio.sleep(0)
+    else:
+        import trio.testing
+
+        await trio.testing.wait_all_tasks_blocked()
 
 
 async def sleep(seconds: float) -> None:
@@ -109,12 +124,56 @@ def create_task(coroutine: Coroutine[Any, Any, Any]) -> Any:
     return TrioTask(coroutine)
 
 
-async def gather(*coroutines: Coroutine[Any, Any, Any]) -> list[Any]:
+async def gather(
+    *coroutines: Coroutine[Any, Any, Any], return_exceptions: bool = False
+) -> list[Any]:
     """Run the coroutines concurrently; their results in order (``asyncio.gather``)."""
     if on_asyncio():
-        return list(await asyncio.gather(*coroutines))
+        return list(await asyncio.gather(*coroutines, return_exceptions=return_exceptions))
     tasks = [TrioTask(coroutine) for coroutine in coroutines]
-    return [await task for task in tasks]
+    results = []
+    for task in tasks:
+        try:
+            results.append(await task)
+        except Exception as exc:
+            if not return_exceptions:
+                raise
+            results.append(exc)
+    return results
+
+
+async def pending_cancellations() -> int:
+    """The cancellations pending for this task.
+
+    asyncio: its count (`asyncio.Task.cancelling`). trio keeps no count: 1 when
+    the task is in a cancelled scope (a checkpoint raises `trio.Cancelled`, which
+    is swallowed here), else 0.
+    """
+    if on_asyncio():
+        task = asyncio.current_task()
+        assert task is not None
+        return task.cancelling()
+    import trio
+
+    try:
+        await trio.lowlevel.checkpoint()
+    except trio.Cancelled:
+        return 1
+    return 0
+
+
+async def forever() -> None:
+    """Wait until cancelled."""
+    await Event().wait()
+
+
+def cancellation(mode: str) -> type[BaseException]:
+    """The exception a cancelled task sees inside in ``mode``: asyncio's or trio's."""
+    if mode == "trio":
+        import trio
+
+        return trio.Cancelled
+    return asyncio.CancelledError
 
 
 def task_cancelled(mode: str) -> type[BaseException]:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import modes
 import resilience as rs
 from modes import Event, checkpoint, create_task, gather
 from resilience._slots import Slots
@@ -41,8 +42,7 @@ class WatchedClock(FakeClock):
 
 async def settle() -> None:
     """Let the event loop (asyncio's or trio's) run what is ready."""
-    for _ in range(5):
-        await checkpoint()
+    await modes.settle(5)
 
 
 class Traffic:

@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import modes
 import resilience as rs
-from modes import checkpoint, create_task, gather, run_plain
+from modes import create_task, gather, run_plain
 from resilience.testing import FakeClock
 
 
@@ -46,8 +47,7 @@ class WatchedClock(FakeClock):
 
 async def settle() -> None:
     """Let the event loop run what is ready (timers fired by the fake clock, woken waiters)."""
-    for _ in range(5):
-        await checkpoint()
+    await modes.settle(5)
 
 
 def ok() -> str:

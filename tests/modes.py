@@ -102,6 +102,17 @@ class TrioTask:
     def done(self) -> bool:
         return bool(self._finished.is_set())
 
+    def result(self) -> Any:
+        """The task's result (it must be done), or its exception raised."""
+        assert self.done()
+        ok, value = self._outcome
+        if ok:
+            return value
+        raise value
+
+    def cancelled(self) -> bool:
+        return self.done() and isinstance(self._outcome[1], TaskCancelled)
+
     def __await__(self) -> Generator[Any, None, Any]:
         return self._wait().__await__()
 

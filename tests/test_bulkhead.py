@@ -21,7 +21,7 @@ import pytest
 
 import modes
 import resilience as rs
-from modes import Event, checkpoint, create_task, gather
+from modes import Event, cancellation, checkpoint, create_task, forever, gather, task_cancelled
 from resilience._slots import Slots
 from resilience.testing import FakeClock
 
@@ -313,13 +313,13 @@ async def test_a_past_deadline_refuses_to_queue(mode: str) -> None:
     assert bulkhead.rejected == 1
 
 
-async def test_an_outer_async_timeout_cancels_a_queued_call() -> None:
+async def test_an_outer_async_timeout_cancels_a_queued_call(async_mode: str) -> None:
     """A queued task cancelled by a Timeout leaves the queue; the Timeout reports it."""
     clock = FakeClock(auto_advance=False)
     bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock)
     pipeline = rs.Pipeline([rs.Timeout(1, clock=clock), bulkhead])
     with bulkhead:
-        task = asyncio.create_task(pipeline.acall(asyncio.sleep, 0))
+        task = create_task(pipeline.acall(checkpoint))
         await settle()
         assert bulkhead.queued == 1
         clock.advance(1)
@@ -359,19 +359,21 @@ async def test_slots_come_back_after_errors_and_control_flow(mode: str) -> None:
     assert bulkhead.available == 1
 
 
-async def test_a_cancelled_running_call_gives_its_slot_back() -> None:
+async def test_a_cancelled_running_call_gives_its_slot_back(async_mode: str) -> None:
     """Cancellation while running is not swallowed, and the slot comes back."""
     bulkhead = rs.Bulkhead(1)
-    task = asyncio.create_task(bulkhead.acall(asyncio.Event().wait))
+    task = create_task(bulkhead.acall(forever))
     await settle()
     assert bulkhead.in_flight == 1
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await task
     assert bulkhead.available == 1
 
 
-async def test_a_call_granted_then_cancelled_before_it_ran_gives_its_slot_back() -> None:
+async def test_a_call_granted_then_cancelled_before_it_ran_gives_its_slot_back(
+    async_mode: str,
+) -> None:
     """A slot handed to a queued task that is cancelled before it resumes goes to the next."""
     bulkhead = rs.Bulkhead(1, max_queue=2)
     started: list[str] = []
@@ -380,21 +382,22 @@ async def test_a_call_granted_then_cancelled_before_it_ran_gives_its_slot_back()
         started.append(name)
 
     with bulkhead:
-        first = asyncio.create_task(bulkhead.acall(work, "first"))
-        second = asyncio.create_task(bulkhead.acall(work, "second"))
+        first = create_task(bulkhead.acall(work, "first"))
+        await settle()  # "first" is in the queue first (trio runs new tasks in any order)
+        second = create_task(bulkhead.acall(work, "second"))
         await settle()
         assert bulkhead.queued == 2
     # Leaving the block handed the slot to "first", which has not run yet.
     assert bulkhead.queued == 1
     first.cancel()
     await second
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await first
     assert started == ["second"]
     assert (bulkhead.available, bulkhead.queued) == (1, 0)
 
 
-async def test_thousands_of_random_cancellations_leave_every_slot_free() -> None:
+async def test_thousands_of_random_cancellations_leave_every_slot_free(async_mode: str) -> None:
     """5,000 calls, thousands cancelled at random while queued or running: every slot back."""
     bulkhead = rs.Bulkhead(10, max_queue=500)
     rng = random.Random(20261123)
@@ -406,24 +409,24 @@ async def test_thousands_of_random_cancellations_leave_every_slot_free() -> None
         peak = max(peak, running)
         try:
             for _ in range(rng.randrange(1, 8)):
-                await asyncio.sleep(0)
-        except asyncio.CancelledError:
+                await checkpoint()
+        except cancellation(async_mode):
             cancelled_while_running += 1
             raise
         finally:
             running -= 1
 
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[Any] = []
     for _ in range(50):
-        batch = [asyncio.create_task(bulkhead.acall(work)) for _ in range(100)]
+        batch = [create_task(bulkhead.acall(work)) for _ in range(100)]
         tasks += batch
         for _ in range(rng.randrange(1, 4)):  # every task has reached the bulkhead
-            await asyncio.sleep(0)
+            await checkpoint()
         pending = [task for task in tasks if not task.done()]
         for task in rng.sample(pending, min(60, len(pending))):
             task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    cancelled = sum(isinstance(result, asyncio.CancelledError) for result in results)
+    results = await gather(*tasks, return_exceptions=True)
+    cancelled = sum(isinstance(result, task_cancelled(async_mode)) for result in results)
     refused = sum(isinstance(result, rs.BulkheadFullError) for result in results)
     assert cancelled >= 1000
     assert 0 < cancelled_while_running < cancelled  # both while running and while queued

@@ -33,6 +33,7 @@ __all__ = [
     "Loop",
     "TrioFuture",
     "TrioLoop",
+    "after_callbacks",
     "checkpoint",
     "in_event_loop",
     "is_cancellation",
@@ -170,6 +171,24 @@ async def checkpoint() -> None:
         await asyncio.sleep(0)
     else:
         await _trio().lowlevel.checkpoint()
+
+
+async def after_callbacks() -> None:
+    """Yield until the callbacks already handed to this loop (``call_soon_threadsafe``) ran.
+
+    asyncio runs them before a task that yields after they were handed over;
+    trio runs them in a task of its own, in any order with the others: here the
+    task waits for a callback of its own, queued behind them.
+    """
+    if _get_running_loop() is not None:
+        await asyncio.sleep(0)
+        return
+    loop = trio_loop()
+    if loop is None:
+        raise RuntimeError(NO_LOOP)
+    woken = TrioFuture()
+    loop.call_soon_threadsafe(woken.set_result, None)
+    await woken
 
 
 def is_cancellation(error: BaseException) -> bool:

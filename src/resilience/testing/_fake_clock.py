@@ -106,7 +106,7 @@ class FakeClock:
         self.sleeps.append(step)
         if self.auto_advance:
             self.advance(step)
-            await _aio.checkpoint()
+            await _aio.after_callbacks()  # the timers it made due fire first
             return
         loop = _aio.running_loop()
         future: Any = loop.create_future()

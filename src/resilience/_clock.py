@@ -12,7 +12,10 @@ hooks that the timeout layers use when present (the fake clock does):
   ``concurrent.futures.Future`` is done or ``monotonic()`` reaches ``deadline``.
 
 A clock without them gets real-time equivalents computed from its own
-``monotonic()`` readings.
+``monotonic()`` readings. Under trio, ``loop`` is the trio run, seen through
+the loop methods ``call_soon_threadsafe`` and ``is_closed`` only (a
+`resilience._aio.TrioLoop`): a hook that runs its callback through them
+serves asyncio and trio alike, as the fake clock's does.
 """
 
 from __future__ import annotations

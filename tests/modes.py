@@ -173,6 +173,15 @@ async def pending_cancellations() -> int:
     return 0
 
 
+async def to_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Run ``fn(*args)`` in a worker thread: ``asyncio.to_thread`` or trio's."""
+    if on_asyncio():
+        return await asyncio.to_thread(fn, *args)
+    import trio
+
+    return await trio.to_thread.run_sync(fn, *args)
+
+
 async def forever() -> None:
     """Wait until cancelled."""
     await Event().wait()

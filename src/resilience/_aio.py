@@ -21,8 +21,8 @@ import asyncio
 import math
 import sys
 from asyncio import _get_running_loop
-from collections.abc import Callable, Generator
-from typing import TYPE_CHECKING, Any, TypeAlias
+from collections.abc import Awaitable, Callable, Generator
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 if TYPE_CHECKING:
     import trio
@@ -41,7 +41,10 @@ __all__ = [
     "sleep",
     "trio_loop",
     "wait_signal",
+    "within",
 ]
+
+T = TypeVar("T")
 
 NO_LOOP = (
     "resilience: no running event loop: async calls run in a task of asyncio or trio "
@@ -189,6 +192,20 @@ async def after_callbacks() -> None:
     woken = TrioFuture()
     loop.call_soon_threadsafe(woken.set_result, None)
     await woken
+
+
+async def within(seconds: float, awaitable: Awaitable[T]) -> T:
+    """``await awaitable``, cancelled after ``seconds`` with `TimeoutError` (asyncio's or
+    trio's clock, as runs the task)."""
+    if _get_running_loop() is not None:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    trio_module = _trio()
+    try:
+        with trio_module.fail_after(max(0.0, seconds)):
+            return await awaitable
+    except trio_module.TooSlowError as error:
+        raise TimeoutError(f"not done within {seconds:g}s") from error
 
 
 def is_cancellation(error: BaseException) -> bool:

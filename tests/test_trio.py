@@ -210,6 +210,71 @@ def test_a_retry_over_a_timeout_retries_each_expiry() -> None:
     assert clock.sleeps == [2.0, 2.0]  # the retry's waits, on its own clock
 
 
+def test_deadlines_on_different_clocks_compose_under_trio() -> None:
+    """An outer Timeout on a FakeClock, an inner one on the system clock: the earlier wins."""
+    clock = FakeClock(auto_advance=False)
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(30, name="inner")
+    seen: list[float | None] = []
+
+    async def hangs() -> None:
+        seen.append(rs.current().remaining())
+        await trio.sleep_forever()
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+
+            async def advance() -> None:
+                await trio.testing.wait_all_tasks_blocked()
+                clock.advance(1)
+
+            nursery.start_soon(advance)
+            with pytest.raises(rs.TimeoutExceeded) as caught:
+                await outer.acall(inner.acall, hangs)
+            assert caught.value.name == "outer"
+
+    run(main)
+    assert seen == [1.0]  # the inner layer kept the outer's, earlier, deadline
+
+
+def test_a_sync_layer_inside_that_stopped_at_our_deadline_is_our_timeout() -> None:
+    """Sync code inside an async Timeout under trio: the cooperative inner layer stops at
+    the outer deadline, and the layer whose deadline it was reports it."""
+    clock = FakeClock()
+    outer = rs.Timeout(1, clock=clock, name="outer")
+    inner = rs.Timeout(5, clock=clock, name="inner")
+    fired: list[str | None] = []
+    for layer in (outer, inner):
+        layer.subscribe(lambda event: fired.append(event.name))
+
+    async def blocking() -> None:
+        inner.call(clock.sleep, 2)  # sync: nothing can cancel it before it returns
+
+    async def main() -> None:
+        with pytest.raises(rs.TimeoutExceeded) as caught:
+            await outer.acall(blocking)
+        assert caught.value.name == "outer"
+
+    trio.run(main)
+    assert fired == ["outer"]
+
+
+def test_a_call_that_swallows_its_cancellation_keeps_its_result() -> None:
+    clock = FakeClock()
+
+    async def stubborn() -> str:
+        try:
+            await clock.asleep(5)  # past the deadline: the Timeout cancels it
+        except trio.Cancelled:
+            return "finished anyway"
+        return "never cancelled"
+
+    async def main() -> str:
+        return str(await rs.Timeout(1, clock=clock).acall(stubborn))
+
+    assert trio.run(main) == "finished anyway"
+
+
 # -- the waits: Retry, FaultInjector, Throttle, Bulkhead --------------------------------------
 
 
@@ -515,6 +580,63 @@ def test_anyio_gets_the_same_on_either_backend(backend: str) -> None:
 
     anyio.run(main, backend=backend)
     assert clock.sleeps == [1.0, 1.0]  # the retry's backoff, then the wait for the token
+
+
+# -- the detection ------------------------------------------------------------------------------
+
+
+def test_outside_any_event_loop_async_calls_say_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    from resilience import _aio
+
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        _aio.running_loop()
+    assert not _aio.in_event_loop()
+    monkeypatch.setitem(sys.modules, "trio", None)  # as if trio had never been imported
+    assert _aio.trio_loop() is None
+    bounded = ok()
+    for coroutine in (
+        _aio.sleep(1),
+        _aio.after_callbacks(),
+        rs.Timeout(1).acall(ok),
+        _aio.within(1, bounded),
+    ):
+        with pytest.raises(RuntimeError, match="no running event loop"):
+            coroutine.send(None)
+        coroutine.close()
+    bounded.close()  # never started: within() refused first
+
+
+def test_a_trio_loop_that_finished_is_closed() -> None:
+    from resilience import _aio
+
+    async def main() -> _aio.TrioLoop:
+        loop = _aio.trio_loop()
+        assert loop is not None
+        assert _aio.trio_loop() is loop  # one per run
+        assert "TrioLoop(" in repr(loop)
+        return loop
+
+    loop = trio.run(main)
+    assert not loop.is_closed()
+    with pytest.raises(RuntimeError):
+        loop.call_soon_threadsafe(print, "never")
+    assert loop.is_closed()
+    assert trio.run(main) is not loop  # a new run, a new one
+
+
+def test_within_raises_timeout_error_under_trio() -> None:
+    from resilience import _aio
+
+    async def slow() -> None:
+        await trio.sleep(60)
+
+    async def main() -> None:
+        assert await _aio.within(5, ok()) == "ok"
+        with pytest.raises(TimeoutError):
+            await _aio.within(5, slow())
+        assert trio.current_time() == pytest.approx(5)
+
+    run(main)
 
 
 # -- without trio --------------------------------------------------------------------------------

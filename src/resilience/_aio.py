@@ -34,7 +34,6 @@ __all__ = [
     "TrioFuture",
     "TrioLoop",
     "after_callbacks",
-    "checkpoint",
     "in_event_loop",
     "is_cancellation",
     "running_loop",
@@ -166,14 +165,6 @@ async def sleep(seconds: float) -> None:
         await asyncio.sleep(seconds)
     else:
         await _trio().sleep(max(0.0, seconds))
-
-
-async def checkpoint() -> None:
-    """Let the other tasks run once (``asyncio.sleep(0)``, or trio's checkpoint)."""
-    if _get_running_loop() is not None:
-        await asyncio.sleep(0)
-    else:
-        await _trio().lowlevel.checkpoint()
 
 
 async def after_callbacks() -> None:

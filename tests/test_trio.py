@@ -450,21 +450,58 @@ def test_a_sync_wait_in_a_trio_task_is_refused_not_a_deadlock() -> None:
 # -- Hedge --------------------------------------------------------------------------------------
 
 
-def test_hedge_refuses_trio_clearly_and_nothing_retries_it() -> None:
-    attempts: list[int] = []
+def test_hedge_races_its_attempts_in_a_nursery() -> None:
+    """Under trio every attempt is a task of the call's nursery: the first good answer wins,
+    the losers are cancelled (their bulkhead slots back) before the call returns."""
+    bulkhead = rs.Bulkhead(4)
+    pipeline = rs.Pipeline([rs.Hedge(0.5, max_hedges=2), bulkhead])
+    cancelled: list[int] = []
 
-    async def call() -> str:
-        attempts.append(1)
-        return "ok"
+    async def service() -> str:
+        attempt = rs.current().attempt
+        try:
+            await trio.sleep({1: 10, 2: 10, 3: 0.1}[attempt])
+        except trio.Cancelled:
+            cancelled.append(attempt)
+            raise
+        return f"attempt {attempt}"
 
-    pipeline = rs.Pipeline([rs.Retry(3, backoff=0, on=Exception), rs.Hedge(0.01)])
+    async def main() -> float:
+        assert await pipeline.acall(service) == "attempt 3"
+        assert bulkhead.in_flight == 0
+        return float(trio.current_time())
+
+    assert run(main) == pytest.approx(1.1, abs=0.01)  # hedges at 0.5 s and 1 s; the third answers
+    assert sorted(cancelled) == [1, 2]
+
+
+def test_an_outside_cancel_of_a_hedged_call_stays_cancelled() -> None:
+    started: list[int] = []
+
+    async def hangs() -> None:
+        started.append(rs.current().attempt)
+        await trio.sleep_forever()
+
+    pipeline = rs.Pipeline([rs.Retry(3, backoff=0), rs.Hedge(0.1, max_hedges=2)])
 
     async def main() -> None:
-        with pytest.raises(NotImplementedError, match=r"Hedge .*does not support trio"):
-            await pipeline.acall(call)
+        with trio.move_on_after(1) as scope:
+            await pipeline.acall(hangs)
+        assert scope.cancelled_caught
+
+    run(main)
+    assert started == [1, 2, 3]  # one call: its hedges, then the cancel; nothing retried
+
+
+def test_an_error_that_is_not_hedged_ends_the_call_under_trio() -> None:
+    async def bad() -> None:
+        raise KeyError("not worth hedging")
+
+    async def main() -> None:
+        with pytest.raises(KeyError):
+            await rs.Hedge(0.1, on=ConnectionError).acall(bad)
 
     trio.run(main)
-    assert attempts == []
 
 
 # -- FakeClock under trio ----------------------------------------------------------------------

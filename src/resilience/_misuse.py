@@ -45,13 +45,9 @@ _FUNCTION = types.FunctionType
 
 
 class Misuse(BaseException):
-    """A `TypeError` on its way up through the layers, untouched by them (see the module docs).
+    """A `TypeError` on its way up through the layers, untouched by them (see the module docs)."""
 
-    (Or a `NotImplementedError`: a policy run where it cannot work, such as a
-    `Hedge` under trio.)
-    """
-
-    def __init__(self, error: TypeError | NotImplementedError) -> None:
+    def __init__(self, error: TypeError) -> None:
         super().__init__(error)
         self.error = error
 

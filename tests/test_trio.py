@@ -628,6 +628,10 @@ def test_outside_any_event_loop_async_calls_say_so(monkeypatch: pytest.MonkeyPat
     with pytest.raises(RuntimeError, match="no running event loop"):
         _aio.running_loop()
     assert not _aio.in_event_loop()
+    held = rs.Timeout(1, clock=FakeClock()).acall(ok)  # trio imported, but not running
+    with pytest.raises(RuntimeError, match="no running event loop"):
+        held.send(None)
+    held.close()
     monkeypatch.setitem(sys.modules, "trio", None)  # as if trio had never been imported
     assert _aio.trio_loop() is None
     bounded = ok()

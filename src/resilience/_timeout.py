@@ -314,8 +314,11 @@ class Timeout(Middleware):
             if hook is None:
                 scope = trio.CancelScope(deadline=trio.current_time() + limit)
             else:
+                run = trio_loop()
+                if run is None:  # trio is imported, but does not run this task
+                    raise RuntimeError(NO_LOOP)
                 scope = trio.CancelScope()
-                timer = hook(own, scope.cancel, trio_loop())
+                timer = hook(own, scope.cancel, run)
             if tighter:
                 ctx[deadline_at] = own
                 ctx[clock_at] = clock

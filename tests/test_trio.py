@@ -422,6 +422,32 @@ def test_threads_and_trio_tasks_share_one_fifo_account() -> None:
     assert bulkhead.available == 1
 
 
+def test_a_half_open_trial_cancelled_from_outside_gives_its_permit_back() -> None:
+    clock = FakeClock()
+    breaker = rs.CircuitBreaker(
+        consecutive_failures=1, half_open_calls=1, open_seconds=5, clock=clock
+    )
+
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    async def main() -> None:
+        with pytest.raises(ConnectionError):
+            await breaker.acall(fails)
+        clock.advance(5)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(breaker.acall, trio.sleep_forever)  # the only trial
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(rs.CircuitOpenError):
+                await breaker.acall(ok)  # the trial holds the one permit
+            nursery.cancel_scope.cancel()  # the trial is cancelled from outside
+        assert breaker.state is rs.CircuitState.HALF_OPEN  # not counted either way
+        assert await breaker.acall(ok) == "ok"  # its permit came back: a new trial runs
+        assert breaker.state is rs.CircuitState.CLOSED
+
+    run(main)
+
+
 def test_adaptive_limiter_counts_a_trio_cancellation_as_a_drop() -> None:
     clock = FakeClock()
     limiter = rs.AdaptiveLimiter(initial_limit=4, clock=clock)

@@ -80,7 +80,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python=PYTHON)
 def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package and the typing API file."""
-    session.install("-e", ".[redis,httpx,grpc]", "types-grpcio", "mypy>=1.11", "pytest>=8")
+    session.install("-e", ".[redis,httpx,grpc,trio]", "types-grpcio", "mypy>=1.11", "pytest>=8")
     session.run("mypy", "--strict")
 
 

@@ -12,7 +12,9 @@ figures from this run.
 
 Also measured: the cost of each extra layer (k identical layers, k = 1..16,
 fitted to a line), the per-call cost with 1 to 1,000 concurrent tasks, the
-memory that 1,000,000 calls leave behind, and what a CircuitBreaker weighs.
+memory that 1,000,000 calls leave behind, what a CircuitBreaker weighs, and
+each policy under trio beside the same under asyncio (rounds interleaved: one
+``asyncio.run`` and one ``trio.run`` per round; skipped without trio).
 """
 
 from __future__ import annotations
@@ -338,6 +340,105 @@ def measure_concurrency() -> dict[int, tuple[float, float]]:
     return asyncio.run(run())
 
 
+# -- asyncio and trio ------------------------------------------------------------------------------
+
+#: The policies timed under both libraries.
+TRIO_ROWS = (
+    "Retry",
+    "Timeout",
+    "CircuitBreaker",
+    "Throttle",
+    "Bulkhead",
+    "FaultInjector (disabled)",
+    "Fallback",
+    "AdaptiveLimiter",
+    "full pipeline (6 layers)",
+)
+
+
+def library_rows(library: str) -> dict[str, Callable[[], Awaitable[Any]]]:
+    """Fresh policies for one library's rows, and its own timeout written by hand."""
+    make = {
+        "Retry": lambda: rs.Retry(attempts=3),
+        "Timeout": lambda: rs.Timeout(10),
+        "CircuitBreaker": rs.CircuitBreaker,
+        "Throttle": lambda: rs.Throttle(1e9),
+        "Bulkhead": lambda: rs.Bulkhead(1000),
+        "FaultInjector (disabled)": lambda: rs.FaultInjector(enabled=False),
+        "Fallback": lambda: rs.Fallback(value=0),
+        "AdaptiveLimiter": rs.AdaptiveLimiter,
+        "full pipeline (6 layers)": full_pipeline,
+    }
+    fns: dict[str, Callable[[], Awaitable[Any]]] = {"bare call": awork}
+    for name in TRIO_ROWS:
+        fns[name] = make[name]()(awork)
+    if library == "asyncio":
+
+        async def by_hand() -> int:
+            async with asyncio.timeout(10):
+                return await awork()
+
+    else:
+        import trio
+
+        async def by_hand() -> int:
+            with trio.fail_after(10):
+                return await awork()
+
+    fns["the library's own timeout, by hand"] = by_hand
+    return fns
+
+
+def measure_trio() -> dict[tuple[str, str], float] | None:
+    """ns per call of each row under asyncio and under trio; None without trio."""
+    try:
+        import trio
+    except ImportError:
+        return None
+    sides = {"asyncio": library_rows("asyncio"), "trio": library_rows("trio")}
+    best: dict[tuple[str, str], float] = {}
+
+    async def one_round(library: str) -> None:
+        for name, fn in sides[library].items():
+            start = time.perf_counter_ns()
+            for _ in range(N):
+                await fn()
+            ns = (time.perf_counter_ns() - start) / N
+            best[(library, name)] = min(best.get((library, name), float("inf")), ns)
+
+    for _ in range(ROUNDS):
+        asyncio.run(one_round("asyncio"))
+        trio.run(one_round, "trio")
+    return best
+
+
+def trio_report(best: dict[tuple[str, str], float] | None) -> tuple[list[str], list[Target]]:
+    if best is None:
+        return ["", "**Under trio**: not measured (trio is not installed).", ""], []
+    lines = ["", "**Under trio** (and asyncio, in interleaved runs; ns per call):", ""]
+    lines += ["| row | asyncio | trio | asyncio overhead | trio overhead | trio / asyncio |"]
+    lines += ["|---|---:|---:|---:|---:|---:|"]
+    bare = {library: best[(library, "bare call")] for library in ("asyncio", "trio")}
+    targets: list[Target] = []
+    names = [name for library, name in best if library == "asyncio"]
+    for name in names:
+        a, t = best[("asyncio", name)], best[("trio", name)]
+        if name == "bare call":
+            lines.append(f"| {name} | {a:,.0f} | {t:,.0f} | | | |")
+            continue
+        over_a, over_t = a - bare["asyncio"], t - bare["trio"]
+        ratio = over_t / over_a
+        lines.append(
+            f"| {name} | {a:,.0f} | {t:,.0f} | {over_a:,.0f} | {over_t:,.0f} | {ratio:.2f}x |"
+        )
+        if name in TRIO_ROWS:
+            targets.append(Target(f"{name} overhead, trio / asyncio", ratio, 1.5))
+    hand = "the library's own timeout, by hand"
+    ours = (best[("trio", "Timeout")] - bare["trio"]) / (best[("trio", hand)] - bare["trio"])
+    targets.append(Target("Timeout overhead under trio / trio.fail_after by hand", ours, 1.5))
+    return lines, targets
+
+
 # -- memory ---------------------------------------------------------------------------------------
 
 
@@ -453,6 +554,7 @@ def report(
     memory: dict[str, float],
     weight: float,
     beside_slow: float,
+    trio_ns: dict[tuple[str, str], float] | None = None,
 ) -> tuple[str, list[Target]]:
     bare = {kind: ns[(kind, "bare call")] for kind in ("sync", "async")}
 
@@ -548,6 +650,10 @@ def report(
     )
     targets.append(Target("memory beside a slow call (bytes, flat)", beside_slow, 200_000))
 
+    trio_lines, trio_targets = trio_report(trio_ns)
+    lines += trio_lines
+    targets += trio_targets
+
     lines += ["", "**Targets** (ratios of overheads from this run):", ""]
     lines += ["| target | value | limit | met |", "|---|---:|---:|:-:|"]
     for t in targets:
@@ -619,7 +725,8 @@ def main() -> None:
     memory = memory_growth()
     weight = breaker_weight()
     beside_slow = memory_beside_a_slow_call()
-    table, targets = report(rows, ns, layers, concurrency, memory, weight, beside_slow)
+    trio_ns = measure_trio()
+    table, targets = report(rows, ns, layers, concurrency, memory, weight, beside_slow, trio_ns)
     print(table)
     missed = [t.label for t in targets if not t.met]
     if options.quick:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import inspect
 import os
 import random
 from collections.abc import Iterator
@@ -42,13 +45,54 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["sync", "async"])
-def mode(request: pytest.FixtureRequest) -> str:
-    """Run the test once synchronously through call(), once under asyncio through acall().
+HAVE_TRIO = importlib.util.find_spec("trio") is not None
 
-    See ``tests/modes.py`` for the helpers that turn one body into both.
+
+@pytest.fixture(params=["sync", "async", "trio"])
+def mode(request: pytest.FixtureRequest) -> str:
+    """Run the test synchronously through call(), then through acall() under asyncio and trio.
+
+    See ``tests/modes.py`` for the helpers that turn one body into all three. In
+    ``"trio"`` mode the async test body runs in `trio.run` (`pytest_pyfunc_call` below)
+    instead of pytest-asyncio's event loop; the ``trio`` extra is needed for it.
     """
+    if request.param == "trio" and not HAVE_TRIO:
+        pytest.skip("trio mode needs trio (pip install -e '.[tests]')")
     return str(request.param)
+
+
+@pytest.fixture(params=["async", "trio"])
+def async_mode(request: pytest.FixtureRequest) -> str:
+    """Run an async-only test under asyncio, then under trio (as ``mode`` does)."""
+    if request.param == "trio" and not HAVE_TRIO:
+        pytest.skip("trio mode needs trio (pip install -e '.[tests]')")
+    return str(request.param)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """Run the async body of a test in ``mode`` (or ``async_mode``) "trio" with `trio.run`.
+
+    pytest-asyncio (auto mode) has already swapped the test function for a sync
+    wrapper that would run it on its event loop; the body is the wrapper's
+    ``__wrapped__``. Every other test is left to pytest and pytest-asyncio.
+    """
+    callspec = getattr(pyfuncitem, "callspec", None)
+    if callspec is None or "trio" not in (
+        callspec.params.get("mode"),
+        callspec.params.get("async_mode"),
+    ):
+        return None
+    body = pyfuncitem.obj
+    if not inspect.iscoroutinefunction(body):
+        body = getattr(body, "__wrapped__", body)
+    if not inspect.iscoroutinefunction(body):
+        return None  # a sync test body: nothing to run on trio
+    import trio
+
+    fixtures = {name: pyfuncitem.funcargs[name] for name in pyfuncitem._fixtureinfo.argnames}
+    trio.run(functools.partial(body, **fixtures))
+    return True
 
 
 # -- a real redis-server for the Redis-backed policies (tests/redis_support.py) -------------

@@ -17,7 +17,15 @@ from typing import Any
 import pytest
 
 import resilience as rs
-from modes import run_yielding
+from modes import (
+    Event,
+    checkpoint,
+    create_task,
+    forever,
+    run_yielding,
+    settle,
+    task_cancelled,
+)
 from resilience._adaptive import log10_root
 from resilience.testing import EventRecorder, FakeClock
 
@@ -599,29 +607,31 @@ async def test_successes_are_timed_samples(mode: str, clock: FakeClock) -> None:
     assert adaptive.limit == 3
 
 
-async def test_cancellation_is_a_drop_and_returns_the_slot(clock: FakeClock) -> None:
+async def test_cancellation_is_a_drop_and_returns_the_slot(
+    clock: FakeClock, async_mode: str
+) -> None:
     """A task cancelled inside the limiter counts as a drop, never as a fast success."""
     scripted = Scripted(1)
     adaptive = limiter(scripted, clock=clock, initial_limit=2)
-    started = asyncio.Event()
+    started = Event()
 
     async def hangs() -> None:
         started.set()
-        await asyncio.Event().wait()
+        await forever()
 
-    task = asyncio.create_task(adaptive.acall(hangs))
+    task = create_task(adaptive.acall(hangs))
     await started.wait()
     assert adaptive.in_flight == 1
     clock.advance(1)
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await task
     assert adaptive.in_flight == 0
     assert scripted.seen == [(None, 1, True)]
     assert adaptive.metrics().dropped == 1
 
 
-async def test_an_outer_timeout_is_a_drop_not_a_fast_success() -> None:
+async def test_an_outer_timeout_is_a_drop_not_a_fast_success(async_mode: str) -> None:
     """A Timeout outside the limiter cancels the call: the limiter sees a drop, not a sample."""
     clock = FakeClock()
     scripted = Scripted(1)
@@ -689,15 +699,17 @@ async def test_a_higher_limit_serves_the_queue(clock: FakeClock) -> None:
     first.ignore()
 
 
-async def test_a_waiter_cancelled_after_its_grant_gives_the_slot_back(clock: FakeClock) -> None:
+async def test_a_waiter_cancelled_after_its_grant_gives_the_slot_back(
+    clock: FakeClock, async_mode: str
+) -> None:
     """A task granted a slot but cancelled before it ran hands the slot back."""
     adaptive = limiter(clock=clock, initial_limit=1, max_queue=1)
     held = adaptive.try_acquire()
-    task = asyncio.create_task(adaptive.acall(asyncio.sleep, 0))
-    await asyncio.sleep(0)
+    task = create_task(adaptive.acall(checkpoint))
+    await settle()
     held.ignore()  # grants the slot to the task, which has not run yet
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await task
     assert (adaptive.in_flight, adaptive.queued, adaptive.metrics().dropped) == (0, 0, 0)
 
@@ -859,16 +871,21 @@ async def test_a_thousand_tasks_queue_and_all_get_through() -> None:
     assert (adaptive.in_flight, adaptive.queued, adaptive.rejected) == (0, 0, 0)
 
 
-async def test_a_task_cancelled_in_the_queue_takes_no_slot() -> None:
+async def test_a_task_cancelled_in_the_queue_takes_no_slot(async_mode: str) -> None:
     """A queued task that is cancelled leaves the queue; the slot goes to the next in line."""
     adaptive = rs.AdaptiveLimiter(initial_limit=1, max_queue=5)
     held = adaptive.try_acquire()
-    waiting = asyncio.create_task(adaptive.acall(asyncio.sleep, 0))
-    behind = asyncio.create_task(adaptive.acall(asyncio.sleep, 0, "next"))
-    await asyncio.sleep(0)
+
+    async def next_() -> str:
+        return "next"
+
+    waiting = create_task(adaptive.acall(checkpoint))
+    await settle()  # in the queue first (trio runs new tasks in any order)
+    behind = create_task(adaptive.acall(next_))
+    await settle()
     assert adaptive.queued == 2
     waiting.cancel()
-    await asyncio.sleep(0)
+    await settle()
     assert adaptive.queued == 1
     held.ignore()
     assert await behind == "next"

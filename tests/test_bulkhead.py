@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
+import modes
 import resilience as rs
+from modes import Event, cancellation, checkpoint, create_task, forever, gather, task_cancelled
 from resilience._slots import Slots
 from resilience.testing import FakeClock
 
@@ -39,9 +41,8 @@ class WatchedClock(FakeClock):
 
 
 async def settle() -> None:
-    """Let the event loop run what is ready."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+    """Let the event loop (asyncio's or trio's) run what is ready."""
+    await modes.settle(5)
 
 
 class Traffic:
@@ -58,8 +59,8 @@ class Traffic:
         self.entered: list[int] = []  # the order in which calls got a slot
         self.outcomes: dict[int, Any] = {}
         self._entered_signal = threading.Semaphore(0)
-        self._gates: dict[int, threading.Event | asyncio.Event] = {}
-        self._workers: dict[int, threading.Thread | asyncio.Task[Any]] = {}
+        self._gates: dict[int, Any] = {}  # threading.Event, asyncio.Event or trio.Event
+        self._workers: dict[int, Any] = {}  # a thread, or a task (modes.create_task)
 
     def _body(self, i: int) -> int:
         self.entered.append(i)
@@ -72,7 +73,7 @@ class Traffic:
     async def _abody(self, i: int) -> int:
         self.entered.append(i)
         gate = self._gates[i]
-        assert isinstance(gate, asyncio.Event)
+        assert not isinstance(gate, threading.Event)
         await gate.wait()
         return i
 
@@ -97,7 +98,7 @@ class Traffic:
             else:
                 thread.join(30)
         else:
-            self._gates[i] = asyncio.Event()
+            self._gates[i] = Event()
 
             async def caller() -> None:
                 try:
@@ -105,7 +106,7 @@ class Traffic:
                 except Exception as exc:
                     self.outcomes[i] = exc
 
-            self._workers[i] = asyncio.create_task(caller())
+            self._workers[i] = create_task(caller())
             await settle()
         state = {"running": i in self.entered, "rejected": i in self.outcomes}
         assert state.get(expect, not state["running"] and not state["rejected"]), expect
@@ -312,13 +313,13 @@ async def test_a_past_deadline_refuses_to_queue(mode: str) -> None:
     assert bulkhead.rejected == 1
 
 
-async def test_an_outer_async_timeout_cancels_a_queued_call() -> None:
+async def test_an_outer_async_timeout_cancels_a_queued_call(async_mode: str) -> None:
     """A queued task cancelled by a Timeout leaves the queue; the Timeout reports it."""
     clock = FakeClock(auto_advance=False)
     bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock)
     pipeline = rs.Pipeline([rs.Timeout(1, clock=clock), bulkhead])
     with bulkhead:
-        task = asyncio.create_task(pipeline.acall(asyncio.sleep, 0))
+        task = create_task(pipeline.acall(checkpoint))
         await settle()
         assert bulkhead.queued == 1
         clock.advance(1)
@@ -358,19 +359,21 @@ async def test_slots_come_back_after_errors_and_control_flow(mode: str) -> None:
     assert bulkhead.available == 1
 
 
-async def test_a_cancelled_running_call_gives_its_slot_back() -> None:
+async def test_a_cancelled_running_call_gives_its_slot_back(async_mode: str) -> None:
     """Cancellation while running is not swallowed, and the slot comes back."""
     bulkhead = rs.Bulkhead(1)
-    task = asyncio.create_task(bulkhead.acall(asyncio.Event().wait))
+    task = create_task(bulkhead.acall(forever))
     await settle()
     assert bulkhead.in_flight == 1
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await task
     assert bulkhead.available == 1
 
 
-async def test_a_call_granted_then_cancelled_before_it_ran_gives_its_slot_back() -> None:
+async def test_a_call_granted_then_cancelled_before_it_ran_gives_its_slot_back(
+    async_mode: str,
+) -> None:
     """A slot handed to a queued task that is cancelled before it resumes goes to the next."""
     bulkhead = rs.Bulkhead(1, max_queue=2)
     started: list[str] = []
@@ -379,21 +382,22 @@ async def test_a_call_granted_then_cancelled_before_it_ran_gives_its_slot_back()
         started.append(name)
 
     with bulkhead:
-        first = asyncio.create_task(bulkhead.acall(work, "first"))
-        second = asyncio.create_task(bulkhead.acall(work, "second"))
+        first = create_task(bulkhead.acall(work, "first"))
+        await settle()  # "first" is in the queue first (trio runs new tasks in any order)
+        second = create_task(bulkhead.acall(work, "second"))
         await settle()
         assert bulkhead.queued == 2
     # Leaving the block handed the slot to "first", which has not run yet.
     assert bulkhead.queued == 1
     first.cancel()
     await second
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await first
     assert started == ["second"]
     assert (bulkhead.available, bulkhead.queued) == (1, 0)
 
 
-async def test_thousands_of_random_cancellations_leave_every_slot_free() -> None:
+async def test_thousands_of_random_cancellations_leave_every_slot_free(async_mode: str) -> None:
     """5,000 calls, thousands cancelled at random while queued or running: every slot back."""
     bulkhead = rs.Bulkhead(10, max_queue=500)
     rng = random.Random(20261123)
@@ -405,24 +409,24 @@ async def test_thousands_of_random_cancellations_leave_every_slot_free() -> None
         peak = max(peak, running)
         try:
             for _ in range(rng.randrange(1, 8)):
-                await asyncio.sleep(0)
-        except asyncio.CancelledError:
+                await checkpoint()
+        except cancellation(async_mode):
             cancelled_while_running += 1
             raise
         finally:
             running -= 1
 
-    tasks: list[asyncio.Task[None]] = []
+    tasks: list[Any] = []
     for _ in range(50):
-        batch = [asyncio.create_task(bulkhead.acall(work)) for _ in range(100)]
+        batch = [create_task(bulkhead.acall(work)) for _ in range(100)]
         tasks += batch
         for _ in range(rng.randrange(1, 4)):  # every task has reached the bulkhead
-            await asyncio.sleep(0)
+            await checkpoint()
         pending = [task for task in tasks if not task.done()]
         for task in rng.sample(pending, min(60, len(pending))):
             task.cancel()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
-    cancelled = sum(isinstance(result, asyncio.CancelledError) for result in results)
+    results = await gather(*tasks, return_exceptions=True)
+    cancelled = sum(isinstance(result, task_cancelled(async_mode)) for result in results)
     refused = sum(isinstance(result, rs.BulkheadFullError) for result in results)
     assert cancelled >= 1000
     assert 0 < cancelled_while_running < cancelled  # both while running and while queued
@@ -667,7 +671,12 @@ async def test_the_slow_path_takes_a_slot_that_came_back(
     if mode == "sync":
         assert bulkhead.call(lambda: "in") == "in"
     else:
-        assert await bulkhead.acall(asyncio.sleep, 0, "in") == "in"
+
+        async def inside() -> str:
+            await checkpoint()
+            return "in"
+
+        assert await bulkhead.acall(inside) == "in"
     assert free_when_missed == [0]  # the fast path had found no slot: the race happened
     assert events == []  # neither refused (max_queue=0) nor served through the queue
     assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(
@@ -842,7 +851,7 @@ async def test_calls_beyond_the_first_tokens_come_from_the_reserve(mode: str) ->
         with concurrent.futures.ThreadPoolExecutor(150) as pool:
             seen = list(pool.map(lambda _: bulkhead.call(hold), range(150)))
     else:
-        started = asyncio.Event()
+        started = Event()
         count = 0
 
         async def ahold() -> int:
@@ -853,7 +862,7 @@ async def test_calls_beyond_the_first_tokens_come_from_the_reserve(mode: str) ->
             await started.wait()
             return bulkhead.in_flight
 
-        seen = await asyncio.gather(*(bulkhead.acall(ahold) for _ in range(150)))
+        seen = await gather(*(bulkhead.acall(ahold) for _ in range(150)))
     assert max(seen) == 150
     assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 200, 0, 0)
 

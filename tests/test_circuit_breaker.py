@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
-from modes import run_yielding
+from modes import Event, create_task, gather, run_yielding
 from resilience import CircuitState, backoff
 from resilience.testing import FakeClock
 
@@ -993,14 +993,14 @@ async def test_half_open_counts_running_and_ended_trials_together(mode: str) -> 
         cb.call(fail)
     clock.advance(1)
     assert cb.call(ok) == "ok"  # trial 1 ended
-    gate, entered = asyncio.Event(), asyncio.Event()
+    gate, entered = Event(), Event()
 
     async def held() -> str:
         entered.set()
         await gate.wait()
         return "held"
 
-    running = asyncio.create_task(cb.acall(held))  # trial 2 runs
+    running = create_task(cb.acall(held))  # trial 2 runs
     await entered.wait()
     assert await outcome(mode, cb, lambda: "third") == "third"  # trial 3 admitted
     assert await outcome(mode, cb, ok) == "rejected"
@@ -1026,19 +1026,21 @@ async def test_an_ended_trial_frees_exactly_its_own_place(mode: str) -> None:
     with pytest.raises(KeyError):
         cb.call(ignored)  # its place comes back
     assert cb.call(ok) == "ok"  # trial 1 ended: two places left
-    gate, both = asyncio.Event(), asyncio.Semaphore(0)
+    gate, both = Event(), Event()
+    running: list[str] = []
 
     async def held() -> str:
-        both.release()
+        running.append("held")
+        if len(running) == 2:
+            both.set()
         await gate.wait()
         return "held"
 
-    tasks = [asyncio.create_task(cb.acall(held)) for _ in range(2)]
-    await both.acquire()
-    await both.acquire()
+    tasks = [create_task(cb.acall(held)) for _ in range(2)]
+    await both.wait()
     assert await outcome(mode, cb, ok) == "rejected"  # 1 ended + 2 running = 3
     gate.set()
-    assert await asyncio.gather(*tasks) == ["held", "held"]
+    assert await gather(*tasks) == ["held", "held"]
     assert cb.state is CircuitState.CLOSED
 
 

@@ -9,6 +9,7 @@ import threading
 import pytest
 
 import resilience as rs
+from modes import Event, checkpoint, gather, on_asyncio
 from resilience.testing import FakeClock
 
 
@@ -87,19 +88,30 @@ def test_nested_pipeline_call_gets_its_own_name_and_attempt_but_inherits() -> No
     )
 
 
-async def test_context_flows_into_tasks_started_in_the_call() -> None:
+async def test_context_flows_into_tasks_started_in_the_call(async_mode: str) -> None:
     """Tasks created inside a call copy its context, deadline included."""
     clock = FakeClock()
 
     async def spawn() -> rs.CallContext:
-        return await asyncio.create_task(_read_context())
+        if on_asyncio():
+            return await asyncio.create_task(_read_context())
+        import trio
+
+        seen: list[rs.CallContext] = []
+
+        async def child() -> None:
+            seen.append(await _read_context())
+
+        async with trio.open_nursery() as nursery:  # a trio task copies its spawner's context
+            nursery.start_soon(child)
+        return seen[0]
 
     ctx = await rs.Timeout(2, clock=clock, name="t").acall(spawn)
     assert (ctx.pipeline, ctx.deadline) == ("t", 2.0)
 
 
 async def _read_context() -> rs.CallContext:
-    await asyncio.sleep(0)
+    await checkpoint()
     return rs.current()
 
 
@@ -119,23 +131,23 @@ def test_context_flows_into_threads_started_with_a_copied_context() -> None:
     assert dict(seen[0].tags) == {"job": "nightly"}
 
 
-async def test_concurrent_tasks_do_not_see_each_others_context() -> None:
+async def test_concurrent_tasks_do_not_see_each_others_context(async_mode: str) -> None:
     """Each task keeps its own context even when calls interleave."""
-    started = asyncio.Event()
+    started = Event()
     a = rs.Pipeline.builder("a").build()
     b = rs.Pipeline.builder("b").build()
 
     async def first() -> str | None:
         started.set()
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)
+        await checkpoint()
+        await checkpoint()
         return rs.current().pipeline
 
     async def second() -> str | None:
         await started.wait()
         return rs.current().pipeline
 
-    assert await asyncio.gather(a.acall(first), b.acall(second)) == ["a", "b"]
+    assert await gather(a.acall(first), b.acall(second)) == ["a", "b"]
 
 
 def test_deadline_from_another_clock_is_converted() -> None:

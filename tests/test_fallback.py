@@ -636,7 +636,7 @@ async def test_decorated_method_handler_gets_self_first(mode: str) -> None:
                 raise ConnectionError(user)
 
     result = Client().get(3)
-    if mode == "async":
+    if mode != "sync":
         result = await result
     assert result == "eu: cached 3"
 

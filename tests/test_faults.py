@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import resilience as rs
-from modes import run_yielding
+from modes import create_task, run_yielding, settle
 from resilience.testing import FakeClock, FaultScope, set_testing
 
 
@@ -418,7 +418,7 @@ async def test_a_latency_factory_returning_a_bad_value_fails_the_call(mode: str)
         await run_yielding(mode, injector, Real())
 
 
-async def test_injected_latency_trips_an_async_timeout_outside() -> None:
+async def test_injected_latency_trips_an_async_timeout_outside(async_mode: str) -> None:
     """An async Timeout outside cancels the injected sleep at its deadline; fn never runs."""
     clock = FakeClock(auto_advance=False)
     pipeline = (
@@ -434,9 +434,9 @@ async def test_injected_latency_trips_an_async_timeout_outside() -> None:
         reached = True
         return "late"
 
-    task = asyncio.create_task(pipeline.acall(fetch))
+    task = create_task(pipeline.acall(fetch))
     for _ in range(3):
-        await asyncio.sleep(0)
+        await settle()
     assert clock.sleeps == [5.0]  # the injector is sleeping on the fake clock
     clock.advance(1)
     with pytest.raises(rs.TimeoutExceeded):
@@ -663,7 +663,7 @@ async def test_a_predicate_on_one_tenant_with_a_decorated_function(mode: str) ->
     async def one(tenant: str) -> Any:
         with rs.tags(tenant=tenant):
             value = call()
-            return await value if mode == "async" else value
+            return await value if mode != "sync" else value
 
     assert await one("acme") == "empty"
     assert await one("globex") == "real"

@@ -10,7 +10,18 @@ from typing import Any
 
 import pytest
 
+import modes
 import resilience as rs
+from modes import (
+    Event,
+    checkpoint,
+    create_task,
+    forever,
+    gather,
+    on_asyncio,
+    task_cancelled,
+)
+from resilience._aio import is_cancellation
 from resilience.events import HedgeEvent
 from resilience.testing import FakeClock
 
@@ -29,8 +40,9 @@ class Attempts:
         self.started.append(attempt)
         try:
             answer = await self.script[attempt]()
-        except asyncio.CancelledError:
-            self.cancelled.append(attempt)
+        except BaseException as exc:
+            if is_cancellation(exc):  # asyncio's or trio's
+                self.cancelled.append(attempt)
             raise
         self.finished.append(attempt)
         return answer
@@ -38,7 +50,7 @@ class Attempts:
 
 def answers(value: Any) -> Callable[[], Awaitable[Any]]:
     async def answer() -> Any:
-        await asyncio.sleep(0)
+        await checkpoint()
         return value
 
     return answer
@@ -46,7 +58,7 @@ def answers(value: Any) -> Callable[[], Awaitable[Any]]:
 
 def fails(error: BaseException) -> Callable[[], Awaitable[Any]]:
     async def fail() -> Any:
-        await asyncio.sleep(0)
+        await checkpoint()
         raise error
 
     return fail
@@ -54,27 +66,28 @@ def fails(error: BaseException) -> Callable[[], Awaitable[Any]]:
 
 def hangs() -> Callable[[], Awaitable[Any]]:
     async def hang() -> Any:
-        await asyncio.Event().wait()
+        await forever()
 
     return hang
 
 
 async def settle() -> None:
     """Let the tasks of the test run until each waits for something."""
-    for _ in range(10):
-        await asyncio.sleep(0)
+    await modes.settle(10)
 
 
 def held_clock() -> FakeClock:
     return FakeClock(auto_advance=False)
 
 
-async def test_a_slow_attempt_is_hedged_after_the_delay_and_the_loser_cancelled() -> None:
+async def test_a_slow_attempt_is_hedged_after_the_delay_and_the_loser_cancelled(
+    async_mode: str,
+) -> None:
     clock = held_clock()
     events: list[HedgeEvent] = []
     hedge = rs.Hedge(0.05, clock=clock, on_hedge=events.append)
     service = Attempts({1: hangs(), 2: answers("second")})
-    call = asyncio.create_task(hedge.acall(service))
+    call = create_task(hedge.acall(service))
     await settle()
     assert service.started == [1]
     clock.advance(0.05)
@@ -84,24 +97,25 @@ async def test_a_slow_attempt_is_hedged_after_the_delay_and_the_loser_cancelled(
     assert [(event.attempt, event.reason) for event in events] == [(2, "delay")]
 
 
-async def test_an_answer_before_the_delay_starts_no_hedge() -> None:
+async def test_an_answer_before_the_delay_starts_no_hedge(async_mode: str) -> None:
     clock = held_clock()
     hedge = rs.Hedge(0.05, clock=clock)
     service = Attempts({1: answers("first")})
-    tasks = len(asyncio.all_tasks())
+    tasks = len(asyncio.all_tasks()) if on_asyncio() else 0
     assert await hedge.acall(service) == "first"
     assert service.started == [1]
-    assert len(asyncio.all_tasks()) == tasks  # the timer is gone too
+    if on_asyncio():  # (under trio the attempts are a nursery's, over when it is)
+        assert len(asyncio.all_tasks()) == tasks  # the timer is gone too
 
 
-async def test_a_failure_starts_the_hedge_at_once() -> None:
+async def test_a_failure_starts_the_hedge_at_once(async_mode: str) -> None:
     hedge = rs.Hedge(30.0, clock=held_clock(), max_hedges=2)
     service = Attempts({1: fails(ConnectionError("1")), 2: answers("second")})
     assert await hedge.acall(service) == "second"
     assert service.started == [1, 2]
 
 
-async def test_when_every_attempt_fails_the_last_failure_stands() -> None:
+async def test_when_every_attempt_fails_the_last_failure_stands(async_mode: str) -> None:
     hedge = rs.Hedge(30.0, clock=held_clock(), max_hedges=2)
     service = Attempts({n: fails(ConnectionError(str(n))) for n in (1, 2, 3)})
     with pytest.raises(ConnectionError, match="3"):
@@ -109,7 +123,7 @@ async def test_when_every_attempt_fails_the_last_failure_stands() -> None:
     assert service.started == [1, 2, 3]
 
 
-async def test_an_error_not_worth_hedging_ends_the_call() -> None:
+async def test_an_error_not_worth_hedging_ends_the_call(async_mode: str) -> None:
     clock = held_clock()
     hedge = rs.Hedge(0.05, clock=clock, on=ConnectionError)
     service = Attempts({1: fails(ValueError("bad request")), 2: answers("never")})
@@ -118,13 +132,13 @@ async def test_an_error_not_worth_hedging_ends_the_call() -> None:
     assert service.started == [1]
 
 
-async def test_a_rejected_result_is_a_failed_attempt() -> None:
+async def test_a_rejected_result_is_a_failed_attempt(async_mode: str) -> None:
     hedge = rs.Hedge(30.0, clock=held_clock(), on_result=lambda result: result is None)
     service = Attempts({1: answers(None), 2: answers("good")})
     assert await hedge.acall(service) == "good"
 
 
-async def test_parallel_mode_starts_all_and_the_first_good_answer_wins() -> None:
+async def test_parallel_mode_starts_all_and_the_first_good_answer_wins(async_mode: str) -> None:
     events: list[HedgeEvent] = []
     hedge = rs.Hedge(mode="parallel", max_hedges=2, clock=held_clock(), on_hedge=events.append)
     service = Attempts({1: hangs(), 2: fails(ConnectionError("2")), 3: answers("third")})
@@ -134,11 +148,11 @@ async def test_parallel_mode_starts_all_and_the_first_good_answer_wins() -> None
     assert [event.reason for event in events] == ["parallel", "parallel"]
 
 
-async def test_fallback_mode_hedges_only_on_failure() -> None:
+async def test_fallback_mode_hedges_only_on_failure(async_mode: str) -> None:
     clock = held_clock()
     hedge = rs.Hedge(0.01, mode="fallback", clock=clock)
     slow = Attempts({1: answers("slow but first"), 2: answers("never")})
-    call = asyncio.create_task(hedge.acall(slow))
+    call = create_task(hedge.acall(slow))
     clock.advance(10)
     assert await call == "slow but first"
     assert slow.started == [1]
@@ -146,7 +160,7 @@ async def test_fallback_mode_hedges_only_on_failure() -> None:
     assert await hedge.acall(failing) == "second"
 
 
-async def test_a_budget_that_refuses_stops_the_hedge() -> None:
+async def test_a_budget_that_refuses_stops_the_hedge(async_mode: str) -> None:
     budget = rs.RetryBudget(ratio=0.0001, min_per_second=0.0001)
     while budget.try_withdraw():
         pass
@@ -157,11 +171,11 @@ async def test_a_budget_that_refuses_stops_the_hedge() -> None:
     assert service.started == [1]
 
 
-async def test_a_timeout_outside_bounds_every_attempt() -> None:
+async def test_a_timeout_outside_bounds_every_attempt(async_mode: str) -> None:
     clock = held_clock()
     pipeline = rs.Pipeline([rs.Timeout(1.0, clock=clock), rs.Hedge(0.1, clock=clock)])
     service = Attempts({1: hangs(), 2: hangs()})
-    call = asyncio.create_task(pipeline.acall(service))
+    call = create_task(pipeline.acall(service))
     await settle()
     clock.advance(0.1)
     await settle()
@@ -172,12 +186,12 @@ async def test_a_timeout_outside_bounds_every_attempt() -> None:
     assert sorted(service.cancelled) == [1, 2]
 
 
-async def test_a_breaker_inside_counts_each_attempt_and_not_the_cancelled() -> None:
+async def test_a_breaker_inside_counts_each_attempt_and_not_the_cancelled(async_mode: str) -> None:
     clock = held_clock()
     breaker = rs.CircuitBreaker(minimum_calls=100)
     pipeline = rs.Pipeline([rs.Hedge(0.1, clock=clock, max_hedges=2), breaker])
     service = Attempts({1: hangs(), 2: fails(ConnectionError("2")), 3: answers("third")})
-    call = asyncio.create_task(pipeline.acall(service))
+    call = create_task(pipeline.acall(service))
     await settle()
     clock.advance(0.1)
     assert await call == "third"
@@ -185,12 +199,12 @@ async def test_a_breaker_inside_counts_each_attempt_and_not_the_cancelled() -> N
     assert (metrics.calls, metrics.failures) == (2, 1)
 
 
-async def test_a_bulkhead_inside_gives_each_attempt_its_slot() -> None:
+async def test_a_bulkhead_inside_gives_each_attempt_its_slot(async_mode: str) -> None:
     clock = held_clock()
     bulkhead = rs.Bulkhead(max_concurrent=2, max_queue=0)
     pipeline = rs.Pipeline([rs.Hedge(0.1, clock=clock), bulkhead])
     seen: list[int] = []
-    release = asyncio.Event()
+    release = Event()
 
     async def attempt() -> str:
         seen.append(bulkhead.metrics().in_flight)
@@ -198,7 +212,7 @@ async def test_a_bulkhead_inside_gives_each_attempt_its_slot() -> None:
             await release.wait()
         return f"attempt {rs.current().attempt}"
 
-    call = asyncio.create_task(pipeline.acall(attempt))
+    call = create_task(pipeline.acall(attempt))
     await settle()
     clock.advance(0.1)
     assert await call == "attempt 2"
@@ -207,24 +221,25 @@ async def test_a_bulkhead_inside_gives_each_attempt_its_slot() -> None:
 
 
 @pytest.mark.parametrize("when", ["before the hedge", "after the hedge"])
-async def test_cancelling_the_caller_cancels_every_attempt(when: str) -> None:
+async def test_cancelling_the_caller_cancels_every_attempt(when: str, async_mode: str) -> None:
     clock = held_clock()
     hedge = rs.Hedge(0.1, clock=clock)
     service = Attempts({1: hangs(), 2: hangs()})
-    tasks = len(asyncio.all_tasks())
-    call = asyncio.create_task(hedge.acall(service))
+    tasks = len(asyncio.all_tasks()) if on_asyncio() else 0
+    call = create_task(hedge.acall(service))
     await settle()
     if when == "after the hedge":
         clock.advance(0.1)
         await settle()
     call.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await call
     assert sorted(service.cancelled) == sorted(service.started)
-    assert len(asyncio.all_tasks()) == tasks
+    if on_asyncio():
+        assert len(asyncio.all_tasks()) == tasks
 
 
-async def test_each_attempt_has_its_own_context() -> None:
+async def test_each_attempt_has_its_own_context(async_mode: str) -> None:
     seen: list[tuple[int, Any]] = []
 
     async def attempt() -> str:
@@ -306,7 +321,7 @@ def test_latency_percentile_follows_recent_latencies() -> None:
     assert delay() == 0.2
 
 
-async def test_a_percentile_delay_learns_from_the_winners() -> None:
+async def test_a_percentile_delay_learns_from_the_winners(async_mode: str) -> None:
     clock = held_clock()
     delay = rs.LatencyPercentile(50, window=10, minimum=1, initial=1.0)
     hedge = rs.Hedge(delay, clock=clock)
@@ -315,7 +330,7 @@ async def test_a_percentile_delay_learns_from_the_winners() -> None:
         await clock.asleep(0.3)
         return "ok"
 
-    call = asyncio.create_task(hedge.acall(timed))
+    call = create_task(hedge.acall(timed))
     await settle()
     clock.advance(0.3)
     assert await call == "ok"
@@ -345,30 +360,31 @@ def test_bad_percentiles_are_refused() -> None:
         rs.LatencyPercentile("p95")  # type: ignore[arg-type]
 
 
-async def test_many_tasks_exact_counts_and_nothing_left() -> None:
+async def test_many_tasks_exact_counts_and_nothing_left(async_mode: str) -> None:
     clock = held_clock()
     events: list[HedgeEvent] = []
     hedge = rs.Hedge(0.05, clock=clock, on_hedge=events.append)
     started: list[tuple[int, int]] = []
-    gates: dict[int, asyncio.Event] = {}
+    gates: dict[int, Any] = {}
 
     async def attempt(key: int) -> int:
         started.append((key, rs.current().attempt))
         if key % 4 == 0 and rs.current().attempt == 1:  # every fourth first attempt is stuck
-            gates[key] = asyncio.Event()
+            gates[key] = Event()
             await gates[key].wait()
-        await asyncio.sleep(0)
+        await checkpoint()
         return key
 
-    tasks_before = len(asyncio.all_tasks())
-    calls = [asyncio.create_task(hedge.acall(attempt, key)) for key in range(200)]
+    tasks_before = len(asyncio.all_tasks()) if on_asyncio() else 0
+    calls = [create_task(hedge.acall(attempt, key)) for key in range(200)]
     await settle()
     clock.advance(0.05)
-    assert await asyncio.gather(*calls) == list(range(200))
+    assert await gather(*calls) == list(range(200))
     assert len(events) == 50
     assert len(started) == 200 + len(events)
     assert sorted(key for key, number in started if number == 2) == list(range(0, 200, 4))
-    assert len(asyncio.all_tasks()) == tasks_before
+    if on_asyncio():
+        assert len(asyncio.all_tasks()) == tasks_before
 
 
 def test_many_threads_each_get_their_own_answer() -> None:

@@ -258,7 +258,7 @@ async def test_a_key_per_client_gives_each_its_own_rate() -> None:
     assert sorted(per_tenant.keys()) == ["acme", "globex"]
 
 
-async def test_a_delay_fault_waits_then_calls_the_app() -> None:
+async def test_a_delay_fault_waits_then_calls_the_app(async_mode: str) -> None:
     calls: list[str] = []
 
     async def ok(scope: Scope, receive: Receive, send: Send) -> None:

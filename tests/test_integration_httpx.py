@@ -15,6 +15,7 @@ from http_support import TestApp, UvicornServer, open_fds, require
 httpx = require("httpx")
 
 import resilience as rs  # noqa: E402
+from modes import to_thread  # noqa: E402
 from resilience.integrations.httpx import (  # noqa: E402
     AsyncResilientTransport,
     BodyDeadlineExceeded,
@@ -292,7 +293,9 @@ def test_a_dripping_body_stops_at_the_deadline_sync(url: str, app: TestApp) -> N
     assert not response.is_stream_consumed or response.num_bytes_downloaded < 100
 
 
-async def test_a_dripping_body_is_cancelled_at_the_deadline_async(url: str, app: TestApp) -> None:
+async def test_a_dripping_body_is_cancelled_at_the_deadline_async(
+    url: str, app: TestApp, async_mode: str
+) -> None:
     transport = AsyncResilientTransport(rs.Timeout(0.3))
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(BodyDeadlineExceeded):
@@ -300,13 +303,13 @@ async def test_a_dripping_body_is_cancelled_at_the_deadline_async(url: str, app:
 
 
 async def test_an_async_timeout_cancels_the_request_and_the_server_sees_it(
-    url: str, app: TestApp
+    url: str, app: TestApp, async_mode: str
 ) -> None:
     transport = AsyncResilientTransport(rs.Timeout(0.2))
     async with httpx.AsyncClient(transport=transport) as client:
         with pytest.raises(rs.TimeoutExceeded):
             await client.get(f"{url}/hang")
-    assert await asyncio.to_thread(app.left.wait, 10.0)
+    assert await to_thread(app.left.wait, 10.0)
 
 
 def test_a_sync_deadline_ends_the_request_and_the_server_sees_it(url: str, app: TestApp) -> None:
@@ -354,7 +357,7 @@ def test_fault_injection_targets_a_route_through_the_tags(url: str, app: TestApp
 
 
 async def test_the_async_transport_retries_and_returns_the_last_response(
-    url: str, app: TestApp
+    url: str, app: TestApp, async_mode: str
 ) -> None:
     transport = AsyncResilientTransport(retry(3))
     async with httpx.AsyncClient(transport=transport) as client:

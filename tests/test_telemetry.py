@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NoOpTracerProvider, StatusCode
 
 import resilience as rs
+from modes import Event, cancellation, create_task, forever, task_cancelled
 from resilience import telemetry
 from resilience.telemetry import (
     ATTEMPT_NUMBER,
@@ -482,23 +483,30 @@ async def test_attempt_spans_are_children_of_the_call_span(
 
 
 async def test_a_cancelled_call_is_recorded_as_cancelled(
-    sdk: dict[str, Any], reader: InMemoryMetricReader, exporter: InMemorySpanExporter
+    sdk: dict[str, Any],
+    reader: InMemoryMetricReader,
+    exporter: InMemorySpanExporter,
+    async_mode: str,
 ) -> None:
     """Cancellation is an outcome of its own, not a failure, and leaves the span's status."""
     retry = rs.Retry(2, name="r")
-    started = asyncio.Event()
+    started = Event()
 
     async def hang() -> None:
         started.set()
-        await asyncio.Event().wait()
+        await forever()
 
     with telemetry.instrument(retry, **sdk):
-        task = asyncio.create_task(retry.acall(hang))
+        task = create_task(retry.acall(hang))
         await started.wait()
         task.cancel()
-        with pytest.raises(asyncio.CancelledError):
+        with pytest.raises(task_cancelled(async_mode)):
             await task
-    cancelled = {OUTCOME: "cancelled", ERROR_TYPE: "CancelledError", PIPELINE_NAME: "r"}
+    cancelled = {
+        OUTCOME: "cancelled",
+        ERROR_TYPE: cancellation(async_mode).__name__,
+        PIPELINE_NAME: "r",
+    }
     assert points(collect(reader)["resilience.pipeline.duration"])[0][0] == cancelled
     (span,) = spans(exporter)
     assert span.status.status_code is StatusCode.UNSET

@@ -15,8 +15,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import modes
 import resilience as rs
-from modes import run_plain
+from modes import (
+    create_task,
+    gather,
+    run_plain,
+    task_cancelled,
+)
 from resilience.testing import FakeClock
 
 
@@ -46,8 +52,7 @@ class WatchedClock(FakeClock):
 
 async def settle() -> None:
     """Let the event loop run what is ready (timers fired by the fake clock, woken waiters)."""
-    for _ in range(5):
-        await asyncio.sleep(0)
+    await modes.settle(5)
 
 
 def ok() -> str:
@@ -418,7 +423,9 @@ async def test_waiters_are_served_first_come_first_served(mode: str) -> None:
             await throttle.aacquire(cost)
             order.append(name)
 
-        tasks = [asyncio.create_task(await_("big", 3)), asyncio.create_task(await_("small", 1))]
+        tasks = [create_task(await_("big", 3))]
+        await settle()  # "big" is in the queue first (trio runs new tasks in any order)
+        tasks.append(create_task(await_("small", 1)))
         await settle()
         assert throttle.queued == 2
         clock.advance(1)
@@ -428,17 +435,17 @@ async def test_waiters_are_served_first_come_first_served(mode: str) -> None:
         await settle()
         assert order == ["big"]
         clock.advance(1)
-        await asyncio.gather(*tasks)
+        await gather(*tasks)
     assert order == ["big", "small"]
     assert throttle.queued == 0
 
 
-async def test_newcomers_queue_behind_waiters_even_when_tokens_are_there() -> None:
+async def test_newcomers_queue_behind_waiters_even_when_tokens_are_there(async_mode: str) -> None:
     """FIFO holds for newcomers too: with someone waiting, try_acquire says no."""
     clock = FakeClock(auto_advance=False)
     throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
     throttle.acquire(2)
-    task = asyncio.create_task(throttle.aacquire(2))
+    task = create_task(throttle.aacquire(2))
     await settle()
     clock.advance(1)  # one token back, the waiter needs two
     assert not throttle.try_acquire(1)
@@ -448,31 +455,33 @@ async def test_newcomers_queue_behind_waiters_even_when_tokens_are_there() -> No
     assert throttle.queued == 0
 
 
-async def test_a_cancelled_head_wakes_the_next_waiter() -> None:
+async def test_a_cancelled_head_wakes_the_next_waiter(async_mode: str) -> None:
     """The head leaves without a token; the next one is served at once if it fits."""
     clock = FakeClock(auto_advance=False)
     throttle = rs.Throttle(1, burst=4, max_wait=None, clock=clock)
     throttle.acquire(4)
     clock.advance(1)
-    head = asyncio.create_task(throttle.aacquire(4))
-    second = asyncio.create_task(throttle.aacquire(1))
+    head = create_task(throttle.aacquire(4))
+    await settle()  # the head first (trio runs new tasks in any order)
+    second = create_task(throttle.aacquire(1))
     await settle()
     assert throttle.queued == 2
     head.cancel()
     await second  # served with the one token there, no clock move needed
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await head
     assert throttle.available == 0
     assert throttle.queued == 0
 
 
-async def test_a_cancelled_head_hands_its_timer_to_the_next() -> None:
+async def test_a_cancelled_head_hands_its_timer_to_the_next(async_mode: str) -> None:
     """When the next waiter cannot be served yet, it sets its own, earlier, timer."""
     clock = FakeClock(auto_advance=False)
     throttle = rs.Throttle(1, burst=4, max_wait=None, clock=clock)
     throttle.acquire(4)
-    head = asyncio.create_task(throttle.aacquire(4))
-    second = asyncio.create_task(throttle.aacquire(2))
+    head = create_task(throttle.aacquire(4))
+    await settle()  # the head first (trio runs new tasks in any order)
+    second = create_task(throttle.aacquire(2))
     await settle()
     head.cancel()
     await settle()
@@ -481,7 +490,7 @@ async def test_a_cancelled_head_hands_its_timer_to_the_next() -> None:
     assert head.cancelled()
 
 
-async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back() -> None:
+async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back(async_mode: str) -> None:
     """Tokens are taken only when granted, and a grant the task never used is returned."""
     clock = WatchedClock()
     throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
@@ -489,13 +498,13 @@ async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back() -> None:
     thread = threading.Thread(target=throttle.acquire, args=(1,))
     thread.start()
     assert clock.blocked.acquire(timeout=30)  # the thread is the head of the queue
-    task = asyncio.create_task(throttle.aacquire(1))
+    task = create_task(throttle.aacquire(1))
     await settle()
     assert throttle.queued == 2
     clock.advance(2)  # the thread wakes and grants itself and the task...
     thread.join(10)  # ...while this loop is blocked, so the task cannot run yet
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await task
     assert throttle.available == 1  # the task's token is back in the bucket
 
@@ -519,12 +528,12 @@ async def test_an_interrupted_sync_waiter_takes_no_token() -> None:
     assert throttle.call(ok) == "ok"
 
 
-async def test_a_waiter_whose_promise_is_broken_is_refused() -> None:
+async def test_a_waiter_whose_promise_is_broken_is_refused(async_mode: str) -> None:
     """Defensive: if the tokens do not come by the time the queue said, the waiter is refused."""
     clock = FakeClock(auto_advance=False)
     throttle = rs.Throttle(1, burst=1, max_wait=2, clock=clock)
     throttle.acquire()
-    task = asyncio.create_task(throttle.aacquire())
+    task = create_task(throttle.aacquire())
     await settle()
     throttle._bucket.full_at += 10  # spent behind the queue's back (never happens in real use)
     clock.advance(1)
@@ -542,7 +551,7 @@ async def test_calls_meeting_due_waiters_serve_them_first(mode: str) -> None:
     clock = FakeClock(auto_advance=False)
     throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
     throttle.acquire(2)
-    waiter = asyncio.create_task(throttle.aacquire(1))
+    waiter = create_task(throttle.aacquire(1))
     await settle()
     clock.advance(5)  # its timer fired, but the loop has not run it yet: the bucket is full
     assert await run_plain(mode, throttle, ok) == "ok"  # queued behind it, served at once

@@ -16,7 +16,19 @@ from typing import Any
 import pytest
 
 import resilience as rs
-from modes import run_plain
+from modes import (
+    Event,
+    cancellation,
+    checkpoint,
+    create_task,
+    forever,
+    gather,
+    on_asyncio,
+    pending_cancellations,
+    run_plain,
+    settle,
+    task_cancelled,
+)
 from resilience import _context
 from resilience.testing import FakeClock
 
@@ -390,135 +402,132 @@ def test_walk_away_works_on_the_real_clock() -> None:
 # -- async ---------------------------------------------------------------------------
 
 
-async def test_async_call_returns_and_exposes_its_deadline(clock: FakeClock) -> None:
+async def test_async_call_returns_and_exposes_its_deadline(
+    clock: FakeClock, async_mode: str
+) -> None:
     timeout = rs.Timeout(3, clock=clock)
 
     async def work(x: int) -> tuple[int, float | None]:
-        await asyncio.sleep(0)
+        await checkpoint()
         return x * 2, rs.current().deadline
 
     assert await timeout.acall(work, 4) == (8, 3.0)
     assert rs.current().deadline is None
 
 
-async def test_async_call_is_cancelled_at_the_deadline() -> None:
+async def test_async_call_is_cancelled_at_the_deadline(async_mode: str) -> None:
     clock = FakeClock(auto_advance=False)
     timeout = rs.Timeout(2, clock=clock, name="users")
-    cancelled = asyncio.Event()
+    cancelled = Event()
 
     async def hang() -> None:
         try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
+            await forever()
+        except cancellation(async_mode):
             cancelled.set()
             raise
 
-    task = asyncio.create_task(timeout.acall(hang))
-    await asyncio.sleep(0)
+    task = create_task(timeout.acall(hang))
+    await settle()
     clock.advance(2)
     with pytest.raises(rs.TimeoutExceeded) as caught:
         await task
     assert cancelled.is_set()
     assert caught.value.seconds == 2
     assert caught.value.name == "users"
-    assert isinstance(caught.value.__cause__, asyncio.CancelledError)
+    assert isinstance(caught.value.__cause__, cancellation(async_mode))
 
 
-async def test_outside_cancellation_stays_a_cancellation() -> None:
+async def test_outside_cancellation_stays_a_cancellation(async_mode: str) -> None:
     timeout = rs.Timeout(30)
-    started = asyncio.Event()
+    started = Event()
 
     async def hang() -> None:
         started.set()
-        await asyncio.Event().wait()
+        await forever()
 
-    task = asyncio.create_task(timeout.acall(hang))
+    task = create_task(timeout.acall(hang))
     await started.wait()
     task.cancel()
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):  # trio's: Cancelled reached the task's scope
         await task
     assert task.cancelled()
 
 
-async def test_cancellation_count_is_balanced_after_a_timeout() -> None:
-    """The caller's task can keep using asyncio.timeout and TaskGroup afterwards."""
+async def test_cancellation_count_is_balanced_after_a_timeout(async_mode: str) -> None:
+    """The caller's task can keep using asyncio.timeout and TaskGroup afterwards (under trio:
+    no cancellation is left pending)."""
     clock = FakeClock(auto_advance=False)
     timeout = rs.Timeout(1, clock=clock)
     counts: list[int] = []
 
     async def body() -> None:
         with pytest.raises(rs.TimeoutExceeded):
-            await timeout.acall(asyncio.Event().wait)
-        task = asyncio.current_task()
-        assert task is not None
-        counts.append(task.cancelling())
+            await timeout.acall(forever)
+        counts.append(await pending_cancellations())
 
-    task = asyncio.create_task(body())
-    await asyncio.sleep(0)
+    task = create_task(body())
+    await settle()
     clock.advance(1)
     await task
     assert counts == [0]
 
 
-async def test_a_call_that_swallows_the_cancellation_keeps_its_result() -> None:
+async def test_a_call_that_swallows_the_cancellation_keeps_its_result(async_mode: str) -> None:
     clock = FakeClock(auto_advance=False)
     timeout = rs.Timeout(1, clock=clock)
     counts: list[int] = []
 
     async def stubborn() -> str:
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.Event().wait()
-        task = asyncio.current_task()
-        assert task is not None
-        counts.append(task.cancelling())
+        with contextlib.suppress(cancellation(async_mode)):
+            await forever()
+        counts.append(await pending_cancellations())
         return "finished anyway"
 
     async def body() -> tuple[str, int]:
         result = await timeout.acall(stubborn)
-        task = asyncio.current_task()
-        assert task is not None
-        return result, task.cancelling()
+        return result, await pending_cancellations()
 
-    task = asyncio.create_task(body())
-    await asyncio.sleep(0)
+    task = create_task(body())
+    await settle()
     clock.advance(1)
     assert await task == ("finished anyway", 0)
     assert counts == [1]  # the cancellation was pending while the call ran
 
 
-async def test_an_error_raised_instead_of_the_cancellation_passes_unchanged() -> None:
+async def test_an_error_raised_instead_of_the_cancellation_passes_unchanged(
+    async_mode: str,
+) -> None:
     clock = FakeClock(auto_advance=False)
     timeout = rs.Timeout(1, clock=clock)
 
     async def converts() -> None:
         try:
-            await asyncio.Event().wait()
-        except asyncio.CancelledError:
+            await forever()
+        except cancellation(async_mode):
             raise ConnectionResetError("closed while cancelling") from None
 
     async def body() -> int:
         with pytest.raises(ConnectionResetError):
             await timeout.acall(converts)
-        task = asyncio.current_task()
-        assert task is not None
-        return task.cancelling()
+        return await pending_cancellations()
 
-    task = asyncio.create_task(body())
-    await asyncio.sleep(0)
+    task = create_task(body())
+    await settle()
     clock.advance(1)
     assert await task == 0
 
 
-async def test_nested_async_timeouts_each_report_their_own() -> None:
+async def test_nested_async_timeouts_each_report_their_own(async_mode: str) -> None:
     clock = FakeClock(auto_advance=False)
     outer = rs.Timeout(1, clock=clock, name="outer")
     inner = rs.Timeout(5, clock=clock, name="inner")
 
     async def call() -> None:
-        await outer.acall(inner.acall, asyncio.Event().wait)
+        await outer.acall(inner.acall, forever)
 
-    task = asyncio.create_task(call())
-    await asyncio.sleep(0)
+    task = create_task(call())
+    await settle()
     clock.advance(1)
     with pytest.raises(rs.TimeoutExceeded) as caught:
         await task
@@ -530,11 +539,11 @@ async def test_nested_async_timeouts_each_report_their_own() -> None:
 
     async def hang() -> None:
         seen.append(rs.current().deadline)
-        await asyncio.Event().wait()
+        await forever()
 
     now = clock.monotonic()
-    task = asyncio.create_task(loose_outer.acall(tight_inner.acall, hang))
-    await asyncio.sleep(0)
+    task = create_task(loose_outer.acall(tight_inner.acall, hang))
+    await settle()
     clock.advance(1)
     with pytest.raises(rs.TimeoutExceeded) as caught:
         await task
@@ -542,7 +551,7 @@ async def test_nested_async_timeouts_each_report_their_own() -> None:
     assert seen == [now + 1]
 
 
-async def test_async_retry_over_timeout_retries_each_expiry() -> None:
+async def test_async_retry_over_timeout_retries_each_expiry(async_mode: str) -> None:
     clock = FakeClock(auto_advance=False)
     attempts: list[int] = []
     pipeline = rs.Pipeline(
@@ -551,45 +560,44 @@ async def test_async_retry_over_timeout_retries_each_expiry() -> None:
 
     async def hang() -> None:
         attempts.append(rs.current().attempt)
-        await asyncio.Event().wait()
+        await forever()
 
-    task = asyncio.create_task(pipeline.acall(hang))
+    task = create_task(pipeline.acall(hang))
     for _ in range(3):
-        for _ in range(5):
-            await asyncio.sleep(0)
+        await settle(5)
         clock.advance(1)
     with pytest.raises(rs.TimeoutExceeded):
         await task
     assert attempts == [1, 2, 3]
 
 
-async def test_many_concurrent_tasks_time_out_exactly() -> None:
+async def test_many_concurrent_tasks_time_out_exactly(async_mode: str) -> None:
     clock = FakeClock(auto_advance=False)
     timeout = rs.Timeout(1, clock=clock)
-    release = asyncio.Event()
+    release = Event()
 
     async def maybe_hang(i: int) -> int:
         if i % 2:
-            await asyncio.Event().wait()
+            await forever()
         await release.wait()
         return i
 
-    tasks = [asyncio.create_task(timeout.acall(maybe_hang, i)) for i in range(200)]
-    await asyncio.sleep(0)
+    tasks = [create_task(timeout.acall(maybe_hang, i)) for i in range(200)]
+    await settle()
     clock.advance(1)
     for _ in range(3):
-        await asyncio.sleep(0)
+        await settle()
     release.set()
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await gather(*tasks, return_exceptions=True)
     timed_out = [r for r in results if isinstance(r, rs.TimeoutExceeded)]
     assert len(timed_out) == 200  # every task was still waiting when the deadline passed
 
-    tasks = [asyncio.create_task(timeout.acall(maybe_hang, i)) for i in range(200)]
-    await asyncio.sleep(0)
+    tasks = [create_task(timeout.acall(maybe_hang, i)) for i in range(200)]
+    await settle()
     for _ in range(3):
-        await asyncio.sleep(0)
+        await settle()
     clock.advance(1)
-    results = await asyncio.gather(*tasks, return_exceptions=True)
+    results = await gather(*tasks, return_exceptions=True)
     assert [r for r in results if isinstance(r, int)] == list(range(0, 200, 2))
     assert sum(isinstance(r, rs.TimeoutExceeded) for r in results) == 100
 
@@ -703,7 +711,26 @@ class WithoutContext(rs.Middleware):
 
     def awrap(self, next: Any) -> Any:
         async def endpoint(fn: Any, args: Any, kwargs: Any) -> Any:
-            return await asyncio.create_task(next(fn, args, kwargs), context=contextvars.Context())
+            if on_asyncio():
+                empty = contextvars.Context()
+                return await asyncio.create_task(next(fn, args, kwargs), context=empty)
+            import trio
+
+            outcome: list[Any] = []
+
+            async def run() -> None:
+                try:
+                    outcome.append(await next(fn, args, kwargs))
+                except Exception as exc:
+                    outcome.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                # A trio task starts in a copy of its spawner's context: spawn it from an
+                # empty one.
+                contextvars.Context().run(nursery.start_soon, run)
+            if isinstance(outcome[0], Exception):
+                raise outcome[0]
+            return outcome[0]
 
         return endpoint
 

@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 import resilience as rs
+from modes import create_task, settle, task_cancelled
+from resilience._aio import running_loop
 from resilience._waiters import (
     GRANTED,
     LEFT,
@@ -240,26 +242,26 @@ def test_an_interrupted_thread_leaves_the_queue() -> None:
     assert behind.state == GRANTED
 
 
-async def test_tasks_wait_their_turn_give_up_and_are_cancelled() -> None:
+async def test_tasks_wait_their_turn_give_up_and_are_cancelled(async_mode: str) -> None:
     """Awaiting tasks are granted in order; cancelled or timed-out ones take nothing."""
     clock = FakeClock(auto_advance=False)
     gate = Units(0, clock)
-    loop = asyncio.get_running_loop()
+    loop = running_loop()
     waiters = [join(gate, 1, loop) for _ in range(4)]
     tasks = [
-        asyncio.create_task(await_turn(gate.queue, gate, waiters[0], float("inf"))),
-        asyncio.create_task(await_turn(gate.queue, gate, waiters[1], 2.0)),
-        asyncio.create_task(await_turn(gate.queue, gate, waiters[2], float("inf"))),
-        asyncio.create_task(await_turn(gate.queue, gate, waiters[3], float("inf"))),
+        create_task(await_turn(gate.queue, gate, waiters[0], float("inf"))),
+        create_task(await_turn(gate.queue, gate, waiters[1], 2.0)),
+        create_task(await_turn(gate.queue, gate, waiters[2], float("inf"))),
+        create_task(await_turn(gate.queue, gate, waiters[3], float("inf"))),
     ]
-    await asyncio.sleep(0)
+    await settle()
     tasks[2].cancel()
     clock.advance(2)
     for _ in range(3):
-        await asyncio.sleep(0)
+        await settle()
     assert tasks[1].done()
     assert tasks[1].result() is False
-    with pytest.raises(asyncio.CancelledError):
+    with pytest.raises(task_cancelled(async_mode)):
         await tasks[2]
     gate.release(2)
     assert await tasks[0] is True
@@ -268,11 +270,11 @@ async def test_tasks_wait_their_turn_give_up_and_are_cancelled() -> None:
     assert (gate.queue.count, gate.units) == (0, 0)
 
 
-async def test_a_timed_task_head_sleeps_until_its_time() -> None:
+async def test_a_timed_task_head_sleeps_until_its_time(async_mode: str) -> None:
     """An async head with a ready_at sleeps on the clock, then is served."""
     clock = FakeClock()
     gate = Units(0, clock, ready=2.0)
-    waiter = join(gate, 1, asyncio.get_running_loop())
+    waiter = join(gate, 1, running_loop())
     original = clock.asleep
 
     async def asleep(seconds: float) -> None:

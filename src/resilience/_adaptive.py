@@ -32,7 +32,6 @@ wait in the shared FIFO `WaiterQueue` of `resilience._waiters`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random as _random
@@ -44,6 +43,7 @@ from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
 from . import _shells, _shells_sync
+from ._aio import is_cancellation
 from ._clock import Clock, validate_clock
 from ._errors import LimitExceededError
 from ._events import AdmissionEvent, Described, ResilienceEvent
@@ -745,7 +745,7 @@ class AdaptiveLimiter(Admission, Middleware):
 
     def _failed(self, error: BaseException, held: int) -> None:
         """A call raised (its slot is given back by the shell): a drop, or nothing to learn."""
-        if isinstance(error, asyncio.CancelledError):
+        if is_cancellation(error):  # asyncio's or trio's
             drop = True
         elif isinstance(error, CONTROL_FLOW) or not isinstance(error, Exception):
             drop = False

@@ -12,7 +12,10 @@ hooks that the timeout layers use when present (the fake clock does):
   ``concurrent.futures.Future`` is done or ``monotonic()`` reaches ``deadline``.
 
 A clock without them gets real-time equivalents computed from its own
-``monotonic()`` readings.
+``monotonic()`` readings. Under trio, ``loop`` is the trio run, seen through
+the loop methods ``call_soon_threadsafe`` and ``is_closed`` only (a
+`resilience._aio.TrioLoop`): a hook that runs its callback through them
+serves asyncio and trio alike, as the fake clock's does.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
+
+from . import _aio
 
 __all__ = ["SYSTEM_CLOCK", "Clock", "SystemClock"]
 
@@ -72,10 +77,12 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: `time.monotonic`, `time.sleep` and `asyncio.sleep`.
+    """The real clock: `time.monotonic`, `time.sleep`, and `asyncio.sleep` or `trio.sleep`.
 
     ``monotonic`` is the same clock the asyncio event loop uses, so a deadline
-    computed here can be handed to ``loop.call_at`` directly.
+    computed here can be handed to ``loop.call_at`` directly. ``asleep``
+    sleeps with the library that runs the task: under trio it is
+    `trio.sleep`, on trio's clock (a `trio.testing.MockClock` included).
     """
 
     __slots__ = ()
@@ -84,7 +91,7 @@ class SystemClock:
     sleep = staticmethod(_sleep)
 
     async def asleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
+        await _aio.sleep(seconds)
 
     def call_at(
         self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop

@@ -17,7 +17,7 @@ import heapq
 import itertools
 import math
 import threading
-from asyncio import current_task
+from asyncio import _get_running_loop, current_task
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -133,7 +133,9 @@ class Hedge(Middleware):
     a Bulkhead gives each its slot) and your function can tell them apart.
 
     Async attempts are tasks; the losers are cancelled, and awaited, before
-    the call returns, so their slots and connections are back. Sync attempts
+    the call returns, so their slots and connections are back. Under trio
+    (and anyio's trio backend) every attempt, the first included, is a task
+    of a nursery that the call opens. Sync attempts
     run on a pool of ``max_workers`` threads (the caller waits): a thread
     cannot be stopped, so the losers are left to finish in the pool and
     their outcomes are dropped. Hedge only idempotent work: every attempt
@@ -258,6 +260,8 @@ class Hedge(Middleware):
         async def hedged(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
+            if _get_running_loop() is None:  # trio: the attempts are tasks of a nursery
+                return await _TrioRace(hedge, next, fn, args, kwargs).run()
             return await _AsyncRace(hedge, next, fn, args, kwargs).run()
 
         return hedged
@@ -586,6 +590,146 @@ class _AsyncRace:
         for task in pending:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+class _TrioRace:
+    """One hedged async call under trio: every attempt a task of one nursery.
+
+    Outcomes come back on a memory channel; the call waits for the next one,
+    or for the delay (on the hedge's clock) that starts the next hedge. The
+    first outcome that ends the call cancels the nursery, so the losers have
+    stopped when the call returns. A cancellation from outside reaches every
+    attempt and leaves the call as trio's `Cancelled`.
+    """
+
+    __slots__ = ("args", "fn", "hedge", "kwargs", "next")
+
+    def __init__(
+        self,
+        hedge: Hedge,
+        next: AsyncEndpoint,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> None:
+        self.hedge, self.next, self.fn, self.args, self.kwargs = hedge, next, fn, args, kwargs
+
+    async def run(self) -> Any:
+        import trio
+
+        hedge = self.hedge
+        if hedge.budget is not None:
+            hedge.budget.deposit()
+        clock = hedge.clock
+        t0 = clock.monotonic()
+        limit = 1 + hedge.max_hedges
+        send, receive = trio.open_memory_channel[tuple[BaseException | None, Any]](math.inf)
+        started = running = 0
+        last: tuple[BaseException | None, Any] = (None, None)
+        decided: tuple[BaseException | None, Any] | None = None
+
+        async def attempt() -> None:
+            try:
+                outcome: tuple[BaseException | None, Any] = (
+                    None,
+                    await self.next(self.fn, self.args, self.kwargs),
+                )
+            except Exception as exc:  # control flow and cancellation go to the nursery
+                outcome = (exc, None)
+            send.send_nowait(outcome)
+
+        try:
+            async with trio.open_nursery() as nursery:
+
+                def launch() -> None:
+                    nonlocal started, running
+                    started += 1
+                    running += 1
+                    Hedge._attempt_context(started).run(nursery.start_soon, attempt)
+
+                launch()
+                due: float | None = None  # when the next hedge starts, if no answer came
+                while True:
+                    wait = hedge._wait() if started < limit else None
+                    while (
+                        wait == 0.0
+                        and started < limit
+                        and hedge._may_hedge(started + 1, "parallel")
+                    ):
+                        launch()
+                        wait = hedge._wait() if started < limit else None
+                    if running == 0:  # every attempt failed, and no more may start
+                        break
+                    if due is None and wait is not None and wait > 0.0 and started < limit:
+                        due = clock.monotonic() + wait
+                    got: tuple[BaseException | None, Any] | None
+                    if due is None:
+                        got = await receive.receive()
+                    else:
+                        got = await _receive_until(clock, receive, due)
+                    if got is None:  # the delay passed with no answer
+                        due = None
+                        if started < limit and hedge._may_hedge(started + 1, "delay"):
+                            launch()
+                        continue
+                    running -= 1
+                    error, result = got
+                    try:
+                        ends = hedge._judge(error, result)
+                    except Exception as exc:  # an on_result that raises ends the call
+                        ends, error, result = True, exc, None
+                    if ends:
+                        decided = (error, result)
+                        if error is None and hedge._learns:
+                            hedge._learn(clock.monotonic() - t0)
+                        break
+                    last = (error, result)
+                    if (
+                        started < limit
+                        and hedge.mode != "parallel"
+                        and hedge._may_hedge(started + 1, "failure")
+                    ):
+                        launch()
+                nursery.cancel_scope.cancel()  # the losers, awaited as the nursery closes
+        except BaseExceptionGroup as group:
+            raise _one(group) from None
+        error, result = last if decided is None else decided
+        if error is not None:
+            raise error
+        return result
+
+
+async def _receive_until(clock: Clock, receive: Any, due: float) -> Any:
+    """The next outcome from ``receive``, or None once ``clock`` reaches ``due``."""
+    import trio
+
+    seconds = max(0.0, due - clock.monotonic())
+    if clock is SYSTEM_CLOCK:
+        with trio.move_on_after(seconds):
+            return await receive.receive()
+        return None
+    got: list[Any] = []
+    async with trio.open_nursery() as nursery:
+
+        async def timer() -> None:
+            await clock.asleep(seconds)
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(timer)
+        got.append(await receive.receive())
+        nursery.cancel_scope.cancel()
+    return got[0] if got else None
+
+
+def _one(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """What a nursery's group of exceptions stands for: trio's Cancelled when all are,
+    the exception alone in it, or the group itself."""
+    import trio
+
+    errors = group.exceptions
+    if all(isinstance(error, trio.Cancelled) for error in errors) or len(errors) == 1:
+        return errors[0]
+    return group
 
 
 class _SyncRace:

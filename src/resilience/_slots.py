@@ -23,13 +23,13 @@ without the lock.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from ._aio import Loop, running_loop
 from ._clock import Clock
 from ._context import VAR, remaining
 from ._waiters import Waiter, WaiterQueue, await_turn, wait_turn
@@ -206,7 +206,7 @@ class Admission:
         """Calls refused since the policy was made."""
         return self._slots.rejected
 
-    def _enter(self, loop: asyncio.AbstractEventLoop | None) -> tuple[Waiter | None, float, float]:
+    def _enter(self, loop: Loop | None) -> tuple[Waiter | None, float, float]:
         """Take a slot now (no waiter), or join the queue: ``(waiter, now, give_up)``.
 
         Raises the policy's rejection when the queue is full or nothing may wait.
@@ -256,7 +256,7 @@ class Admission:
 
     async def _aadmit(self) -> None:
         """`_admit` for this task."""
-        waiter, started, give_up = self._enter(asyncio.get_running_loop())
+        waiter, started, give_up = self._enter(running_loop())
         if waiter is not None:
             slots = self._slots
             self._waited(started, await await_turn(slots.queue, slots, waiter, give_up))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import sys
@@ -15,6 +14,7 @@ from datetime import timedelta
 from typing import Any, Literal
 
 from . import _shells, _shells_sync
+from ._aio import Loop, running_loop
 from ._backend import Backend, Unavailable, check_backend
 from ._clock import Clock, validate_clock
 from ._context import VAR, remaining
@@ -468,7 +468,7 @@ class Throttle(Middleware):
     # -- admission out of the fast path: take, queue, or refuse -------------------------
 
     def _enter(
-        self, cost: float, max_wait: float | None, loop: asyncio.AbstractEventLoop | None
+        self, cost: float, max_wait: float | None, loop: Loop | None
     ) -> tuple[Waiter | None, float, float]:
         """Take ``cost`` now (no waiter), or join the queue: ``(waiter, now, give_up)``.
 
@@ -581,7 +581,7 @@ class Throttle(Middleware):
                         raise
                     self._waited(cost, started, True)
                 return
-        waiter, started, give_up = self._enter(cost, max_wait, asyncio.get_running_loop())
+        waiter, started, give_up = self._enter(cost, max_wait, running_loop())
         if waiter is not None:
             bucket = self._bucket
             self._waited(cost, started, await await_turn(bucket.queue, bucket, waiter, give_up))

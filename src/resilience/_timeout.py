@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Literal
 
-from ._clock import Clock, validate_clock, wait_future
+from ._aio import NO_LOOP, trio_loop
+from ._clock import SYSTEM_CLOCK, Clock, validate_clock, wait_future
 from ._context import CLOCK, DEADLINE, EMPTY, VAR, child, effective_deadline, own_context
 from ._deadlines import FINISHED, FIRED, TASK, DeadlineQueues
 from ._errors import DeadlineCut, TimeoutExceeded
@@ -57,7 +59,9 @@ class Timeout(Middleware):
 
     Async calls are really cancelled at the deadline and the caller gets
     `TimeoutExceeded`, raised only when this layer's own deadline fired (a
-    cancellation from elsewhere stays a `CancelledError`).
+    cancellation from elsewhere stays a `CancelledError`). Under trio (and
+    anyio's trio backend) the call runs in a cancel scope of its own, and a
+    cancellation from outside stays trio's `Cancelled`.
 
     Python cannot interrupt a running sync function, so sync calls get one of
     two honest modes:
@@ -224,13 +228,17 @@ class Timeout(Middleware):
         limit, clock, queues, ended = self.seconds, self.clock, self._deadline_queues, self._aended
         monotonic, get, empty = clock.monotonic, VAR.get, EMPTY
         deadline_at, clock_at = DEADLINE, CLOCK  # the fields' places, as cells
-        get_loop, current_task = asyncio.get_running_loop, asyncio.current_task
+        # The C call that tells asyncio from trio: None when no asyncio loop runs.
+        get_loop, current_task = asyncio._get_running_loop, asyncio.current_task
+        on_trio = self._trio_wrap(next)
 
         async def timeout(
             fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Any:
             # 1. the deadline: ours, or an earlier one already in force
             loop = get_loop()
+            if loop is None:
+                return await on_trio(fn, args, kwargs)
             task = current_task(loop)
             if task is None:  # pragma: no cover - awaited outside a task (not asyncio)
                 raise RuntimeError("resilience.Timeout needs to run inside an asyncio task")
@@ -267,6 +275,71 @@ class Timeout(Middleware):
                     ctx[clock_at] = outer_clock
             if entry[FIRED]:  # the call swallowed our cancellation and returned
                 task.uncancel()
+            return result
+
+        return timeout
+
+    def _trio_wrap(self, next: AsyncEndpoint) -> AsyncEndpoint:
+        """The async shell under trio: the call runs in a cancel scope of its own.
+
+        The scope's deadline is on trio's clock for the system clock (a
+        `trio.testing.MockClock` moves it); on another clock with a
+        ``call_at`` hook (a `FakeClock`), that clock's timer cancels the scope.
+        Only the scope's own cancellation becomes `TimeoutExceeded`: trio
+        tells it apart (``cancelled_caught``), and any other stays `Cancelled`.
+        """
+        limit, clock, passed = self.seconds, self.clock, self._passed
+        monotonic, get, empty = clock.monotonic, VAR.get, EMPTY
+        deadline_at, clock_at = DEADLINE, CLOCK
+        hook = None if clock is SYSTEM_CLOCK else getattr(clock, "call_at", None)
+
+        async def timeout(
+            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Any:
+            trio = sys.modules.get("trio")
+            if trio is None:  # neither asyncio nor trio runs this task
+                raise RuntimeError(NO_LOOP)
+            now = monotonic()
+            own = now + limit
+            ctx = get()
+            outer = saved = ctx[deadline_at]
+            outer_clock = ctx[clock_at]
+            if outer is not None and outer_clock is not clock:
+                outer = effective_deadline(ctx, clock, now)
+            tighter = outer is None or own < outer
+            if tighter and ctx is empty:  # run outside any call (a custom layer's own task)
+                with own_context():
+                    return await timeout(fn, args, kwargs)
+            timer = None
+            if hook is None:
+                scope = trio.CancelScope(deadline=trio.current_time() + limit)
+            else:
+                run = trio_loop()
+                if run is None:  # trio is imported, but does not run this task
+                    raise RuntimeError(NO_LOOP)
+                scope = trio.CancelScope()
+                timer = hook(own, scope.cancel, run)
+            if tighter:
+                ctx[deadline_at] = own
+                ctx[clock_at] = clock
+            error: BaseException | None = None
+            try:
+                with scope:
+                    try:
+                        result = await next(fn, args, kwargs)
+                    except BaseException as exc:
+                        if isinstance(exc, DeadlineCut) and tighter and monotonic() >= own:
+                            raise passed(True) from exc  # a sync layer inside stopped at ours
+                        error = exc
+                        raise
+            finally:
+                if timer is not None:
+                    timer.cancel()
+                if tighter:
+                    ctx[deadline_at] = saved
+                    ctx[clock_at] = outer_clock
+            if scope.cancelled_caught:  # our deadline cancelled the call
+                raise passed(True) from error
             return result
 
         return timeout

@@ -25,8 +25,10 @@ Each waiter has a signal of its own, renewed at each round of its wait:
 a thread blocks on a `concurrent.futures.Future` (through the clock's
 ``wait_future`` hook, so a `FakeClock` drives it), a task awaits an
 `asyncio.Future` of its loop, set with ``loop.call_soon_threadsafe`` from
-whichever thread grants it. One queue therefore serves threads and tasks of
-any number of event loops at once, in one order.
+whichever thread grants it. A trio task does the same through its run's
+`resilience._aio.TrioLoop`, with a `trio.Event` for a future. One queue
+therefore serves threads and tasks of any number of event loops and trio
+runs at once, in one order.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ._aio import Loop, TrioLoop, in_event_loop, wait_signal
 from ._clock import Clock, call_at, wait_future
 
 __all__ = ["Gate", "Waiter", "WaiterQueue", "await_turn", "wait_turn"]
@@ -76,7 +79,7 @@ class Waiter:
     def __init__(
         self,
         cost: float,
-        loop: asyncio.AbstractEventLoop | None,
+        loop: Loop | None,
         since: float,
         collect: Callable[[], None] | None = None,
     ) -> None:
@@ -162,7 +165,7 @@ class WaiterQueue:
                 forgiven += 1
         return forgiven
 
-    def join(self, cost: float, loop: asyncio.AbstractEventLoop | None, now: float) -> Waiter:
+    def join(self, cost: float, loop: Loop | None, now: float) -> Waiter:
         """Add a waiter at the back of the queue, at clock time ``now``."""
         waiter = Waiter(cost, loop, now)
         self._waiters.append(waiter)
@@ -267,13 +270,12 @@ def _refuse_on_an_event_loop() -> None:
     Its tasks could hold what it waits for and never run again to give it
     back: the loop would hang for good.
     """
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
+    if not in_event_loop():
         return
     raise RuntimeError(
         "resilience: a sync call would block this thread to wait its turn, but the thread "
-        "runs an event loop, whose tasks could never run again to let it in (a deadlock): "
+        "runs an event loop (asyncio or trio), whose tasks could never run again to let it "
+        "in (a deadlock): "
         "use `async with` or `await policy.acall(...)` (or an async def) in async code"
     )
 
@@ -311,6 +313,8 @@ async def await_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: fl
     """Suspend this task until ``waiter`` is granted (True) or ``give_up`` passes (False)."""
     clock = gate.clock
     loop = waiter.loop
+    if isinstance(loop, TrioLoop):
+        return await _trio_turn(queue, gate, waiter, give_up, loop)
     assert loop is not None
     try:
         while True:
@@ -334,6 +338,25 @@ async def await_turn(queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: fl
                 if timer is not None:
                     timer.cancel()
     except BaseException:
+        _abandon(queue, gate, waiter)
+        raise
+
+
+async def _trio_turn(
+    queue: WaiterQueue, gate: Gate, waiter: Waiter, give_up: float, loop: TrioLoop
+) -> bool:
+    """`await_turn` for a trio task: its signal is a `trio.Event`, its timer a cancel scope."""
+    clock = gate.clock
+    try:
+        while True:
+            done, now, at, signal = _next_round(queue, gate, waiter, give_up, loop.create_future)
+            if done is not None:
+                return done
+            # The head sleeps until its time (or less: a grant wakes it); the others wait
+            # for their grant until they give up.
+            until = give_up if at is None else min(at, give_up)
+            await wait_signal(clock, signal, until - now)
+    except BaseException:  # trio.Cancelled included
         _abandon(queue, gate, waiter)
         raise
 

@@ -27,7 +27,6 @@ tag, so ``rs.Keyed(factory, key="key")`` gives each client its own limit.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import random
 import re
@@ -36,6 +35,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from .._aio import sleep
 from .._context import TAGS, VAR
 from .._errors import RejectedError, ThrottledError
 from .._middleware import Middleware
@@ -179,7 +179,7 @@ class ResilienceMiddleware:
         fault = self._fault(scope)
         if fault is not None:
             if fault.delay:
-                await asyncio.sleep(fault.delay)
+                await sleep(fault.delay)  # asyncio's or trio's
             if fault.abort is not None:
                 await _answer(send, fault.abort, b"fault injected\n", None)
                 return

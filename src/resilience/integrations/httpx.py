@@ -48,7 +48,6 @@ What the transport adds to a plain pipeline around ``client.get``:
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import math
 import time
@@ -58,6 +57,7 @@ from typing import Any
 
 import httpx
 
+from .._aio import within
 from .._context import CLOCK, DEADLINE, TAGS, VAR
 from .._errors import TimeoutExceeded
 from .._middleware import Middleware
@@ -523,8 +523,7 @@ class _AsyncDeadlineStream(httpx.AsyncByteStream):
             if left <= 0:
                 raise BodyDeadlineExceeded(self._request, self._seconds)
             try:
-                async with asyncio.timeout(left):
-                    chunk = await chunks.__anext__()
+                chunk = await within(left, chunks.__anext__())  # asyncio or trio
             except StopAsyncIteration:
                 return
             except TimeoutError as error:

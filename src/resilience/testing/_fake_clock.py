@@ -1,15 +1,16 @@
-"""`FakeClock`: time that moves only when told to, for sync and asyncio code alike."""
+"""`FakeClock`: time that moves only when told to, for sync, asyncio and trio code alike."""
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from .. import _aio
 from .._validate import number, seconds
 
 __all__ = ["FakeClock"]
@@ -18,9 +19,7 @@ __all__ = ["FakeClock"]
 class _Timer:
     __slots__ = ("callback", "cancelled", "loop", "when")
 
-    def __init__(
-        self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop
-    ) -> None:
+    def __init__(self, when: float, callback: Callable[[], object], loop: _aio.Loop) -> None:
         self.when = when
         self.callback = callback
         self.loop = loop
@@ -41,8 +40,14 @@ class FakeClock:
     `advance` past their wake-up time: use it to hold calls in flight.
 
     Timers that the timeout layers set on this clock fire when the clock
-    passes them, on the event loop that set them. It is safe to use from
-    several threads and tasks at once.
+    passes them, on the event loop (or trio run) that set them. It is safe
+    to use from several threads and tasks at once, under asyncio and trio.
+
+    Under trio it is the analogue of `trio.testing.MockClock`, for the
+    policies' own time: the policies read it, sleep on it and set their
+    timers on it, while trio's own sleeps (`trio.sleep` in your code) follow
+    trio's clock. Run the test with ``MockClock(autojump_threshold=0)`` to
+    skip those too.
     """
 
     def __init__(self, start: float = 0.0, *, auto_advance: bool = True) -> None:
@@ -74,7 +79,9 @@ class FakeClock:
             self._cond.notify_all()
         for timer in due:
             if not timer.cancelled and not timer.loop.is_closed():
-                timer.loop.call_soon_threadsafe(self._fire, timer)
+                # A loop that closed (a trio run that ended) since: nobody is left to wake.
+                with contextlib.suppress(RuntimeError):
+                    timer.loop.call_soon_threadsafe(self._fire, timer)
 
     @staticmethod
     def _fire(timer: _Timer) -> None:
@@ -99,10 +106,10 @@ class FakeClock:
         self.sleeps.append(step)
         if self.auto_advance:
             self.advance(step)
-            await asyncio.sleep(0)
+            await _aio.after_callbacks()  # the timers it made due fire first
             return
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
+        loop = _aio.running_loop()
+        future: Any = loop.create_future()
 
         def wake() -> None:
             if not future.done():
@@ -116,10 +123,9 @@ class FakeClock:
 
     # -- hooks the timeout layers use (see resilience.Clock) ------------------
 
-    def call_at(
-        self, when: float, callback: Callable[[], object], loop: asyncio.AbstractEventLoop
-    ) -> _Timer:
-        """Run ``callback`` on ``loop`` once the clock reaches ``when``."""
+    def call_at(self, when: float, callback: Callable[[], object], loop: _aio.Loop) -> _Timer:
+        """Run ``callback`` on ``loop`` (an asyncio loop, or a trio run) once the clock
+        reaches ``when``."""
         timer = _Timer(when, callback, loop)
         with self._cond:
             if when <= self._now:

@@ -223,13 +223,17 @@ def _suggest(word: str, choices: Any) -> str:
 
 
 def _import(dotted: object, where: str, errors: list[str]) -> Any:
-    if not isinstance(dotted, str) or "." not in dotted:
+    if (
+        not isinstance(dotted, str)
+        or not all(part.isidentifier() for part in dotted.split("."))
+        or "." not in dotted
+    ):
         errors.append(f"{where}: must be a dotted path such as 'module.name', got {dotted!r}")
         return None
     module_name, _, attribute = dotted.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as error:
+    except (ImportError, AttributeError, ValueError, TypeError) as error:
         errors.append(f"{where}: cannot import {dotted!r}: {error}")
         return None
 

@@ -4,6 +4,7 @@
     python tools/mutation.py _throttle _slots  # some of them
     python tools/mutation.py --list _throttle  # the mutants, without running them
     python tools/mutation.py --jobs 2          # in parallel (default: the cores)
+    python tools/mutation.py _slots --mutant '_slots:Slots.resize:0.0 [0.0 -> 1.0]'
 
 For each module, one small change at a time (a mutant): a comparison turned
 around, an arithmetic or boolean operator swapped, a number moved by one, a
@@ -539,6 +540,12 @@ def main() -> int:
         action="store_true",
         help="run again only the mutants that survived the last run (a quick check of new tests)",
     )
+    parser.add_argument(
+        "--mutant",
+        action="append",
+        metavar="KEY",
+        help="run only this mutant (as --list or a report names it; repeatable)",
+    )
     options = parser.parse_args()
     # Every child draws the same hypothesis examples: a mutant's fate must not depend on luck.
     os.environ.setdefault("RESILIENCE_HYPOTHESIS_SEED", "20261204")
@@ -567,6 +574,8 @@ def main() -> int:
         if options.survivors:
             previous = json.loads((RESULTS / f"{module}.json").read_text())
             only = set(previous["survived"])
+        if options.mutant:
+            only = (only or set()) | set(options.mutant)
         result = run_module(module, options.jobs, options.verbose, only)
         result["seconds"] = time.monotonic() - started
         results.append(result)

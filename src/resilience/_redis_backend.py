@@ -33,6 +33,7 @@ from ._backend import (
     BackendUnavailableError,
     Unavailable,
 )
+from ._clock import Clock, validate_clock
 from ._validate import number, seconds
 
 logger = logging.getLogger("resilience")
@@ -123,6 +124,12 @@ class RedisBackend(Backend):
     * ``lease_seconds``: a Bulkhead slot held by a process that died comes
       back after this long.
     * ``key_ttl``: seconds after which the keys of a policy nobody uses expire.
+    * ``clock``: for tests and simulations only. Given, the scripts take their
+      ``now`` from ``clock.monotonic()``, sent with each request, instead of
+      the server's ``TIME``, so that policies on a `resilience.testing.FakeClock`
+      are timed by it on the server too. Leave it None in production: the
+      server's clock, one for the fleet, times every decision (a backend
+      without it pays nothing for this option).
     """
 
     def __init__(
@@ -138,6 +145,7 @@ class RedisBackend(Backend):
         lease_seconds: float = 10.0,
         retry_interval: float = 1.0,
         key_ttl: float = 3600.0,
+        clock: Clock | None = None,
     ) -> None:
         if not isinstance(client, redis.Redis):
             raise TypeError(f"client must be a redis.Redis, got {type(client).__name__}")
@@ -166,6 +174,7 @@ class RedisBackend(Backend):
             raise ValueError(f"lease_seconds must be at least 0.1, got {lease_seconds!r}")
         self.retry_interval = seconds(retry_interval, "retry_interval", allow_zero=True)
         self.key_ttl = math.ceil(number(key_ttl, "key_ttl", minimum=1.0))
+        self.clock = None if clock is None else validate_clock(clock)
         _check_client(client, self.timeout, "client")
         if aclient is not None:
             _check_client(aclient, self.timeout, "aclient")
@@ -174,7 +183,7 @@ class RedisBackend(Backend):
         self.prefix = prefix
         self.mode = mode
         self.on_backend_error = on_backend_error  # type: ignore[assignment]
-        self._scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self._scripts = _register(client, self.clock)
         # A redis.asyncio client belongs to the event loop it first ran on: each loop gets
         # its own (the first one uses ``aclient``), closed when that loop shuts down.
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopClient] = (
@@ -316,7 +325,7 @@ class RedisBackend(Backend):
                 pool = template.connection_pool
                 copy = type(pool)(connection_class=pool.connection_class, **pool.connection_kwargs)
                 client, owned = redis.asyncio.Redis(connection_pool=copy), True
-            entry = _LoopClient(client, owned)
+            entry = _LoopClient(client, owned, self.clock)
             self._loops[loop] = entry
         if entry.closer is not None:
             await entry.closer.__anext__()  # armed: the loop's shutdown closes the client
@@ -398,9 +407,9 @@ class _LoopClient:
 
     __slots__ = ("client", "closer", "scripts")
 
-    def __init__(self, client: Any, owned: bool) -> None:
+    def __init__(self, client: Any, owned: bool, clock: Clock | None) -> None:
         self.client = client
-        self.scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        self.scripts = _register(client, clock)
         self.closer = _close_at_shutdown(client) if owned else None
 
 
@@ -439,6 +448,33 @@ class _Flusher(threading.Thread):
         self.wanted.set()
         if threading.current_thread() is not self:
             self.join(5.0)
+
+
+def _register(client: Any, clock: Clock | None) -> dict[str, Any]:
+    """The scripts, registered with ``client``: timed by the server, or by ``clock``."""
+    if clock is None:
+        return {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+    return {
+        name: _GivenNow(client.register_script(lua.given_now(src)), clock)
+        for name, src in _SCRIPTS.items()
+    }
+
+
+class _GivenNow:
+    """A script of `lua.given_now`, called as a plain one: it appends the clock's reading
+    (``RedisBackend(clock=...)``, for tests and simulations)."""
+
+    __slots__ = ("clock", "script")
+
+    def __init__(self, script: Any, clock: Clock) -> None:
+        self.script = script
+        self.clock = clock
+
+    def __call__(self, keys: list[str], args: list[Any], client: Any = None) -> Any:
+        args = [*args, repr(self.clock.monotonic())]
+        if client is None:
+            return self.script(keys=keys, args=args)
+        return self.script(keys=keys, args=args, client=client)
 
 
 def _process_id() -> str:

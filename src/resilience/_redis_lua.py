@@ -1,8 +1,14 @@
 """The server-side scripts of the Redis-backed policies (Lua 5.1, as Redis runs it).
 
 Every decision is one script, so it is atomic on the server, and timed by
-the server's clock (``TIME``), so the clocks of the hosts do not matter.
-Floats travel as strings (Redis turns a Lua number into an integer).
+the server's clock (``TIME``), so the clocks of the hosts do not matter
+(`given_now` makes a script that takes its ``now`` from the client instead:
+for tests and simulations only, see ``RedisBackend(clock=...)``).
+Floats travel and are stored as strings of 17 significant digits, which
+read back as the same double (Redis turns a Lua number into an integer, and
+Lua's ``tostring`` keeps only 14 digits: a tenth of a millisecond on the
+server's clock). Time is cut in buckets as Python's ``now // width`` does
+(``floordiv``), the way the in-process policies cut it.
 Every script refreshes the TTL of the keys it writes: a policy nobody uses
 any more vanishes after ``ttl`` seconds. The keys of one policy share a
 hash tag, so they live in one Redis Cluster slot.
@@ -14,6 +20,38 @@ _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
+
+#: The prologue of `given_now`: ``now`` is the script's last argument, sent by the client.
+_GIVEN_NOW = """
+local now = tonumber(ARGV[#ARGV])
+"""
+
+_HELPERS = """
+local function num(x) return string.format('%.17g', x) end
+-- Python's float floor division (its float_floor_div): the exact remainder first, so that
+-- a time on a bucket's edge falls in the bucket the in-process policies put it in.
+local function floordiv(a, b)
+  local mod = math.fmod(a, b)
+  local div = (a - mod) / b
+  if mod ~= 0 and (b < 0) ~= (mod < 0) then div = div - 1 end
+  if div == 0 then return 0 end
+  local f = math.floor(div)
+  if div - f > 0.5 then f = f + 1 end
+  return f
+end
+"""
+
+
+def given_now(script: str) -> str:
+    """``script`` timed by its last argument (seconds, a string) instead of the server's TIME.
+
+    For tests and simulations that drive the policies on a fake clock: every argument the
+    script reads keeps its position, the clock's reading is appended after them.
+    """
+    if not script.startswith(_NOW):
+        raise ValueError("not one of the scripts of this module")
+    return _GIVEN_NOW + script[len(_NOW) :]
+
 
 # -- CircuitBreaker -----------------------------------------------------------------------------
 #
@@ -30,6 +68,7 @@ local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 #   rejected, now} (floats as strings); permit -1 is a rejection.
 CIRCUIT = (
     _NOW
+    + _HELPERS
     + r"""
 local S, W = KEYS[1], KEYS[2]
 local op = ARGV[1]
@@ -53,7 +92,7 @@ local st = {}
 for i = 1, #h, 2 do st[h[i]] = h[i + 1] end
 local state = st.s or 'closed'
 local epoch = tonumber(st.e or '0')
-local since = tonumber(st.since or tostring(now))
+local since = tonumber(st.since or '') or now
 local open_until = tonumber(st.ou or '0')
 local streak = tonumber(st.st or '0')
 local trips = tonumber(st.tr or '0')
@@ -66,12 +105,12 @@ local consecutive = tonumber(st.cf or '0')
 local w_calls = tonumber(st.wc or '0')
 local w_fail = tonumber(st.wf or '0')
 local w_slow = tonumber(st.ws or '0')
-local dirty = false
+local dirty = st.s == nil  -- a new breaker: its state begins now, when the fleet first asks
 
 -- the window -------------------------------------------------------------------------------
 local width = window_seconds and (window_seconds / buckets) or nil
 local function time_counts()
-  local bucket = math.floor(now / width)
+  local bucket = floordiv(now, width)
   local oldest = bucket - buckets + 1
   local all = redis.call('HGETALL', W)
   local c, f, s = 0, 0, 0
@@ -93,7 +132,7 @@ local function counts()
 end
 
 local function add_time(code, count)
-  local bucket = tostring(math.floor(now / width))
+  local bucket = num(floordiv(now, width))
   local old = redis.call('HGET', W, bucket)
   local a, b, d = 0, 0, 0
   if old then
@@ -229,8 +268,7 @@ if op == 't' then
   if target == 'closed' then
     close()
   else
-    enter(target)
-    if target == 'disabled' then clear_window(); consecutive = 0 end
+    enter(target)  -- isolated or disabled: the window is kept (disabled goes on measuring)
   end
   in_flight, t_calls, t_fail, t_slow = 0, 0, 0, 0
 elseif op == 'a' then
@@ -258,8 +296,8 @@ elseif op == 'a' then
 end
 
 if dirty then
-  redis.call('HSET', S, 's', state, 'e', epoch, 'since', tostring(since),
-    'ou', tostring(open_until), 'st', streak, 'tr', trips, 'rj', rejected, 'inf', in_flight,
+  redis.call('HSET', S, 's', state, 'e', epoch, 'since', num(since),
+    'ou', num(open_until), 'st', streak, 'tr', trips, 'rj', rejected, 'inf', in_flight,
     'tc', t_calls, 'tf', t_fail, 'ts', t_slow, 'cf', consecutive, 'wc', w_calls, 'wf', w_fail,
     'ws', w_slow)
 end
@@ -267,7 +305,7 @@ end
 -- (A window key made since then got its TTL when it was made.)
 local renewed = tonumber(st.x or '0')
 if now - renewed >= ttl / 4 then
-  redis.call('HSET', S, 'x', tostring(now))
+  redis.call('HSET', S, 'x', num(now))
   redis.call('EXPIRE', S, ttl)
   redis.call('EXPIRE', W, ttl)  -- nothing when there is no window yet
 end
@@ -279,8 +317,8 @@ if op == 'm' then
   c, f, s = counts()
   if state == 'half_open' then c, f, s = t_calls, t_fail, t_slow end
 end
-return {permit, state, epoch, tostring(retry_after), consecutive, c, f, s, tostring(now - since),
-  trips, rejected, tostring(now)}
+return {permit, state, epoch, num(retry_after), consecutive, c, f, s, num(now - since),
+  trips, rejected, num(now)}
 """
 )
 
@@ -295,6 +333,7 @@ return {permit, state, epoch, tostring(retry_after), consecutive, c, f, s, tostr
 #   tokens in the bucket now}.
 THROTTLE = (
     _NOW
+    + _HELPERS
     + r"""
 local K = KEYS[1]
 local op = ARGV[1]
@@ -309,7 +348,7 @@ local tat = tonumber(redis.call('GET', K) or '')
 if tat == nil then tat = now + (burst - initial) * interval end
 if tat < now then tat = now end
 local function tokens() return (now + burst * interval - tat) / interval end
-local function save() redis.call('SET', K, tostring(tat), 'EX', ttl) end
+local function save() redis.call('SET', K, num(tat), 'EX', ttl) end
 
 local granted, wait = 0, 0
 if op == 'l' and tokens() + 1e-9 >= cost then
@@ -333,7 +372,7 @@ elseif op == 'g' then
   tat = math.max(now, tat - cost * interval)
   save()
 end
-return {tostring(granted), tostring(wait), tostring(tokens())}
+return {num(granted), num(wait), num(tokens())}
 """
 )
 
@@ -344,19 +383,20 @@ return {tostring(granted), tostring(wait), tostring(tokens())}
 # Returns {admitted (1/0), holders now, seconds until the first lease expires (-1: none)}.
 BULKHEAD = (
     _NOW
+    + _HELPERS
     + r"""
 local K = KEYS[1]
 local limit = tonumber(ARGV[1])
 local lease = tonumber(ARGV[2])
 local ttl = tonumber(ARGV[3])
-redis.call('ZREMRANGEBYSCORE', K, '-inf', tostring(now))
+redis.call('ZREMRANGEBYSCORE', K, '-inf', num(now))
 for m in string.gmatch(ARGV[5], '[^,]+') do redis.call('ZREM', K, m) end
 for m in string.gmatch(ARGV[6], '[^,]+') do
-  redis.call('ZADD', K, 'XX', tostring(now + lease), m)
+  redis.call('ZADD', K, 'XX', num(now + lease), m)
 end
 local admitted = 0
 if ARGV[4] ~= '' and redis.call('ZCARD', K) < limit then
-  redis.call('ZADD', K, tostring(now + lease), ARGV[4])
+  redis.call('ZADD', K, num(now + lease), ARGV[4])
   admitted = 1
 end
 local holders = redis.call('ZCARD', K)
@@ -364,7 +404,7 @@ if holders > 0 then redis.call('EXPIRE', K, ttl) end
 local first = redis.call('ZRANGE', K, 0, 0, 'WITHSCORES')
 local soonest = -1
 if first[2] then soonest = tonumber(first[2]) - now end
-return {admitted, holders, tostring(soonest)}
+return {admitted, holders, num(soonest)}
 """
 )
 
@@ -377,6 +417,7 @@ return {admitted, holders, tostring(soonest)}
 # Returns {allowed (1/0), balance (retries allowed now, a string), deposits, withdrawals}.
 BUDGET = (
     _NOW
+    + _HELPERS
     + r"""
 local K = KEYS[1]
 local op = ARGV[1]
@@ -387,7 +428,7 @@ local window = tonumber(ARGV[5])
 local slices = tonumber(ARGV[6])
 local key_ttl = tonumber(ARGV[7])
 local width = window / slices
-local slice = math.floor(now / width)
+local slice = floordiv(now, width)
 if add > 0 then redis.call('HINCRBY', K, 'd' .. slice, add) end
 local all = redis.call('HGETALL', K)
 local deposits, withdrawals = 0, 0
@@ -410,6 +451,6 @@ if op == 'w' and balance >= 1 then
   allowed = 1
 end
 if #all > 0 or add > 0 or allowed == 1 then redis.call('EXPIRE', K, key_ttl) end
-return {allowed, tostring(balance), deposits, withdrawals}
+return {allowed, num(balance), deposits, withdrawals}
 """
 )

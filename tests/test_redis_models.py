@@ -1,0 +1,158 @@
+"""The Redis-backed stores against the same models as the in-process policies.
+
+The hypothesis models of ``test_circuit_breaker_model.py`` (and the others
+imported below) drive a policy on a `resilience.testing.FakeClock` and
+compare it with a reference after every step. Here the same machines drive
+policies whose state lives in a real redis-server (``backend=``), in the
+*strict* mode, where every decision is made by a script on the server.
+
+Time: the scripts normally read the server's ``TIME``; these backends are
+made with ``RedisBackend(clock=the fake clock)``, a seam for tests and
+simulations in which each request carries ``clock.monotonic()`` and the
+script uses it as ``now``. Everything else runs as in production: the same
+scripts, the same keys, the same Python side.
+
+What is compared, and what is not:
+
+* Only strict mode. Local-first serves the common case in the process from
+  leases and syncs every interval: approximate by design (the fleet's
+  bound, not each decision), so it cannot follow a step-by-step model.
+* The background sync does not run (`TestSyncedBackend`): the test runs it
+  (`RedisBackend.flush`) after every call, before the clock moves. This is
+  what the real sync does within a few milliseconds of a failure, a trial
+  or a slot given back (it is woken at once); a success of a closed breaker
+  waits for the next request or interval, and the server counts an outcome
+  when it arrives, so in a process an outcome may land up to one sync
+  interval later than the model says. The test pins that interval to zero.
+* Everything the model checks is compared exactly, with one exception: the
+  ``retry_after`` of a rejection is the server's answer carried onto the
+  process's clock (``now + retry_after``, later minus ``now``), equal to
+  the model's within float rounding (1e-9 s). The metrics, read from the
+  server, are compared exactly (``shared`` aside: it says where they came
+  from).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pytest
+import redis
+from hypothesis import settings
+from hypothesis.stateful import invariant, run_state_machine_as_test
+
+import test_circuit_breaker_model as breaker_model
+from redis_support import no_retry
+from resilience import CircuitBreaker
+from resilience.redis import RedisBackend
+
+pytestmark = pytest.mark.redis
+
+#: Fewer examples than the in-process models: every step is a few round trips.
+REDIS_MODEL_SETTINGS = settings(
+    max_examples=100,
+    stateful_step_count=40,
+    deadline=None,
+    database=None,
+)
+"""Randomised, as the in-process models (the run's seed replays it)."""
+
+#: The socket timeout of the tests' clients: generous, for a loaded machine.
+TIMEOUT = 2.0
+
+_prefixes = itertools.count()
+
+
+class TestSyncedBackend(RedisBackend):
+    """A strict backend timed by a fake clock whose sync the test runs (no thread)."""
+
+    __test__ = False  # not a test class, despite its name
+
+    def start(self) -> None:
+        """No background sync: the test calls `flush` itself, at known clock times."""
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """One client for the test's backends (each example gets its own prefix)."""
+    client = redis.Redis.from_url(
+        redis_url,
+        socket_timeout=TIMEOUT,
+        socket_connect_timeout=TIMEOUT,
+        retry=no_retry(),
+        health_check_interval=0,
+    )
+    yield client
+    client.close()
+
+
+def strict_backend(client: redis.Redis, clock: Any) -> TestSyncedBackend:
+    """A strict backend on ``client``, timed by ``clock``, with keys of its own."""
+    return TestSyncedBackend(
+        client=client,
+        prefix=f"model{next(_prefixes)}",
+        mode="strict",
+        timeout=TIMEOUT,
+        clock=clock,
+    )
+
+
+def on_redis(machine: type[Any], client: redis.Redis) -> type[Any]:
+    """``machine`` with its client: hypothesis makes the machines, so it is a class attribute."""
+    return type(machine.__name__, (machine,), {"client": client})
+
+
+# -- CircuitBreaker ------------------------------------------------------------------------
+
+
+class RedisBreakerMachine(breaker_model.BreakerMachine):
+    """The breaker model's machine on a breaker whose state lives in Redis (strict)."""
+
+    client: redis.Redis
+    backend: TestSyncedBackend
+
+    def make(self, config: breaker_model.Config) -> CircuitBreaker:
+        self.backend = strict_backend(self.client, self.clock)
+        return config.breaker(self.clock, name="model", backend=self.backend)
+
+    def same_wait(self, got: float | None, expected: float | None) -> bool:
+        if got is None or expected is None:
+            return got is expected
+        return math.isclose(got, expected, rel_tol=0.0, abs_tol=1e-9)
+
+    def invoke(self, mode: breaker_model.Mode, body: Callable[[], object]) -> object:
+        try:
+            return super().invoke(mode, body)
+        finally:  # the sync sends the outcome (or the trial given back) before time moves
+            self.backend.flush()
+
+    @invariant()
+    def agrees_with_the_model(self) -> None:
+        assert self.clock.monotonic() == self.model.now
+        # The metrics first: reading them learns the server's state, which `state` reports.
+        metrics = self.breaker.metrics()
+        assert metrics.shared
+        assert replace(metrics, shared=False) == self.model.metrics()
+        assert self.breaker.state is self.model.state
+
+
+class RedisTimeWindowMachine(RedisBreakerMachine):
+    """The same, with a time-based window (buckets on the server)."""
+
+    window = "seconds"
+
+
+def test_count_window_breaker_on_redis_follows_the_model(redis_client: redis.Redis) -> None:
+    """Strict, count window: every sequence of steps leaves the state in Redis as the model's."""
+    machine = on_redis(RedisBreakerMachine, redis_client)
+    run_state_machine_as_test(machine, settings=REDIS_MODEL_SETTINGS)
+
+
+def test_time_window_breaker_on_redis_follows_the_model(redis_client: redis.Redis) -> None:
+    """Strict, time window: every sequence of steps leaves the state in Redis as the model's."""
+    machine = on_redis(RedisTimeWindowMachine, redis_client)
+    run_state_machine_as_test(machine, settings=REDIS_MODEL_SETTINGS)

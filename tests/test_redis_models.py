@@ -42,13 +42,16 @@ from typing import Any
 
 import pytest
 import redis
-from hypothesis import settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis.stateful import invariant, run_state_machine_as_test
 
 import test_circuit_breaker_model as breaker_model
+import test_throttle_model as throttle_model
 from redis_support import no_retry
-from resilience import CircuitBreaker
+from resilience import CircuitBreaker, Throttle
 from resilience.redis import RedisBackend
+from resilience.testing import FakeClock
 
 pytestmark = pytest.mark.redis
 
@@ -60,6 +63,20 @@ REDIS_MODEL_SETTINGS = settings(
     database=None,
 )
 """Randomised, as the in-process models (the run's seed replays it)."""
+
+REDIS_THROTTLE_SETTINGS = settings(
+    throttle_model.MODEL_SETTINGS,
+    max_examples=80,
+    # The client is made once per test, for every example (each has keys of its own).
+    suppress_health_check=[
+        *throttle_model.MODEL_SETTINGS.suppress_health_check,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+
+#: The throttle's sync steps but `update`: the bucket in Redis is a time (GCRA's TAT), which
+#: a new rate rescales, where the in-process bucket keeps its tokens (see the module docs).
+REDIS_THROTTLE_STEPS = tuple(kind for kind in throttle_model.SYNC_STEPS if kind != "update")
 
 #: The socket timeout of the tests' clients: generous, for a loaded machine.
 TIMEOUT = 2.0
@@ -156,3 +173,22 @@ def test_time_window_breaker_on_redis_follows_the_model(redis_client: redis.Redi
     """Strict, time window: every sequence of steps leaves the state in Redis as the model's."""
     machine = on_redis(RedisTimeWindowMachine, redis_client)
     run_state_machine_as_test(machine, settings=REDIS_MODEL_SETTINGS)
+
+
+# -- Throttle ------------------------------------------------------------------------------
+
+
+@REDIS_THROTTLE_SETTINGS
+@given(data=st.data())
+def test_throttle_on_redis_follows_the_model(
+    redis_client: redis.Redis, data: st.DataObject
+) -> None:
+    """Strict: try_acquire, acquire (reserving, then waiting on the clock) and call decide
+    as the exact bucket, within the model's float tolerance, on the bucket in Redis."""
+
+    def make(config: throttle_model.Config, clock: FakeClock) -> Throttle:
+        throttle = config.throttle(clock, name="model", backend=strict_backend(redis_client, clock))
+        throttle.metrics()  # the fleet's bucket begins with its first request: now, as here
+        return throttle
+
+    throttle_model.run_sync_steps(data, make, REDIS_THROTTLE_STEPS)

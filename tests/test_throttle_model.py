@@ -491,7 +491,8 @@ class Config:
     initial: float | None
     max_wait: float | None
 
-    def throttle(self, clock: FakeClock) -> rs.Throttle:
+    def throttle(self, clock: FakeClock, **extra: Any) -> rs.Throttle:
+        """The throttle of this configuration (and ``extra``, say a backend)."""
         return rs.Throttle(
             self.rate,
             self.per,
@@ -500,6 +501,7 @@ class Config:
             cost=self.cost,
             initial_tokens=self.initial,
             clock=clock,
+            **extra,
         )
 
     def model(self, start: float) -> Model:
@@ -586,21 +588,32 @@ def stamp(clock: FakeClock, ran: list[float]) -> None:
     ran.append(clock.monotonic())
 
 
+SYNC_STEPS = ("advance", "try", "acquire", "call", "update")
+
+
 @MODEL_SETTINGS
 @given(data=st.data())
 def test_sync_steps_follow_the_model(data: st.DataObject) -> None:
     """try_acquire, acquire (waiting on the clock), call and update decide as the exact bucket."""
+    run_sync_steps(data, Config.throttle)
+
+
+def run_sync_steps(
+    data: st.DataObject,
+    make: Callable[[Config, FakeClock], rs.Throttle],
+    kinds: tuple[str, ...] = SYNC_STEPS,
+) -> None:
+    """Random sync steps of ``kinds`` on the throttle ``make`` builds, checked against the model
+    (tests/test_redis_models.py runs them on a throttle in Redis)."""
     start = data.draw(starts, label="start")
     config = data.draw(configs(), label="config")
     clock = FakeClock(start)
-    throttle = config.throttle(clock)
+    throttle = make(config, clock)
     models = [config.model(start)]
     for index in range(data.draw(st.integers(1, 40), label="steps")):
         model = models[0]
         t0 = Fraction(clock.monotonic())
-        kind = data.draw(
-            st.sampled_from(["advance", "try", "acquire", "call", "update"]), label="step"
-        )
+        kind = data.draw(st.sampled_from(kinds), label="step")
         step: Callable[[Model, Chooser], None]
         if kind == "advance":
             clock.advance(draw_advance(data, model, t0))

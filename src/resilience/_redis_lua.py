@@ -329,8 +329,8 @@ return {permit, state, epoch, num(retry_after), consecutive, c, f, s, num(now - 
 #   to ARGV[8] tokens now if at least cost are there, else as "r"; "g" give back cost tokens;
 #   "m" metrics), 2 seconds per token, 3 burst, 4 cost, 5 max_wait (-1: no limit),
 #   6 initial tokens (a new bucket), 7 ttl, 8 tokens wanted (lease).
-# Returns {tokens granted, seconds to wait for them (or, refused, until they would come),
-#   tokens in the bucket now}.
+# Returns {tokens granted (-1: refused; a call may cost 0), seconds to wait for them (or,
+#   refused, until they would come), tokens in the bucket now}.
 THROTTLE = (
     _NOW
     + _HELPERS
@@ -344,13 +344,14 @@ local max_wait = tonumber(ARGV[5])
 local initial = tonumber(ARGV[6])
 local ttl = tonumber(ARGV[7])
 
-local tat = tonumber(redis.call('GET', K) or '')
-if tat == nil then tat = now + (burst - initial) * interval end
+local stored = tonumber(redis.call('GET', K) or '')
+local tat = stored or now + (burst - initial) * interval
 if tat < now then tat = now end
+local saved = false
 local function tokens() return (now + burst * interval - tat) / interval end
-local function save() redis.call('SET', K, num(tat), 'EX', ttl) end
+local function save() redis.call('SET', K, num(tat), 'EX', ttl); saved = true end
 
-local granted, wait = 0, 0
+local granted, wait = -1, 0  -- -1: refused (a grant may be of 0 tokens)
 if op == 'l' and tokens() + 1e-9 >= cost then
   granted = math.max(cost, math.min(tonumber(ARGV[8]), math.floor(tokens() + 1e-9)))
   tat = tat + granted * interval
@@ -358,7 +359,10 @@ if op == 'l' and tokens() + 1e-9 >= cost then
 elseif op == 'r' or op == 't' or op == 'l' then
   local new_tat = tat + cost * interval
   wait = new_tat - burst * interval - now
-  if wait <= 1e-9 then
+  -- As in the process: a wait of a nanosecond and four ulps of the clock is none (the sums
+  -- of absolute times round by that much; on the epoch clock an ulp is 0.24 us).
+  local _, exponent = math.frexp(now)
+  if wait <= 1e-9 + 4 * 2 ^ (exponent - 53) then
     wait = 0
     granted = cost
     tat = new_tat
@@ -372,6 +376,9 @@ elseif op == 'g' then
   tat = math.max(now, tat - cost * interval)
   save()
 end
+-- A new bucket is kept from its first request, whatever it was: it fills from then on (not
+-- kept, a bucket that only saw refusals would stay at its initial tokens for ever).
+if stored == nil and not saved then save() end
 return {num(granted), num(wait), num(tokens())}
 """
 )

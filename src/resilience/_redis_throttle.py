@@ -97,13 +97,13 @@ class SharedThrottle(Shared):
         """The server's answer: granted, and the seconds to wait (or, refused, until when)."""
         granted, wait = float(reply[0]), max(0.0, float(reply[1]))
         self.answered()
-        if granted and op == "l":
+        if granted >= 0 and op == "l":
             with self.lock:
                 if self._expires > now:  # the lease was used up before it expired: grow it
                     self._batch = min(self._most(), self._batch * 2)
                 self._tokens += granted - cost
                 self._expires = now + self.lease
-        return bool(granted), wait
+        return granted >= 0, wait  # -1 is a refusal; a grant may be of 0 tokens
 
     # -- the operations ------------------------------------------------------------------------
 

@@ -936,6 +936,7 @@ def test_an_update_that_trips_notifies_once_and_uses_the_first_break(store_kind:
     assert seen == [("closed", "open")]
     assert cb.metrics().retry_after == 2.0
     cb.isolate()
+    assert seen == [("closed", "open"), ("open", "isolated")]  # the update's change told once
     cb.update(failure_ratio=0.1)  # only a closed breaker trips on an update
     assert cb.state is CircuitState.ISOLATED
 
@@ -1159,3 +1160,256 @@ def test_a_call_meeting_a_state_changed_on_its_way_is_admitted() -> None:
     assert permit >= 0
     store.record(permit, rs._circuit_store.FAILURE, 0.0)
     assert (cb.state, cb.metrics().failures) == (CircuitState.OPEN, 1)
+
+
+# -- the store's protocol: its lock-free lane, its codes, late reports, long gaps -----------
+
+
+class CountingLock:
+    """Stands in for a store's lock and counts how often it is taken."""
+
+    def __init__(self, lock: Any) -> None:
+        self.lock = lock
+        self.taken = 0
+
+    def __enter__(self) -> Any:
+        self.taken += 1
+        return self.lock.__enter__()
+
+    def __exit__(self, *exc: object) -> Any:
+        return self.lock.__exit__(*exc)
+
+
+def test_closed_and_disabled_calls_take_no_lock() -> None:
+    """A closed or disabled memory store admits calls and takes back the permits of ignored
+    and interrupted calls without its lock, and so does a plain success once the count window
+    holds minimum_calls: the lane (the successes before that are judged under the lock)."""
+    store = rs.stores.MemoryCircuitStore()
+    cb = rs.CircuitBreaker(
+        failure_ratio=0.5,
+        minimum_calls=2,
+        window_calls=10,
+        ignore=KeyError,
+        store=store,
+        clock=FakeClock(),
+    )
+    lock = CountingLock(store._lock)
+    store._lock = lock
+
+    def ignored() -> None:
+        raise KeyError("not counted")
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    def locks_taken(calls: Callable[[], None]) -> int:
+        before = lock.taken
+        calls()
+        return lock.taken - before
+
+    def admissions_and_hand_backs() -> None:
+        assert store.acquire() >= 0
+        with pytest.raises(KeyError):
+            cb.call(ignored)
+        with pytest.raises(KeyboardInterrupt):
+            cb.call(interrupted)
+
+    def successes(count: int) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(count):
+                assert cb.call(ok) == "ok"
+
+        return run
+
+    assert locks_taken(admissions_and_hand_backs) == 0
+    assert locks_taken(successes(2)) == 2  # the window fills up to minimum_calls
+    assert locks_taken(successes(3)) == 0
+    assert cb.metrics().calls == 5
+    cb.isolate()
+    cb.disable()
+    assert locks_taken(admissions_and_hand_backs) == 0
+    cb.reset()
+    assert locks_taken(admissions_and_hand_backs) == 0
+
+
+class RecordingStore(rs.stores.MemoryCircuitStore):
+    """A memory store that keeps the outcome codes its breaker hands it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.codes: list[int] = []
+
+    def record(self, permit: int, outcome: int, now: float) -> None:
+        self.codes.append(outcome)
+        super().record(permit, outcome, now)
+
+
+def test_a_store_is_handed_the_outcome_codes_the_redis_scripts_decode() -> None:
+    """The outcome codes a store receives are those the Redis scripts decode and keep in a
+    shared window: 1 a success, 3 a failure, 5 and 7 the same calls when slow. An open store
+    answers acquire() with -1, the rejection the Redis script returns and NO_LANE's permit."""
+    clock = FakeClock()
+    store = RecordingStore()
+    cb = rs.CircuitBreaker(
+        failure_ratio=None,
+        consecutive_failures=4,
+        slow_call_seconds=1.0,
+        window_seconds=60.0,
+        store=store,
+        clock=clock,
+    )
+
+    def slow_ok() -> str:
+        clock.advance(2.0)
+        return "ok"
+
+    def slow_fail() -> None:
+        clock.advance(2.0)
+        raise ConnectionError("down")
+
+    for fn in (ok, fail, slow_ok, slow_fail):
+        with contextlib.suppress(ConnectionError):
+            cb.call(fn)
+    assert store.codes == [1, 3, 5, 7]
+    cb.isolate()
+    assert (store.acquire(), rs.stores.NO_LANE.permit) == (-1, -1)
+
+
+def test_an_outcome_reported_late_counts_in_the_newest_bucket() -> None:
+    """A call that ended in a bucket older than the time window's newest (its end read before
+    another call moved the window on) counts in the newest bucket, and leaves with it: the
+    window never moves back."""
+    clock = FakeClock()
+    store = rs.stores.MemoryCircuitStore()
+    cb = rs.CircuitBreaker(
+        failure_ratio=None,
+        consecutive_failures=100,
+        window_seconds=10.0,
+        window_buckets=10,
+        store=store,
+        clock=clock,
+    )
+    cb.call(ok)  # at 0: bucket 0
+    clock.advance(100.0)
+    assert cb.metrics().calls == 0  # the window has moved on to bucket 100
+    permit = store.acquire()
+    store.record(permit, rs._circuit_store.FAILURE, 95.5)  # ended in bucket 95
+    clock.advance(5.25)  # 105.25: buckets 96 to 105 are in the window, and 100 with them
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.failures) == (1, 1)
+    clock.advance(5.0)  # 110.25: bucket 100 has left
+    assert cb.metrics().calls == 0
+
+
+def test_a_time_window_idle_for_ages_starts_empty_without_walking_the_gap(
+    clock: FakeClock,
+) -> None:
+    """After a gap of a billion buckets the window is empty at once: a jump longer than the
+    window clears it, and does not step through the buckets in between."""
+    cb = rs.CircuitBreaker(minimum_calls=100, window_seconds=1.0, window_buckets=10, clock=clock)
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    clock.advance(1e8)
+    assert cb.metrics().calls == 0
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    metrics = cb.metrics()
+    assert (metrics.calls, metrics.failures) == (1, 1)
+
+
+def test_a_slow_trial_counts_once_toward_the_slow_ratio_of_the_trials(clock: FakeClock) -> None:
+    """Under half_open_rule="ratio", one slow trial of four is one slow call: under the 0.5 slow
+    ratio, so the breaker stays half-open; a second one reaches it and reopens."""
+    cb = rs.CircuitBreaker(
+        failure_ratio=0.5,
+        slow_call_seconds=1.0,
+        slow_call_ratio=0.5,
+        minimum_calls=1,
+        window_calls=1,
+        half_open_calls=4,
+        half_open_rule="ratio",
+        open_seconds=1.0,
+        clock=clock,
+    )
+
+    def slow() -> str:
+        clock.advance(2.0)
+        return "late"
+
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    clock.advance(1.0)
+    cb.call(slow)
+    metrics = cb.metrics()
+    assert (metrics.state, metrics.calls, metrics.failures, metrics.slow_calls) == (
+        CircuitState.HALF_OPEN,
+        1,
+        0,
+        1,
+    )
+    cb.call(slow)
+    assert cb.state is CircuitState.OPEN
+
+
+def test_rules_without_a_window_size_keep_a_window_of_one_call() -> None:
+    """Rules that give neither window_calls nor window_seconds (CircuitBreaker never builds
+    them) make the smallest count window, of the last call."""
+    store = rs.stores.MemoryCircuitStore()
+    rules = rs.stores.CircuitRules(
+        failure_ratio=1.0,
+        consecutive_failures=None,
+        slow_call_ratio=None,
+        minimum_calls=1,
+        window_calls=None,
+        window_seconds=None,
+        window_buckets=1,
+        half_open_calls=1,
+        half_open_max_seconds=1.0,
+        break_seconds=lambda trips: 1.0,
+    )
+    store.configure(rules, FakeClock(), lambda old, new, at: None)
+    for code in (rs._circuit_store.SUCCESS, rs._circuit_store.SUCCESS):
+        store.record(store.acquire(), code, 0.0)
+    metrics = store.metrics()
+    assert (metrics.state, metrics.calls) == (CircuitState.CLOSED, 1)
+    store.record(store.acquire(), rs._circuit_store.FAILURE, 0.0)
+    assert store.state() is CircuitState.OPEN
+
+
+@pytest.mark.redis
+def test_manual_controls_act_on_a_redis_backed_breaker_as_on_a_memory_one(redis_url: str) -> None:
+    """isolate(), disable() and reset() on a breaker whose state lives in Redis: the same
+    states, rejections, admissions and state changes as in memory."""
+    from resilience.redis import RedisBackend
+
+    backend = RedisBackend.from_url(redis_url, prefix="circuit-manual", mode="strict")
+    try:
+        seen: list[tuple[str, str]] = []
+        cb = rs.CircuitBreaker(
+            name="manual",
+            consecutive_failures=1,
+            on_state_change=lambda e: seen.append((e.old.value, e.new.value)),
+            backend=backend,
+        )
+        cb.isolate()
+        with pytest.raises(rs.CircuitOpenError, match="isolated"):
+            cb.call(ok)
+        cb.disable()
+        for _ in range(3):
+            with pytest.raises(ConnectionError):
+                cb.call(fail)
+        assert cb.state is CircuitState.DISABLED
+        cb.reset()
+        assert cb.call(ok) == "ok"
+        with pytest.raises(ConnectionError):
+            cb.call(fail)
+        assert cb.metrics().state is CircuitState.OPEN  # outcomes travel with the next request
+        assert seen == [
+            ("closed", "isolated"),
+            ("isolated", "disabled"),
+            ("disabled", "closed"),
+            ("closed", "open"),
+        ]
+    finally:
+        backend.close()
+        backend.client.close()

@@ -515,7 +515,7 @@ class MemoryCircuitStore(CircuitStore):
         self._enter(OPEN, now)
 
     def _close(self, now: float) -> None:
-        self._streak = 0
+        # The streak needs no reset here: every trip from CLOSED starts it again at 1.
         self.lane.consecutive = 0
         window = self._window
         window.clear()

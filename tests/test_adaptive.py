@@ -7,6 +7,7 @@ import concurrent.futures
 import heapq
 import logging
 import math
+import random
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -111,6 +112,7 @@ def test_bad_arguments_fail_at_construction(
         (lambda: rs.Vegas(increase=2), TypeError, r"^increase must be a function"),
         (lambda: rs.Vegas(seed="x"), TypeError, r"^seed must be an int or a random.Random"),
         (lambda: rs.Gradient2(smoothing=2), ValueError, r"^smoothing must be in \(0, 1\]"),
+        (lambda: rs.Gradient2(smoothing=0), ValueError, r"^smoothing must be > 0"),
         (lambda: rs.Gradient2(long_window=0), ValueError, r"^long_window must be >= 1"),
         (lambda: rs.Gradient2(rtt_tolerance=0.9), ValueError, r"^rtt_tolerance must be >= 1"),
         (lambda: rs.Gradient2(queue_size=-4), ValueError, r"^queue_size must be >= 0"),
@@ -288,6 +290,90 @@ def test_vegas_probes_rtt_noload_again() -> None:
     assert vegas.rtt_noload == 0.050  # re-measured within 10 windows
 
 
+def test_aimd_default_timeout_is_five_seconds_and_a_window_at_it_is_in_time() -> None:
+    """A window exactly as slow as ``timeout`` (5 s by default) is in time; a slower one is not."""
+    aimd = rs.AIMD()
+    assert aimd.settings() == {"backoff_ratio": 0.9, "timeout": 5.0}
+    aimd.start(10, 1, 20)
+    assert aimd.update(5.0, 5, False) == 11
+    assert aimd.update(5.5, 6, False) == 9  # int(11 * 0.9)
+
+
+def test_each_algorithm_has_the_name_configuration_files_use() -> None:
+    """AIMD, Vegas and Gradient2 name themselves as a configuration file names them."""
+    from resilience.config import _ALGORITHMS
+
+    assert {cls.name: cls for cls in (rs.AIMD, rs.Vegas, rs.Gradient2)} == _ALGORITHMS
+    assert rs.LimitAlgorithm.name == "custom"
+
+
+def test_vegas_default_thresholds_grow_with_log10_of_the_limit() -> None:
+    """At a limit of 100, f = 2: threshold 2, alpha 6, beta 12; half the limit in use is in use."""
+    vegas = rs.Vegas(probe_multiplier=10000)
+    vegas.start(100, 1, 1000)
+    steps = [
+        ((0.010, 100), 100),  # rtt_noload
+        ((0.0105, 50), 102),  # queue ceil(4.76) = 5 < alpha 6: + f; 50 of 100 is in use
+        ((0.0106, 51), 102),  # queue ceil(5.77) = 6, not below alpha: hold
+        ((0.01127, 51), 102),  # queue ceil(11.49) = 12, not above beta: hold
+        ((0.0114, 51), 100),  # queue ceil(12.53) = 13 > beta 12: - f
+    ]
+    for (rtt, in_flight), expected in steps:
+        assert vegas.update(rtt, in_flight, False) == expected
+
+
+def test_vegas_bounds_the_target_before_smoothing() -> None:
+    """The target is held to max_limit before smoothing: (20 + 22) / 2, not (20 + 26) / 2."""
+    vegas = rs.Vegas(smoothing=0.5, probe_multiplier=10000)
+    vegas.start(20, 1, 22)
+    vegas.update(0.010, 20, False)
+    assert vegas.update(0.010, 20, False) == 21
+
+
+class Draws(random.Random):
+    """A random source whose uniform() answers the given values in turn, and keeps its ranges."""
+
+    def __init__(self, *values: float) -> None:
+        super().__init__(0)
+        self.values = list(values)
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return self.values.pop(0)
+
+
+def test_vegas_probes_after_exactly_jitter_times_multiplier_times_limit_windows() -> None:
+    """With jitter j drawn in [0.5, 1), the probe comes at window j * probe_multiplier * limit.
+
+    A probe takes the window's time as the new rtt_noload and changes nothing else,
+    even with the limit in use; the count starts again with a new jitter.
+    """
+    draws = Draws(0.5, 0.75, 0.5)
+    vegas = rs.Vegas(probe_multiplier=2, seed=draws)
+    assert (vegas.rtt_noload, draws.ranges) == (0.0, [(0.5, 1.0)])
+    vegas.start(10, 1, 100)
+    assert vegas.update(0.010, 0, False) == 10  # window 1: the first rtt_noload
+    for _ in range(8):  # windows 2 to 9, slower, the limit not in use
+        assert vegas.update(0.020, 0, False) == 10
+    assert vegas.rtt_noload == 0.010
+    assert vegas.update(0.020, 10, False) == 10  # window 10 = 0.5 * 2 * 10: the probe
+    assert (vegas.rtt_noload, draws.ranges) == (0.020, [(0.5, 1.0)] * 2)
+    for _ in range(14):
+        vegas.update(0.030, 0, False)
+    assert vegas.rtt_noload == 0.020
+    vegas.update(0.030, 0, False)  # window 15 = 0.75 * 2 * 10 after the probe
+    assert vegas.rtt_noload == 0.030
+
+
+def test_vegas_takes_the_first_window_as_rtt_noload_however_slow() -> None:
+    """The first window sets rtt_noload even when it took seconds, and moves nothing."""
+    vegas = rs.Vegas(probe_multiplier=10000)
+    vegas.start(10, 1, 100)
+    assert vegas.update(2.0, 10, False) == 10
+    assert vegas.rtt_noload == 2.0
+
+
 def test_gradient2_rule() -> None:
     """limit * clamp(tolerance * long / short, 0.5, 1) + queue, smoothed by 0.2."""
     gradient = rs.Gradient2()
@@ -311,6 +397,27 @@ def test_gradient2_averages_and_forgets_a_past_overload() -> None:
     gradient.update(0.010, 50, False)  # EMA factor 2 / 10: 0.034, then 0.034 / 0.010 > 2
     assert gradient.long_rtt == pytest.approx(0.034 * 0.95)
     assert gradient.update(0.500, 50, False) == pytest.approx(50 * 0.8 + 25 * 0.2)  # clamped 0.5
+
+
+def test_gradient2_with_smoothing_one_takes_the_new_limit_when_half_is_in_use() -> None:
+    """Smoothing 1 keeps nothing of the old limit; half the limit in flight is in use, less not."""
+    gradient = rs.Gradient2(smoothing=1.0)
+    assert gradient.long_rtt == 0.0  # no average before the first window
+    gradient.start(20, 1, 200)
+    assert gradient.update(0.010, 10, False) == 24  # 20 * 1 + 4; 10 of 20 is in use
+    assert gradient.update(0.010, 11, False) == 24  # 11 of 24 is not
+
+
+def test_gradient2_cuts_long_rtt_only_when_more_than_twice_the_short_one() -> None:
+    """A long average exactly twice the last window is kept; beyond twice it loses 5 %."""
+    gradient = rs.Gradient2(queue_size=0)
+    gradient.start(50, 1, 200)
+    gradient.update(0.625, 50, False)
+    gradient.update(0.625, 50, False)
+    gradient.update(0.25, 50, False)  # mean 1.5 / 3 = 0.5: exactly twice 0.25
+    assert gradient.long_rtt == 0.5
+    gradient.update(0.2, 50, False)  # mean 1.7 / 4 = 0.425: 2.125 times 0.2
+    assert gradient.long_rtt == pytest.approx(0.425 * 0.95)
 
 
 # -- windows and the limit -------------------------------------------------------------------------
@@ -347,6 +454,20 @@ def test_a_drop_closes_a_due_window_at_once(clock: FakeClock) -> None:
     assert adaptive.metrics() == rs.metrics.AdaptiveLimiterMetrics(
         limit=2, in_flight=0, queued=0, rejected=0, dropped=1
     )
+
+
+def test_the_window_after_a_drop_again_needs_its_samples(clock: FakeClock) -> None:
+    """A drop closes its window early, once: the next window waits for window_samples again."""
+    scripted = Scripted(4, 4)
+    adaptive = limiter(scripted, clock=clock, initial_limit=4, window_samples=2)
+    clock.advance(1)
+    adaptive.try_acquire().drop()
+    assert scripted.seen == [(None, 1, True)]
+    clock.advance(1)
+    permit = adaptive.try_acquire()
+    clock.advance(1)
+    permit.record()  # due, but one sample of two and no drop
+    assert len(scripted.seen) == 1
 
 
 def test_a_drop_before_the_window_ends_waits_for_it(clock: FakeClock) -> None:
@@ -575,6 +696,7 @@ async def test_drop_on_takes_types_or_a_predicate(mode: str, clock: FakeClock) -
     def broken(error: BaseException) -> bool:
         raise RuntimeError("predicate")
 
+    assert adaptive.drop_on is KeyError
     picky = limiter(clock=clock, initial_limit=2, drop_on=broken)
     with pytest.raises(RuntimeError, match="predicate"):
         await run_yielding(mode, picky, {}.__getitem__, "x")
@@ -841,7 +963,8 @@ def test_eight_threads_never_exceed_the_limit_and_leak_no_slot() -> None:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        thread.join(120)
+    assert not any(thread.is_alive() for thread in threads), "a thread never finished its calls"
     assert outcomes["ok"] + outcomes["refused"] == 16000
     assert outcomes["refused"] == adaptive.rejected
     assert peak <= 6
@@ -994,6 +1117,59 @@ def test_the_limit_finds_the_capacity_and_follows_it(make: Callable[[], rs.Limit
         assert settled is not None, (capacity, trace)
         assert settled <= 40, (capacity, settled)
         start += seconds
+
+
+def test_update_checks_its_arguments_as_the_constructor_does(clock: FakeClock) -> None:
+    """Equal bounds of 1, an empty queue and max_wait 0 or a timedelta are fine; less is refused."""
+    adaptive = limiter(clock=clock, initial_limit=4, min_limit=2, max_limit=10, max_queue=2)
+    adaptive.update(min_limit=1, max_limit=1, max_queue=0, max_wait=0)
+    assert (adaptive.limit, adaptive.min_limit, adaptive.max_limit) == (1, 1, 1)
+    assert (adaptive.max_queue, adaptive.max_wait) == (0, 0.0)
+    adaptive.update(max_wait=timedelta(milliseconds=1500))
+    assert adaptive.max_wait == 1.5
+    adaptive.update(max_limit=3)
+    assert adaptive.max_wait == 1.5  # kept when not given
+    refused = [
+        ({"min_limit": 0}, r"^min_limit must be >= 1"),
+        ({"max_limit": 0}, r"^max_limit must be >= 1"),
+        ({"max_queue": -1}, r"^max_queue must be >= 0"),
+        ({"max_wait": -1}, r"^max_wait must be >= 0"),
+    ]
+    for kwargs, message in refused:
+        with pytest.raises(ValueError, match=message):
+            adaptive.update(**kwargs)
+    assert (adaptive.min_limit, adaptive.max_limit, adaptive.max_queue) == (1, 3, 0)
+
+
+def test_update_brings_the_algorithm_s_estimate_inside_the_new_bounds(clock: FakeClock) -> None:
+    """After max_limit 4 under a limit of 8, AIMD backs off from 4 (to 2), not from 8."""
+    adaptive = limiter(rs.AIMD(backoff_ratio=0.5), clock=clock, initial_limit=8, max_limit=10)
+    adaptive.update(max_limit=4)
+    assert adaptive.algorithm.limit == 4.0
+    clock.advance(1)
+    adaptive.try_acquire().drop()
+    assert adaptive.limit == 2
+
+
+def test_a_new_limit_and_a_refusal_are_logged(
+    clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A limit that moves is logged at DEBUG, a refused call at INFO, on the resilience logger."""
+    adaptive = limiter(Scripted(1), clock=clock, initial_limit=2, name="db")
+    with caplog.at_level(logging.DEBUG, logger="resilience"):
+        clock.advance(1)
+        adaptive.try_acquire().drop()
+        held = adaptive.try_acquire()
+        with pytest.raises(rs.LimitExceededError):
+            adaptive.call(lambda: None)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("DEBUG", "resilience: AdaptiveLimiter 'db' limit 2 -> 1"),
+        (
+            "INFO",
+            "resilience: rejected: adaptive limiter 'db' is at its limit: 1 calls are running",
+        ),
+    ]
+    held.ignore()
 
 
 def test_update_moves_the_bounds_and_the_limit_inside_them(clock: FakeClock) -> None:

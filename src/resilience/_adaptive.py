@@ -114,24 +114,20 @@ class LimitAlgorithm(ABC):
 
     name: ClassVar[str] = "custom"
 
-    limit: float = 0.0
-    """The current estimate."""
-    min_limit: int = 1
-    max_limit: int = 1
+    limit: float
+    """The current estimate (set by `start`)."""
+    min_limit: int
+    max_limit: int
     _started = False
 
     def start(self, initial: int, minimum: int, maximum: int) -> None:
-        """Begin at ``initial``, bounded by ``[minimum, maximum]``; forget any past state."""
+        """Begin at ``initial``, bounded by ``[minimum, maximum]`` (once: one limiter each)."""
         if self._started:
             raise ValueError(f"{self!r} is already used by a limiter: give each its own")
         self._started = True
         self.limit = float(initial)
         self.min_limit = minimum
         self.max_limit = maximum
-        self._reset()
-
-    def _reset(self) -> None:  # noqa: B027 - an optional hook, empty by default
-        """Clear the algorithm's own state (baselines, counters)."""
 
     def _bound(self, value: float) -> float:
         return max(float(self.min_limit), min(float(self.max_limit), value))
@@ -241,15 +237,10 @@ class Vegas(LimitAlgorithm):
         self.random = random_source(seed)
         self.rtt_noload = 0.0
         self._probe_count = 0
-        self._probe_jitter = 1.0
+        self._probe_jitter = self.random.uniform(0.5, 1.0)
 
     def settings(self) -> dict[str, Any]:
         return {"smoothing": self.smoothing, "probe_multiplier": self.probe_multiplier}
-
-    def _reset(self) -> None:
-        self.rtt_noload = 0.0
-        self._probe_count = 0
-        self._probe_jitter = self.random.uniform(0.5, 1.0)
 
     def update(self, rtt: float | None, in_flight: int, dropped: bool) -> float:
         estimate = self.limit
@@ -338,11 +329,6 @@ class Gradient2(LimitAlgorithm):
             "long_window": self.long_window,
             "rtt_tolerance": self.rtt_tolerance,
         }
-
-    def _reset(self) -> None:
-        self.long_rtt = 0.0
-        self._warmup = 0
-        self._sum = 0.0
 
     def _average(self, rtt: float) -> float:
         """Netflix's ``ExpAvgMeasurement``: a plain mean for 10 samples, then an EMA."""

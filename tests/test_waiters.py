@@ -91,7 +91,7 @@ def test_a_head_that_leaves_lets_the_next_one_through() -> None:
     assert (head.state, second.state, gate.units) == (LEFT, GRANTED, 0)
     with gate.mutex:
         gate.queue.leave(head, 0.0)  # leaving twice changes nothing
-    assert gate.queue.count == 0
+    assert (gate.queue.count, gate.units) == (0, 0)
 
 
 def test_a_granted_waiter_that_leaves_gives_its_grant_back() -> None:
@@ -103,6 +103,68 @@ def test_a_granted_waiter_that_leaves_gives_its_grant_back() -> None:
     with gate.mutex:
         gate.queue.leave(first, 0.0)
     assert (first.state, second.state, gate.units) == (LEFT, GRANTED, 0)
+    with gate.mutex:
+        gate.queue.leave(first, 0.0)  # a grant is given back once, however often it leaves
+    assert (gate.queue.count, gate.units) == (0, 0)
+
+
+def test_debts_are_served_first_and_the_counts_follow() -> None:
+    """Debts go before every waiter and swallow their grants; count, debts, waiting and
+    pending (the cost still waited for) follow each debt owed, forgiven and collected."""
+    gate = Units(0, FakeClock())
+    queue = gate.queue
+    waiter = join(gate, 2)
+    collected: list[str] = []
+    with gate.mutex:
+        queue.owe(3, lambda: collected.append("debt"))
+    assert (queue.count, queue.debts, queue.waiting, queue.pending) == (4, 3, 1, 5.0)
+    with gate.mutex:
+        assert queue.forgive(1) == 1  # one of three: the others stay owed
+    assert (queue.count, queue.debts, queue.waiting, queue.pending) == (3, 2, 1, 4.0)
+    with gate.mutex:
+        queue.collect_debt()  # a unit given back straight to the first debt
+    assert collected == ["debt"]
+    assert (queue.count, queue.debts, queue.waiting, queue.pending) == (2, 1, 1, 3.0)
+    gate.release(1)  # served from the gate: the last debt swallows the unit
+    assert (collected, gate.units, waiter.state) == (["debt", "debt"], 0, WAITING)
+    assert (queue.count, queue.debts, queue.waiting, queue.pending) == (1, 0, 1, 2.0)
+    with gate.mutex:
+        assert queue.forgive(5) == 0  # no debt is left to forgive
+    gate.release(2)
+    assert waiter.state == GRANTED
+    assert (queue.count, queue.debts, queue.waiting, queue.pending) == (0, 0, 0, 0.0)
+
+
+def test_forgiving_more_debts_than_are_owed_cancels_them_all() -> None:
+    """forgive(n) cancels at most the debts still owed and says how many; waiters stay."""
+    gate = Units(0, FakeClock())
+    queue = gate.queue
+    with gate.mutex:
+        queue.owe(2, lambda: None)
+    waiter = join(gate)
+    with gate.mutex:
+        assert queue.forgive(5) == 2
+    assert (queue.count, queue.debts, queue.waiting, queue.pending) == (1, 0, 1, 1.0)
+    gate.release(1)  # the waiter is first now
+    assert (waiter.state, gate.units) == (GRANTED, 0)
+
+
+def test_a_waiter_that_leaves_takes_its_cost_out_of_what_is_pending() -> None:
+    """The queue's pending cost drops by the cost of a waiter that gives up."""
+    gate = Units(0, FakeClock())
+    head, second = join(gate, 3), join(gate, 1)
+    with gate.mutex:
+        gate.queue.leave(head, 0.0)
+    assert (gate.queue.count, gate.queue.pending, second.state) == (1, 1.0, WAITING)
+
+
+def test_an_emptied_queue_waits_for_nothing_not_float_dust() -> None:
+    """Once every waiter is served the pending cost is exactly zero, whatever the sums left."""
+    gate = Units(1, FakeClock())
+    join(gate, 0.1), join(gate, 0.2)
+    assert gate.queue.pending != 0.3  # 0.1 + 0.2 in floats: subtracting them leaves dust
+    gate.release(0)
+    assert (gate.queue.count, gate.queue.pending) == (0, 0.0)
 
 
 def test_a_new_head_is_woken_to_set_its_timer() -> None:
@@ -209,6 +271,107 @@ def test_threads_wait_their_turn_and_give_up_on_time() -> None:
     assert gate.queue.count == 0
 
 
+class RoundsClock(FakeClock):
+    """A manual FakeClock that records until when each blocked thread waits."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_advance=False)
+        self.deadlines: list[float] = []
+        self.blocked = threading.Semaphore(0)
+
+    def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
+        self.deadlines.append(deadline)
+        self.blocked.release()
+        super().wait_future(future, deadline)
+
+
+def test_an_endless_wait_blocks_in_day_long_rounds() -> None:
+    """A thread that may wait for ever blocks until a day from now, again and again, rather
+    than on a deadline that could overflow or one already past (which would spin)."""
+    clock = RoundsClock()
+    gate = Units(0, clock)
+    waiter = join(gate)
+    results: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: results.append(wait_turn(gate.queue, gate, waiter, float("inf")))
+    )
+    thread.start()
+    assert clock.blocked.acquire(timeout=10)
+    clock.advance(86_400)  # a day: the round ends and the next one starts
+    assert clock.blocked.acquire(timeout=10)
+    assert clock.deadlines == [86_400.0, 172_800.0]
+    gate.release(1)
+    thread.join(10)
+    assert results == [True]
+
+
+def test_a_waiter_the_gate_refuses_stops_waiting_empty_handed() -> None:
+    """A waiter whose cost the gate can no longer hold is woken and its wait returns False;
+    the queue moves on without it."""
+    clock = RoundsClock()
+    gate = Units(0, clock)
+    big, small = join(gate, 3), join(gate, 1)
+    results: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: results.append(wait_turn(gate.queue, gate, big, float("inf")))
+    )
+    thread.start()
+    assert clock.blocked.acquire(timeout=10)
+    with gate.mutex:
+        gate.queue.refuse_over(2)
+        gate.queue.serve(0.0)
+    thread.join(10)
+    assert results == [False]
+    assert (big.state, gate.queue.count, gate.queue.pending) == (LEFT, 1, 1.0)
+    gate.release(1)
+    assert (small.state, gate.units) == (GRANTED, 0)
+
+
+class PlainClock:
+    """A clock of the user's own (no FakeClock, no auto_advance): fake time that moves only
+    when slept on, and a record of the sleeps and the blocking waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+        self.deadlines: list[float] = []
+        self.blocked = threading.Event()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        self.blocked.set()
+
+    async def asleep(self, seconds: float) -> None:
+        self.sleep(seconds)
+
+    def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
+        self.deadlines.append(deadline)
+        self.blocked.set()
+        concurrent.futures.wait([future], timeout=10)
+
+
+def test_a_timed_head_on_a_plain_clock_is_cut_short_by_a_grant() -> None:
+    """On a clock that does not auto-advance, the timed head blocks until its time on its
+    signal (not in a sleep), so a grant from another thread lets it in at once."""
+    clock = PlainClock()
+    gate = Units(0, clock, ready=5.0)  # type: ignore[arg-type]
+    waiter = join(gate)
+    results: list[bool] = []
+    thread = threading.Thread(
+        target=lambda: results.append(wait_turn(gate.queue, gate, waiter, 10.0))
+    )
+    thread.start()
+    assert clock.blocked.wait(10)
+    gate.release(1)
+    thread.join(10)
+    assert results == [True]
+    assert (clock.sleeps, clock.deadlines, clock.now) == ([], [5.0], 0.0)
+
+
 def test_a_timed_head_sleeps_until_its_time() -> None:
     """With a ready_at, the head sleeps on the clock (auto-advancing here) then is served."""
     clock = FakeClock()
@@ -284,6 +447,48 @@ async def test_a_timed_task_head_sleeps_until_its_time(async_mode: str) -> None:
     clock.asleep = asleep  # type: ignore[method-assign]
     assert await await_turn(gate.queue, gate, waiter, 10.0)
     assert clock.sleeps == [2.0]
+
+
+class TimerClock(FakeClock):
+    """A manual FakeClock that keeps the timers set on it."""
+
+    def __init__(self) -> None:
+        super().__init__(auto_advance=False)
+        self.timers: list[Any] = []
+
+    def call_at(self, when: float, callback: Any, loop: Any) -> Any:
+        timer = super().call_at(when, callback, loop)
+        self.timers.append(timer)
+        return timer
+
+
+async def test_a_task_granted_before_it_gives_up_cancels_its_timer() -> None:
+    """A waiting task sets a timer for when it gives up; granted earlier, it cancels it."""
+    clock = TimerClock()
+    gate = Units(0, clock)
+    waiter = join(gate, 1, running_loop())
+    task = asyncio.create_task(await_turn(gate.queue, gate, waiter, 50.0))
+    await settle(5)
+    assert [(timer.when, timer.cancelled) for timer in clock.timers] == [(50.0, False)]
+    gate.release(1)
+    assert await task is True
+    assert [timer.cancelled for timer in clock.timers] == [True]
+
+
+async def test_a_timed_task_head_granted_early_stops_sleeping() -> None:
+    """The head task sleeps until its time on the clock; a grant before then ends the sleep
+    (its timer is cancelled, no sleeping task is left behind)."""
+    clock = TimerClock()
+    gate = Units(0, clock, ready=5.0)
+    waiter = join(gate, 1, running_loop())
+    task = asyncio.create_task(await_turn(gate.queue, gate, waiter, 50.0))
+    await settle(5)
+    assert [(timer.when, timer.cancelled) for timer in clock.timers] == [(5.0, False)]
+    gate.release(1)
+    assert await task is True
+    await settle(5)
+    assert [timer.cancelled for timer in clock.timers] == [True]
+    assert asyncio.all_tasks() == {asyncio.current_task()}
 
 
 @pytest.mark.parametrize("kind", ["bulkhead", "adaptive limiter", "throttle"])

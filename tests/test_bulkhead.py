@@ -7,6 +7,7 @@ import concurrent.futures
 import contextlib
 import contextvars
 import inspect
+import itertools
 import math
 import pickle
 import random
@@ -22,7 +23,9 @@ import pytest
 import modes
 import resilience as rs
 from modes import Event, cancellation, checkpoint, create_task, forever, gather, task_cancelled
+from resilience._backend import Unavailable
 from resilience._slots import Slots
+from resilience.stores import Backend
 from resilience.testing import FakeClock
 
 USER: contextvars.ContextVar[str] = contextvars.ContextVar("USER", default="nobody")
@@ -697,6 +700,297 @@ async def test_async_calls_are_not_isolated() -> None:
         bulkhead.drain(-1)
 
 
+def test_an_isolated_bulkhead_without_a_name_names_its_threads_bulkhead() -> None:
+    """The pool's threads are called after the bulkhead, or "bulkhead" when it has no name."""
+    bulkhead = rs.Bulkhead(1, isolation="thread")
+    assert bulkhead.call(lambda: threading.current_thread().name) == "resilience-bulkhead"
+    assert bulkhead.drain(10)
+
+
+def test_a_waiter_handed_the_slot_of_an_ending_isolated_call_is_not_refused_by_the_pool() -> None:
+    """The slot of an isolated call comes back while its worker thread is still winding
+    down; the waiter handed it must be run by the pool (it waits for the worker), not
+    refused as if the pool were full."""
+    bulkhead = rs.Bulkhead(1, max_queue=1, isolation="thread")
+    slots = bulkhead._slots
+    release = Slots.release
+    entered, go, handed = threading.Event(), threading.Event(), threading.Event()
+    outcomes: dict[str, Any] = {}
+
+    def release_then_wait_for_the_waiter(self: Slots) -> None:
+        release(self)
+        if self is slots and not handed.is_set():
+            handed.set()  # the waiter has the slot: let it reach the pool before this ends
+            pool = bulkhead._pool
+            assert pool is not None
+            for _ in range(3000):  # bounded: at most 30 s
+                if pool.busy >= 2 or "second" in outcomes:
+                    break
+                go.wait(0.01)
+
+    def call(name: str, fn: Callable[[], Any]) -> None:
+        try:
+            outcomes[name] = bulkhead.call(fn)
+        except BaseException as exc:  # recorded for the test
+            outcomes[name] = exc
+
+    def first() -> str:
+        entered.set()
+        assert go.wait(30)
+        return "first"
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Slots, "release", release_then_wait_for_the_waiter)
+        threads = [threading.Thread(target=call, args=("first", first))]
+        threads[0].start()
+        assert entered.wait(30)
+        threads.append(threading.Thread(target=call, args=("second", lambda: "second")))
+        threads[1].start()
+        for _ in range(3000):  # bounded: until the second call waits in the queue
+            if bulkhead.queued == 1:
+                break
+            go.wait(0.01)
+        go.set()
+        for thread in threads:
+            thread.join(30)
+    assert handed.is_set()
+    assert outcomes == {"first": "first", "second": "second"}
+    assert bulkhead.drain(10)
+    assert bulkhead.available == 1
+
+
+# -- slots shared by processes, through a backend of the test's own --------------------------
+
+
+class Fleet(Backend):
+    """A stand-in for RedisBackend kept in the test: the fleet's slots are a list of members,
+    and it records what the bulkhead asks of it."""
+
+    mode = "strict"
+
+    def __init__(
+        self, cap: int, clock: FakeClock | None = None, on_backend_error: Any = "local"
+    ) -> None:
+        self.cap = cap
+        self.clock = clock
+        self.on_backend_error = on_backend_error
+        self.members: list[str] = []
+        """Who holds a slot of the fleet (``other`` for another process's calls)."""
+        self.gives_up: list[float | None] = []
+        """The ``give_up`` of every take: None when the call may not wait."""
+        self.released: list[str] = []
+        self.failures: list[tuple[str, str]] = []
+        self.down: Unavailable | None = None
+        """Set: every request fails with it."""
+        self._numbers = itertools.count(1)
+
+    def attach(self, kind: str, name: str, policy: Any) -> Fleet:
+        assert kind == "bulkhead"
+        self.name = name
+        return self
+
+    def take(self, give_up: float | None) -> str | None:
+        self.gives_up.append(give_up)
+        if self.down is not None:
+            raise self.down
+        if len(self.members) < self.cap:
+            member = f"m{next(self._numbers)}"
+            self.members.append(member)
+            return member
+        if give_up is not None and self.clock is not None:  # waits in vain until it gives up
+            self.clock.advance(max(0.0, give_up - self.clock.monotonic()))
+        return None
+
+    async def atake(self, give_up: float | None) -> str | None:
+        return self.take(give_up)
+
+    def release(self, member: str) -> None:
+        self.released.append(member)
+        if member in self.members:
+            self.members.remove(member)
+
+    def holders(self) -> int:
+        if self.down is not None:
+            raise self.down
+        return len(self.members)
+
+    def failed(self, operation: str, problem: Unavailable, action: str) -> None:
+        self.failures.append((operation, action))
+
+    def refusal(self, problem: Unavailable) -> rs.BackendUnavailableError:
+        return rs.BackendUnavailableError(
+            "the fleet is down", name=self.name, retry_after=problem.retry_after
+        )
+
+
+async def call_through(mode: str, bulkhead: rs.Bulkhead) -> Any:
+    """A call of nothing through ``bulkhead``: ``call`` in sync mode, else ``acall``."""
+    if mode == "sync":
+        return bulkhead.call(lambda: "ran")
+
+    async def body() -> str:
+        return "ran"
+
+    return await bulkhead.acall(body)
+
+
+async def test_a_shared_bulkhead_holds_a_slot_of_the_fleet_for_each_call(mode: str) -> None:
+    """Each call takes a slot of the fleet (without waiting: no queue) and gives it back."""
+    fleet = Fleet(3)
+    bulkhead = rs.Bulkhead(2, name="db", backend=fleet)
+    seen: list[list[str]] = []
+    if mode == "sync":
+        assert bulkhead.call(lambda: seen.append(list(fleet.members))) is None
+    else:
+
+        async def body() -> None:
+            seen.append(list(fleet.members))
+
+        assert await bulkhead.acall(body) is None
+    assert (seen, fleet.members, fleet.released, fleet.gives_up) == ([["m1"]], [], ["m1"], [None])
+    assert bulkhead.in_flight == 0
+
+
+async def test_nested_blocks_of_a_shared_bulkhead_give_back_their_own_fleet_slots(
+    mode: str,
+) -> None:
+    """``with bulkhead:`` inside ``with bulkhead:``: each block holds a slot of the fleet and
+    gives back its own, the inner one first."""
+    fleet = Fleet(3)
+    bulkhead = rs.Bulkhead(2, name="db", backend=fleet)
+    inside: list[list[str]] = []
+    if mode == "sync":
+        with bulkhead:
+            with bulkhead:
+                inside.append(list(fleet.members))
+            inside.append(list(fleet.released))
+    else:
+        async with bulkhead:
+            async with bulkhead:
+                inside.append(list(fleet.members))
+            inside.append(list(fleet.released))
+    assert inside == [["m1", "m2"], ["m2"]]
+    assert (fleet.released, fleet.members, bulkhead.in_flight) == (["m2", "m1"], [], 0)
+
+
+def test_a_shared_bulkhead_reports_the_fleets_slots_and_its_own_refusals() -> None:
+    """metrics(): in flight and available are the fleet's (never below 0 available), the
+    refusals this process's; with the backend down, the process's own slots."""
+    fleet = Fleet(3)
+    bulkhead = rs.Bulkhead(2, name="db", backend=fleet)
+    events: list[rs.events.BulkheadEvent] = []
+    bulkhead.subscribe(events.append)
+    with bulkhead:
+        assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(1, 1, 0, 0, True)
+        fleet.members += ["other", "other"]  # two calls of other processes: the fleet is full
+        with pytest.raises(rs.BulkheadFullError, match=r"^bulkhead 'db' is full: all 2 slots"):
+            bulkhead.call(lambda: None)
+        assert [(event.outcome, event.seconds) for event in events] == [("rejected", 0.0)]
+        assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(3, 0, 0, 1, True)
+        fleet.down = Unavailable(ConnectionError("refused"), 1.0)
+        metrics = bulkhead.metrics()
+        assert metrics == rs.metrics.BulkheadMetrics(1, 1, 0, 1)
+        assert metrics.shared is False
+    assert fleet.gives_up == [None, None]
+    assert bulkhead.in_flight == 0
+
+
+async def test_a_shared_call_that_may_wait_gives_up_on_the_fleet_in_time(mode: str) -> None:
+    """With a queue, a call waits for the fleet's slot until max_wait; refused then, it
+    reports how long it waited, is counted, and gives its own slot back."""
+    clock = FakeClock(100.0, auto_advance=False)
+    fleet = Fleet(0, clock)
+    bulkhead = rs.Bulkhead(2, max_queue=1, max_wait=5, clock=clock, name="db", backend=fleet)
+    events: list[rs.events.BulkheadEvent] = []
+    bulkhead.subscribe(events.append)
+    with pytest.raises(
+        rs.BulkheadFullError, match=r"^bulkhead 'db' is full: no slot came free in 5s$"
+    ):
+        await call_through(mode, bulkhead)
+    assert fleet.gives_up == [105.0]
+    assert [(event.outcome, event.seconds) for event in events] == [("rejected", 5.0)]
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 2, 0, 1, True)
+    assert bulkhead.in_flight == 0
+
+
+@pytest.mark.parametrize(
+    ("max_queue", "max_wait", "timeout", "give_up"),
+    [
+        (0, None, None, None),  # no queue: it may not wait
+        (1, 0, None, None),  # no time to wait
+        (1, None, 3.0, 103.0),  # the call's deadline
+        (1, 5, 3.0, 103.0),  # the deadline comes before max_wait
+        (1, 2, 3.0, 102.0),  # max_wait comes before the deadline
+        (1, 2, None, 102.0),
+    ],
+)
+def test_a_shared_call_waits_for_the_fleet_until_max_wait_or_its_deadline(
+    max_queue: int, max_wait: float | None, timeout: float | None, give_up: float | None
+) -> None:
+    """How long a call may wait for a slot of the fleet: not at all without a queue or time,
+    else until max_wait or its deadline, whichever comes first."""
+    clock = FakeClock(100.0, auto_advance=False)
+    fleet = Fleet(1, clock)
+    bulkhead = rs.Bulkhead(
+        2, max_queue=max_queue, max_wait=max_wait, clock=clock, name="db", backend=fleet
+    )
+    policy: Any = bulkhead
+    if timeout is not None:
+        policy = rs.Pipeline([rs.Timeout(timeout, clock=clock), bulkhead])
+    assert policy.call(lambda: "in") == "in"
+    assert fleet.gives_up == [give_up]
+
+
+def test_a_shared_call_whose_deadline_passed_does_not_wait_for_the_fleet() -> None:
+    """A deadline already behind leaves no time to wait for the fleet."""
+    clock = FakeClock(100.0, auto_advance=False)
+    fleet = Fleet(1, clock)
+    bulkhead = rs.Bulkhead(2, max_queue=1, clock=clock, name="db", backend=fleet)
+
+    def late() -> str:
+        clock.advance(5)  # past the outer deadline, before the bulkhead's turn
+        return bulkhead.call(lambda: "in")
+
+    with pytest.raises(rs.TimeoutExceeded):
+        rs.Timeout(3, clock=clock).call(late)
+    assert fleet.gives_up == [None]
+
+
+@pytest.mark.parametrize("action", ["local", "open", "closed"])
+async def test_a_shared_bulkhead_whose_backend_fails(mode: str, action: str) -> None:
+    """The backend fails: "local" and "open" admit the call uncounted by the fleet (its
+    member is ""), "closed" refuses it and gives the process's slot back; each failure is
+    reported."""
+    fleet = Fleet(3, on_backend_error=action)
+    fleet.down = Unavailable(ConnectionError("refused"), 2.0)
+    bulkhead = rs.Bulkhead(2, name="db", backend=fleet)
+    outcomes: list[Any] = []
+    for _ in range(2):  # a call, then a block
+        try:
+            if mode == "sync" and not outcomes:
+                outcomes.append(bulkhead.call(lambda: "ran"))
+            elif mode == "sync":
+                with bulkhead:
+                    outcomes.append("ran")
+            elif not outcomes:
+
+                async def body() -> str:
+                    return "ran"
+
+                outcomes.append(await bulkhead.acall(body))
+            else:
+                async with bulkhead:
+                    outcomes.append("ran")
+        except rs.BackendUnavailableError as error:
+            outcomes.append(error.retry_after)
+        assert bulkhead.in_flight == 0
+    assert fleet.failures == [("acquire", action)] * 2
+    if action == "closed":
+        assert (outcomes, fleet.released) == ([2.0, 2.0], [])
+    else:
+        assert (outcomes, fleet.released) == (["ran", "ran"], ["", ""])
+
+
 # -- both sides of a call -------------------------------------------------------------------
 
 
@@ -1013,6 +1307,53 @@ def test_a_lower_limit_is_taken_back_as_calls_end() -> None:
     assert bulkhead.call(lambda: "one at a time") == "one at a time"
 
 
+def test_a_limit_raised_after_a_cut_forgives_only_what_it_adds() -> None:
+    """3 calls run, the limit goes to 1 (two slots owed), then to 2: one debt is forgiven,
+    the other still takes the next slot given back."""
+    bulkhead = rs.Bulkhead(3)
+    for _ in range(3):
+        bulkhead.__enter__()
+    bulkhead.update(max_concurrent=1)
+    bulkhead.update(max_concurrent=2)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(3, 0, 0, 0)
+    bulkhead.__exit__(None, None, None)  # its slot pays the debt left
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(2, 0, 0, 0)
+    with pytest.raises(rs.BulkheadFullError, match="all 2 slots are taken"):
+        bulkhead.call(lambda: None)
+    bulkhead.__exit__(None, None, None)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(1, 1, 0, 1)
+    bulkhead.__exit__(None, None, None)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 2, 0, 1)
+
+
+async def test_a_slot_given_back_by_a_cancelled_waiter_pays_a_debt_first(async_mode: str) -> None:
+    """A queued task is handed a slot, the limit drops (a slot is owed), and the task is
+    cancelled before it runs: its slot pays the debt instead of going free."""
+    bulkhead = rs.Bulkhead(2, max_queue=1)
+    started: list[str] = []
+
+    async def work() -> None:
+        started.append("waiter")
+
+    bulkhead.__enter__()
+    bulkhead.__enter__()
+    waiter = create_task(bulkhead.acall(work))
+    await settle()
+    assert bulkhead.queued == 1
+    bulkhead.__exit__(None, None, None)  # the slot is handed to the waiter, not run yet
+    bulkhead.update(max_concurrent=1)  # the waiter's slot and the one still held: one owed
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(2, 0, 0, 0)
+    waiter.cancel()
+    with pytest.raises(task_cancelled(async_mode)):
+        await waiter
+    assert started == []
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(1, 0, 0, 0)  # the debt is paid
+    bulkhead.__exit__(None, None, None)
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 1, 0, 0)
+    bulkhead.update(max_concurrent=2)  # nothing is owed any more: both slots are free
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 2, 0, 0)
+
+
 def test_update_checks_its_arguments_and_keeps_the_others() -> None:
     """Bad values name the parameter; what is not given stays."""
     bulkhead = rs.Bulkhead(4, max_queue=2, max_wait=1.5)
@@ -1024,6 +1365,11 @@ def test_update_checks_its_arguments_and_keeps_the_others() -> None:
     assert bulkhead.settings() == {"max_concurrent": 4, "max_queue": 7, "max_wait": 1.5}
     bulkhead.update(max_wait=None)
     assert bulkhead.max_wait is None
+    bulkhead.update(max_concurrent=1, max_queue=0, max_wait=timedelta(0))  # the least allowed
+    assert bulkhead.settings() == {"max_concurrent": 1, "max_queue": 0, "max_wait": 0.0}
+    bulkhead.update(max_wait=timedelta(milliseconds=1500))
+    assert isinstance(bulkhead.max_wait, float)
+    assert bulkhead.max_wait == 1.5
 
 
 def test_an_isolated_bulkhead_resizes_its_pool() -> None:

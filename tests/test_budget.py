@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import threading
 from datetime import timedelta
@@ -316,6 +317,48 @@ async def test_a_withdraw_only_inner_retry_leaves_one_deposit_per_call(
     metrics = budget.metrics()
     assert metrics.deposits == 10
     assert metrics.withdrawals == 2  # 10 calls earn 2 retries at 0.2
+
+
+async def test_a_refusal_is_logged(
+    mode: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refused retry is logged at INFO under 'resilience', naming the Retry and the attempts."""
+    budget = rs.RetryBudget(0, min_per_second=0, clock=clock)
+    retry = rs.Retry(3, backoff=0, budget=budget, clock=clock, name="stock")
+    with (
+        caplog.at_level(logging.INFO, logger="resilience"),
+        pytest.raises(ConnectionError, match=r"down \(1\)"),
+    ):
+        await run_plain(mode, retry, Down())
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "resilience"]
+    assert logged == [
+        (
+            logging.INFO,
+            "resilience: Retry 'stock' stopped after 1 attempt(s): its retry budget is exhausted",
+        )
+    ]
+
+
+async def test_a_budget_and_a_backoff_that_reads_the_elapsed_time(mode: str) -> None:
+    """With both, a call deposits once and the backoff still sees the time since the first try."""
+    clock = FakeClock(50.0)
+    budget = rs.RetryBudget(0.2, min_per_second=1, ttl=10, clock=clock)
+    elapsed: list[float] = []
+
+    def delay(outcome: rs.backoff.RetryOutcome) -> float:
+        elapsed.append(outcome.elapsed)
+        return 1.0
+
+    def slow_failure() -> None:
+        clock.advance(0.5)
+        raise ConnectionError("slow")
+
+    retry = rs.Retry(3, backoff=rs.backoff.from_outcome(delay), budget=budget, clock=clock)
+    with pytest.raises(ConnectionError, match="slow"):
+        await run_plain(mode, retry, slow_failure)
+    assert elapsed == [0.5, 2.0]
+    metrics = budget.metrics()
+    assert (metrics.deposits, metrics.withdrawals, metrics.refused) == (1, 2, 0)
 
 
 # -- the scenario of the issue ---------------------------------------------------------------------

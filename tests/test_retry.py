@@ -9,6 +9,7 @@ import math
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -19,8 +20,8 @@ from hypothesis import strategies as st
 import resilience
 from modes import flavour, run
 from resilience import Retry, backoff
-from resilience.events import RetryEvent
-from resilience.testing import FakeClock
+from resilience.events import RetriesExhausted, RetryEvent
+from resilience.testing import EventRecorder, FakeClock, set_testing
 
 
 class Flaky:
@@ -389,6 +390,49 @@ async def test_rejection_retry_after_is_honoured(mode: str, clock: FakeClock) ->
     assert clock.sleeps == [2.5]
 
 
+async def test_a_negative_zero_hint_is_no_hint(mode: str, clock: FakeClock) -> None:
+    """retry_after=-0.0 leaves a zero backoff's wait as it is: +0.0, not the hint's -0.0."""
+    fn = Flaky([Hinted(-0.0)], value="ok")
+    assert await run(mode, Retry(3, backoff=0.0, clock=clock), flavour(mode, fn)) == "ok"
+    assert clock.sleeps == [0.0]
+    assert math.copysign(1.0, clock.sleeps[0]) == 1.0
+
+
+# -- max_delay ----------------------------------------------------------------------
+
+
+async def test_max_delay_caps_the_backoff_and_the_hint(mode: str, clock: FakeClock) -> None:
+    """max_delay=2 shortens a 5 s backoff and a 30 s retry_after to 2 s; shorter waits stay."""
+    fn = Flaky([ValueError("a"), Hinted(30.0)], value="ok")
+    retry = Retry(3, backoff=backoff.constant(5.0), max_delay=2, clock=clock)
+    assert await run(mode, retry, flavour(mode, fn)) == "ok"
+    assert clock.sleeps == [2.0, 2.0]
+    fn = Flaky([ValueError("a"), Hinted(1.5)], value="ok")
+    retry = Retry(3, backoff=backoff.constant(0.5), max_delay=2, clock=clock)
+    assert await run(mode, retry, flavour(mode, fn)) == "ok"
+    assert clock.sleeps == [2.0, 2.0, 0.5, 1.5]
+
+
+async def test_max_delay_zero_retries_at_once(mode: str, clock: FakeClock) -> None:
+    """max_delay=0 (or timedelta(0)) is allowed: every retry follows its failure without a wait."""
+    for cap in (0, timedelta(0)):
+        fn = Flaky([ValueError("a"), Hinted(3.0)], value="ok")
+        retry = Retry(3, backoff=0.5, max_delay=cap, clock=clock)
+        assert retry.max_delay == 0.0
+        assert await run(mode, retry, flavour(mode, fn)) == "ok"
+        assert fn.calls == 3
+    assert clock.sleeps == [0.0] * 4
+
+
+async def test_a_wait_equal_to_max_delay_is_the_backoff_own(mode: str, clock: FakeClock) -> None:
+    """A cap of -0.0 replaces no zero wait: the zero backoff's +0.0 is slept, not the cap."""
+    fn = Flaky([ValueError("a")], value="ok")
+    retry = Retry(3, backoff=0.0, max_delay=-0.0, clock=clock)
+    assert await run(mode, retry, flavour(mode, fn)) == "ok"
+    assert clock.sleeps == [0.0]
+    assert math.copysign(1.0, clock.sleeps[0]) == 1.0
+
+
 # -- the deadline -----------------------------------------------------------------
 
 
@@ -608,6 +652,72 @@ async def test_failing_on_retry_does_not_break_the_call(
     assert isinstance(records[0].exc_info[1], RuntimeError)
 
 
+# -- events and logs ---------------------------------------------------------------
+
+
+async def test_subscribers_hear_each_retry_and_the_end(mode: str, clock: FakeClock) -> None:
+    """A subscriber gets a RetryEvent per retry, then RetriesExhausted with the last error."""
+    fn = AlwaysFails()
+    retry = Retry(3, backoff=0.5, clock=clock, name="svc")
+    with (
+        EventRecorder().watch(retry) as recorder,
+        pytest.raises(ValueError, match="failure 3") as caught,
+    ):
+        await run(mode, retry, flavour(mode, fn))
+    assert recorder.events == [
+        RetryEvent("svc", 1, 0.5, fn.raised[0]),
+        RetryEvent("svc", 2, 0.5, fn.raised[1]),
+        RetriesExhausted("svc", 3, "attempts", caught.value),
+    ]
+
+
+async def test_retries_exhausted_says_why(mode: str, clock: FakeClock) -> None:
+    """The end event's reason: attempts used up, the deadline, or an endless backoff."""
+    results = iter(range(100))
+    retry = Retry(2, on_result=lambda r: True, backoff=0.5, clock=clock)
+    with EventRecorder().watch(retry) as recorder:
+        assert await run(mode, retry, flavour(mode, lambda: next(results))) == 1
+    assert recorder.of(RetriesExhausted) == [RetriesExhausted(None, 2, "attempts", None, 1)]
+
+    retry = Retry(10, backoff=0.4, clock=clock)
+    policy = _timeout_outside("pipeline", 1.0, retry, clock)
+    with (
+        EventRecorder().watch(retry) as recorder,
+        pytest.raises(ValueError, match="failure 3") as caught,
+    ):
+        await run(mode, policy, flavour(mode, AlwaysFails()))
+    assert recorder.of(RetriesExhausted) == [RetriesExhausted(None, 3, "deadline", caught.value)]
+
+    retry = Retry(3, backoff=_Endless(), clock=clock)
+    with (
+        EventRecorder().watch(retry) as recorder,
+        pytest.raises(ValueError, match="failure 1") as caught,
+    ):
+        await run(mode, retry, flavour(mode, AlwaysFails()))
+    assert recorder.of(RetriesExhausted) == [RetriesExhausted(None, 1, "backoff", caught.value)]
+
+
+async def test_retries_and_the_end_are_logged(
+    mode: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each retry is logged at DEBUG and giving up at INFO, under 'resilience', with the name."""
+    fn = Flaky([ValueError("a"), ValueError("b")])
+    retry = Retry(2, backoff=0.5, clock=clock, name="svc")
+    with caplog.at_level(logging.DEBUG, logger="resilience"), pytest.raises(ValueError, match="b"):
+        await run(mode, retry, flavour(mode, fn))
+    logged = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "resilience"]
+    assert logged == [
+        (
+            logging.DEBUG,
+            "resilience: Retry 'svc' retrying in 0.5s after attempt 1 failed: ValueError('a')",
+        ),
+        (
+            logging.INFO,
+            "resilience: Retry 'svc' gave up after 2 attempt(s) (attempts): ValueError('b')",
+        ),
+    ]
+
+
 # -- construction ---------------------------------------------------------------
 
 
@@ -694,6 +804,32 @@ def test_repr_and_describe_show_the_settings() -> None:
     assert described["name"] == "svc"
     assert described["attempts"] == 4
     assert described["on"] == (ValueError, KeyError)
+
+
+def test_defaults() -> None:
+    """Retry() makes 3 attempts with full-jitter exponential waits from 0.1 s up to 10 s."""
+    retry = Retry()
+    assert retry.attempts == 3
+    assert repr(retry.backoff) == repr(backoff.exponential(0.1, maximum=10.0, jitter="full"))
+    assert retry.max_delay is None
+    assert retry.budget is None
+    described = retry.describe()
+    assert "max_delay" not in described
+    assert "budget" not in described
+    assert Retry(max_delay=2.5).describe()["max_delay"] == 2.5
+
+
+@pytest.mark.parametrize(
+    "attribute",
+    ["attempts", "on", "on_result", "backoff", "max_delay", "on_retry", "budget", "clock", "name"],
+)
+def test_settings_are_read_only(attribute: str) -> None:
+    """A built Retry's settings cannot be assigned (the calls would not see the change)."""
+    retry = Retry()
+    before = getattr(retry, attribute)
+    with pytest.raises(AttributeError, match=rf"^Retry\.{attribute} is read-only"):
+        setattr(retry, attribute, None)
+    assert getattr(retry, attribute) is before
 
 
 # -- decorator, call, acall --------------------------------------------------------
@@ -865,3 +1001,95 @@ def test_a_retry_with_a_function_of_the_retry_number() -> None:
     wrong = Retry(attempts=3, backoff=lambda n: 0.1 * n, clock=clock)  # taken for tenacity's
     with pytest.raises(TypeError, match="from_function"):
         wrong.call(Flaky([ConnectionError("1")]))
+
+
+# -- what the backoff is told --------------------------------------------------------
+
+
+async def test_the_backoff_is_told_the_waits_so_far_and_the_time_since_the_start(
+    mode: str,
+) -> None:
+    """Each RetryOutcome has the previous wait, the waits' sum and the time since the first try."""
+    clock = FakeClock(100.0)
+    seen: list[backoff.RetryOutcome] = []
+
+    def delay(outcome: backoff.RetryOutcome) -> float:
+        seen.append(outcome)
+        return 0.5 * outcome.retry
+
+    def slow_failure() -> None:
+        clock.advance(0.25)
+        raise ValueError("slow")
+
+    retry = Retry(3, backoff=backoff.from_outcome(delay), clock=clock)
+    with pytest.raises(ValueError, match="slow"):
+        await run(mode, retry, flavour(mode, slow_failure))
+    assert [(o.retry, o.previous, o.slept, o.elapsed) for o in seen] == [
+        (1, 0.0, 0.0, 0.25),
+        (2, 0.5, 0.5, 1.0),
+    ]
+    assert clock.sleeps == [0.5, 1.0]
+
+
+# -- the testing switches ------------------------------------------------------------
+
+
+async def test_max_attempts_switch_caps_every_retry(mode: str, clock: FakeClock) -> None:
+    """set_testing(max_attempts=2) stops Retry(5) after 2 attempts; a cap of 10 leaves Retry(3)."""
+    with set_testing(max_attempts=2):
+        fn = AlwaysFails()
+        with pytest.raises(ValueError, match="failure 2") as caught:
+            await run(mode, Retry(5, backoff=0.5, clock=clock), flavour(mode, fn))
+        assert fn.calls == 2
+        assert "gave up after 2 attempts" in notes(caught.value)[0]
+    with set_testing(max_attempts=10):
+        fn = AlwaysFails()
+        with pytest.raises(ValueError, match="failure 3"):
+            await run(mode, Retry(3, backoff=0.5, clock=clock), flavour(mode, fn))
+        assert fn.calls == 3
+
+
+async def test_instant_waits_switch_makes_every_wait_zero(mode: str, clock: FakeClock) -> None:
+    """set_testing(instant_waits=True) turns the backoff's waits and retry_after hints into 0."""
+    events: list[RetryEvent] = []
+    fn = Flaky([ValueError("a"), Hinted(30.0)], value="ok")
+    retry = Retry(3, backoff=0.5, on_retry=events.append, clock=clock)
+    with set_testing(instant_waits=True):
+        assert await run(mode, retry, flavour(mode, fn)) == "ok"
+    assert clock.sleeps == [0.0, 0.0]
+    assert [e.delay for e in events] == [0.0, 0.0]
+
+
+# -- in a pipeline -------------------------------------------------------------------
+
+
+class _CountingLayer(resilience.Middleware):
+    """A layer that counts the calls that pass through it."""
+
+    def __init__(self) -> None:
+        self.passed = 0
+
+    def wrap(self, next: Any, /) -> Any:
+        def counted(fn: Any, args: Any, kwargs: Any) -> Any:
+            self.passed += 1
+            return next(fn, args, kwargs)
+
+        return counted
+
+    def awrap(self, next: Any, /) -> Any:
+        async def counted(fn: Any, args: Any, kwargs: Any) -> Any:
+            self.passed += 1
+            return await next(fn, args, kwargs)
+
+        return counted
+
+
+async def test_every_attempt_goes_through_the_inner_layers(mode: str, clock: FakeClock) -> None:
+    """A Retry outside another layer sends each attempt, the first one too, through it."""
+    inner = _CountingLayer()
+    retry = Retry(3, backoff=0.5, clock=clock)
+    pipeline = resilience.Pipeline.builder().add(retry).add(inner).build()
+    fn = Flaky([ValueError("a")], value="ok")
+    assert await run(mode, pipeline, flavour(mode, fn)) == "ok"
+    assert fn.calls == 2
+    assert inner.passed == 2

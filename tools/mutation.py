@@ -66,7 +66,7 @@ MODULES: dict[str, tuple[str, ...]] = {
         "tests/test_redis.py",
         "tests/test_redis_faults.py",
     ),
-    "_retry": ("tests/test_retry.py",),
+    "_retry": ("tests/test_retry.py", "tests/test_budget.py"),
     "_adaptive": ("tests/test_adaptive.py",),
 }
 

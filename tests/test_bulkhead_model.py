@@ -21,7 +21,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from hypothesis import HealthCheck, given, settings
@@ -254,21 +255,29 @@ def task_admissions(model: Model, calls: Calls) -> list[int]:
     return [index for index in model.admitted if calls.calls[index].kind in TASKS]
 
 
-async def settle(calls: Calls, model: Model) -> None:
+def metrics(bulkhead: rs.Bulkhead, shared: bool) -> BulkheadMetrics:
+    """The bulkhead's metrics, read from its backend when ``shared`` (which they must say)."""
+    read = bulkhead.metrics()
+    assert read.shared is shared, f"metrics with shared={read.shared}, expected {shared}"
+    return replace(read, shared=False)
+
+
+async def settle(calls: Calls, model: Model, shared: bool = False) -> None:
     """Let tasks and threads run until the bulkhead shows what the model expects, or a while."""
     expected = (model.metrics(), model.states)
     limit = time.monotonic() + SETTLE
     while True:
         for _ in range(8):
             await asyncio.sleep(0)
-        if (calls.bulkhead.metrics(), calls.states()) == expected or time.monotonic() > limit:
+        seen = (metrics(calls.bulkhead, shared), calls.states())
+        if seen == expected or time.monotonic() > limit:
             return
         await asyncio.sleep(0.001)  # threads run
 
 
-def compare(calls: Calls, model: Model) -> None:
+def compare(calls: Calls, model: Model, shared: bool = False) -> None:
     assert calls.overruns == []
-    assert calls.bulkhead.metrics() == model.metrics()
+    assert metrics(calls.bulkhead, shared) == model.metrics()
     assert calls.states() == model.states
     assert calls.task_order() == task_admissions(model, calls)
     assert calls.bulkhead.max_concurrent == model.limit
@@ -298,10 +307,20 @@ def new_limit(data: st.DataObject, model: Model) -> int:
 # -- the test ----------------------------------------------------------------------------------
 
 
-async def run_bulkhead(data: st.DataObject) -> None:
+def in_process(limit: int, max_queue: int) -> rs.Bulkhead:
+    return rs.Bulkhead(limit, max_queue=max_queue, max_wait=None)
+
+
+async def run_bulkhead(
+    data: st.DataObject,
+    make: Callable[[int, int], rs.Bulkhead] = in_process,
+    shared: bool = False,
+) -> None:
+    """Random steps on the bulkhead ``make`` builds, checked against the model after each
+    (``shared``: its metrics come from a backend; tests/test_redis_models.py)."""
     limit = data.draw(limits, label="max_concurrent")
     max_queue = data.draw(queues, label="max_queue")
-    bulkhead = rs.Bulkhead(limit, max_queue=max_queue, max_wait=None)
+    bulkhead = make(limit, max_queue)
     model = Model(limit, max_queue)
     calls = Calls(bulkhead)
     threads = 0
@@ -391,19 +410,18 @@ async def run_bulkhead(data: st.DataObject) -> None:
                     settings_["max_queue"] = length
                 bulkhead.update(**settings_)
                 model.update(new, length)
-            await settle(calls, model)
-            compare(calls, model)
+            await settle(calls, model, shared)
+            compare(calls, model, shared)
 
         # The end: every call ends (the waiters run, then end); every slot is back.
         while model.running:
             for index in list(model.running):
                 calls.end(index)
                 model.end(index)
-            await settle(calls, model)
-            compare(calls, model)
+            await settle(calls, model, shared)
+            compare(calls, model, shared)
         assert model.queue == []
-        metrics = bulkhead.metrics()
-        assert metrics == BulkheadMetrics(
+        assert metrics(bulkhead, shared) == BulkheadMetrics(
             in_flight=0, available=model.limit, queued=0, rejected=model.rejected
         )
         assert bulkhead.available == model.limit

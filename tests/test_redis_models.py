@@ -34,6 +34,7 @@ What is compared, and what is not:
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import math
 from collections.abc import Callable, Iterator
@@ -46,10 +47,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, run_state_machine_as_test
 
+import test_bulkhead_model as bulkhead_model
 import test_circuit_breaker_model as breaker_model
 import test_throttle_model as throttle_model
 from redis_support import no_retry
-from resilience import CircuitBreaker, Throttle
+from resilience import Bulkhead, CircuitBreaker, Throttle
 from resilience.redis import RedisBackend
 from resilience.testing import FakeClock
 
@@ -74,12 +76,24 @@ REDIS_THROTTLE_SETTINGS = settings(
     ],
 )
 
+REDIS_BULKHEAD_SETTINGS = settings(
+    bulkhead_model.MODEL_SETTINGS,
+    max_examples=40,
+    suppress_health_check=[
+        *bulkhead_model.MODEL_SETTINGS.suppress_health_check,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+
 #: The throttle's sync steps but `update`: the bucket in Redis is a time (GCRA's TAT), which
 #: a new rate rescales, where the in-process bucket keeps its tokens (see the module docs).
 REDIS_THROTTLE_STEPS = tuple(kind for kind in throttle_model.SYNC_STEPS if kind != "update")
 
 #: The socket timeout of the tests' clients: generous, for a loaded machine.
 TIMEOUT = 2.0
+
+#: Real seconds a call may wait for the fleet's slots in the bulkhead model: a safety net.
+FLEET_HANG = 3.0
 
 _prefixes = itertools.count()
 
@@ -107,14 +121,16 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.close()
 
 
-def strict_backend(client: redis.Redis, clock: Any) -> TestSyncedBackend:
-    """A strict backend on ``client``, timed by ``clock``, with keys of its own."""
+def strict_backend(client: redis.Redis, clock: Any, **options: Any) -> TestSyncedBackend:
+    """A strict backend on ``client``, timed by ``clock`` (None: the server), with keys of
+    its own."""
     return TestSyncedBackend(
         client=client,
         prefix=f"model{next(_prefixes)}",
         mode="strict",
         timeout=TIMEOUT,
         clock=clock,
+        **options,
     )
 
 
@@ -192,3 +208,27 @@ def test_throttle_on_redis_follows_the_model(
         return throttle
 
     throttle_model.run_sync_steps(data, make, REDIS_THROTTLE_STEPS)
+
+
+# -- Bulkhead ------------------------------------------------------------------------------
+
+
+@REDIS_BULKHEAD_SETTINGS
+@given(data=st.data())
+def test_bulkhead_on_redis_follows_the_model(
+    redis_client: redis.Redis, data: st.DataObject
+) -> None:
+    """Calls started, ended and cancelled, and new limits: the holders in Redis are the calls
+    the model runs, after every step (this process's queue in front of them as in process)."""
+
+    def make(limit: int, max_queue: int) -> Bulkhead:
+        # Timed by the server: the bulkhead model runs on the real clock. Leases far longer
+        # than an example, as nothing renews them here (the sync does not run). A correct
+        # store never makes a call wait for the fleet (this process's slots cap it first);
+        # max_wait only bounds the wait of one that is wrong (a call would wait for ever).
+        backend = strict_backend(redis_client, None, lease_seconds=60.0)
+        return Bulkhead(
+            limit, max_queue=max_queue, max_wait=FLEET_HANG, name="model", backend=backend
+        )
+
+    asyncio.run(bulkhead_model.run_bulkhead(data, make, shared=True))

@@ -8,6 +8,7 @@ import contextlib
 import contextvars
 import inspect
 import itertools
+import logging
 import math
 import pickle
 import random
@@ -237,6 +238,7 @@ async def test_queued_calls_get_slots_in_arrival_order(mode: str) -> None:
 async def test_a_queued_call_gives_up_after_max_wait(mode: str) -> None:
     """A call that gets no slot within max_wait is refused and leaves the queue."""
     clock = WatchedClock()
+    clock.advance(10)  # the wait starts at 10, not at 0
     bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=2, clock=clock)
     events: list[rs.events.BulkheadEvent] = []
     bulkhead.subscribe(events.append)
@@ -256,6 +258,7 @@ async def test_a_queued_call_gives_up_after_max_wait(mode: str) -> None:
 async def test_waits_are_reported_to_listeners(mode: str) -> None:
     """A call that waited for its slot sends a "waited" event with the time it spent."""
     clock = WatchedClock()
+    clock.advance(10)  # the wait starts at 10, not at 0
     bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock, name="db")
     events: list[rs.events.BulkheadEvent] = []
     bulkhead.subscribe(events.append)
@@ -266,6 +269,61 @@ async def test_waits_are_reported_to_listeners(mode: str) -> None:
     await traffic.let_go(1, then=2)
     await traffic.let_go(2)
     assert events == [rs.events.BulkheadEvent("db", "waited", 1.5)]
+
+
+async def test_waits_are_logged_at_debug_level(mode: str, caplog: pytest.LogCaptureFixture) -> None:
+    """With no listener, a call that waited is still logged at DEBUG level, with the time."""
+    caplog.set_level(logging.DEBUG, logger="resilience")
+    clock = WatchedClock()
+    clock.advance(10)
+    bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock, name="db")
+    traffic = Traffic(mode, bulkhead, clock)
+    await traffic.start(1, "running")
+    await traffic.start(2, "queued")
+    clock.advance(1.5)
+    await traffic.let_go(1, then=2)
+    await traffic.let_go(2)
+    waited = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
+    assert waited == ["resilience: Bulkhead 'db': a call waited 1.5s"]
+
+
+def test_refusals_are_logged_at_info_level(caplog: pytest.LogCaptureFixture) -> None:
+    """A refused call is logged at INFO level with the refusal's message."""
+    caplog.set_level(logging.INFO, logger="resilience")
+    bulkhead = rs.Bulkhead(1, name="db")
+    with bulkhead, pytest.raises(rs.BulkheadFullError):
+        bulkhead.call(lambda: None)
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (logging.INFO, "resilience: rejected: bulkhead 'db' is full: all 1 slots are taken")
+    ]
+
+
+class TickingClock(FakeClock):
+    """A FakeClock that moves one second on every read, as if each step took that long."""
+
+    def monotonic(self) -> float:
+        self.advance(1)
+        return super().monotonic()
+
+
+async def test_a_call_that_may_not_wait_is_refused_without_joining_the_queue(
+    mode: str,
+) -> None:
+    """max_wait=0: a call that finds no slot is refused at once, as by a full queue, having
+    waited 0 s, however the clock moves meanwhile."""
+    clock = TickingClock()
+    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=0, clock=clock)
+    events: list[rs.events.BulkheadEvent] = []
+    bulkhead.subscribe(events.append)
+    with bulkhead:
+        with pytest.raises(rs.BulkheadFullError) as refused:
+            await call_through(mode, bulkhead)
+        assert (
+            str(refused.value)
+            == "bulkhead is full: all 1 slots are taken and its queue of 1 is full"
+        )
+    assert events == [rs.events.BulkheadEvent(None, "rejected", 0.0, refused.value)]
+    assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(0, 1, 0, 1)
 
 
 async def test_a_queued_sync_call_gives_up_at_its_deadline() -> None:

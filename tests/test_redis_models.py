@@ -24,12 +24,33 @@ What is compared, and what is not:
   waits for the next request or interval, and the server counts an outcome
   when it arrives, so in a process an outcome may land up to one sync
   interval later than the model says. The test pins that interval to zero.
-* Everything the model checks is compared exactly, with one exception: the
-  ``retry_after`` of a rejection is the server's answer carried onto the
-  process's clock (``now + retry_after``, later minus ``now``), equal to
-  the model's within float rounding (1e-9 s). The metrics, read from the
-  server, are compared exactly (``shared`` aside: it says where they came
-  from).
+
+Per policy:
+
+* CircuitBreaker (the breaker model's machine, count and time windows):
+  every decision, the state, and the metrics read from the server, exactly
+  (``shared`` aside: it says where they came from); the ``retry_after`` of
+  a rejection within 1e-9 s: it is the server's answer carried onto the
+  process's clock (``now + retry_after``, later minus ``now``).
+* Throttle (the throttle model's sync steps, its float tolerance): every
+  grant, wait and refusal, the wait told, ``available`` (the bucket in
+  Redis). Not ``update``: in Redis the bucket is GCRA's TAT, a time, which a
+  new rate or burst rescales, where the in-process bucket keeps its tokens.
+  Not the asyncio waiters' model: in Redis a waiter reserves its tokens and
+  sleeps, with no queue in the process to cancel from, first come first
+  served only by the order of the reservations.
+* Bulkhead (the bulkhead model, on the real clock, timed by the server):
+  after every step, ``in_flight`` and ``available`` read from Redis are the
+  model's. In one process the process's own slots and queue cap the calls
+  before they ask the fleet, so this checks that the holders in Redis are
+  exactly the calls running (each admitted once, each given back, new
+  limits applied), not the fleet's queueing, which is not first come first
+  served across processes.
+* RetryBudget: against `FleetBudget`, the budget as the Redis store states
+  it (ratio per deposit, exactly), not the in-process reference, whose whole
+  tokens make a deposit worth a hair more (see `FleetBudget`). Not
+  ``update``: in Redis a new ratio applies at once to the deposits in the
+  window; in process the tokens already there keep their worth.
 """
 
 from __future__ import annotations
@@ -38,7 +59,7 @@ import asyncio
 import itertools
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
@@ -47,11 +68,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import invariant, run_state_machine_as_test
 
+import test_budget_model as budget_model
 import test_bulkhead_model as bulkhead_model
 import test_circuit_breaker_model as breaker_model
 import test_throttle_model as throttle_model
 from redis_support import no_retry
-from resilience import Bulkhead, CircuitBreaker, Throttle
+from resilience import Bulkhead, CircuitBreaker, RetryBudget, Throttle
+from resilience.metrics import RetryBudgetMetrics
 from resilience.redis import RedisBackend
 from resilience.testing import FakeClock
 
@@ -81,6 +104,15 @@ REDIS_BULKHEAD_SETTINGS = settings(
     max_examples=40,
     suppress_health_check=[
         *bulkhead_model.MODEL_SETTINGS.suppress_health_check,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+
+REDIS_BUDGET_SETTINGS = settings(
+    budget_model.MODEL_SETTINGS,
+    max_examples=100,
+    suppress_health_check=[
+        *budget_model.MODEL_SETTINGS.suppress_health_check,
         HealthCheck.function_scoped_fixture,
     ],
 )
@@ -232,3 +264,168 @@ def test_bulkhead_on_redis_follows_the_model(
         )
 
     asyncio.run(bulkhead_model.run_bulkhead(data, make, shared=True))
+
+
+# -- RetryBudget ---------------------------------------------------------------------------
+
+
+@dataclass
+class FleetBudget:
+    """The fleet's budget as `resilience.redis` states it, plainly: over the window of ``ttl``
+    seconds (ten slices, numbered by ``now // (ttl / 10)`` as in process), the retries
+    allowed are ``ratio`` per deposit plus ``min_per_second * ttl``, less the withdrawals.
+
+    The in-process budget (the reference of test_budget_model.py) counts in whole tokens,
+    Finagle's way: a deposit is 1000, a retry ``int(1000 / ratio)``, so a deposit is worth a
+    hair more than ``ratio`` retries (0.7003 for 0.7) and, after hundreds of deposits, it
+    may allow one retry more than the fleet's budget, which counts ``ratio`` exactly (357
+    deposits at 0.7: 250 retries in process, 249 in Redis). The windows, the slices and
+    their ends are the same.
+    """
+
+    ratio: float
+    floor: float
+    ttl: float
+    deposits: dict[int, int] = field(default_factory=dict)
+    withdrawals: dict[int, int] = field(default_factory=dict)
+    refused: int = 0
+
+    def slice(self, now: float) -> int:
+        return int(now // (self.ttl / budget_model.SLICES))
+
+    def window(self, counts: dict[int, int], now: float) -> int:
+        current = self.slice(now)
+        return sum(v for k, v in counts.items() if current - budget_model.SLICES < k <= current)
+
+    def retries(self, now: float) -> float:
+        deposits, withdrawals = self.window(self.deposits, now), self.window(self.withdrawals, now)
+        return deposits * self.ratio + self.floor * self.ttl - withdrawals
+
+    def deposit(self, now: float, count: int) -> None:
+        key = self.slice(now)
+        self.deposits[key] = self.deposits.get(key, 0) + count
+
+    def withdraw(self, now: float) -> bool:
+        if self.retries(now) >= 1:
+            key = self.slice(now)
+            self.withdrawals[key] = self.withdrawals.get(key, 0) + 1
+            return True
+        self.refused += 1
+        return False
+
+    def metrics(self, now: float) -> RetryBudgetMetrics:
+        return RetryBudgetMetrics(
+            balance=max(0, int(self.retries(now))),
+            deposits=self.window(self.deposits, now),
+            withdrawals=self.window(self.withdrawals, now),
+            refused=self.refused,
+            shared=True,
+        )
+
+
+#: The budget model's steps but `update`: in Redis a new ratio applies to the deposits in
+#: the window at once; in process the tokens already there keep their worth.
+budget_steps = st.one_of(*budget_model.STEPS_BUT_UPDATE)
+
+
+@REDIS_BUDGET_SETTINGS
+@given(
+    ratio=budget_model.ratios,
+    floor=budget_model.floors,
+    ttl=st.floats(1.0, 60.0),
+    start=st.one_of(st.just(0.0), st.floats(-300.0, 300.0), st.floats(-1e6, 1e7)),
+    plan=st.lists(budget_steps, max_size=60),
+)
+def test_budget_on_redis_follows_the_fleet_reference(
+    redis_client: redis.Redis,
+    ratio: float,
+    floor: float,
+    ttl: float,
+    start: float,
+    plan: list[tuple[str, Any]],
+) -> None:
+    """Deposits (sent by the sync before the clock moves), withdrawals decided in Redis, time
+    passing: every decision, the balance and the window's counts are the reference's."""
+    clock = FakeClock(start)
+    backend = strict_backend(redis_client, clock)
+    budget = RetryBudget(
+        ratio, min_per_second=floor, ttl=ttl, clock=clock, name="model", backend=backend
+    )
+    model = FleetBudget(ratio, floor, ttl)
+    for kind, value in plan:
+        now = clock.monotonic()
+        if kind == "deposit":
+            for _ in range(value):
+                budget.deposit()
+            backend.flush()  # the sync sends them before the clock moves
+            model.deposit(now, value)
+        elif kind == "withdraw":
+            for _ in range(value):
+                assert budget.try_withdraw() == model.withdraw(now), (kind, now)
+        elif kind == "advance":
+            clock.advance(value * ttl)
+        else:
+            assert budget.balance == model.metrics(now).balance, (kind, now)
+            assert budget.metrics() == model.metrics(now), (kind, now)
+    assert budget.metrics() == model.metrics(clock.monotonic())
+
+
+@pytest.mark.parametrize("where", ["process", "redis"])
+def test_a_deposit_on_a_slice_edge_ages_with_that_slice(
+    redis_client: redis.Redis, where: str
+) -> None:
+    """Slices are numbered by ``now // width``, in process and in Redis alike: a deposit at
+    1.0 with slices of 0.1 s is in slice 9 (1.0 / 0.1 rounds to 10.0), so it has left the
+    window of ten slices at 1.95, in slice 19."""
+    clock = FakeClock(1.0)
+    backend = strict_backend(redis_client, clock) if where == "redis" else None
+    budget = RetryBudget(
+        1.0, min_per_second=0.0, ttl=1.0, clock=clock, name="edge", backend=backend
+    )
+    budget.deposit()
+    if backend is not None:
+        backend.flush()
+    assert budget.balance == 1
+    clock.advance(0.9)  # 1.9: slice 18, the window is slices 9 to 18
+    assert budget.balance == 1
+    clock.advance(0.05)  # 1.95: slice 19
+    assert budget.balance == 0
+    assert not budget.try_withdraw()
+
+
+@pytest.mark.parametrize("where", ["process", "redis"])
+def test_a_call_on_a_bucket_edge_ages_with_that_bucket(
+    redis_client: redis.Redis, where: str
+) -> None:
+    """A breaker's time window numbers its buckets by ``now // width``, in process and in
+    Redis alike: with buckets of 0.1 s, a call at 1.0 is in bucket 9 and has left the window
+    at 1.95 (bucket 19); a call at 1.05 (bucket 10) is still in it at 2.0 (bucket 19 too,
+    though 2.0 / 0.1 rounds to 20.0)."""
+    clock = FakeClock(1.0)
+    backend = strict_backend(redis_client, clock) if where == "redis" else None
+    breaker = CircuitBreaker(
+        failure_ratio=1.0,
+        window_seconds=1.0,
+        window_buckets=10,
+        clock=clock,
+        name="edge",
+        backend=backend,
+    )
+
+    def succeed() -> str:
+        return "ok"
+
+    def calls_in_the_window() -> int:
+        if backend is not None:
+            backend.flush()  # the sync sends the successes before the clock moves
+        return breaker.metrics().calls
+
+    breaker.call(succeed)
+    assert calls_in_the_window() == 1
+    clock.advance(0.05)
+    breaker.call(succeed)
+    assert calls_in_the_window() == 2
+    clock.advance(0.9)  # 1.95
+    assert calls_in_the_window() == 1
+    clock.advance(0.05)  # 2.0
+    assert calls_in_the_window() == 1

@@ -429,3 +429,9 @@ def test_a_call_on_a_bucket_edge_ages_with_that_bucket(
     assert calls_in_the_window() == 1
     clock.advance(0.05)  # 2.0
     assert calls_in_the_window() == 1
+
+
+def test_the_clock_of_a_backend_must_be_a_clock(redis_client: redis.Redis) -> None:
+    """``clock=`` takes a clock instance, as a policy's ``clock=`` does: not its class."""
+    with pytest.raises(TypeError, match="clock must provide monotonic"):
+        RedisBackend(client=redis_client, timeout=TIMEOUT, clock=FakeClock)  # type: ignore[arg-type]

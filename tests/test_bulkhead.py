@@ -25,6 +25,8 @@ import modes
 import resilience as rs
 from modes import Event, cancellation, checkpoint, create_task, forever, gather, task_cancelled
 from resilience._backend import Unavailable
+from resilience._context import EMPTY, VAR, child
+from resilience._errors import DeadlineCut
 from resilience._slots import Slots
 from resilience.stores import Backend
 from resilience.testing import FakeClock
@@ -187,6 +189,9 @@ def test_defaults_settings_and_repr() -> None:
         == "Bulkhead('db', max_concurrent=8, max_queue=16, max_wait=2, isolation='thread')"
     )
     assert (full.in_flight, full.available, full.queued, full.rejected) == (0, 8, 0, 0)
+    metrics = full.metrics()
+    assert metrics.shared is False  # kept in this process, not read from a backend
+    assert repr(metrics) == "BulkheadMetrics(in_flight=0, available=8, queued=0, rejected=0)"
 
 
 # -- slots and the queue -------------------------------------------------------------------
@@ -665,6 +670,37 @@ def test_an_isolated_call_is_left_at_the_deadline_and_keeps_its_slot() -> None:
     assert bulkhead.drain(10)
     assert bulkhead.available == 1
     assert bulkhead.call(lambda: "room again") == "room again"
+
+
+def test_an_isolated_call_left_at_a_deadline_from_outside_reports_the_time_it_had() -> None:
+    """With a deadline that no Timeout on the way out will claim (it came with the caller's
+    context), the caller leaves with a TimeoutExceeded giving the seconds it had left."""
+    clock = FakeClock(auto_advance=False)
+    bulkhead = rs.Bulkhead(1, isolation="thread", clock=clock)
+    started, release = threading.Event(), threading.Event()
+    outcome: list[BaseException] = []
+
+    def stuck() -> None:
+        started.set()
+        release.wait(30)
+
+    def caller() -> None:
+        VAR.set(child(EMPTY, 0.25, clock))  # a deadline 0.25 s away on the bulkhead's clock
+        try:
+            bulkhead.call(stuck)
+        except rs.TimeoutExceeded as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=caller)  # a context of its own: VAR is set there only
+    thread.start()
+    assert started.wait(30)
+    clock.advance(0.25)
+    thread.join(30)
+    assert [(type(error), error.seconds, error.name) for error in outcome] == [
+        (DeadlineCut, 0.25, None)
+    ]
+    release.set()
+    assert bulkhead.drain(10)
 
 
 def test_isolated_calls_that_finish_in_time_return_their_result() -> None:

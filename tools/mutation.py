@@ -16,6 +16,20 @@ cannot be told apart (an *equivalent* mutant, listed with the reason in
 ``tools/mutation_equivalents.toml``). The score of a module is the killed
 mutants over the non-equivalent ones.
 
+The Lua scripts of the Redis-backed policies are mutated too: the string
+constants of a module of `LUA_MODULES` (``_redis_lua``), token by token. A
+comparison (``<``, ``<=``, ``>``, ``>=``, ``==``, ``~=``) turned around,
+``+ - * /`` swapped, a number moved, ``and``/``or`` swapped, a ``not`` or a
+unary ``-`` dropped, a one-line statement deleted. Their keys name the
+constant and the Lua function (``_redis_lua:CIRCUIT.should_trip:...``);
+``--list`` gives the line. Such a mutant runs the tests that ran a script
+holding that constant (recorded with the coverage contexts). The mutated
+constant goes into the module like any mutated code, so the backend
+registers the mutated script; redis-py runs a script by its SHA1 and loads
+it on ``NOSCRIPT``, so the mutated one, whose SHA1 differs, is the one the
+server runs. Each child runs its own pytest session, so its own redis-server
+(the session fixture of ``tests/conftest.py``).
+
 How a mutant runs: the parent process imports pytest and the heavy test
 dependencies, never `resilience`, and forks one child per mutant. The child
 installs an import hook that gives the mutated module's compiled code to
@@ -36,6 +50,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import signal
 import sys
 import time
@@ -46,6 +61,13 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "src" / "resilience"
 EQUIVALENTS = ROOT / "tools" / "mutation_equivalents.toml"
 RESULTS = ROOT / ".mutation"
+
+_REDIS_TESTS = (
+    "tests/test_redis.py",
+    "tests/test_redis_faults.py",
+    "tests/test_redis_fleet.py",
+    "tests/test_redis_models.py",
+)
 
 #: Module -> its own tests (the ones a change to it should break).
 MODULES: dict[str, tuple[str, ...]] = {
@@ -68,7 +90,16 @@ MODULES: dict[str, tuple[str, ...]] = {
     ),
     "_retry": ("tests/test_retry.py", "tests/test_budget.py"),
     "_adaptive": ("tests/test_adaptive.py",),
+    "_redis_circuit": _REDIS_TESTS,
+    "_redis_throttle": _REDIS_TESTS,
+    "_redis_bulkhead": _REDIS_TESTS,
+    "_redis_budget": _REDIS_TESTS,
+    "_redis_backend": _REDIS_TESTS,
+    "_redis_lua": _REDIS_TESTS,
 }
+
+LUA_MODULES = frozenset({"_redis_lua"})
+"""Modules whose module-level string constants are Lua scripts (or parts of them)."""
 
 TARGET = 0.95
 """The least share of non-equivalent mutants a module's tests must kill."""
@@ -141,6 +172,8 @@ class Mutant:
     description: str
     last_line: int = 0
     """The last line of the mutated expression (coverage may report any line of it)."""
+    lua: bool = False
+    """A change to a Lua script: ``index`` is its string constant, ``variant`` the change."""
 
     @property
     def key(self) -> str:
@@ -255,6 +288,17 @@ def mutants(module: str) -> list[Mutant]:
     for index, node in enumerate(ast.walk(tree)):
         if node in annotations or _skipped(node, parents):
             continue
+        name = _lua_constant(module, node, parents)
+        if name:
+            assert isinstance(node, ast.Constant)
+            assert isinstance(node.value, str)
+            for variant, change in enumerate(lua_changes(node.value)):
+                function = f"{name}.{change.function}" if change.function else name
+                line = node.lineno + change.line
+                out.append(
+                    Mutant(module, index, variant, line, function, change.description, line, True)
+                )
+            continue
         if "pragma: no mutate" in _line(source, node):
             continue
         span = node.test if isinstance(node, ast.If | ast.While) else node
@@ -308,6 +352,11 @@ def mutated_code(mutant: Mutant) -> Any:
     if mutant.index >= len(nodes):  # pragma: no cover - the module changed under us
         raise LookupError(mutant)
     node = nodes[mutant.index]
+    if mutant.lua:
+        assert isinstance(node, ast.Constant)
+        assert isinstance(node.value, str)
+        node.value = lua_changes(node.value)[mutant.variant].applied(node.value)
+        return compile(tree, str(path), "exec")
     description = mutant.description.split(" #")[0]
     replacement = _apply(node, mutant.variant, description)
     if replacement is not node:
@@ -330,6 +379,163 @@ def _replace(parent: ast.AST, old: ast.AST, new: ast.AST | None) -> None:
             setattr(parent, field, new if new is not None else ast.Constant(None))
             return
     raise LookupError(old)  # pragma: no cover
+
+
+# -- the Lua mutants ---------------------------------------------------------------------------
+
+LUA_SWAP: dict[str, list[str]] = {
+    "<": ["<=", ">"],
+    "<=": ["<", ">="],
+    ">": [">=", "<"],
+    ">=": [">", "<="],
+    "==": ["~="],
+    "~=": ["=="],
+    "+": ["-"],
+    "-": ["+"],
+    "*": ["/"],
+    "/": ["*"],
+    "and": ["or"],
+    "or": ["and"],
+}
+_LUA_TOKEN = re.compile(
+    r"""
+      (?P<comment>--\[\[.*?\]\]|--[^\n]*)
+    | (?P<string>'(?:\\.|[^'\\\n])*'|"(?:\\.|[^"\\\n])*"|\[\[.*?\]\])
+    | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)
+    | (?P<name>[A-Za-z_]\w*)
+    | (?P<op>\.\.\.|\.\.|==|~=|<=|>=|[-+*/%^\#<>=(){}\[\];:,.])
+    | (?P<space>\s+)
+    """,
+    re.VERBOSE | re.DOTALL,
+)
+#: After these tokens a ``-`` is unary (a negative number), not a subtraction.
+_LUA_BEFORE_UNARY = frozenset(
+    {"", "(", "{", "[", ",", "=", "==", "~=", "<", "<=", ">", ">=", "+", "-", "*", "/", "%"}
+    | {"^", "..", "#", ";", "return", "and", "or", "not", "then", "do", "else", "elseif"}
+    | {"until", "in"}
+)
+#: A line starting with one of these is not a whole statement that could be deleted.
+_LUA_NOT_STATEMENT = frozenset(
+    {"local", "if", "elseif", "else", "end", "for", "while", "repeat", "until", "return"}
+    | {"function", "do", "then", "and", "or"}
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class LuaChange:
+    """One change to a Lua text: ``text[start:end]`` becomes ``new``."""
+
+    start: int
+    end: int
+    new: str
+    line: int
+    """The line of the change, counted from 0 in the text."""
+    function: str
+    """The Lua function it is in ("" at the script's top level)."""
+    description: str
+
+    def applied(self, text: str) -> str:
+        return text[: self.start] + self.new + text[self.end :]
+
+
+def _lua_constant(module: str, node: ast.AST, parents: dict[ast.AST, ast.AST]) -> str:
+    """The name of the module-level constant ``node`` is a Lua text of ("": not one)."""
+    if module not in LUA_MODULES or not isinstance(node, ast.Constant):
+        return ""
+    if not isinstance(node.value, str):
+        return ""
+    current = parents.get(node)
+    while isinstance(current, ast.BinOp):  # CIRCUIT = _NOW + _HELPERS + r"""..."""
+        current = parents.get(current)
+    if isinstance(current, ast.Assign) and isinstance(parents.get(current), ast.Module):
+        targets = [t.id for t in current.targets if isinstance(t, ast.Name)]
+        return targets[0] if targets else ""
+    return ""
+
+
+def lua_changes(text: str) -> list[LuaChange]:
+    """The mutants of one Lua text, in a stable order (a mutant's variant is its place)."""
+    tokens = [
+        (m.lastgroup or "", m.group(), m.start())
+        for m in _LUA_TOKEN.finditer(text)
+        if m.lastgroup not in ("space", "comment")
+    ]
+    functions = _lua_functions(tokens)
+    lines = text.split("\n")
+    out: list[LuaChange] = []
+    previous = ""
+    for i, (kind, value, start) in enumerate(tokens):
+        end = start + len(value)
+        changes: list[tuple[int, str, str]] = []  # (end, new text, what the key shows)
+        if (kind == "op" or value in ("and", "or")) and value in LUA_SWAP:
+            if value == "-" and previous in _LUA_BEFORE_UNARY:
+                changes.append((end, "", "drop -"))
+            else:
+                changes.extend((end, new, f"{value} -> {new}") for new in LUA_SWAP[value])
+        elif kind == "name" and value == "not":
+            following = tokens[i + 1][2] if i + 1 < len(tokens) else end
+            changes.append((following, "", "drop not"))
+        elif kind == "number":
+            number = float(value)
+            moved = repr(int(number) + 1 if value.isdigit() else number + 1)
+            changes.append((end, moved, f"{value} -> {moved}"))
+            if number != 0:
+                changes.append((end, "0", f"{value} -> 0"))
+        line = text.count("\n", 0, start)
+        for stop, new, shown in changes:
+            where = _lua_excerpt(lines[line], start - (text.rfind("\n", 0, start) + 1))
+            description = f"{where} [{shown}]"
+            out.append(LuaChange(start, stop, new, line, functions[i], description))
+        previous = value if kind in ("op", "name") else "x"
+    offset = 0
+    for line, code in enumerate(lines):
+        statement = code.split("--")[0].strip()
+        if _lua_statement(statement):
+            begin = offset + code.index(statement)
+            function = next(
+                (f for (_, _, at), f in zip(tokens, functions, strict=True) if at >= begin), ""
+            )
+            description = f"{statement[:60]} [delete the statement]"
+            out.append(LuaChange(begin, begin + len(statement), "", line, function, description))
+        offset += len(code) + 1
+    return out
+
+
+def _lua_functions(tokens: list[tuple[str, str, int]]) -> list[str]:
+    """For each token, the innermost Lua function it is in ("" at the top level)."""
+    blocks: list[str] = []  # the open blocks: a function's name, or "" for another block
+    out = []
+    for i, (kind, value, _) in enumerate(tokens):
+        if kind == "name" and value == "function":
+            following = tokens[i + 1] if i + 1 < len(tokens) else ("", "", 0)
+            blocks.append(following[1] if following[0] == "name" else "<function>")
+        elif kind == "name" and value in ("if", "do", "repeat"):
+            blocks.append("")
+        elif kind == "name" and value in ("end", "until") and blocks:
+            blocks.pop()
+        out.append(next((b for b in reversed(blocks) if b), ""))
+    return out
+
+
+def _lua_excerpt(code: str, column: int) -> str:
+    """The line of a change, without its comment; 60 characters around the change at most."""
+    comment = code.find("--")
+    if comment > column:
+        code = code[:comment]
+    stripped = code.strip()
+    column -= len(code) - len(code.lstrip())
+    begin = max(0, min(column - 25, len(stripped) - 60))
+    return stripped[begin : begin + 60]
+
+
+def _lua_statement(code: str) -> bool:
+    """Whether a line (without its comment) is one whole statement that can be deleted."""
+    words = code.replace("(", " ").split()
+    if not words or words[0] in _LUA_NOT_STATEMENT or code.endswith(("then", "do")):
+        return False
+    if code.endswith((",", "+", "..", "=")):
+        return False  # the first part of a statement over several lines
+    return all(code.count(a) == code.count(b) for a, b in ("()", "{}", "[]"))
 
 
 # -- running -------------------------------------------------------------------------------------
@@ -356,7 +562,9 @@ class _Hook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         exec(self.code, module.__dict__)
 
 
-def _run_child(tests: list[str], code: Any, module: str, quiet: bool = True) -> int:
+def _run_child(
+    tests: list[str], code: Any, module: str, quiet: bool = True, plugins: tuple[Any, ...] = ()
+) -> int:
     """In a forked child: run pytest on ``tests``, with ``code`` as the module if given."""
     if code is not None:
         sys.meta_path.insert(0, _Hook(f"resilience.{module}", code))
@@ -369,7 +577,7 @@ def _run_child(tests: list[str], code: Any, module: str, quiet: bool = True) -> 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
-    return int(pytest.main(args))
+    return int(pytest.main(args, plugins=list(plugins)))
 
 
 def run_forked(tests: list[str], code: Any, module: str, limit: float) -> tuple[str, float]:
@@ -408,22 +616,36 @@ def coverage_map(module: str, tests: tuple[str, ...]) -> dict[int, set[str]]:
             branch=False,
         )
         cov.set_option("run:dynamic_context", "test_function")
+        recorder = _ScriptRecorder() if module in LUA_MODULES else None
         cov.start()
         try:
-            _run_child(list(tests), None, module)
+            status = _run_child(list(tests), None, module, plugins=(recorder,) if recorder else ())
         finally:
             cov.stop()
+        if status != 0:  # a map of a run cut short would let mutants survive untested
+            os._exit(1)
+        if recorder is not None:
+            scripts = {text: sorted(tests) for text, tests in recorder.runs.items()}
+            (RESULTS / f"{module}.scripts.json").write_text(json.dumps(scripts))
         data = cov.get_data()
         path = str(PACKAGE / f"{module}.py")
         by_line = data.contexts_by_lineno(path)
         out_file.write_text(json.dumps({str(k): sorted(v) for k, v in by_line.items()}))
         os._exit(0)
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"{module}: its tests failed in the coverage run (flaky?)")
     raw = json.loads(out_file.read_text())
     files = {pathlib.Path(t).stem: t for t in tests}
+    at_import = _import_lines(module)
     result: dict[int, set[str]] = {}
     for line, contexts in raw.items():
         selected: set[str] = set()
+        if int(line) in at_import:
+            # Run when the module is imported, which a module imported on first use (as
+            # the Redis stores are) does in whichever test uses it first: every test runs.
+            result[int(line)] = selected
+            continue
         for context in contexts:
             if not context:
                 # Run outside a test function's frame (at import, or in a task the test
@@ -436,6 +658,55 @@ def coverage_map(module: str, tests: tuple[str, ...]) -> dict[int, set[str]]:
                 selected.add(f"{files[stem]}::{function.split('.')[0]}")
         result[int(line)] = selected
     return result
+
+
+def _import_lines(module: str) -> set[int]:
+    """The lines of the module outside any function body: the ones its import runs."""
+    tree = ast.parse((PACKAGE / f"{module}.py").read_text())
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            inside.update(range(node.body[0].lineno, (node.end_lineno or 0) + 1))
+    return set(range(1, (getattr(tree.body[-1], "end_lineno", 0) or 0) + 1)) - inside
+
+
+class _ScriptRecorder:
+    """A pytest plugin that records the tests that run each Lua script (its text).
+
+    It wraps redis-py's `Script` and `AsyncScript` calls, through which the
+    backend runs every script; a test is named as coverage names it
+    (``file::function``, without parameters).
+    """
+
+    def __init__(self) -> None:
+        from redis.commands.core import AsyncScript, Script
+
+        self.runs: dict[str, set[str]] = {}
+        self.test = ""
+        for cls in (Script, AsyncScript):
+            cls.__call__ = self._recording(cls.__call__)  # type: ignore[method-assign]
+
+    def _recording(self, call: Any) -> Any:
+        def recorded(script: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.test:
+                text = script.script
+                text = text.decode() if isinstance(text, bytes) else text
+                self.runs.setdefault(text, set()).add(self.test)
+            return call(script, *args, **kwargs)
+
+        return recorded
+
+    def pytest_runtest_protocol(self, item: Any) -> None:
+        self.test = item.nodeid.split("[")[0]
+
+
+def _lua_tests(mutant: Mutant, scripts: dict[str, list[str]]) -> list[str]:
+    """The tests that ran a script holding the Lua text ``mutant`` changes."""
+    tree = ast.parse((PACKAGE / f"{mutant.module}.py").read_text())
+    node = list(ast.walk(tree))[mutant.index]
+    assert isinstance(node, ast.Constant)
+    assert isinstance(node.value, str)
+    return sorted({test for text, tests in scripts.items() if node.value in text for test in tests})
 
 
 def load_equivalents() -> dict[str, str]:
@@ -455,6 +726,8 @@ def run_module(
         raise SystemExit(f"{module}: its tests fail without any mutant ({baseline})")
     limit = max(20.0, 4 * seconds)
     lines = coverage_map(module, tests)
+    scripts_file = RESULTS / f"{module}.scripts.json"
+    scripts = json.loads(scripts_file.read_text()) if module in LUA_MODULES else {}
     equivalents = load_equivalents()
     found = mutants(module)
     if only is not None:
@@ -462,6 +735,13 @@ def run_module(
     outcome: dict[str, str] = {}
     queue: list[tuple[Mutant, list[str]]] = []
     for mutant in found:
+        if mutant.lua:
+            selected = _lua_tests(mutant, scripts)
+            if selected:
+                queue.append((mutant, selected))
+            else:
+                outcome[mutant.key] = "survived"  # no test runs this script
+            continue
         span = [
             lines[n]
             for n in range(mutant.line, max(mutant.line, mutant.last_line) + 1)

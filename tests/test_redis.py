@@ -335,7 +335,7 @@ def test_async_calls_share_the_breaker_too(backends: Backends, mode: str) -> Non
 
 
 def test_local_first_admits_without_a_round_trip(backends: Backends) -> None:
-    backend = backends("local-first")
+    backend = backends("local-first", sync_interval=10)  # no background sync in between
     breaker = rs.CircuitBreaker(name="quiet", backend=backend)
     breaker.call(lambda: None)  # learns the fleet's state
     sync_of(backend)
@@ -531,6 +531,80 @@ def test_a_retry_spends_the_shared_budget(backends: Backends) -> None:
     with pytest.raises(Boom):
         retry.call(failing)
     assert attempts == 2  # 0.1 a second over 10 s: one retry in the whole fleet
+
+
+def test_every_process_reads_the_fleet_balance_of_the_deposits(backends: Backends) -> None:
+    here, there = backends(), backends()
+    mine = rs.RetryBudget(ratio=0.5, min_per_second=0, name="budget", backend=here)
+    theirs = rs.RetryBudget(ratio=0.5, min_per_second=0, name="budget", backend=there)
+    for _ in range(8):
+        mine.deposit()
+    sync_of(here)
+    assert theirs.balance == 4
+    metrics = theirs.metrics()
+    assert (metrics.balance, metrics.deposits, metrics.withdrawals) == (4, 8, 0)
+
+
+def test_a_shared_budget_forgets_a_deposit_when_the_process_does(backends: Backends) -> None:
+    """The fleet's window is cut in the process's ten slices: a deposit made late in the
+    first slice of a 10 s window is gone from both once that slice is 10 s old."""
+    clock = FakeClock(auto_advance=False)
+    backend = backends(clock=clock)
+    shared = rs.RetryBudget(ratio=1, min_per_second=0, name="budget", backend=backend)
+    local = rs.RetryBudget(ratio=1, min_per_second=0, clock=clock)
+    clock.advance(1000.95)  # late in a slice (1000 to 1001)
+    shared.deposit()
+    local.deposit()
+    sync_of(backend)  # the server counts a deposit when it gets it
+    clock.advance(9.0)
+    assert (shared.balance, local.balance) == (1, 1)
+    clock.advance(0.6)  # 1010.55: the deposit's slice is out of the window
+    assert (shared.balance, local.balance) == (0, 0)
+
+
+def test_the_background_sync_sends_the_deposits_of_a_budget(backends: Backends) -> None:
+    """No flush by hand: attaching a budget starts the process's background sync."""
+    here, there = backends("local-first", sync_interval=0.01), backends()
+    mine = rs.RetryBudget(ratio=1, min_per_second=0, name="budget", backend=here)
+    theirs = rs.RetryBudget(ratio=1, min_per_second=0, name="budget", backend=there)
+    mine.deposit()
+    for _ in range(300):  # 3 s at most, in 10 ms looks
+        if theirs.balance:
+            break
+        threading.Event().wait(0.01)
+    assert theirs.balance == 1
+
+
+def test_a_sync_with_no_new_deposit_costs_no_round_trip(backends: Backends) -> None:
+    backend = backends("local-first", sync_interval=10)
+    budget = rs.RetryBudget(ratio=1, min_per_second=0, name="budget", backend=backend)
+    budget.deposit()
+    sync_of(backend)
+    sent = backend.round_trips
+    sync_of(backend)
+    assert backend.round_trips == sent
+    assert budget.metrics().deposits == 1
+
+
+def test_deposits_of_a_request_that_never_reached_redis_are_sent_with_the_next(
+    backends: Backends, redis_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A withdrawal that failed to connect carried no deposit to the server: the next one
+    carries them (counted once), and the backend says it answers again."""
+    redis_server.kill()
+    try:
+        backend = backends(retry_interval=0)  # no connection made yet: the first one fails
+        budget = rs.RetryBudget(ratio=1, min_per_second=0, name="budget", backend=backend)
+        for _ in range(4):
+            budget.deposit()
+        assert budget.try_withdraw()  # decided in the process ("local")
+    finally:
+        redis_server.ensure_running()
+    with caplog.at_level("WARNING", logger="resilience"):
+        assert budget.try_withdraw()
+    metrics = budget.metrics()
+    assert (metrics.deposits, metrics.withdrawals) == (4, 1)
+    assert any("the backend answers again" in r.getMessage() for r in caplog.records)
 
 
 # -- keys -------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import resilience as rs
 from modes import run_plain
+from resilience._backend import Backend, Unavailable
 from resilience.testing import EventRecorder, FakeClock
 
 
@@ -175,6 +176,91 @@ def test_a_withdraw_only_view_shares_the_balance_and_never_deposits(clock: FakeC
     assert view.try_withdraw()
     assert budget.balance == 0
     assert view.metrics() == budget.metrics()
+
+
+def test_the_bounds_of_ttl_and_ratio_are_allowed() -> None:
+    """ttl may be exactly 1 or 60 seconds, and ratio exactly 1000 (a retry costs one token)."""
+    assert rs.RetryBudget(ttl=1, clock=FakeClock()).ttl == 1.0
+    assert rs.RetryBudget(ttl=60, clock=FakeClock()).ttl == 60.0
+    budget = rs.RetryBudget(1000, min_per_second=0, clock=FakeClock())
+    budget.deposit()
+    assert budget.balance == 1000
+
+
+def test_a_reserve_must_be_a_finite_number_of_tokens() -> None:
+    """min_per_second * ttl * a withdrawal's tokens must be finite; just below the limit is fine."""
+    with pytest.raises(ValueError, match=r"^min_per_second must be at most about"):
+        rs.RetryBudget(0.2, min_per_second=1e305, ttl=10)  # 1e306 * 5000 tokens
+    with pytest.raises(ValueError, match=r"^min_per_second must be at most about"):
+        rs.RetryBudget(0, min_per_second=1e308, ttl=10)  # 1e309 retries of one token
+    assert rs.RetryBudget(0, min_per_second=1e307, ttl=10, clock=FakeClock()).balance == int(
+        1e307 * 10.0
+    )
+
+
+def test_a_deposit_counts_in_the_slice_its_time_falls_in(clock: FakeClock) -> None:
+    """A deposit made right at a slice's start belongs to that slice, not the one before.
+
+    With ttl=5 a slice is 0.5 s: a deposit at 0.5 s (slice 1) still counts at
+    5.0 s, when slice 0 has left the window; so does one at 1.0 s (slice 2)
+    made after the budget was last read in slice 1, at 5.5 s.
+    """
+    budget = rs.RetryBudget(1, min_per_second=0, ttl=5, clock=clock)
+    clock.advance(0.5)
+    budget.deposit()
+    clock.advance(4.5)
+    assert budget.balance == 1
+
+    clock = FakeClock()
+    budget = rs.RetryBudget(1, min_per_second=0, ttl=5, clock=clock)
+    clock.advance(0.75)
+    assert budget.balance == 0  # the window moves to slice 1
+    clock.advance(0.25)
+    budget.deposit()  # 1.0 s: slice 2
+    clock.advance(4.5)
+    assert budget.balance == 1
+
+
+def test_the_first_deposit_of_a_later_slice_counts_in_that_slice(clock: FakeClock) -> None:
+    """A deposit at 0 s and five at 5 s (ttl 10, ratio 0.2): at 10 s the five still count."""
+    budget = rs.RetryBudget(0.2, min_per_second=0, ttl=10, clock=clock)
+    budget.deposit()
+    clock.advance(5.0)
+    for _ in range(5):
+        budget.deposit()
+    clock.advance(5.0)
+    assert budget.balance == 1
+    assert budget.metrics().deposits == 6
+
+
+def test_slices_are_floored_below_zero() -> None:
+    """On a clock that reads below zero, -0.5 s is in slice -1 and -9.5 s in slice -10."""
+    clock = FakeClock(-0.5)
+    budget = rs.RetryBudget(1, min_per_second=0, ttl=10, clock=clock)
+    budget.deposit()
+    clock.advance(9.0)  # 8.5 s: slices -1 to 8
+    assert budget.balance == 1
+    clock.advance(1.0)  # 9.5 s: slice -1 has left
+    assert budget.balance == 0
+
+    clock = FakeClock(-9.5)
+    budget = rs.RetryBudget(1, min_per_second=0, ttl=10, clock=clock)
+    budget.deposit()
+    clock.advance(9.0)  # -0.5 s: slices -10 to -1
+    assert budget.balance == 1
+    clock.advance(1.0)
+    assert budget.balance == 0
+
+
+def test_slices_that_leave_the_window_are_emptied_to_nothing(clock: FakeClock) -> None:
+    """With ratio 0 a token is a retry: moving the window adds none to the reserve."""
+    budget = rs.RetryBudget(0, min_per_second=1, ttl=10, clock=clock)
+    assert budget.balance == 10
+    clock.advance(3.0)  # three slices emptied
+    assert budget.balance == 10
+    clock.advance(60.0)  # the whole window emptied
+    assert budget.balance == 10
+    assert [budget.try_withdraw() for _ in range(11)] == [True] * 10 + [False]
 
 
 class BudgetModel:
@@ -510,3 +596,139 @@ def test_a_withdraw_only_view_follows_an_update() -> None:
     budget.update(ratio=1.0)
     assert (view.ratio, view.balance) == (1.0, 2)
     assert [view.try_withdraw() for _ in range(3)] == [True, True, False]
+
+
+def test_update_to_and_from_no_ratio() -> None:
+    """From ratio 0 calls start to earn; back to 0 they stop, the reserve alone is left."""
+    clock = FakeClock()
+    budget = rs.RetryBudget(0, min_per_second=0, clock=clock)
+    budget.update(ratio=0.5)
+    budget.deposit()
+    budget.deposit()
+    assert budget.balance == 1
+    budget.update(ratio=0, min_per_second=1)  # the window's retry is kept
+    assert budget.balance == 11
+    for _ in range(5):
+        budget.deposit()
+    assert budget.balance == 11
+    assert [budget.try_withdraw() for _ in range(12)] == [True] * 11 + [False]
+
+
+def test_update_counts_the_deposits_made_before_it_at_the_old_ratio() -> None:
+    """Four calls at ratio 0.5 are two retries, still there after update(ratio=0)."""
+    budget = rs.RetryBudget(0.5, min_per_second=0, clock=FakeClock())
+    for _ in range(4):
+        budget.deposit()
+    budget.update(ratio=0)
+    assert budget.balance == 2
+
+
+def test_update_keeps_each_slice_in_whole_retries() -> None:
+    """Half a retry in each of two slices is no retry once update(ratio=0) counts retries."""
+    clock = FakeClock()
+    budget = rs.RetryBudget(0.5, min_per_second=1, ttl=10, clock=clock)
+    budget.deposit()
+    clock.advance(1.0)
+    budget.deposit()
+    assert budget.balance == 11  # 10 from the reserve, 1 from the two calls
+    budget.update(ratio=0)
+    assert budget.balance == 10
+
+
+# -- a budget shared through a backend -------------------------------------------------------------
+
+
+class FleetBudget(Backend):
+    """A stand-in for RedisBackend kept in the test: the fleet's budget answers what it is told."""
+
+    mode = "strict"
+
+    def __init__(self, on_backend_error: Any = "local") -> None:
+        self.on_backend_error = on_backend_error
+        self.allow = True
+        """What the fleet answers to a withdrawal."""
+        self.down: Unavailable | None = None
+        """Set: every request fails with it."""
+        self.failures: list[tuple[str, Unavailable, str]] = []
+        self.withdrawals = 0
+
+    def attach(self, kind: str, name: str, policy: Any) -> FleetBudget:
+        assert kind == "retry_budget"
+        return self
+
+    def withdraw(self) -> bool:
+        if self.down is not None:
+            raise self.down
+        self.withdrawals += self.allow
+        return self.allow
+
+    def read(self) -> tuple[int, int, int]:
+        if self.down is not None:
+            raise self.down
+        return 7, 30, self.withdrawals
+
+    def failed(self, operation: str, problem: Unavailable, action: str) -> None:
+        self.failures.append((operation, problem, action))
+
+
+def test_the_fleet_decides_a_withdrawal_and_its_refusals_are_counted_here() -> None:
+    """With a backend the fleet allows or refuses; each refusal is counted once by this process."""
+    fleet = FleetBudget()
+    budget = rs.RetryBudget(0, min_per_second=0, backend=fleet, name="db", clock=FakeClock())
+    assert budget.try_withdraw()  # the local budget, empty, is not asked
+    fleet.allow = False
+    assert not budget.try_withdraw()
+    assert not budget.try_withdraw()
+    assert budget.metrics() == rs.metrics.RetryBudgetMetrics(7, 30, 1, 2, shared=True)
+    assert budget.balance == 7
+    fleet.down = Unavailable(ConnectionError("gone"), 1.0)
+    assert budget.metrics() == rs.metrics.RetryBudgetMetrics(0, 0, 0, 2)  # this process's own
+    assert fleet.failures == []
+
+
+@pytest.mark.parametrize(
+    ("action", "allowed"), [("local", [True, False]), ("open", [True, True]), ("closed", [False])]
+)
+def test_a_failed_withdrawal_is_reported_and_decided_by_on_backend_error(
+    action: str, allowed: list[bool]
+) -> None:
+    """The backend's failure is reported; local asks this process's budget, open allows, closed
+    refuses."""
+    fleet = FleetBudget(on_backend_error=action)
+    fleet.down = problem = Unavailable(ConnectionError("gone"), 1.0)
+    budget = rs.RetryBudget(0, min_per_second=0.1, ttl=10, backend=fleet, name="db")
+    assert [budget.try_withdraw() for _ in allowed] == allowed
+    assert fleet.failures == [("withdraw", problem, action)] * len(allowed)
+
+
+def test_a_withdraw_only_view_asks_the_same_fleet() -> None:
+    """The view of a shared budget has its backend and withdraws from the fleet."""
+    fleet = FleetBudget()
+    budget = rs.RetryBudget(0, min_per_second=0, backend=fleet, name="db", clock=FakeClock())
+    view = budget.withdraw_only()
+    assert view.backend is fleet
+    assert view.try_withdraw()
+    assert fleet.withdrawals == 1
+    fleet.allow = False
+    assert not view.try_withdraw()
+    assert budget.metrics().refused == 1
+
+
+# -- events and snapshots --------------------------------------------------------------------------
+
+
+def test_a_refusal_event_describes_itself() -> None:
+    """RetryBudgetExhausted is the retry_budget_exhausted event, with the attempts made."""
+    error = ConnectionError("down")
+    event = rs.events.RetryBudgetExhausted("stock", "inventory", 2, error)
+    assert event.describe() == ("retry_budget_exhausted", error, {"resilience.retry.attempts": 2})
+
+
+def test_metrics_of_a_local_budget_are_not_shared() -> None:
+    """A budget without a backend reports its own numbers, marked not shared (and not shown)."""
+    budget = rs.RetryBudget(0.2, min_per_second=0, clock=FakeClock())
+    budget.deposit()
+    metrics = budget.metrics()
+    assert metrics.shared is False
+    assert rs.metrics.RetryBudgetMetrics(0, 1, 0, 0).shared is False
+    assert repr(metrics) == "RetryBudgetMetrics(balance=0, deposits=1, withdrawals=0, refused=0)"

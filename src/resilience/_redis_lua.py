@@ -387,7 +387,7 @@ return {num(granted), num(wait), num(tokens())}
 #
 # KEYS[1]: the holders (a sorted set). ARGV: 1 limit, 2 lease seconds, 3 ttl, 4 a member to
 #   admit ("" for none), 5 members leaving (comma-separated), 6 members whose leases go on.
-# Returns {admitted (1/0), holders now, seconds until the first lease expires (-1: none)}.
+# Returns {admitted (1/0), holders now}.
 BULKHEAD = (
     _NOW
     + _HELPERS
@@ -408,10 +408,7 @@ if ARGV[4] ~= '' and redis.call('ZCARD', K) < limit then
 end
 local holders = redis.call('ZCARD', K)
 if holders > 0 then redis.call('EXPIRE', K, ttl) end
-local first = redis.call('ZRANGE', K, 0, 0, 'WITHSCORES')
-local soonest = -1
-if first[2] then soonest = tonumber(first[2]) - now end
-return {admitted, holders, num(soonest)}
+return {admitted, holders}
 """
 )
 

@@ -499,6 +499,24 @@ def test_a_lease_not_renewed_ends(backends: Backends) -> None:
     assert theirs.call(lambda: 5) == 5
 
 
+def test_a_call_longer_than_its_lease_keeps_its_slot_while_the_sync_renews_it(
+    backends: Backends,
+) -> None:
+    clock = FakeClock(auto_advance=False)
+    here = backends(lease_seconds=1, clock=clock, sync_interval=10)
+    there = backends(lease_seconds=1, clock=clock)
+    mine = rs.Bulkhead(1, name="long", backend=here, clock=clock)
+    theirs = rs.Bulkhead(1, name="long", backend=there, clock=clock)
+    with mine:
+        for _ in range(3):  # 1.5 s in all, a renewal every 0.5 s
+            clock.advance(0.5)
+            sync_of(here)
+        with pytest.raises(rs.BulkheadFullError):
+            theirs.call(lambda: None)
+    sync_of(here)
+    assert theirs.call(lambda: 5) == 5
+
+
 # -- RetryBudget ------------------------------------------------------------------------------
 
 

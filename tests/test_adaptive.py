@@ -78,6 +78,7 @@ class WatchedClock(FakeClock):
         ({"min_limit": 0}, ValueError, r"^min_limit must be >= 1"),
         ({"max_limit": 1.5}, TypeError, r"^max_limit must be an int"),
         ({"min_limit": 5, "max_limit": 4}, ValueError, r"^max_limit must be >= min_limit \(5\)"),
+        ({"max_limit": 0}, ValueError, r"^max_limit must be >= 1"),
         ({"initial_limit": 0}, ValueError, r"^initial_limit must be >= 1"),
         ({"initial_limit": 300}, ValueError, r"^initial_limit must be within \[min_limit"),
         ({"max_queue": -1}, ValueError, r"^max_queue must be >= 0"),
@@ -124,6 +125,13 @@ def test_bad_algorithm_settings_fail_at_construction(
     """The algorithms validate their parameters too, naming them."""
     with pytest.raises(error, match=message):
         make()
+
+
+def test_the_limits_may_all_be_equal() -> None:
+    """min_limit, initial_limit and max_limit may be one number, 1 included."""
+    for bound in (1, 5):
+        adaptive = rs.AdaptiveLimiter(initial_limit=bound, min_limit=bound, max_limit=bound)
+        assert (adaptive.min_limit, adaptive.limit, adaptive.max_limit) == (bound, bound, bound)
 
 
 def test_a_custom_algorithm_and_a_permit_show_themselves() -> None:
@@ -470,6 +478,17 @@ def test_the_window_after_a_drop_again_needs_its_samples(clock: FakeClock) -> No
     assert len(scripted.seen) == 1
 
 
+def test_a_drop_after_the_window_ended_closes_it(clock: FakeClock) -> None:
+    """A drop that comes after the window's end (not at it) closes the window too."""
+    scripted = Scripted(2)
+    adaptive = limiter(scripted, clock=clock, initial_limit=4, window_samples=10)
+    permit = adaptive.try_acquire()
+    clock.advance(1.5)
+    permit.drop()
+    assert scripted.seen == [(None, 1, True)]
+    assert adaptive.limit == 2
+
+
 def test_a_drop_before_the_window_ends_waits_for_it(clock: FakeClock) -> None:
     """A drop marks the window; the window still ends on time, then counts it."""
     scripted = Scripted(3)
@@ -519,6 +538,14 @@ def test_a_lower_limit_is_owed_by_the_calls_running(clock: FakeClock) -> None:
         assert adaptive.try_acquire() is None
     changes = recorder.of(rs.events.LimitChange)
     assert [(c.old, c.new) for c in changes] == [(4, 2), (2, 3), (3, 6)]
+    assert changes[0].describe() == (
+        "limit_changed",
+        None,
+        {
+            "resilience.adaptive_limiter.limit": 2,
+            "resilience.adaptive_limiter.previous_limit": 4,
+        },
+    )
     assert changes[0] == rs.events.LimitChange(None, 4, 2, 1.0, 4, False, 1.0)
     assert adaptive.rejected == 4
 
@@ -703,6 +730,23 @@ async def test_drop_on_takes_types_or_a_predicate(mode: str, clock: FakeClock) -
     assert picky.in_flight == 0
 
 
+class Abort(BaseException):
+    """An exception that is not an Exception, and not control flow either."""
+
+
+def test_only_exceptions_can_be_drops(clock: FakeClock) -> None:
+    """A BaseException that is not an Exception is never a drop, whatever drop_on says."""
+    adaptive = limiter(clock=clock, initial_limit=2, drop_on=lambda error: True)
+
+    def aborts() -> None:
+        raise Abort
+
+    clock.advance(1)
+    with pytest.raises(Abort):
+        adaptive.call(aborts)
+    assert (adaptive.in_flight, adaptive.metrics().dropped, adaptive.limit) == (0, 0, 2)
+
+
 def test_control_flow_frees_the_slot_and_is_no_drop(clock: FakeClock) -> None:
     """KeyboardInterrupt passes through, gives the slot back, and teaches nothing."""
     adaptive = limiter(clock=clock, initial_limit=1)
@@ -804,6 +848,44 @@ async def test_a_slot_that_came_back_is_taken_without_queueing(clock: FakeClock)
     adaptive._core.release()
     await adaptive._aadmit()
     assert (adaptive.in_flight, adaptive.queued) == (1, 0)
+
+
+async def test_try_acquire_never_takes_a_free_slot_from_the_queue(clock: FakeClock) -> None:
+    """A slot in the free list while calls wait is theirs: try_acquire refuses.
+
+    That happens for a moment when a waiter granted a slot leaves without it: the
+    slot goes back to the free list, then the queue hands it to the next waiter.
+    """
+    adaptive = limiter(clock=clock, initial_limit=1, max_queue=1)
+    held = adaptive.try_acquire()
+    assert held is not None
+    waiting = asyncio.create_task(adaptive.acall(asyncio.sleep, 0, "served"))
+    await asyncio.sleep(0)
+    assert adaptive.queued == 1
+    core = adaptive._core
+    core.free.append(None)  # a slot given back, not yet handed to the waiter
+    assert adaptive.try_acquire() is None
+    assert (len(core.free), adaptive.rejected) == (1, 1)
+    core.free.pop()
+    held.ignore()
+    assert await waiting == "served"
+
+
+def test_layers_inside_the_limiter_run(clock: FakeClock) -> None:
+    """With a layer inside it (here a Retry), the limiter calls through that layer."""
+    adaptive = limiter(clock=clock, initial_limit=2)
+    retry = rs.Retry(2, backoff=0, clock=clock)
+    pipeline = rs.Pipeline.builder().add(adaptive).add(retry).build()
+    attempts: list[int] = []
+
+    def fails_once() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first")
+        return "second"
+
+    assert pipeline.call(fails_once) == "second"
+    assert (len(attempts), adaptive.in_flight) == (2, 0)
 
 
 async def test_a_higher_limit_serves_the_queue(clock: FakeClock) -> None:

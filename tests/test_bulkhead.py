@@ -703,6 +703,31 @@ def test_an_isolated_call_left_at_a_deadline_from_outside_reports_the_time_it_ha
     assert bulkhead.drain(10)
 
 
+def test_an_isolated_call_with_a_deadline_is_waited_for_until_it_ends() -> None:
+    """Before its deadline the caller waits for the isolated call to end, however long
+    that takes in real time, and gets its result."""
+    go = threading.Event()
+
+    class ReleasingClock(FakeClock):
+        def wait_future(self, future: concurrent.futures.Future[Any], deadline: float) -> None:
+            go.set()  # the caller now waits: the call may end
+            super().wait_future(future, deadline)
+
+    clock = ReleasingClock(auto_advance=False)
+    bulkhead = rs.Bulkhead(1, isolation="thread", clock=clock)
+
+    def slow() -> str:
+        assert go.wait(30)
+        return "done"
+
+    try:
+        outcome = rs.Pipeline([rs.Timeout(5, clock=clock), bulkhead]).call(slow)
+    finally:
+        go.set()
+    assert outcome == "done"
+    assert bulkhead.drain(10)
+
+
 def test_isolated_calls_that_finish_in_time_return_their_result() -> None:
     """With a deadline that does not pass, the caller gets the result."""
     clock = FakeClock(auto_advance=False)
@@ -879,7 +904,7 @@ class Fleet(Backend):
         self._numbers = itertools.count(1)
 
     def attach(self, kind: str, name: str, policy: Any) -> Fleet:
-        assert kind == "bulkhead"
+        assert (kind, name) == ("bulkhead", "db")  # the policy's kind and name
         self.name = name
         return self
 
@@ -951,20 +976,21 @@ async def test_nested_blocks_of_a_shared_bulkhead_give_back_their_own_fleet_slot
     """``with bulkhead:`` inside ``with bulkhead:``: each block holds a slot of the fleet and
     gives back its own, the inner one first."""
     fleet = Fleet(3)
-    bulkhead = rs.Bulkhead(2, name="db", backend=fleet)
+    bulkhead = rs.Bulkhead(3, name="db", backend=fleet)
     inside: list[list[str]] = []
     if mode == "sync":
-        with bulkhead:
+        with bulkhead, bulkhead:
             with bulkhead:
                 inside.append(list(fleet.members))
             inside.append(list(fleet.released))
     else:
-        async with bulkhead:
+        async with bulkhead, bulkhead:
             async with bulkhead:
                 inside.append(list(fleet.members))
             inside.append(list(fleet.released))
-    assert inside == [["m1", "m2"], ["m2"]]
-    assert (fleet.released, fleet.members, bulkhead.in_flight) == (["m2", "m1"], [], 0)
+    assert inside == [["m1", "m2", "m3"], ["m3"]]
+    assert fleet.released == ["m3", "m2", "m1"]
+    assert (fleet.members, bulkhead.in_flight) == ([], 0)
 
 
 def test_a_shared_bulkhead_reports_the_fleets_slots_and_its_own_refusals() -> None:
@@ -974,6 +1000,12 @@ def test_a_shared_bulkhead_reports_the_fleets_slots_and_its_own_refusals() -> No
     bulkhead = rs.Bulkhead(2, name="db", backend=fleet)
     events: list[rs.events.BulkheadEvent] = []
     bulkhead.subscribe(events.append)
+    assert bulkhead.settings() == {
+        "max_concurrent": 2,
+        "max_queue": 0,
+        "max_wait": None,
+        "backend": repr(fleet),
+    }
     with bulkhead:
         assert bulkhead.metrics() == rs.metrics.BulkheadMetrics(1, 1, 0, 0, True)
         fleet.members += ["other", "other"]  # two calls of other processes: the fleet is full
@@ -1016,6 +1048,7 @@ async def test_a_shared_call_that_may_wait_gives_up_on_the_fleet_in_time(mode: s
         (1, 5, 3.0, 103.0),  # the deadline comes before max_wait
         (1, 2, 3.0, 102.0),  # max_wait comes before the deadline
         (1, 2, None, 102.0),
+        (1, 0.5, None, 100.5),  # less than a second is still time to wait
     ],
 )
 def test_a_shared_call_waits_for_the_fleet_until_max_wait_or_its_deadline(

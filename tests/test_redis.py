@@ -563,9 +563,12 @@ def test_every_process_reads_the_fleet_balance_of_the_deposits(backends: Backend
     assert (metrics.balance, metrics.deposits, metrics.withdrawals) == (4, 8, 0)
 
 
-def test_a_shared_budget_forgets_a_deposit_when_the_process_does(backends: Backends) -> None:
+def test_a_shared_budget_forgets_a_deposit_when_the_process_does(
+    backends: Backends, redis_url: str
+) -> None:
     """The fleet's window is cut in the process's ten slices: a deposit made late in the
-    first slice of a 10 s window is gone from both once that slice is 10 s old."""
+    first slice of a 10 s window is gone from both once that slice is 10 s old, and its
+    slice is gone from Redis."""
     clock = FakeClock(auto_advance=False)
     backend = backends(clock=clock)
     shared = rs.RetryBudget(ratio=1, min_per_second=0, name="budget", backend=backend)
@@ -578,6 +581,35 @@ def test_a_shared_budget_forgets_a_deposit_when_the_process_does(backends: Backe
     assert (shared.balance, local.balance) == (1, 1)
     clock.advance(0.6)  # 1010.55: the deposit's slice is out of the window
     assert (shared.balance, local.balance) == (0, 0)
+    client = redis.Redis.from_url(redis_url)
+    assert client.hkeys(backend.key("retry_budget", "budget", "window")) == []
+    client.close()
+
+
+def test_the_reserve_of_a_shared_budget_is_min_per_second_over_its_ttl(
+    backends: Backends,
+) -> None:
+    budget = rs.RetryBudget(ratio=0, min_per_second=1, ttl=20, name="budget", backend=backends())
+    assert budget.balance == 20
+
+
+def test_a_shared_budget_keeps_its_key_alive_while_it_is_used(
+    backends: Backends, redis_url: str
+) -> None:
+    """Reading a budget nobody used writes nothing; a withdrawal from the reserve alone makes
+    the key with a TTL; any later request renews it."""
+    backend = backends(key_ttl=120)
+    budget = rs.RetryBudget(ratio=0, min_per_second=1, name="budget", backend=backend)
+    client = redis.Redis.from_url(redis_url)
+    key = backend.key("retry_budget", "budget", "window")
+    assert budget.balance == 10
+    assert not client.exists(key)
+    assert budget.try_withdraw()
+    assert 0 < client.ttl(key) <= 120
+    client.expire(key, 5)
+    assert budget.balance == 9  # a read: nothing deposited, nothing withdrawn
+    assert client.ttl(key) > 5
+    client.close()
 
 
 def test_the_background_sync_sends_the_deposits_of_a_budget(backends: Backends) -> None:

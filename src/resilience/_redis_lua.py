@@ -454,7 +454,8 @@ if op == 'w' and balance >= 1 then
   balance = balance - 1
   allowed = 1
 end
-if #all > 0 or add > 0 or allowed == 1 then redis.call('EXPIRE', K, key_ttl) end
+-- (deposits just added are in #all: their slice is never the one dropped)
+if #all > 0 or allowed == 1 then redis.call('EXPIRE', K, key_ttl) end
 return {allowed, num(balance), deposits, withdrawals}
 """
 )

@@ -834,6 +834,7 @@ def test_a_waiter_handed_the_slot_of_an_ending_isolated_call_is_not_refused_by_t
     slots = bulkhead._slots
     release = Slots.release
     entered, go, handed = threading.Event(), threading.Event(), threading.Event()
+    pause = threading.Event()  # never set: a short wait in the bounded loops
     outcomes: dict[str, Any] = {}
 
     def release_then_wait_for_the_waiter(self: Slots) -> None:
@@ -845,7 +846,7 @@ def test_a_waiter_handed_the_slot_of_an_ending_isolated_call_is_not_refused_by_t
             for _ in range(3000):  # bounded: at most 30 s
                 if pool.busy >= 2 or "second" in outcomes:
                     break
-                go.wait(0.01)
+                pause.wait(0.01)
 
     def call(name: str, fn: Callable[[], Any]) -> None:
         try:
@@ -868,7 +869,7 @@ def test_a_waiter_handed_the_slot_of_an_ending_isolated_call_is_not_refused_by_t
         for _ in range(3000):  # bounded: until the second call waits in the queue
             if bulkhead.queued == 1:
                 break
-            go.wait(0.01)
+            pause.wait(0.01)
         go.set()
         for thread in threads:
             thread.join(30)

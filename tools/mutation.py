@@ -353,9 +353,14 @@ def mutated_code(mutant: Mutant) -> Any:
         raise LookupError(mutant)
     node = nodes[mutant.index]
     if mutant.lua:
+        text = node.value if isinstance(node, ast.Constant) else None
+        changes = lua_changes(text) if isinstance(text, str) else []
+        change = changes[mutant.variant] if mutant.variant < len(changes) else None
+        if change is None or change.description != mutant.description.split(" #")[0]:
+            raise LookupError(mutant)  # the script changed since the mutants were listed
         assert isinstance(node, ast.Constant)
-        assert isinstance(node.value, str)
-        node.value = lua_changes(node.value)[mutant.variant].applied(node.value)
+        assert isinstance(text, str)
+        node.value = change.applied(text)
         return compile(tree, str(path), "exec")
     description = mutant.description.split(" #")[0]
     replacement = _apply(node, mutant.variant, description)
@@ -759,7 +764,11 @@ def run_module(
     while pending or running:
         while pending and len(running) < jobs:
             mutant, selected = pending.pop(0)
-            code = mutated_code(mutant)
+            try:
+                code = mutated_code(mutant)
+            except LookupError:
+                message = f"{module} changed during the run ({mutant.key}): run it again"
+                raise SystemExit(message) from None
             pid = os.fork()
             if pid == 0:
                 try:

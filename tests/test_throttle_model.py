@@ -602,10 +602,12 @@ def run_sync_steps(
     data: st.DataObject,
     make: Callable[[Config, FakeClock], rs.Throttle],
     kinds: tuple[str, ...] = SYNC_STEPS,
+    start_at: st.SearchStrategy[float] | None = None,
 ) -> None:
-    """Random sync steps of ``kinds`` on the throttle ``make`` builds, checked against the model
-    (tests/test_redis_models.py runs them on a throttle in Redis)."""
-    start = data.draw(starts, label="start")
+    """Random sync steps of ``kinds`` on the throttle ``make`` builds, from a clock drawn from
+    ``start_at`` (default `starts`), checked against the model (tests/test_redis_models.py
+    runs them on a throttle in Redis)."""
+    start = data.draw(starts if start_at is None else start_at, label="start")
     config = data.draw(configs(), label="config")
     clock = FakeClock(start)
     throttle = make(config, clock)

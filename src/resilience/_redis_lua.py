@@ -324,7 +324,10 @@ return {permit, state, epoch, num(retry_after), consecutive, c, f, s, num(now - 
 
 # -- Throttle: GCRA, the bucket as one "theoretical arrival time" ----------------------------
 #
-# KEYS[1]: the bucket's TAT (seconds, server time; a string).
+# KEYS[1]: the bucket: its TAT (seconds, server time) and the seconds per token and burst it
+#   was kept with, "tat|interval|burst" (a bare TAT, as older versions kept it, is read as kept
+#   with this request's settings). New settings keep the tokens, no more than the new burst
+#   (tokens reserved by waiters stay reserved), as `Throttle.update` does in process.
 # ARGV: 1 op ("r" reserve: now, or wait up to max_wait; "t" try: now or never; "l" lease: up
 #   to ARGV[8] tokens now if at least cost are there, else as "r"; "g" give back cost tokens;
 #   "m" metrics), 2 seconds per token, 3 burst, 4 cost, 5 max_wait (-1: no limit),
@@ -344,12 +347,31 @@ local max_wait = tonumber(ARGV[5])
 local initial = tonumber(ARGV[6])
 local ttl = tonumber(ARGV[7])
 
-local stored = tonumber(redis.call('GET', K) or '')
+local raw = redis.call('GET', K)
+local stored, kept_interval, kept_burst
+if raw then
+  local a, b, c = string.match(raw, '^([^|]+)|([^|]+)|([^|]+)$')
+  if a then
+    stored, kept_interval, kept_burst = tonumber(a), tonumber(b), tonumber(c)
+  else
+    stored = tonumber(raw)
+  end
+end
 local tat = stored or now + (burst - initial) * interval
 if tat < now then tat = now end
+local changed = kept_interval ~= nil and (kept_interval ~= interval or kept_burst ~= burst)
+if changed then
+  -- From the time the tokens owed take (tat - now: exact, the two are close), not from
+  -- absolute times, whose rounding a slower rate would stretch.
+  local held = kept_burst - (tat - now) / kept_interval
+  tat = now + (burst - math.min(held, burst)) * interval
+end
 local saved = false
 local function tokens() return (now + burst * interval - tat) / interval end
-local function save() redis.call('SET', K, num(tat), 'EX', ttl); saved = true end
+local function save()
+  redis.call('SET', K, num(tat) .. '|' .. num(interval) .. '|' .. num(burst), 'EX', ttl)
+  saved = true
+end
 
 local granted, wait = -1, 0  -- -1: refused (a grant may be of 0 tokens)
 if op == 'l' and tokens() + 1e-9 >= cost then
@@ -360,14 +382,16 @@ elseif op == 'r' or op == 't' or op == 'l' then
   local new_tat = tat + cost * interval
   wait = new_tat - burst * interval - now
   -- As in the process: a wait of a nanosecond and four ulps of the clock is none (the sums
-  -- of absolute times round by that much; on the epoch clock an ulp is 0.24 us).
+  -- of absolute times round by that much; on the epoch clock an ulp is 0.24 us), and one
+  -- that long past max_wait is within it.
   local _, exponent = math.frexp(now)
-  if wait <= 1e-9 + 4 * 2 ^ (exponent - 53) then
+  local slack = 1e-9 + 4 * 2 ^ (exponent - 53)
+  if wait <= slack then
     wait = 0
     granted = cost
     tat = new_tat
     save()
-  elseif op ~= 't' and (max_wait < 0 or wait <= max_wait) then
+  elseif op ~= 't' and (max_wait < 0 or wait - max_wait <= slack) then
     granted = cost
     tat = new_tat
     save()
@@ -378,7 +402,8 @@ elseif op == 'g' then
 end
 -- A new bucket is kept from its first request, whatever it was: it fills from then on (not
 -- kept, a bucket that only saw refusals would stay at its initial tokens for ever).
-if stored == nil and not saved then save() end
+-- New settings are kept at once too: the tokens refill at the new rate from now on.
+if (stored == nil or changed) and not saved then save() end
 return {num(granted), num(wait), num(tokens())}
 """
 )

@@ -456,3 +456,17 @@ def test_the_clock_of_a_backend_must_be_a_clock(redis_client: redis.Redis) -> No
     """``clock=`` takes a clock instance, as a policy's ``clock=`` does: not its class."""
     with pytest.raises(TypeError, match="clock must provide monotonic"):
         RedisBackend(client=redis_client, timeout=TIMEOUT, clock=FakeClock)  # type: ignore[arg-type]
+
+
+def test_a_bucket_kept_as_a_bare_time_is_read_with_the_request_settings(
+    redis_client: redis.Redis,
+) -> None:
+    """A bucket kept by an older version (its TAT alone) keeps its tokens: 0.5 s owed at 10
+    tokens a second, burst 10, is 5 tokens."""
+    clock = FakeClock(100.0)
+    backend = strict_backend(redis_client, clock)
+    throttle = Throttle(10, 1.0, burst=10, clock=clock, name="old", backend=backend)
+    redis_client.set(backend.key("throttle", "old", "bucket"), "100.5")
+    assert throttle.metrics().available == 5.0
+    assert throttle.try_acquire(5)
+    assert not throttle.try_acquire(1)

@@ -1413,3 +1413,57 @@ def test_manual_controls_act_on_a_redis_backed_breaker_as_on_a_memory_one(redis_
     finally:
         backend.close()
         backend.client.close()
+
+
+def test_a_lane_success_of_a_call_admitted_before_a_trip_counts_nowhere() -> None:
+    """A plain success of a call admitted while closed (its success on the lane) that ends
+    after the breaker opened is not added to the window: the trip closed the lane."""
+    cb = rs.CircuitBreaker(failure_ratio=0.5, minimum_calls=1, window_calls=10, clock=FakeClock())
+    cb.call(ok)  # the window holds minimum_calls: successes take the lane
+
+    def trips_inside() -> str:
+        with pytest.raises(ConnectionError):
+            cb.call(fail)  # 1 failure of 2 reaches 0.5
+        assert cb.state is CircuitState.OPEN
+        return "late"
+
+    assert cb.call(trips_inside) == "late"
+    metrics = cb.metrics()
+    assert (metrics.state, metrics.calls, metrics.failures) == (CircuitState.OPEN, 2, 1)
+
+
+def test_an_update_that_empties_the_window_judges_successes_again() -> None:
+    """After an update() to another window size the window is empty, so the success that brings
+    it to minimum_calls is judged again (and trips at the ratio), not appended on the lane."""
+    cb = rs.CircuitBreaker(failure_ratio=0.5, minimum_calls=2, window_calls=4, clock=FakeClock())
+    cb.call(ok)
+    cb.call(ok)  # the lane is open
+    cb.update(window_calls=3)
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    cb.call(ok)  # 1 failure of 2
+    assert cb.state is CircuitState.OPEN
+
+
+def test_the_lane_of_no_store_and_metrics_describe_themselves() -> None:
+    """NO_LANE shows its permits (a rejection, and a success permit no call has); a memory
+    store's metrics are not shared, and do not say so in their repr."""
+    assert repr(rs.stores.NO_LANE) == "CircuitLane(permit=-1, success_permit=-2)"
+    metrics = rs.CircuitBreaker(clock=FakeClock()).metrics()
+    assert metrics.shared is False
+    assert "shared" not in repr(metrics)
+
+
+def test_a_time_bucket_reused_after_it_left_counts_only_its_new_calls(clock: FakeClock) -> None:
+    """A bucket's slot, reused after its calls left the window, holds only its new calls:
+    they leave in their turn, and the totals never go below zero."""
+    cb = rs.CircuitBreaker(minimum_calls=100, window_seconds=2.0, window_buckets=2, clock=clock)
+    clock.advance(0.5)
+    counts = []
+    for _ in range(2):
+        with pytest.raises(ConnectionError):
+            cb.call(fail)  # at 0.5, then at 2.5: the same slot
+        for _ in range(2):
+            clock.advance(1.0)
+            counts.append(cb.metrics().failures)
+    assert counts == [1, 0, 1, 0]

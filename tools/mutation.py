@@ -356,7 +356,7 @@ def mutated_code(mutant: Mutant) -> Any:
         text = node.value if isinstance(node, ast.Constant) else None
         changes = lua_changes(text) if isinstance(text, str) else []
         change = changes[mutant.variant] if mutant.variant < len(changes) else None
-        if change is None or change.description != mutant.description.split(" #")[0]:
+        if change is None or change.description != re.sub(r" #\d+$", "", mutant.description):
             raise LookupError(mutant)  # the script changed since the mutants were listed
         assert isinstance(node, ast.Constant)
         assert isinstance(text, str)

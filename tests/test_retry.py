@@ -697,6 +697,22 @@ async def test_retries_exhausted_says_why(mode: str, clock: FakeClock) -> None:
     assert recorder.of(RetriesExhausted) == [RetriesExhausted(None, 1, "backoff", caught.value)]
 
 
+def test_retry_events_describe_themselves() -> None:
+    """A RetryEvent is retry_scheduled with the attempt and the delay; RetriesExhausted is
+    retries_exhausted with the attempts and the reason."""
+    error = ValueError("x")
+    assert RetryEvent("svc", 1, 0.5, error).describe() == (
+        "retry_scheduled",
+        error,
+        {"resilience.attempt.number": 1, "resilience.retry.delay": 0.5},
+    )
+    assert RetriesExhausted("svc", 3, "deadline", error).describe() == (
+        "retries_exhausted",
+        error,
+        {"resilience.retry.attempts": 3, "resilience.retry.reason": "deadline"},
+    )
+
+
 async def test_retries_and_the_end_are_logged(
     mode: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:

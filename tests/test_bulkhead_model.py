@@ -350,12 +350,6 @@ async def run_bulkhead(
                 index = data.draw(st.sampled_from(holders), label="release")
                 calls.end(index)
                 model.end(index)
-                if data.draw(st.booleans(), label="cut the limit first"):
-                    # Below the calls running, the one let in included: its slot is owed,
-                    # and when it is cancelled the slot must pay the debt, not go free.
-                    new = data.draw(st.integers(1, max(1, len(model.running))), label="cut")
-                    bulkhead.update(max_concurrent=new)
-                    model.update(new, None)
                 for cancelled in sorted(i for i in model.fresh if calls.calls[i].task):
                     task = calls.calls[cancelled].task
                     assert task is not None

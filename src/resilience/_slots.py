@@ -222,10 +222,10 @@ class Admission:
             if left is not None and left < limit:
                 limit = max(0.0, left)
             if queue.waiting < self.max_queue and limit > 0.0:
-                # A slot given back since we looked is not left idle: the wait's first
-                # round serves the queue before anything else.
                 now = self.clock.monotonic()
-                return queue.join(1.0, loop, now), now, now + limit
+                waiter = queue.join(1.0, loop, now)
+                queue.serve(now)  # a slot given back since we looked is not left idle
+                return waiter, now, now + limit
             slots.rejected += 1
         finally:
             slots.unlock()

@@ -240,6 +240,24 @@ async def test_queued_calls_get_slots_in_arrival_order(mode: str) -> None:
     assert (bulkhead.in_flight, bulkhead.queued, bulkhead.available) == (0, 0, 1)
 
 
+async def _one_call_waits(
+    mode: str, listener: Callable[[rs.events.BulkheadEvent], None] | None = None
+) -> None:
+    """Bulkhead "db" of one slot: call 2 waits 1.5 s for call 1's slot, on a clock started at 10
+    (so a wait measured from 0 would show)."""
+    clock = WatchedClock()
+    clock.advance(10)
+    bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock, name="db")
+    if listener is not None:
+        bulkhead.subscribe(listener)
+    traffic = Traffic(mode, bulkhead, clock)
+    await traffic.start(1, "running")
+    await traffic.start(2, "queued")
+    clock.advance(1.5)
+    await traffic.let_go(1, then=2)
+    await traffic.let_go(2)
+
+
 async def test_a_queued_call_gives_up_after_max_wait(mode: str) -> None:
     """A call that gets no slot within max_wait is refused and leaves the queue."""
     clock = WatchedClock()
@@ -262,32 +280,15 @@ async def test_a_queued_call_gives_up_after_max_wait(mode: str) -> None:
 
 async def test_waits_are_reported_to_listeners(mode: str) -> None:
     """A call that waited for its slot sends a "waited" event with the time it spent."""
-    clock = WatchedClock()
-    clock.advance(10)  # the wait starts at 10, not at 0
-    bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock, name="db")
     events: list[rs.events.BulkheadEvent] = []
-    bulkhead.subscribe(events.append)
-    traffic = Traffic(mode, bulkhead, clock)
-    await traffic.start(1, "running")
-    await traffic.start(2, "queued")
-    clock.advance(1.5)
-    await traffic.let_go(1, then=2)
-    await traffic.let_go(2)
+    await _one_call_waits(mode, events.append)
     assert events == [rs.events.BulkheadEvent("db", "waited", 1.5)]
 
 
 async def test_waits_are_logged_at_debug_level(mode: str, caplog: pytest.LogCaptureFixture) -> None:
     """With no listener, a call that waited is still logged at DEBUG level, with the time."""
     caplog.set_level(logging.DEBUG, logger="resilience")
-    clock = WatchedClock()
-    clock.advance(10)
-    bulkhead = rs.Bulkhead(1, max_queue=1, clock=clock, name="db")
-    traffic = Traffic(mode, bulkhead, clock)
-    await traffic.start(1, "running")
-    await traffic.start(2, "queued")
-    clock.advance(1.5)
-    await traffic.let_go(1, then=2)
-    await traffic.let_go(2)
+    await _one_call_waits(mode)
     waited = [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
     assert waited == ["resilience: Bulkhead 'db': a call waited 1.5s"]
 

@@ -67,6 +67,9 @@ _REDIS_TESTS = (
     "tests/test_redis_faults.py",
     "tests/test_redis_fleet.py",
     "tests/test_redis_models.py",
+    "tests/test_redis_bulkhead_store.py",
+    "tests/test_redis_throttle_store.py",
+    "tests/test_redis_circuit_store.py",
 )
 
 #: Module -> its own tests (the ones a change to it should break).

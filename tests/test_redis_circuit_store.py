@@ -1,7 +1,302 @@
-"""The Redis circuit store's own cases against a real redis-server: edges the shared tests miss."""
+"""The Redis circuit store's own cases against a real redis-server: edges the shared tests miss.
+
+Each backend here is timed by a `FakeClock` (the scripts take ``now`` from it), runs no
+background sync (the test syncs with ``flush``) and can be made to fail on command
+(`Backend.fail`), so every case is deterministic.
+"""
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+import redis
+
+import resilience as rs
+from redis_support import no_retry
+from resilience import backoff
+from resilience.metrics import CircuitMetrics
+from resilience.redis import RedisBackend
+from resilience.testing import FakeClock
 
 pytestmark = pytest.mark.redis
+
+_prefixes = itertools.count()
+
+
+class Boom(Exception):
+    pass
+
+
+def boom() -> None:
+    raise Boom
+
+
+def ignored() -> None:
+    raise KeyError("not counted")
+
+
+def failing_calls(breaker: rs.CircuitBreaker, count: int) -> None:
+    for _ in range(count):
+        with pytest.raises(Boom):
+            breaker.call(boom)
+
+
+class Backend(RedisBackend):
+    """A backend on a fake clock, synced by the test, whose Redis fails while told to.
+
+    A failure rests the backend as a real one does (its requests are refused without
+    being sent, `available` is False) until `recover`.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(retry_interval=60, **options)
+        self.broken: Exception | None = None
+        self.wakes = 0
+        self.held: tuple[threading.Event, threading.Event] | None = None
+
+    def start(self) -> None:
+        """No background sync: the test calls `flush`."""
+
+    def wake(self, *, urgent: bool = True) -> None:
+        self.wakes += 1
+
+    def fail(self, error: Exception | None = None) -> None:
+        """From now on Redis fails (by default: it refuses connections)."""
+        self.broken = error or redis.ConnectionError("Error connecting to 127.0.0.1:1")
+
+    def recover(self) -> None:
+        self.broken = None
+        self._down_until = 0.0
+
+    def run(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+        self._check()
+        if self.broken is not None:
+            raise self._failed(self.broken)
+        reply = super().run(script, keys, args)
+        held, self.held = self.held, None
+        if held is not None:  # the answer arrives, and waits to be taken
+            answered, go = held
+            answered.set()
+            assert go.wait(10)
+        return reply
+
+    def hold_next_answer(self) -> tuple[threading.Event, threading.Event]:
+        """The next answer is held: the first event is set when it came, the second frees it."""
+        self.held = (threading.Event(), threading.Event())
+        return self.held
+
+    async def arun(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+        self._check()
+        if self.broken is not None:
+            raise self._failed(self.broken)
+        return await super().arun(script, keys, args)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    made = redis.Redis.from_url(
+        redis_url, socket_timeout=2.0, socket_connect_timeout=2.0, retry=no_retry()
+    )
+    yield made
+    made.close()
+
+
+class Fleet:
+    """Backends ("processes") sharing one prefix and one fake clock."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self.clock = FakeClock(100.0)
+        self.prefix = f"cs{next(_prefixes)}"
+
+    def backend(self, mode: str = "strict", **options: Any) -> Backend:
+        options.setdefault("on_backend_error", "local")
+        return Backend(
+            client=self.client,
+            prefix=self.prefix,
+            mode=mode,
+            timeout=2.0,
+            clock=self.clock,
+            **options,
+        )
+
+    def breaker(
+        self, backend: Backend | None = None, name: str = "b", **rules: Any
+    ) -> rs.CircuitBreaker:
+        return rs.CircuitBreaker(
+            name=name, backend=backend or self.backend(), clock=self.clock, **rules
+        )
+
+    def tripped_in_the_process(self, backend: Backend) -> rs.CircuitBreaker:
+        """A breaker opened in the process while Redis is down, whose break (1 s) is over."""
+        breaker = self.breaker(
+            backend, consecutive_failures=1, open_seconds=1, half_open_calls=1, ignore=KeyError
+        )
+        backend.fail()
+        failing_calls(breaker, 1)
+        self.clock.advance(1)
+        return breaker
+
+
+@pytest.fixture
+def fleet(client: redis.Redis) -> Fleet:
+    return Fleet(client)
+
+
+# -- rules and states --------------------------------------------------------------------------
+
+
+def test_new_thresholds_apply_to_the_fleets_breaker(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=5)
+    breaker.update(consecutive_failures=2)
+    failing_calls(breaker, 2)
+    backend.flush()
+    assert breaker.state is rs.CircuitState.OPEN
+
+
+def test_from_the_ninth_trip_in_a_row_the_eighth_break_repeats(fleet: Fleet) -> None:
+    """Eight break durations travel with each request: the ninth trip takes the eighth."""
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=backoff.linear(1.0))
+    failing_calls(breaker, 1)
+    for trip in range(2, 10):
+        backend.flush()
+        fleet.clock.advance(trip - 1)  # the break of the trip before
+        failing_calls(breaker, 1)  # the trial fails
+    backend.flush()
+    assert breaker.metrics().retry_after == 8.0
+
+
+def test_an_answer_overtaken_by_a_newer_one_is_not_taken(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1)
+    answered, go = backend.hold_next_answer()
+    reader = threading.Thread(target=breaker.metrics)  # read while the breaker is closed
+    reader.start()
+    try:
+        assert answered.wait(10)
+        failing_calls(breaker, 1)
+        backend.flush()  # the newer answer: open
+    finally:
+        go.set()
+        reader.join(10)
+    assert breaker.state is rs.CircuitState.OPEN
+
+
+# -- while Redis is down -----------------------------------------------------------------------
+
+
+def test_new_thresholds_apply_while_deciding_in_the_process(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=5)
+    backend.fail()
+    assert breaker.call(lambda: 1) == 1  # deciding here from now on
+    breaker.update(consecutive_failures=1)
+    failing_calls(breaker, 1)
+    assert breaker.state is rs.CircuitState.OPEN
+
+
+def test_a_trial_given_back_in_the_process_frees_its_slot_there(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.tripped_in_the_process(backend)
+    wakes = backend.wakes
+    with pytest.raises(KeyError):
+        breaker.call(ignored)  # the trial, given back
+    assert backend.wakes == wakes  # nothing for the fleet to hear of
+    assert breaker.call(lambda: 2) == 2  # the next trial: the slot came back
+    assert breaker.state is rs.CircuitState.CLOSED
+
+
+def test_a_trial_admitted_in_the_process_may_end_after_redis_is_back(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.tripped_in_the_process(backend)
+
+    def back_then_ignored() -> None:
+        backend.recover()
+        assert breaker.metrics().shared  # the fleet's state again
+        ignored()
+
+    with pytest.raises(KeyError):
+        breaker.call(back_then_ignored)
+    assert breaker.call(lambda: 3) == 3
+    assert breaker.state is rs.CircuitState.CLOSED
+
+
+@pytest.mark.parametrize("control", ["isolate", "disable"])
+def test_a_forced_state_holds_when_redis_fails(fleet: Fleet, control: str) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1)
+    getattr(breaker, control)()
+    backend.fail()
+    if control == "isolate":
+        with pytest.raises(rs.CircuitOpenError):
+            breaker.call(lambda: 1)
+        assert breaker.state is rs.CircuitState.ISOLATED
+    else:
+        failing_calls(breaker, 2)
+        assert breaker.state is rs.CircuitState.DISABLED
+
+
+@pytest.mark.parametrize("action", ["open", "closed"])
+def test_metrics_without_redis_are_the_last_view_of_the_fleet(fleet: Fleet, action: str) -> None:
+    backend = fleet.backend(on_backend_error=action)
+    breaker = fleet.breaker(backend, consecutive_failures=2, open_seconds=10)
+    failing_calls(breaker, 2)
+    backend.flush()
+    fleet.clock.advance(4)
+    backend.fail()
+    metrics = breaker.metrics()
+    assert metrics == CircuitMetrics(
+        state=rs.CircuitState.OPEN,
+        calls=0,
+        failures=0,
+        slow_calls=0,
+        consecutive_failures=2,
+        seconds_in_state=0.0,
+        retry_after=6.0,
+        trips=0,
+        rejected=0,
+    )
+    assert not metrics.shared
+
+
+def test_metrics_while_deciding_in_the_process_are_the_process_s(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=5)
+    backend.fail()
+    failing_calls(breaker, 3)
+    metrics = breaker.metrics()
+    assert (metrics.calls, metrics.failures, metrics.shared) == (3, 3, False)
+
+
+@pytest.mark.parametrize("operation", ["metrics", "reset"])
+def test_outcomes_survive_a_failed_read_or_control(fleet: Fleet, operation: str) -> None:
+    """A failure recorded before a request that fails is sent with the next one."""
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=5)
+    failing_calls(breaker, 1)
+    backend.fail()
+    if operation == "reset":
+        with pytest.raises(rs.BackendUnavailableError):
+            breaker.reset()
+    else:
+        breaker.metrics()
+    backend.recover()
+    assert breaker.metrics().consecutive_failures == 1
+
+
+def test_outcomes_kept_while_redis_is_down_are_the_newest_ten_thousand(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first")
+    breaker = fleet.breaker(backend, consecutive_failures=20_000)
+    backend.flush()  # the fleet's breaker is closed: calls go through the lane
+    backend.fail()
+    failing_calls(breaker, 10_001)
+    backend.flush()  # fails: the outcomes wait, and the process decides alone
+    backend.recover()
+    backend.flush()
+    assert breaker.metrics().consecutive_failures == 10_000

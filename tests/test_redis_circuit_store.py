@@ -7,6 +7,7 @@ background sync (the test syncs with ``flush``) and can be made to fail on comma
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from collections.abc import Iterator
@@ -57,6 +58,7 @@ class Backend(RedisBackend):
         self.broken: Exception | None = None
         self.wakes = 0
         self.held: tuple[threading.Event, threading.Event] | None = None
+        self.async_requests = 0
 
     def start(self) -> None:
         """No background sync: the test calls `flush`."""
@@ -90,6 +92,7 @@ class Backend(RedisBackend):
         return self.held
 
     async def arun(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+        self.async_requests += 1
         self._check()
         if self.broken is not None:
             raise self._failed(self.broken)
@@ -188,6 +191,43 @@ def test_an_answer_overtaken_by_a_newer_one_is_not_taken(fleet: Fleet) -> None:
     assert breaker.state is rs.CircuitState.OPEN
 
 
+@pytest.mark.parametrize("fails", [False, True])
+def test_an_async_call_asks_redis_without_blocking_its_event_loop(
+    fleet: Fleet, fails: bool
+) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1)
+
+    async def ok() -> int:
+        return 4
+
+    async def calls() -> None:
+        assert await breaker.acall(ok) == 4
+        if fails:
+            backend.fail()
+        assert await breaker.acall(ok) == 4  # decided in the process when Redis fails
+
+    asyncio.run(calls())
+    assert backend.async_requests == 2
+
+
+def test_local_first_refuses_in_the_process_until_the_break_is_over(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first")
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=10)
+    failing_calls(breaker, 1)
+    backend.flush()  # the fleet's breaker is open
+    before = backend.round_trips
+    with pytest.raises(rs.CircuitOpenError):
+        breaker.call(lambda: 1)
+    with pytest.raises(rs.CircuitOpenError):
+        asyncio.run(breaker.acall(asyncio.sleep, 0, 1))
+    assert backend.round_trips == before  # refused here, without asking
+    assert breaker.metrics().rejected == 2
+    fleet.clock.advance(10)
+    assert breaker.call(lambda: 5) == 5  # the trial, admitted by the fleet's breaker
+    assert backend.round_trips == before + 2
+
+
 # -- while Redis is down -----------------------------------------------------------------------
 
 
@@ -274,14 +314,18 @@ def test_metrics_while_deciding_in_the_process_are_the_process_s(fleet: Fleet) -
     assert (metrics.calls, metrics.failures, metrics.shared) == (3, 3, False)
 
 
-@pytest.mark.parametrize("operation", ["metrics", "reset"])
-def test_outcomes_survive_a_failed_read_or_control(fleet: Fleet, operation: str) -> None:
+@pytest.mark.parametrize("operation", ["call", "acall", "metrics", "reset"])
+def test_outcomes_survive_a_request_that_fails(fleet: Fleet, operation: str) -> None:
     """A failure recorded before a request that fails is sent with the next one."""
     backend = fleet.backend()
     breaker = fleet.breaker(backend, consecutive_failures=5)
     failing_calls(breaker, 1)
     backend.fail()
-    if operation == "reset":
+    if operation == "call":
+        assert breaker.call(lambda: 1) == 1
+    elif operation == "acall":
+        assert asyncio.run(breaker.acall(asyncio.sleep, 0, 1)) == 1
+    elif operation == "reset":
         with pytest.raises(rs.BackendUnavailableError):
             breaker.reset()
     else:

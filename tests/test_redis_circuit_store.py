@@ -228,6 +228,67 @@ def test_local_first_refuses_in_the_process_until_the_break_is_over(fleet: Fleet
     assert backend.round_trips == before + 2
 
 
+# -- the keys' lifetime and large batches ------------------------------------------------------
+
+
+def keys_of(breaker: rs.CircuitBreaker) -> tuple[str, str]:
+    """The breaker's keys in Redis: its state and its window."""
+    backend = breaker.backend
+    assert isinstance(backend, RedisBackend)
+    return backend.key("circuit_breaker", "b", "state"), backend.key(
+        "circuit_breaker", "b", "window"
+    )
+
+
+def expiring_soon(client: redis.Redis, *keys: str) -> list[bool]:
+    """For each key: does it expire within 5 s (not renewed since it was cut to 5 s)?"""
+    return [0 <= client.pttl(key) <= 5000 for key in keys]
+
+
+@pytest.mark.parametrize("window", ["calls", "seconds"])
+def test_a_new_window_gets_the_ttl_of_the_keys(fleet: Fleet, window: str) -> None:
+    backend = fleet.backend(key_ttl=100)
+    size: dict[str, Any] = {"window_seconds": 10} if window == "seconds" else {}
+    breaker = fleet.breaker(backend, consecutive_failures=10, **size)
+    breaker.metrics()  # the keys' TTL renewed: no window yet
+    fleet.clock.advance(1)
+    failing_calls(breaker, 1)
+    backend.flush()  # a window made by this failure, without renewing the keys' TTL
+    assert 5000 < fleet.client.pttl(keys_of(breaker)[1]) <= 100_000
+
+
+def test_the_keys_ttl_is_renewed_every_quarter_of_it(fleet: Fleet) -> None:
+    backend = fleet.backend(key_ttl=100)
+    breaker = fleet.breaker(backend, consecutive_failures=10)
+    failing_calls(breaker, 1)
+    backend.flush()
+    keys = keys_of(breaker)
+    for key in keys:
+        fleet.client.expire(key, 5)
+    fleet.clock.advance(24.5)
+    failing_calls(breaker, 1)  # the window grows: its TTL is not renewed on every call
+    backend.flush()
+    assert expiring_soon(fleet.client, *keys) == [True, True]
+    fleet.clock.advance(0.5)  # a quarter of the TTL since the last renewal
+    assert breaker.call(lambda: 1) == 1
+    assert expiring_soon(fleet.client, *keys) == [False, False]
+
+
+def test_a_batch_of_ten_thousand_successes_fills_a_window_of_ten_thousand(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first")
+    breaker = fleet.breaker(backend, window_calls=10_000, minimum_calls=10_000)
+    backend.flush()
+    for _ in range(10_000):
+        breaker.call(lambda: None)
+    backend.flush()  # one sync sends them all
+    for _ in range(2_500):
+        breaker.call(lambda: None)
+    backend.flush()  # the oldest 2 500 leave the window
+    metrics = breaker.metrics()
+    assert (metrics.calls, metrics.shared) == (10_000, True)
+    assert fleet.client.llen(keys_of(breaker)[1]) == 10_000
+
+
 # -- while Redis is down -----------------------------------------------------------------------
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import logging
 import math
 import threading
 from datetime import timedelta
@@ -66,6 +67,18 @@ def ok() -> str:
     return "ok"
 
 
+def usable_from_another_thread(throttle: rs.Throttle) -> bool:
+    """Whether another thread can still change the throttle: nothing left it locked."""
+    done = threading.Event()
+
+    def update() -> None:
+        throttle.update(max_wait=throttle.max_wait)
+        done.set()
+
+    threading.Thread(target=update, daemon=True).start()
+    return done.wait(10)
+
+
 # -- construction -------------------------------------------------------------------
 
 
@@ -92,6 +105,8 @@ def ok() -> str:
         ({"rate": 10, "name": 1}, TypeError, r"^name must be a str"),
         ({"rate": 1e-320}, ValueError, r"^rate must give a token at least every"),
         ({"rate": 1e-300, "per": 1e300}, ValueError, r"^rate must give a token"),
+        ({"rate": 1, "per": 1e10, "burst": 1e300}, ValueError, r"^rate must give a token"),
+        ({"rate": 1e200, "burst": 1e-200}, ValueError, r"^rate must give a token"),
         ({"rate": 10, "initial_tokens": 11}, ValueError, r"^initial_tokens must be <= burst"),
         ({"rate": 10, "initial_tokens": -1}, ValueError, r"^initial_tokens must be >= 0"),
     ],
@@ -139,6 +154,16 @@ async def test_initial_tokens_give_a_strict_start(mode: str, clock: FakeClock) -
         await run_plain(mode, throttle, ok)
 
 
+def test_an_async_cost_function_is_refused() -> None:
+    """A cost function must be plain: a coroutine function would never give a number."""
+
+    async def cost(data: bytes) -> float:
+        return len(data)
+
+    with pytest.raises(TypeError, match=r"^cost must be a plain function"):
+        rs.Throttle(10, cost=cost)
+
+
 # -- runtime updates and read-only settings ----------------------------------------------
 
 
@@ -178,6 +203,8 @@ def test_a_default_burst_follows_a_new_rate_and_a_given_one_stays() -> None:
     following = rs.Throttle(10, clock=clock)
     following.update(rate=50)
     assert following.burst == 50
+    following.update(rate=20)  # and again: it keeps following
+    assert following.burst == 20
     following.update(burst=5)
     following.update(rate=100)
     assert following.burst == 5
@@ -210,6 +237,22 @@ async def test_update_of_max_wait_reaches_built_chains(mode: str, clock: FakeClo
     throttle.update(max_wait=5)
     assert await run_plain(mode, pipeline, ok) == "ok"  # waited its second on the fake clock
     assert clock.sleeps == [1.0]
+
+
+async def test_update_serves_waiters_whose_tokens_are_there(async_mode: str) -> None:
+    """update() serves the queue: a waiter whose tokens are due is granted by it at once,
+    before its own timer has woken it."""
+    clock = FakeClock(1000.0, auto_advance=False)
+    throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
+    throttle.acquire(2)
+    task = create_task(throttle.aacquire(1))
+    await settle()
+    assert throttle.queued == 1
+    clock.advance(1)  # its token is there; the waiter has not run since
+    throttle.update(max_wait=5)
+    assert throttle.queued == 0
+    await task
+    assert throttle.available == 0
 
 
 def test_update_is_atomic_under_threads() -> None:
@@ -370,6 +413,19 @@ async def test_endless_max_wait_stops_at_the_deadline(mode: str, clock: FakeCloc
     assert clock.sleeps == [1.0, 1.0]
 
 
+async def test_a_deadline_of_exactly_max_wait_refuses_as_max_wait(
+    mode: str, clock: FakeClock
+) -> None:
+    """The refusal names the call's deadline only when it is shorter than max_wait."""
+    throttle = rs.Throttle(1, per=4, burst=1, max_wait=2, clock=clock)
+    await run_plain(mode, throttle, ok)
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run_plain(mode, rs.Pipeline([rs.Timeout(2, clock=clock), throttle]), ok)
+    assert (
+        str(caught.value) == "throttle is out of tokens: a token in 4s, later than it may wait (2s)"
+    )
+
+
 async def test_a_past_deadline_refuses_any_wait(mode: str, clock: FakeClock) -> None:
     """A deadline already gone leaves no time to wait, whatever max_wait says."""
     throttle = rs.Throttle(1, burst=1, max_wait=10, clock=clock)
@@ -462,6 +518,24 @@ async def test_newcomers_queue_behind_waiters_even_when_tokens_are_there(async_m
     assert throttle.queued == 0
 
 
+async def test_a_weighted_call_queues_behind_waiters_even_when_tokens_are_there(
+    async_mode: str,
+) -> None:
+    """FIFO holds for calls of their own cost too: with someone waiting, they queue (or are
+    refused) rather than take the tokens at once."""
+    clock = FakeClock(1000.0, auto_advance=False)
+    throttle = rs.Throttle(1, burst=2, cost=lambda n: n, clock=clock)
+    throttle.acquire(2)
+    task = create_task(throttle.aacquire(2, max_wait=None))
+    await settle()
+    clock.advance(1)  # one token back, the waiter needs two
+    with pytest.raises(rs.ThrottledError):
+        throttle.call(abs, 1)
+    clock.advance(1)
+    await task
+    assert throttle.call(abs, 0) == 0
+
+
 async def test_a_cancelled_head_wakes_the_next_waiter(async_mode: str) -> None:
     """The head leaves without a token; the next one is served at once if it fits."""
     clock = FakeClock(auto_advance=False)
@@ -536,21 +610,24 @@ async def test_an_interrupted_sync_waiter_takes_no_token() -> None:
 
 
 async def test_a_waiter_whose_promise_is_broken_is_refused(async_mode: str) -> None:
-    """Defensive: if the tokens do not come by the time the queue said, the waiter is refused."""
-    clock = FakeClock(auto_advance=False)
+    """Defensive: if the tokens do not come by the time the queue said, the waiter is refused,
+    told when they will come, and the throttle goes on serving."""
+    clock = FakeClock(-50.0, auto_advance=False)
     throttle = rs.Throttle(1, burst=1, max_wait=2, clock=clock)
     throttle.acquire()
     task = create_task(throttle.aacquire())
     await settle()
-    throttle._bucket.full_at += 10  # spent behind the queue's back (never happens in real use)
+    throttle._bucket.full_at += 1.5  # spent behind the queue's back (never happens in real use)
     clock.advance(1)
     await settle()
     clock.advance(1)
     with pytest.raises(rs.ThrottledError) as caught:
         await task
-    assert caught.value.retry_after == pytest.approx(9)  # 10 s of debt, 1 s already gone
+    assert caught.value.retry_after == 0.5  # due at 2.5 s instead of 1 s; its 2 s are up
+    assert str(caught.value) == "throttle is out of tokens: a token in 0.5s"
     assert throttle.queued == 0
     assert throttle.rejected == 1
+    assert usable_from_another_thread(throttle)
 
 
 async def test_calls_meeting_due_waiters_serve_them_first(mode: str) -> None:
@@ -609,11 +686,16 @@ async def test_the_fast_path_yields_to_a_busy_bucket(
     """A call that finds the bucket held by another thread goes the slow way, and gets its token."""
     throttle = rs.Throttle(10, burst=10, clock=FakeClock())
     bucket = throttle._bucket
-    monkeypatch.setattr(
-        "resilience._throttle.time.sleep", lambda seconds: bucket.baton.append(None)
-    )
+    spins: list[float] = []
+
+    def fast_path_finishes(seconds: float) -> None:
+        spins.append(seconds)
+        bucket.baton.append(None)  # the other thread gives the bucket back
+
+    monkeypatch.setattr("resilience._throttle.time.sleep", fast_path_finishes)
     bucket.baton.pop()  # as if another thread were in its fast path
     assert await run_plain(mode, throttle, ok) == "ok"
+    assert spins == [0]  # the call did not touch the bucket before it was back
     assert throttle.available == 9
 
 
@@ -625,6 +707,23 @@ async def test_waiters_are_never_trapped_by_rounding(mode: str, start: float) ->
     for _ in range(10):
         await take(mode, throttle)
     assert clock.monotonic() - start == pytest.approx(3.0, abs=1e-6 + 4 * math.ulp(start))
+
+
+def test_a_token_due_within_a_nanosecond_and_four_ulps_is_there() -> None:
+    """A wait of up to a nanosecond plus four ulps of the clock's reading counts as none (a
+    sleeper woken at the computed instant is not sent back to sleep); a longer one does not."""
+    # A token due in exactly a nanosecond: at a billion tokens a second, the bucket is one
+    # token short.
+    assert rs.Throttle(1e9, burst=1, initial_tokens=0, clock=FakeClock()).try_acquire()
+    # Far from zero the clock's ulp is what counts: at 2**36 s it is 2**-16 s.
+    ulp = 2.0**-16
+    clock = FakeClock(2.0**36)
+    throttle = rs.Throttle(1, burst=1, clock=clock)
+    assert throttle.try_acquire()  # the next token in 1 s
+    clock.advance(1 - 5 * ulp)
+    assert not throttle.try_acquire()
+    clock.advance(ulp)
+    assert throttle.try_acquire()
 
 
 # -- direct use -------------------------------------------------------------------------------
@@ -777,6 +876,25 @@ async def test_events_report_waits_and_refusals(mode: str, clock: FakeClock) -> 
     ]
 
 
+async def test_refusals_and_waits_are_logged(
+    mode: str, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refusal is logged at INFO, a wait at DEBUG, on the "resilience" logger."""
+    throttle = rs.Throttle(2, burst=1, max_wait=1, clock=clock, name="api")
+    caplog.set_level(logging.DEBUG, logger="resilience")
+    await run_plain(mode, throttle, ok)
+    await run_plain(mode, throttle, ok)
+    with pytest.raises(rs.ThrottledError):
+        await take(mode, throttle, 1, max_wait=0)
+    assert [(record.levelno, record.getMessage()) for record in caplog.records] == [
+        (logging.DEBUG, "resilience: Throttle 'api': a call waited 0.5s"),
+        (
+            logging.INFO,
+            "resilience: rejected: throttle 'api' is out of tokens: a token in 0.5s",
+        ),
+    ]
+
+
 @pytest.mark.parametrize("cost", [1, lambda: 1], ids=["fixed", "weighted"])
 async def test_a_layer_that_is_not_innermost_calls_the_next(
     mode: str, clock: FakeClock, cost: Any
@@ -802,6 +920,8 @@ def test_metrics_snapshot() -> None:
     clock = FakeClock()
     throttle = rs.Throttle(2, burst=4, clock=clock)
     assert throttle.metrics() == rs.metrics.ThrottleMetrics(available=4.0, queued=0, rejected=0)
+    assert throttle.metrics().shared is False  # this process's own bucket
+    assert repr(throttle.metrics()) == "ThrottleMetrics(available=4.0, queued=0, rejected=0)"
     throttle.try_acquire(3)
     throttle.try_acquire(3)
     clock.advance(0.25)

@@ -175,6 +175,58 @@ def test_from_the_ninth_trip_in_a_row_the_eighth_break_repeats(fleet: Fleet) -> 
     assert breaker.metrics().retry_after == 8.0
 
 
+@pytest.mark.parametrize("mode", ["strict", "local-first"])
+def test_a_control_applies_in_the_process_at_once(fleet: Fleet, mode: str) -> None:
+    backend = fleet.backend(mode)
+    breaker = fleet.breaker(backend)
+    assert breaker.call(lambda: 1) == 1
+    changes: list[rs.CircuitState] = []
+    breaker.subscribe(lambda event: changes.append(event.new))
+    breaker.isolate()
+    assert changes == [rs.CircuitState.ISOLATED]
+    with pytest.raises(rs.CircuitOpenError, match="isolated"):
+        breaker.call(lambda: 1)
+
+
+def test_a_trial_given_back_frees_its_slot_for_the_fleet(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(
+        backend, consecutive_failures=1, open_seconds=1, half_open_calls=1, ignore=KeyError
+    )
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(1)
+    with pytest.raises(KeyError):
+        breaker.call(ignored)  # the only trial, given back
+    assert backend.wakes == 2  # the failure and the trial: the fleet should know now
+    assert breaker.call(lambda: 2) == 2  # the slot is free again
+    assert backend.wakes == 3  # the trial's success
+
+
+def test_a_success_waits_for_the_next_request(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend)
+    assert breaker.call(lambda: 1) == 1
+    assert backend.wakes == 0
+
+
+def test_the_end_of_an_outage_is_logged_so_the_next_one_is_too(
+    fleet: Fleet, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend)
+    for _ in range(2):
+        backend.fail()
+        assert breaker.call(lambda: 1) == 1
+        assert breaker.call(lambda: 1) == 1  # the same outage: not logged again
+        backend.recover()
+        assert breaker.call(lambda: 1) == 1
+    logged = [r.getMessage() for r in caplog.records if r.name == "resilience"]
+    failed = [m for m in logged if "the backend failed" in m]
+    back = [m for m in logged if "the backend answers again" in m]
+    assert (len(failed), len(back)) == (2, 2)
+
+
 def test_an_answer_overtaken_by_a_newer_one_is_not_taken(fleet: Fleet) -> None:
     backend = fleet.backend()
     breaker = fleet.breaker(backend, consecutive_failures=1)

@@ -24,6 +24,7 @@ from modes import (
     run_plain,
     task_cancelled,
 )
+from resilience._backend import Backend, Unavailable
 from resilience.testing import FakeClock
 
 
@@ -733,7 +734,7 @@ async def test_try_acquire_acquire_and_aacquire(mode: str, clock: FakeClock) -> 
     """Tokens for work that is not a call: never blocking, blocking, awaiting."""
     throttle = rs.Throttle(10, burst=10, clock=clock)
     assert throttle.try_acquire(6)
-    assert not throttle.try_acquire(6)
+    assert throttle.try_acquire(6) is False
     assert throttle.rejected == 1
     await take(mode, throttle, 4)
     with pytest.raises(rs.ThrottledError):
@@ -945,6 +946,250 @@ def test_decorator_keeps_the_signature() -> None:
     assert str(inspect.signature(fetch)) == "(user_id: 'int', *, verbose: 'bool' = False) -> 'int'"
     assert inspect.iscoroutinefunction(afetch)
     assert asyncio.run(afetch(4)) == 4
+
+
+# -- a bucket shared by processes, through a backend of the test's own ---------------------------
+
+
+class Fleet(Backend):
+    """A stand-in for RedisBackend: the fleet's bucket answers from a script (``answers``:
+    granted and the wait, per take), and it records what the throttle asks of it."""
+
+    def __init__(self, mode: str = "strict", on_backend_error: Any = "local") -> None:
+        self.mode = mode
+        self.on_backend_error = on_backend_error
+        self.name: str | None = None
+        self.answers: list[tuple[bool, float]] = []
+        """What the next takes answer; granted at once when empty."""
+        self.takes: list[tuple[float, float | None, float]] = []
+        """``(cost, max_wait, now)`` of every take."""
+        self.fast: list[float] = []
+        """The cost of every take_now (local-first)."""
+        self.fast_answer = True
+        self.given_back: list[float] = []
+        self.failures: list[tuple[str, str]] = []
+        self.available = 7.0
+        self.down: Unavailable | None = None
+        """Set: every request fails with it."""
+
+    def attach(self, kind: str, name: str, policy: Any) -> Fleet:
+        assert kind == "throttle"
+        self.name = name
+        return self
+
+    def take(self, cost: float, max_wait: float | None, now: float) -> tuple[bool, float]:
+        self.takes.append((cost, max_wait, now))
+        if self.down is not None:
+            raise self.down
+        return self.answers.pop(0) if self.answers else (True, 0.0)
+
+    async def atake(self, cost: float, max_wait: float | None, now: float) -> tuple[bool, float]:
+        return self.take(cost, max_wait, now)
+
+    def take_now(self, cost: float) -> bool:
+        self.fast.append(cost)
+        return self.fast_answer
+
+    def give_back(self, cost: float) -> None:
+        self.given_back.append(cost)
+
+    def metrics(self) -> float:
+        if self.down is not None:
+            raise self.down
+        return self.available
+
+    def failed(self, operation: str, problem: Unavailable, action: str) -> None:
+        self.failures.append((operation, action))
+
+    def refusal(self, problem: Unavailable) -> rs.BackendUnavailableError:
+        return rs.BackendUnavailableError(
+            "the fleet is down", name=self.name, retry_after=problem.retry_after
+        )
+
+    def __repr__(self) -> str:
+        return "Fleet()"
+
+
+async def test_a_shared_throttle_asks_the_fleet_for_every_call(mode: str) -> None:
+    """Each call of a shared throttle takes its tokens from the fleet's bucket (never from its
+    own), with its max_wait and the clock's time; a grant that comes at once runs the call."""
+    clock = FakeClock(100.0)
+    fleet = Fleet()
+    throttle = rs.Throttle(1, burst=1, max_wait=2, clock=clock, name="api", backend=fleet)
+    assert fleet.name == "api"
+    assert throttle.settings()["backend"] == "Fleet()"
+    for _ in range(3):  # more calls than the local bucket holds
+        assert await run_plain(mode, throttle, ok) == "ok"
+    assert fleet.takes == [(1.0, 2.0, 100.0)] * 3
+    assert clock.sleeps == []
+    assert throttle.rejected == 0
+    assert throttle.metrics() == rs.metrics.ThrottleMetrics(7.0, 0, 0, shared=True)
+    assert throttle.available == 7.0
+
+
+async def test_a_shared_throttle_sleeps_the_wait_the_fleet_reserved(mode: str) -> None:
+    """A grant after a wait: the call sleeps that long, then runs, and the wait is reported."""
+    clock = FakeClock(100.0)
+    fleet = Fleet()
+    throttle = rs.Throttle(1, max_wait=None, clock=clock, name="api", backend=fleet)
+    events: list[rs.events.ThrottleEvent] = []
+    throttle.subscribe(events.append)
+    fleet.answers = [(True, 0.75)]
+    assert await run_plain(mode, throttle, ok) == "ok"
+    assert clock.sleeps == [0.75]
+    assert fleet.takes == [(1.0, None, 100.0)]
+    assert events == [rs.events.ThrottleEvent("api", "waited", 1.0, 0.75)]
+    fleet.answers = [(True, 0.0)]
+    await take(mode, throttle, 1)
+    assert clock.sleeps == [0.75]  # no wait: no sleep, no event
+    assert len(events) == 1
+
+
+async def test_a_shared_throttle_refused_by_the_fleet_raises(mode: str) -> None:
+    """The fleet's refusal is the call's: ThrottledError with the fleet's wait as retry_after,
+    counted, and the call does not run."""
+    clock = FakeClock(100.0)
+    fleet = Fleet()
+    throttle = rs.Throttle(1, max_wait=0.5, clock=clock, name="api", backend=fleet)
+    fleet.answers = [(False, 4.0)]
+    reached: list[int] = []
+    with pytest.raises(rs.ThrottledError) as caught:
+        await run_plain(mode, throttle, reached.append, 1)
+    assert reached == []
+    assert caught.value.retry_after == 4.0
+    assert "later than it may wait (0.5s)" in str(caught.value)
+    assert throttle.rejected == 1
+    assert clock.sleeps == []
+    assert usable_from_another_thread(throttle)
+    endless = rs.Throttle(1, max_wait=None, clock=clock, name="api", backend=fleet)
+    fleet.answers = [(False, 4.0)]
+    with pytest.raises(rs.ThrottledError) as caught:
+        await take(mode, endless, 1)
+    assert str(caught.value) == "throttle 'api' is out of tokens: a token in 4s"
+    assert endless.rejected == 1
+
+
+async def test_a_shared_throttle_waits_no_longer_than_the_deadline(mode: str) -> None:
+    """Under a deadline shorter than max_wait the fleet is told the time left (none once it
+    has passed), and its refusal names the deadline; a deadline as long or longer leaves
+    max_wait as it is."""
+    clock = FakeClock(100.0)
+    fleet = Fleet()
+    throttle = rs.Throttle(1, max_wait=2, clock=clock, name="api", backend=fleet)
+
+    def within(seconds: float) -> rs.Pipeline:
+        return rs.Pipeline([rs.Timeout(seconds, clock=clock), throttle])
+
+    fleet.answers = [(False, 3.0), (True, 0.0), (False, 3.0)]
+    with pytest.raises(rs.ThrottledError, match=r"past the call's deadline \(0.5s left\)"):
+        await run_plain(mode, within(0.5), ok)
+    assert await run_plain(mode, within(5), ok) == "ok"
+    with pytest.raises(rs.ThrottledError, match=r"later than it may wait \(2s\)$"):
+        await run_plain(mode, within(2), ok)
+    endless = rs.Throttle(1, max_wait=None, clock=clock, name="api", backend=fleet)
+    assert await run_plain(mode, rs.Pipeline([rs.Timeout(9, clock=clock), endless]), ok) == "ok"
+
+    def late() -> None:
+        clock.advance(1)  # the deadline passes inside the outer call
+        endless.acquire()
+
+    fleet.answers = [(False, 3.0)]
+    with pytest.raises(rs.ThrottledError, match=r"past the call's deadline \(0s left\)"):
+        await run_plain(mode, rs.Timeout(0.5, clock=clock), late)
+    assert [wait for _, wait, _ in fleet.takes] == [0.5, 2.0, 2.0, 9.0, 0.0]
+
+
+class Interrupted(Exception):
+    """What interrupts a sleep in these tests."""
+
+
+class InterruptedClock(FakeClock):
+    """A fake clock whose sleeps are interrupted."""
+
+    def sleep(self, seconds_: float) -> None:
+        raise Interrupted
+
+    async def asleep(self, seconds_: float) -> None:
+        raise Interrupted
+
+
+async def test_a_shared_throttle_gives_back_tokens_of_an_interrupted_wait(mode: str) -> None:
+    """A call interrupted while sleeping for the fleet's tokens gives them back unused."""
+    fleet = Fleet()
+    throttle = rs.Throttle(
+        1, burst=3, max_wait=None, clock=InterruptedClock(), name="api", backend=fleet
+    )
+    fleet.answers = [(True, 1.0)]
+    with pytest.raises(Interrupted):
+        await take(mode, throttle, 2)
+    assert fleet.given_back == [2.0]
+
+
+@pytest.mark.parametrize("action", ["local", "open", "closed"])
+async def test_a_shared_throttle_with_the_fleet_down(mode: str, action: str) -> None:
+    """With the backend down a call is decided by this process's bucket ("local"), admitted
+    ("open") or refused with BackendUnavailableError ("closed"); each failure is reported."""
+    clock = FakeClock(100.0)
+    fleet = Fleet(on_backend_error=action)
+    throttle = rs.Throttle(1, burst=1, clock=clock, name="api", backend=fleet)
+    fleet.down = Unavailable(ConnectionError("no fleet"), 3.0)
+    if action == "closed":
+        with pytest.raises(rs.BackendUnavailableError) as refused:
+            await run_plain(mode, throttle, ok)
+        assert refused.value.retry_after == 3.0
+        with pytest.raises(rs.BackendUnavailableError):
+            throttle.try_acquire()
+        assert fleet.failures == [("acquire", "closed")] * 2
+        return
+    assert await run_plain(mode, throttle, ok) == "ok"
+    if action == "local":
+        with pytest.raises(rs.ThrottledError):
+            await run_plain(mode, throttle, ok)  # the local bucket had one token
+        assert not throttle.try_acquire()
+        assert throttle.rejected == 2
+    else:
+        assert await run_plain(mode, throttle, ok) == "ok"
+        assert throttle.try_acquire()
+        assert throttle.rejected == 0
+    assert fleet.failures == [("acquire", action)] * 3
+    assert throttle.metrics() == rs.metrics.ThrottleMetrics(
+        0.0 if action == "local" else 1.0, 0, throttle.rejected, shared=False
+    )
+
+
+def test_try_acquire_of_a_shared_throttle_asks_the_fleet() -> None:
+    """try_acquire takes the fleet's tokens without waiting (max_wait 0); a refusal is counted."""
+    clock = FakeClock(100.0)
+    fleet = Fleet()
+    throttle = rs.Throttle(1, burst=1, clock=clock, name="api", backend=fleet)
+    fleet.answers = [(True, 0.0), (True, 0.0), (False, 1.0)]
+    assert throttle.try_acquire(1) is True
+    assert throttle.try_acquire(1) is True  # the local bucket had only one
+    assert throttle.try_acquire(0.5) is False
+    assert throttle.rejected == 1
+    assert fleet.takes == [(1.0, 0.0, 100.0), (1.0, 0.0, 100.0), (0.5, 0.0, 100.0)]
+    assert usable_from_another_thread(throttle)
+
+
+async def test_a_local_first_shared_throttle_takes_from_its_lease_first(mode: str) -> None:
+    """local-first: a call takes from the process's lease at once (take_now); only when the
+    lease is out does it ask the fleet. A strict throttle with a cost function asks the fleet
+    with each call's cost."""
+    clock = FakeClock(100.0)
+    fleet = Fleet(mode="local-first")
+    throttle = rs.Throttle(1, burst=3, clock=clock, name="api", backend=fleet)
+    assert await run_plain(mode, throttle, ok) == "ok"
+    assert fleet.fast == [1.0]
+    assert fleet.takes == []
+    fleet.fast_answer = False
+    assert await run_plain(mode, throttle, ok) == "ok"
+    assert fleet.takes == [(1.0, 0.0, 100.0)]
+    strict = Fleet()
+    weighted = rs.Throttle(1, burst=3, cost=len, clock=clock, name="api", backend=strict)
+    for _ in range(3):
+        assert await run_plain(mode, weighted, len, "ab") == 2
+    assert strict.takes == [(2.0, 0.0, 100.0)] * 3
+    assert strict.fast == []
 
 
 # -- accuracy: a window never admits more than burst + rate * t ----------------------------------

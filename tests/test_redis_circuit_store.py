@@ -150,6 +150,15 @@ def fleet(client: redis.Redis) -> Fleet:
     return Fleet(client)
 
 
+def keys_of(breaker: rs.CircuitBreaker) -> tuple[str, str]:
+    """The breaker's keys in Redis: its state and its window."""
+    backend = breaker.backend
+    assert isinstance(backend, RedisBackend)
+    return backend.key("circuit_breaker", "b", "state"), backend.key(
+        "circuit_breaker", "b", "window"
+    )
+
+
 # -- rules and states --------------------------------------------------------------------------
 
 
@@ -227,6 +236,80 @@ def test_the_end_of_an_outage_is_logged_so_the_next_one_is_too(
     assert (len(failed), len(back)) == (2, 2)
 
 
+def test_a_trial_out_longer_than_half_open_max_seconds_reopens_the_breaker(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(
+        backend,
+        consecutive_failures=1,
+        open_seconds=backoff.linear(1.0),
+        half_open_calls=1,
+        half_open_max_seconds=5,
+    )
+    store = breaker.store
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(1)
+    late = store.acquire()  # the trial, which does not come back
+    assert late >= 0
+    fleet.clock.advance(4.5)
+    assert store.acquire() < 0  # its slot is taken
+    assert breaker.state is rs.CircuitState.HALF_OPEN
+    fleet.clock.advance(0.5)
+    assert store.acquire() < 0  # out for half_open_max_seconds: a failed trial
+    assert breaker.metrics().state is rs.CircuitState.OPEN
+    assert breaker.metrics().retry_after == 2.0  # the second trip in a row
+    fleet.clock.advance(2)
+    assert store.acquire() >= 0  # the next trial
+    store.release(late)  # the late trial, given back: it frees no slot of the new trials
+    backend.flush()
+    assert store.acquire() < 0
+
+
+def test_trials_out_and_trials_done_both_take_a_slot(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=1, half_open_calls=3)
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(1)
+    store = breaker.store
+    assert store.acquire() >= 0  # a trial out
+    assert breaker.call(lambda: 1) == 1  # a trial done
+    assert store.acquire() >= 0  # another trial out
+    with pytest.raises(rs.CircuitOpenError, match="trial calls are taken"):
+        breaker.call(lambda: 1)
+    assert breaker.metrics().rejected == 1
+
+
+def test_a_trial_given_back_frees_one_slot(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=1, half_open_calls=2)
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(1)
+    store = breaker.store
+    first, second = store.acquire(), store.acquire()
+    assert min(first, second) >= 0
+    store.release(first)
+    backend.flush()
+    assert store.acquire() >= 0  # in the slot given back
+    assert store.acquire() < 0
+
+
+def test_an_old_bucket_of_a_time_window_is_deleted(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=10, window_seconds=10, window_buckets=5)
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(2)
+    failing_calls(breaker, 1)
+    backend.flush()
+    window = keys_of(breaker)[1]
+    assert fleet.client.hlen(window) == 2
+    fleet.clock.advance(9)  # the first bucket is out of the window
+    assert breaker.metrics().failures == 1
+    assert fleet.client.hlen(window) == 1
+
+
 def test_an_answer_overtaken_by_a_newer_one_is_not_taken(fleet: Fleet) -> None:
     backend = fleet.backend()
     breaker = fleet.breaker(backend, consecutive_failures=1)
@@ -281,15 +364,6 @@ def test_local_first_refuses_in_the_process_until_the_break_is_over(fleet: Fleet
 
 
 # -- the keys' lifetime and large batches ------------------------------------------------------
-
-
-def keys_of(breaker: rs.CircuitBreaker) -> tuple[str, str]:
-    """The breaker's keys in Redis: its state and its window."""
-    backend = breaker.backend
-    assert isinstance(backend, RedisBackend)
-    return backend.key("circuit_breaker", "b", "state"), backend.key(
-        "circuit_breaker", "b", "window"
-    )
 
 
 def expiring_soon(client: redis.Redis, *keys: str) -> list[bool]:

@@ -39,8 +39,8 @@ async def take(mode: str, throttle: rs.Throttle, cost: float = 1, **kwargs: Any)
 class WatchedClock(FakeClock):
     """A manual FakeClock that tells the test when a thread blocks waiting for tokens."""
 
-    def __init__(self) -> None:
-        super().__init__(auto_advance=False)
+    def __init__(self, start: float = 0.0) -> None:
+        super().__init__(start, auto_advance=False)
         self.blocked = threading.Semaphore(0)
 
     def sleep(self, seconds_: float) -> None:
@@ -572,10 +572,14 @@ async def test_a_cancelled_head_hands_its_timer_to_the_next(async_mode: str) -> 
     assert head.cancelled()
 
 
-async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back(async_mode: str) -> None:
-    """Tokens are taken only when granted, and a grant the task never used is returned."""
-    clock = WatchedClock()
-    throttle = rs.Throttle(1, burst=2, max_wait=None, clock=clock)
+@pytest.mark.parametrize(("rate", "per"), [(1, 1), (4, 2), (3, 12)])
+async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back(
+    async_mode: str, rate: float, per: float
+) -> None:
+    """Tokens are taken only when granted, and a grant the task never used is returned, at
+    any rate."""
+    clock = WatchedClock(1000.0)
+    throttle = rs.Throttle(rate, per=per, burst=2, max_wait=None, clock=clock)
     throttle.acquire(2)
     thread = threading.Thread(target=throttle.acquire, args=(1,))
     thread.start()
@@ -583,7 +587,7 @@ async def test_a_waiter_granted_then_cancelled_gives_its_tokens_back(async_mode:
     task = create_task(throttle.aacquire(1))
     await settle()
     assert throttle.queued == 2
-    clock.advance(2)  # the thread wakes and grants itself and the task...
+    clock.advance(2 * per / rate)  # the thread wakes and grants itself and the task...
     thread.join(10)  # ...while this loop is blocked, so the task cannot run yet
     task.cancel()
     with pytest.raises(task_cancelled(async_mode)):

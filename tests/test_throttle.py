@@ -162,7 +162,7 @@ def test_an_async_cost_function_is_refused() -> None:
         return len(data)
 
     with pytest.raises(TypeError, match=r"^cost must be a plain function"):
-        rs.Throttle(10, cost=cost)
+        rs.Throttle(10, cost=cost)  # type: ignore[arg-type]
 
 
 # -- runtime updates and read-only settings ----------------------------------------------
@@ -362,7 +362,7 @@ async def test_a_bad_cost_from_the_function_is_refused(
     mode: str, result: object, error: type[Exception], message: str
 ) -> None:
     """A cost function returning nonsense fails the call, naming what went wrong."""
-    throttle = rs.Throttle(10, cost=lambda: result)
+    throttle = rs.Throttle(10, cost=lambda: result)  # type: ignore[arg-type, return-value]
     with pytest.raises(error, match=message):
         await run_plain(mode, throttle, ok)
     assert throttle.available == 10

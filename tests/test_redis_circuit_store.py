@@ -212,11 +212,34 @@ def test_a_trial_given_back_frees_its_slot_for_the_fleet(fleet: Fleet) -> None:
     assert backend.wakes == 3  # the trial's success
 
 
-def test_a_success_waits_for_the_next_request(fleet: Fleet) -> None:
+def test_a_success_or_a_call_given_back_waits_for_the_next_request(fleet: Fleet) -> None:
     backend = fleet.backend()
-    breaker = fleet.breaker(backend)
+    breaker = fleet.breaker(backend, ignore=KeyError)
+    with pytest.raises(KeyError):
+        breaker.call(ignored)
     assert breaker.call(lambda: 1) == 1
     assert backend.wakes == 0
+    before = backend.round_trips
+    backend.flush()
+    assert backend.round_trips == before + 1  # the success
+    backend.flush()
+    assert backend.round_trips == before + 1  # strict: nothing to send, no request
+
+
+def test_a_late_success_of_a_closed_breaker_does_not_count_once_it_opened(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first")
+    breaker = fleet.breaker(backend, consecutive_failures=2)
+    backend.flush()  # the fleet's breaker is closed: calls go through the lane
+
+    def outlives_the_trip() -> int:
+        failing_calls(breaker, 2)
+        backend.flush()  # open
+        return 1
+
+    assert breaker.call(outlives_the_trip) == 1
+    backend.flush()
+    metrics = breaker.metrics()
+    assert (metrics.state, metrics.consecutive_failures) == (rs.CircuitState.OPEN, 2)
 
 
 def test_the_end_of_an_outage_is_logged_so_the_next_one_is_too(
@@ -428,6 +451,18 @@ def test_new_thresholds_apply_while_deciding_in_the_process(fleet: Fleet) -> Non
     assert breaker.state is rs.CircuitState.OPEN
 
 
+def test_a_breaker_opened_in_the_process_tells_its_own_wait(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=10)
+    backend.fail()
+    failing_calls(breaker, 1)
+    assert backend.wakes == 0  # decided here: nothing for the fleet to hear of
+    fleet.clock.advance(4)
+    with pytest.raises(rs.CircuitOpenError) as refused:
+        breaker.call(lambda: 1)
+    assert refused.value.retry_after == 6.0
+
+
 def test_a_trial_given_back_in_the_process_frees_its_slot_there(fleet: Fleet) -> None:
     backend = fleet.backend()
     breaker = fleet.tripped_in_the_process(backend)
@@ -519,6 +554,39 @@ def test_outcomes_survive_a_request_that_fails(fleet: Fleet, operation: str) -> 
         breaker.metrics()
     backend.recover()
     assert breaker.metrics().consecutive_failures == 1
+
+
+def test_a_trial_given_back_while_redis_fails_is_given_back_when_it_answers(
+    fleet: Fleet,
+) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(
+        backend, consecutive_failures=1, open_seconds=1, half_open_calls=1, ignore=KeyError
+    )
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(1)
+    with pytest.raises(KeyError):
+        breaker.call(ignored)  # the only trial, given back
+    backend.fail()
+    backend.flush()  # its slot does not reach Redis
+    backend.recover()
+    assert breaker.call(lambda: 2) == 2  # the slot came back with this request
+    assert breaker.metrics().state is rs.CircuitState.CLOSED
+
+
+def test_the_sync_leaves_a_resting_backend_alone(fleet: Fleet) -> None:
+    backend = fleet.backend(on_backend_error="closed")
+    breaker = fleet.breaker(backend)
+    events: list[object] = []
+    breaker.subscribe(events.append)
+    assert breaker.call(lambda: 1) == 1
+    backend.fail()
+    with pytest.raises(rs.BackendUnavailableError):
+        breaker.call(lambda: 1)
+    assert len(events) == 1
+    backend.flush()  # the backend rests after the failure: no request, nothing to report
+    assert len(events) == 1
 
 
 def test_outcomes_kept_while_redis_is_down_are_the_newest_ten_thousand(fleet: Fleet) -> None:

@@ -19,6 +19,7 @@ import redis
 import resilience as rs
 from redis_support import no_retry
 from resilience import backoff
+from resilience.events import BackendErrorEvent
 from resilience.metrics import CircuitMetrics
 from resilience.redis import RedisBackend
 from resilience.testing import FakeClock
@@ -587,6 +588,17 @@ def test_the_sync_leaves_a_resting_backend_alone(fleet: Fleet) -> None:
     assert len(events) == 1
     backend.flush()  # the backend rests after the failure: no request, nothing to report
     assert len(events) == 1
+
+
+def test_the_sync_of_a_breaker_that_never_heard_from_redis_tries_it(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first", on_backend_error="closed")
+    breaker = fleet.breaker(backend)
+    events: list[BackendErrorEvent] = []
+    breaker.subscribe(lambda event: events.append(event))
+    backend.fail()
+    breaker.metrics()  # fails: the backend rests, and the breaker knows nothing of the fleet
+    backend.flush()
+    assert [event.operation for event in events] == ["sync"]
 
 
 def test_outcomes_kept_while_redis_is_down_are_the_newest_ten_thousand(fleet: Fleet) -> None:

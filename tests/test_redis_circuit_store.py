@@ -475,17 +475,25 @@ def test_a_trial_given_back_in_the_process_frees_its_slot_there(fleet: Fleet) ->
     assert breaker.state is rs.CircuitState.CLOSED
 
 
-def test_a_trial_admitted_in_the_process_may_end_after_redis_is_back(fleet: Fleet) -> None:
+@pytest.mark.parametrize("ends", ["given back", "succeeding"])
+def test_a_trial_admitted_in_the_process_may_end_after_redis_is_back(
+    fleet: Fleet, ends: str
+) -> None:
     backend = fleet.backend()
     breaker = fleet.tripped_in_the_process(backend)
 
-    def back_then_ignored() -> None:
+    def back_then_ends() -> int:
         backend.recover()
         assert breaker.metrics().shared  # the fleet's state again
-        ignored()
+        if ends == "given back":
+            ignored()
+        return 3
 
-    with pytest.raises(KeyError):
-        breaker.call(back_then_ignored)
+    if ends == "given back":
+        with pytest.raises(KeyError):
+            breaker.call(back_then_ends)
+    else:
+        assert breaker.call(back_then_ends) == 3
     assert breaker.call(lambda: 3) == 3
     assert breaker.state is rs.CircuitState.CLOSED
 

@@ -334,6 +334,49 @@ def test_an_old_bucket_of_a_time_window_is_deleted(fleet: Fleet) -> None:
     assert fleet.client.hlen(window) == 1
 
 
+def test_at_the_end_of_the_break_the_wait_is_zero(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=3)
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(2.5)
+    assert breaker.metrics().retry_after == 0.5
+    fleet.clock.advance(0.5)
+    metrics = breaker.metrics()
+    assert (metrics.state, metrics.retry_after) == (rs.CircuitState.OPEN, 0.0)
+
+
+def test_local_first_counts_the_calls_of_a_breaker_closed_again(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first")
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=1, half_open_calls=1)
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(1)
+    assert breaker.call(lambda: 1) == 1  # the trial closes the breaker
+    backend.flush()
+    assert breaker.state is rs.CircuitState.CLOSED
+    for _ in range(3):
+        assert breaker.call(lambda: 2) == 2  # through the lane
+    backend.flush()
+    assert breaker.metrics().calls == 3
+    failing_calls(breaker, 1)
+    backend.flush()
+    assert breaker.metrics().state is rs.CircuitState.OPEN
+
+
+def test_local_first_sends_the_lane_s_successes_before_the_failures_after_them(
+    fleet: Fleet,
+) -> None:
+    backend = fleet.backend("local-first")
+    breaker = fleet.breaker(backend, consecutive_failures=5)
+    backend.flush()  # the fleet's breaker is closed: calls go through the lane
+    assert breaker.call(lambda: 1) == 1
+    failing_calls(breaker, 1)
+    backend.flush()
+    metrics = breaker.metrics()
+    assert (metrics.calls, metrics.consecutive_failures) == (2, 1)
+
+
 def test_an_answer_overtaken_by_a_newer_one_is_not_taken(fleet: Fleet) -> None:
     backend = fleet.backend()
     breaker = fleet.breaker(backend, consecutive_failures=1)
@@ -607,6 +650,55 @@ def test_the_sync_of_a_breaker_that_never_heard_from_redis_tries_it(fleet: Fleet
     breaker.metrics()  # fails: the backend rests, and the breaker knows nothing of the fleet
     backend.flush()
     assert [event.operation for event in events] == ["sync"]
+
+
+@pytest.mark.parametrize("action", ["local", "closed"])
+def test_local_first_stops_taking_the_lane_when_a_sync_fails(
+    fleet: Fleet, action: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = fleet.backend("local-first", on_backend_error=action)
+    breaker = fleet.breaker(backend, consecutive_failures=1)
+    backend.flush()  # the fleet's breaker is closed: calls go through the lane
+    backend.fail()
+    backend.flush()
+    assert not [record for record in caplog.records if record.levelname == "ERROR"]
+    if action == "closed":
+        with pytest.raises(rs.BackendUnavailableError):
+            breaker.call(lambda: 1)
+    else:
+        failing_calls(breaker, 1)  # decided in the process, which opens
+        with pytest.raises(rs.CircuitOpenError):
+            breaker.call(lambda: 1)
+
+
+@pytest.mark.parametrize("action", ["local", "open"])
+def test_a_success_after_a_failed_sync_is_sent_after_the_failure_before_it(
+    fleet: Fleet, action: str
+) -> None:
+    backend = fleet.backend("local-first", on_backend_error=action)
+    breaker = fleet.breaker(backend, consecutive_failures=5)
+    backend.flush()  # the fleet's breaker is closed: calls go through the lane
+
+    def outlives_a_failed_sync() -> int:
+        failing_calls(breaker, 1)
+        backend.fail()
+        backend.flush()
+        return 1
+
+    assert breaker.call(outlives_a_failed_sync) == 1
+    backend.recover()
+    backend.flush()
+    assert breaker.metrics().consecutive_failures == 0
+
+
+def test_a_success_in_the_lane_ends_the_failures_the_process_knows_of(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first", on_backend_error="open")
+    breaker = fleet.breaker(backend, consecutive_failures=5)
+    failing_calls(breaker, 1)
+    backend.flush()
+    assert breaker.call(lambda: 1) == 1  # through the lane
+    backend.fail()
+    assert breaker.metrics().consecutive_failures == 0  # what the process knows
 
 
 def test_outcomes_kept_while_redis_is_down_are_the_newest_ten_thousand(fleet: Fleet) -> None:

@@ -340,7 +340,9 @@ def test_at_the_end_of_the_break_the_wait_is_zero(fleet: Fleet) -> None:
     failing_calls(breaker, 1)
     backend.flush()
     fleet.clock.advance(2.5)
-    assert breaker.metrics().retry_after == 0.5
+    with pytest.raises(rs.CircuitOpenError) as refused:
+        breaker.call(lambda: 1)
+    assert refused.value.retry_after == 0.5
     fleet.clock.advance(0.5)
     metrics = breaker.metrics()
     assert (metrics.state, metrics.retry_after) == (rs.CircuitState.OPEN, 0.0)

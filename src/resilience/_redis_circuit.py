@@ -312,7 +312,8 @@ class RedisCircuitStore(Shared, CircuitStore):
             local = self._local
             if local is not None:
                 return local.metrics()
-            return CircuitMetrics(  # what this process knows: its last view of the fleet
+            # What this process knows: its last view of the fleet.
+            return CircuitMetrics(
                 state=self._state,
                 calls=0,
                 failures=0,

@@ -304,6 +304,34 @@ def test_trials_out_and_trials_done_both_take_a_slot(fleet: Fleet) -> None:
     assert breaker.metrics().rejected == 1
 
 
+def test_slow_trials_are_judged_by_the_slow_call_ratio(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    breaker = fleet.breaker(
+        backend,
+        failure_ratio=0.5,
+        minimum_calls=1,
+        slow_call_seconds=1,
+        slow_call_ratio=0.6,
+        open_seconds=1,
+        half_open_calls=3,
+        half_open_rule="ratio",
+    )
+    failing_calls(breaker, 1)
+    backend.flush()
+    fleet.clock.advance(1)
+
+    def slow() -> int:
+        fleet.clock.advance(2)
+        return 1
+
+    assert breaker.call(lambda: 1) == 1
+    assert breaker.call(slow) == 1
+    metrics = breaker.metrics()
+    assert (metrics.state, metrics.calls, metrics.slow_calls) == (rs.CircuitState.HALF_OPEN, 2, 1)
+    assert breaker.call(slow) == 1  # 2 of 3 trials slow: over the ratio
+    assert breaker.metrics().state is rs.CircuitState.OPEN
+
+
 def test_a_trial_given_back_frees_one_slot(fleet: Fleet) -> None:
     backend = fleet.backend()
     breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=1, half_open_calls=2)

@@ -1366,22 +1366,20 @@ def test_a_lower_limit_takes_back_free_slots_and_counts_right() -> None:
 
 def test_a_waiter_who_joins_during_a_release_is_served() -> None:
     """The race in release(): the queue was empty when checked, and a waiter joined before the
-    slot went back to the free list. The release must serve that waiter, not leave it waiting
-    for a slot that sits free."""
-    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=5)  # a waiter left waiting fails in 5 s
+    slot went back to the free list. The release must serve that waiter at once, not leave it
+    waiting for a slot that sits free until its own time runs out."""
+    clock = WatchedClock()  # fake time: a waiter left waiting stays queued, visibly
+    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=5, clock=clock)
     slots = bulkhead._slots
     entered, release = threading.Event(), threading.Event()
-    joined = threading.Event()
+    releasing, queued = threading.Event(), threading.Event()
 
     class Racy(deque):  # type: ignore[type-arg]
         def append(self, item: object) -> None:
-            if not joined.is_set():  # the first give-back: a waiter joins right now
-                joined.set()
-                waiter_started.set()
+            if not releasing.is_set():  # the first give-back: a waiter joins right now
+                releasing.set()
                 assert queued.wait(30)
             super().append(item)
-
-    waiter_started, queued = threading.Event(), threading.Event()
 
     def hold() -> None:
         with bulkhead:  # the context manager gives its slot back through Slots.release
@@ -1393,15 +1391,17 @@ def test_a_waiter_who_joins_during_a_release_is_served() -> None:
         holder = pool.submit(hold)
         assert entered.wait(30)
         release.set()
-        assert waiter_started.wait(30)
+        assert releasing.wait(30)
         waiter = pool.submit(bulkhead.call, lambda: "served")
-        for _ in range(3000):  # bounded: until the waiter is in the queue (at most 30 s)
-            if bulkhead.queued == 1:
-                break
-            queued.wait(0.01)
-        queued.set()
-        holder.result(30)
-        assert waiter.result(30) == "served"
+        try:
+            assert clock.blocked.acquire(timeout=30)  # queued, and waiting for a signal
+            queued.set()
+            holder.result(30)
+            assert bulkhead.queued == 0  # the release let it in
+            assert waiter.result(30) == "served"
+        finally:
+            queued.set()
+            clock.advance(10)  # a waiter still queued gives up instead of hanging the test
     assert bulkhead.in_flight == 0
 
 

@@ -198,7 +198,8 @@ def test_a_control_applies_in_the_process_at_once(fleet: Fleet, mode: str) -> No
         breaker.call(lambda: 1)
 
 
-def test_a_trial_given_back_frees_its_slot_for_the_fleet(fleet: Fleet) -> None:
+def a_trial_given_back(fleet: Fleet) -> tuple[Backend, rs.CircuitBreaker]:
+    """A breaker of one half-open trial, tripped and broken for 1 s, whose trial was given back."""
     backend = fleet.backend()
     breaker = fleet.breaker(
         backend, consecutive_failures=1, open_seconds=1, half_open_calls=1, ignore=KeyError
@@ -208,6 +209,11 @@ def test_a_trial_given_back_frees_its_slot_for_the_fleet(fleet: Fleet) -> None:
     fleet.clock.advance(1)
     with pytest.raises(KeyError):
         breaker.call(ignored)  # the only trial, given back
+    return backend, breaker
+
+
+def test_a_trial_given_back_frees_its_slot_for_the_fleet(fleet: Fleet) -> None:
+    backend, breaker = a_trial_given_back(fleet)
     assert backend.wakes == 2  # the failure and the trial: the fleet should know now
     assert breaker.call(lambda: 2) == 2  # the slot is free again
     assert backend.wakes == 3  # the trial's success
@@ -641,15 +647,7 @@ def test_outcomes_survive_a_request_that_fails(fleet: Fleet, operation: str) -> 
 def test_a_trial_given_back_while_redis_fails_is_given_back_when_it_answers(
     fleet: Fleet,
 ) -> None:
-    backend = fleet.backend()
-    breaker = fleet.breaker(
-        backend, consecutive_failures=1, open_seconds=1, half_open_calls=1, ignore=KeyError
-    )
-    failing_calls(breaker, 1)
-    backend.flush()
-    fleet.clock.advance(1)
-    with pytest.raises(KeyError):
-        breaker.call(ignored)  # the only trial, given back
+    backend, breaker = a_trial_given_back(fleet)
     backend.fail()
     backend.flush()  # its slot does not reach Redis
     backend.recover()

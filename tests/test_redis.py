@@ -194,18 +194,19 @@ def test_the_window_counts_every_process_exactly(backends: Backends, mode: str) 
 
 @pytest.mark.parametrize("mode", MODES)
 def test_half_open_lets_exactly_its_trials_through_the_fleet(backends: Backends, mode: str) -> None:
-    here, there = backends(mode), backends(mode)
+    clock = FakeClock(auto_advance=False)  # the scripts' time: no load can stretch a trial
+    here, there = backends(mode, clock=clock), backends(mode, clock=clock)
     rules: dict[str, Any] = {"consecutive_failures": 1, "open_seconds": 0.2, "half_open_calls": 2}
     breakers = [
-        rs.CircuitBreaker(name="trials", backend=here, **rules),
-        rs.CircuitBreaker(name="trials", backend=there, **rules),
+        rs.CircuitBreaker(name="trials", backend=here, clock=clock, **rules),
+        rs.CircuitBreaker(name="trials", backend=there, clock=clock, **rules),
     ]
     with pytest.raises(Boom):
         breakers[0].call(boom)
     sync_of(here)
     retry_after = breakers[0].metrics().retry_after
     assert retry_after is not None
-    threading.Event().wait(retry_after + 0.02)  # the break is timed by the server's clock
+    clock.advance(retry_after + 0.02)
     release = threading.Event()
     entered = threading.Semaphore(0)
     outcomes: list[str] = []
@@ -246,7 +247,8 @@ def test_the_ratio_rule_decides_once_the_trials_left_cannot_change_it(
 ) -> None:
     """Four trials, failure_ratio=0.5: three successes close the breaker for the fleet while
     the fourth trial still runs (at most 1 failure of 4 is left), as the memory store does."""
-    here, there = backends(mode), backends(mode)
+    clock = FakeClock(auto_advance=False)
+    here, there = backends(mode, clock=clock), backends(mode, clock=clock)
     rules: dict[str, Any] = {
         "failure_ratio": 0.5,
         "minimum_calls": 2,
@@ -255,15 +257,15 @@ def test_the_ratio_rule_decides_once_the_trials_left_cannot_change_it(
         "half_open_calls": 4,
         "half_open_rule": "ratio",
     }
-    first = rs.CircuitBreaker(name="ratio", backend=here, **rules)
-    second = rs.CircuitBreaker(name="ratio", backend=there, **rules)
+    first = rs.CircuitBreaker(name="ratio", backend=here, clock=clock, **rules)
+    second = rs.CircuitBreaker(name="ratio", backend=there, clock=clock, **rules)
     for _ in range(2):
         with pytest.raises(Boom):
             first.call(boom)
     sync_of(here)
     retry_after = first.metrics().retry_after
     assert retry_after is not None
-    threading.Event().wait(retry_after + 0.02)  # the break is timed by the server's clock
+    clock.advance(retry_after + 0.02)
     release, entered = threading.Event(), threading.Event()
 
     def held() -> str:

@@ -1405,6 +1405,29 @@ def test_a_waiter_who_joins_during_a_release_is_served() -> None:
     assert bulkhead.in_flight == 0
 
 
+def test_a_slot_given_back_while_a_call_joins_the_queue_lets_it_in() -> None:
+    """The other side of that race: the slot comes back after the joining call found none
+    free and before it is in the queue (the release saw no waiter to serve). The call must
+    get that slot at once, not wait for a slot that sits free until it gives up."""
+
+    class ReleasingClock(FakeClock):  # its next reading gives the held slot back
+        armed = False
+
+        def monotonic(self) -> float:
+            if self.armed:
+                self.armed = False
+                bulkhead._slots.release()
+            return super().monotonic()
+
+    clock = ReleasingClock()  # auto-advancing: a waiter left waiting gives up at once
+    bulkhead = rs.Bulkhead(1, max_queue=1, max_wait=5, clock=clock)
+    bulkhead.__enter__()  # the call in flight whose slot comes back
+    clock.armed = True
+    assert bulkhead.call(lambda: "served") == "served"
+    assert not clock.armed  # the slot came back during the call's way in
+    assert (bulkhead.in_flight, bulkhead.queued, bulkhead.rejected) == (0, 0, 0)
+
+
 def test_a_lower_limit_is_taken_back_as_calls_end() -> None:
     """update(max_concurrent=) below the calls running: no new call starts until they are
     under the new limit; then it holds."""

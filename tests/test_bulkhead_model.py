@@ -350,6 +350,18 @@ async def run_bulkhead(
                 index = data.draw(st.sampled_from(holders), label="release")
                 calls.end(index)
                 model.end(index)
+                let_in = sorted(model.fresh)
+                if (
+                    let_in
+                    and all(calls.calls[i].kind in TASKS for i in let_in)
+                    and data.draw(st.booleans(), label="cut the limit first")
+                ):
+                    # Only tasks were let in (a thread could run before the cut): a limit
+                    # below the calls running makes the cancelled ones' slots pay its debts
+                    # before any waiter gets them.
+                    new = data.draw(st.integers(1, len(model.running)), label="max_concurrent")
+                    bulkhead.update(max_concurrent=new)
+                    model.update(new, None)
                 for cancelled in sorted(i for i in model.fresh if calls.calls[i].task):
                     task = calls.calls[cancelled].task
                     assert task is not None

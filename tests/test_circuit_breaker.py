@@ -836,6 +836,91 @@ async def test_update_of_the_break_and_trials(mode: str, clock: FakeClock) -> No
     assert cb.state is CircuitState.CLOSED
 
 
+def half_open_after(
+    cb: rs.CircuitBreaker, clock: FakeClock, failures: int, trials: tuple[Any, ...]
+) -> None:
+    """Trip ``cb`` with ``failures``, wait out its break of 1 s, run ``trials`` as trial calls."""
+    for _ in range(failures):
+        with contextlib.suppress(ConnectionError):
+            cb.call(fail)
+    assert cb.state is CircuitState.OPEN
+    clock.advance(1)
+    for fn in trials:
+        with contextlib.suppress(ConnectionError):
+            cb.call(fn)
+
+
+@pytest.mark.parametrize("lowered", [1, 2])
+def test_lowering_half_open_calls_to_the_trials_done_closes_at_once(
+    store_kind: str, lowered: int
+) -> None:
+    """Two trials of three succeeded: asking for two (or one) trials closes the breaker on the
+    update, instead of refusing every call as if the trials were still to run."""
+    clock = FakeClock()
+    cb = breaker(store_kind, consecutive_failures=1, half_open_calls=3, open_seconds=1, clock=clock)
+    half_open_after(cb, clock, 1, (ok, ok))
+    seen = transitions(cb)
+    cb.update(half_open_calls=lowered)
+    assert (cb.state, seen) == (CircuitState.CLOSED, [("half_open", "closed")])
+    assert cb.call(ok) == "ok"
+
+
+def test_lowering_half_open_calls_under_the_ratio_rule_judges_the_trials_done() -> None:
+    """The ratio rule judges the trials done at the update: 2 failed of 4 reopens; later, 1
+    failed of 3 closes though only 2 trials are asked for (the ratio is of all trials done)."""
+    clock = FakeClock()
+    cb = rs.CircuitBreaker(
+        failure_ratio=0.5,
+        minimum_calls=2,
+        window_calls=2,
+        half_open_calls=6,
+        half_open_rule="ratio",
+        open_seconds=1,
+        clock=clock,
+    )
+    half_open_after(cb, clock, 2, (fail, fail, ok, ok))
+    assert cb.state is CircuitState.HALF_OPEN  # 2 of 6 so far: the last two decide
+    cb.update(half_open_calls=4)
+    assert (cb.state, cb.metrics().trips) == (CircuitState.OPEN, 2)
+    clock.advance(1)
+    for fn in (fail, ok, ok):
+        with contextlib.suppress(ConnectionError):
+            cb.call(fn)
+    assert cb.state is CircuitState.HALF_OPEN  # 1 of 4 so far: the last one decides
+    cb.update(half_open_calls=2)
+    assert cb.state is CircuitState.CLOSED
+
+
+def test_raising_half_open_calls_while_half_open_admits_more_trials(clock: FakeClock) -> None:
+    cb = rs.CircuitBreaker(consecutive_failures=1, half_open_calls=2, open_seconds=1, clock=clock)
+    half_open_after(cb, clock, 1, (ok,))
+    cb.update(half_open_calls=3)
+    assert cb.state is CircuitState.HALF_OPEN
+    for _ in range(2):
+        assert cb.state is CircuitState.HALF_OPEN
+        assert cb.call(ok) == "ok"
+    assert cb.state is CircuitState.CLOSED
+
+
+def test_trials_out_when_half_open_calls_is_lowered_decide_as_they_end(clock: FakeClock) -> None:
+    """One trial done, two out, one trial asked for: the breaker waits for the trials out, and
+    closes when the last of them is given back (once: a later trip is told once too)."""
+    cb = rs.CircuitBreaker(consecutive_failures=1, half_open_calls=3, open_seconds=1, clock=clock)
+    half_open_after(cb, clock, 1, (ok,))
+    first, second = cb.store.acquire(), cb.store.acquire()
+    assert min(first, second) >= 0
+    seen = transitions(cb)
+    cb.update(half_open_calls=1)
+    assert cb.state is CircuitState.HALF_OPEN
+    cb.store.release(first)
+    assert cb.state is CircuitState.HALF_OPEN  # a trial still out
+    cb.store.release(second)
+    assert cb.state is CircuitState.CLOSED
+    with pytest.raises(ConnectionError):
+        cb.call(fail)
+    assert seen == [("half_open", "closed"), ("closed", "open")]
+
+
 def test_update_of_the_window_size_starts_it_empty() -> None:
     """A window of another size starts empty; a window kind cannot change."""
     cb = rs.CircuitBreaker(minimum_calls=2, window_calls=5, clock=FakeClock())

@@ -8,9 +8,10 @@ background sync (the test syncs with ``flush``) and can be made to fail on comma
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -351,6 +352,90 @@ def test_a_trial_given_back_frees_one_slot(fleet: Fleet) -> None:
     backend.flush()
     assert store.acquire() >= 0  # in the slot given back
     assert store.acquire() < 0
+
+
+def half_open_after(
+    fleet: Fleet,
+    breaker: rs.CircuitBreaker,
+    failures: int,
+    trials: tuple[Callable[[], object], ...],
+) -> None:
+    """Trip ``breaker`` with ``failures``, wait out its break of 1 s, run ``trials`` as trial
+    calls and send their outcomes (with a read of the metrics)."""
+    failing_calls(breaker, failures)
+    assert breaker.metrics().state is rs.CircuitState.OPEN
+    fleet.clock.advance(1)
+    for fn in trials:
+        with contextlib.suppress(Boom):
+            breaker.call(fn)
+    breaker.metrics()
+
+
+def test_lowering_half_open_calls_to_the_trials_done_closes_the_fleet_s_breaker(
+    fleet: Fleet,
+) -> None:
+    """Two trials of three succeeded: with two asked for, the next request closes the breaker
+    and the call is admitted, instead of being refused as if trials were still to run."""
+    breaker = fleet.breaker(consecutive_failures=1, open_seconds=1, half_open_calls=3)
+    half_open_after(fleet, breaker, 1, (lambda: 1, lambda: 2))
+    breaker.update(half_open_calls=2)
+    assert breaker.call(lambda: 3) == 3
+    assert breaker.metrics().state is rs.CircuitState.CLOSED
+
+
+def test_lowering_half_open_calls_under_the_ratio_rule_judges_the_fleet_s_trials(
+    fleet: Fleet,
+) -> None:
+    """2 failed trials of 4 done reopen the breaker once 4 are asked for; later, 1 failed of 3
+    done closes it though only 2 are asked for (the ratio is of all the trials done)."""
+    breaker = fleet.breaker(
+        failure_ratio=0.5,
+        minimum_calls=2,
+        window_calls=2,
+        open_seconds=1,
+        half_open_calls=6,
+        half_open_rule="ratio",
+    )
+    half_open_after(fleet, breaker, 2, (boom, boom, lambda: 1, lambda: 2))
+    assert breaker.state is rs.CircuitState.HALF_OPEN  # 2 of 6: the last two decide
+    breaker.update(half_open_calls=4)
+    metrics = breaker.metrics()
+    assert (metrics.state, metrics.trips) == (rs.CircuitState.OPEN, 2)
+    fleet.clock.advance(1)
+    for fn in (boom, lambda: 1, lambda: 2):
+        with contextlib.suppress(Boom):
+            breaker.call(fn)
+    assert breaker.metrics().state is rs.CircuitState.HALF_OPEN  # 1 of 4: the last decides
+    breaker.update(half_open_calls=2)
+    assert breaker.metrics().state is rs.CircuitState.CLOSED
+
+
+def test_raising_half_open_calls_lets_the_fleet_run_more_trials(fleet: Fleet) -> None:
+    breaker = fleet.breaker(consecutive_failures=1, open_seconds=1, half_open_calls=2)
+    half_open_after(fleet, breaker, 1, (lambda: 1,))
+    breaker.update(half_open_calls=3)
+    for _ in range(2):
+        assert breaker.metrics().state is rs.CircuitState.HALF_OPEN
+        assert breaker.call(lambda: 2) == 2
+    assert breaker.metrics().state is rs.CircuitState.CLOSED
+
+
+def test_trials_out_when_half_open_calls_is_lowered_decide_as_they_end(fleet: Fleet) -> None:
+    """One trial done, two out, one asked for: the fleet's breaker waits for the trials out,
+    and closes when the last of them is given back."""
+    backend = fleet.backend()
+    breaker = fleet.breaker(backend, consecutive_failures=1, open_seconds=1, half_open_calls=3)
+    half_open_after(fleet, breaker, 1, (lambda: 1,))
+    store = breaker.store
+    first, second = store.acquire(), store.acquire()
+    assert min(first, second) >= 0
+    breaker.update(half_open_calls=1)
+    assert breaker.metrics().state is rs.CircuitState.HALF_OPEN
+    store.release(first)
+    backend.flush()
+    assert breaker.metrics().state is rs.CircuitState.HALF_OPEN  # a trial still out
+    store.release(second)
+    assert breaker.metrics().state is rs.CircuitState.CLOSED
 
 
 def test_an_old_bucket_of_a_time_window_is_deleted(fleet: Fleet) -> None:

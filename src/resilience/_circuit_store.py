@@ -432,6 +432,11 @@ class MemoryCircuitStore(CircuitStore):
         with self._lock:
             if permit >> 1 == self._epoch and self._state is HALF_OPEN:
                 self._in_flight -= 1
+                if not self._in_flight:  # rules lowered meanwhile may need no more trials
+                    self._judge_trials(self._clock.monotonic())
+            changes = self._pending
+            self._pending = []
+        self._emit(changes)
 
     # -- decisions ----------------------------------------------------------------
 
@@ -465,8 +470,6 @@ class MemoryCircuitStore(CircuitStore):
         return permit
 
     def _record_trial(self, outcome: int) -> None:
-        now = self._clock.monotonic()
-        rules = self._rules
         self._in_flight -= 1
         trials = self._trials
         trials[0] += 1
@@ -474,20 +477,31 @@ class MemoryCircuitStore(CircuitStore):
         trials[2] += (outcome & SLOW) >> 2
         lane = self.lane
         lane.consecutive = lane.consecutive + 1 if outcome & FAILED else 0
+        self._judge_trials(self._clock.monotonic())
+
+    def _judge_trials(self, now: float) -> None:
+        """Close or reopen a half-open breaker if the trials done decide it (lock held).
+
+        Run when a trial ends, and when no trial is out after the rules changed or a trial
+        was given back: a lower ``half_open_calls`` may leave no trial to wait for.
+        """
+        rules = self._rules
+        done, failures, slow = self._trials
         if rules.half_open_rule == "first_failure":
-            if outcome != SUCCESS:  # a failed or slow trial reopens at once
+            if failures or slow:  # a failed or slow trial reopens at once
                 self._open(now, streak=self._streak + 1)
-            elif trials[0] >= rules.half_open_calls:
+            elif done >= rules.half_open_calls:
                 self._close(now)
             return
-        # The ratio rule judges all half_open_calls trials together, but decides as soon
-        # as the trials still to end cannot change the verdict either way.
-        calls = rules.half_open_calls
-        if self._trips_on(calls, trials[1], trials[2]):  # even if every other one succeeds
+        # The ratio rule judges all half_open_calls trials together (all those done, if
+        # half_open_calls was lowered under them), but decides as soon as the trials still
+        # to end cannot change the verdict either way.
+        calls = max(rules.half_open_calls, done)
+        if self._trips_on(calls, failures, slow):  # even if every other one succeeds
             self._open(now, streak=self._streak + 1)
             return
-        left = calls - trials[0]
-        if not left or not self._trips_on(calls, trials[1] + left, trials[2] + left):
+        left = calls - done
+        if not left or not self._trips_on(calls, failures + left, slow + left):
             self._close(now)  # even if every other one fails and is slow
 
     def _should_trip(self) -> bool:
@@ -565,6 +579,10 @@ class MemoryCircuitStore(CircuitStore):
             self._use(rules)
             if self._state is CLOSED and self._should_trip():
                 self._open(self._clock.monotonic(), streak=1)
+            elif self._state is HALF_OPEN and not self._in_flight:
+                # The trials done are judged under the new rules at once (a lower
+                # half_open_calls may leave none to wait for); trials out decide as they end.
+                self._judge_trials(self._clock.monotonic())
             changes = self._pending
             self._pending = []
         self._emit(changes)

@@ -215,21 +215,29 @@ local function should_trip()
   return trips_on(c, f, s)
 end
 
+-- Close or reopen a half-open breaker if the trials done decide it: when a trial ends, and
+-- when none is out (a lower half_open_calls, come with a request, may leave none to wait for).
+local function judge()
+  if not ratio_rule then
+    if t_fail + t_slow > 0 then open(streak + 1)
+    elseif t_calls >= half_open_calls then close() end
+    return
+  end
+  -- Judge all half_open_calls trials together (all those done, if more), as soon as those
+  -- left cannot change it.
+  local calls = math.max(half_open_calls, t_calls)
+  if trips_on(calls, t_fail, t_slow) then open(streak + 1); return end
+  local left = calls - t_calls
+  if left <= 0 or not trips_on(calls, t_fail + left, t_slow + left) then close() end
+end
+
 local function record_trial(code)
   in_flight = math.max(0, in_flight - 1)
   t_calls = t_calls + 1
   if code % 4 >= 2 then t_fail = t_fail + 1; consecutive = consecutive + 1
   else consecutive = 0 end
   if code >= 4 then t_slow = t_slow + 1 end
-  if not ratio_rule then
-    if code ~= 1 then open(streak + 1)
-    elseif t_calls >= half_open_calls then close() end
-    return
-  end
-  -- Judge all half_open_calls trials together, as soon as those left cannot change it.
-  if trips_on(half_open_calls, t_fail, t_slow) then open(streak + 1); return end
-  local left = half_open_calls - t_calls
-  if left <= 0 or not trips_on(half_open_calls, t_fail + left, t_slow + left) then close() end
+  judge()
 end
 
 local function record(permit, code, count)
@@ -261,6 +269,7 @@ for item in string.gmatch(ARGV[14], '[^,]+') do
     dirty = true
   end
 end
+if state == 'half_open' and in_flight == 0 then judge() end  -- under this request's rules
 
 local permit = -1
 if op == 't' then

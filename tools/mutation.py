@@ -576,6 +576,7 @@ def _run_child(
     tests: list[str], code: Any, module: str, quiet: bool = True, plugins: tuple[Any, ...] = ()
 ) -> int:
     """In a forked child: run pytest on ``tests``, with ``code`` as the module if given."""
+    os.setpgid(0, 0)  # its own group: a hang is killed with the servers its tests started
     if code is not None:
         sys.meta_path.insert(0, _Hook(f"resilience.{module}", code))
     import pytest
@@ -607,7 +608,7 @@ def run_forked(tests: list[str], code: Any, module: str, limit: float) -> tuple[
             seconds = time.monotonic() - started
             return ("survived" if os.waitstatus_to_exitcode(status) == 0 else "killed"), seconds
         if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
+            os.killpg(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             return "hang", limit
         time.sleep(0.02)
@@ -790,7 +791,7 @@ def run_module(
                 outcome[mutant.key] = "survived" if code_ == 0 else "killed"
                 finished.append(pid)
             elif time.monotonic() - started > limit:
-                os.kill(pid, signal.SIGKILL)
+                os.killpg(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
                 outcome[mutant.key] = "hang"
                 finished.append(pid)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -96,7 +97,7 @@ class Fleet:
     def throttle(
         self,
         rate: float,
-        backend: Backend | None = None,
+        backend: RedisBackend | None = None,
         clock: FakeClock | None = None,
         **settings: Any,
     ) -> rs.Throttle:
@@ -149,6 +150,15 @@ def test_a_strict_throttle_admits_its_burst_then_says_when_the_next_token_comes(
     assert fleet.clock.sleeps == []  # the tokens granted at once were not waited for
     fleet.clock.advance(5)
     assert throttle.try_acquire()
+
+
+def test_a_strict_throttle_takes_each_calls_tokens_in_its_own_round_trip(fleet: Fleet) -> None:
+    backend = fleet.backend()
+    throttle = fleet.throttle(100, backend=backend)
+    for _ in range(5):
+        throttle.acquire()
+    assert backend.round_trips == 5
+    assert fleet.available(throttle) == pytest.approx(95)
 
 
 def test_a_call_that_may_wait_sleeps_for_the_time_redis_gave(fleet: Fleet) -> None:
@@ -212,6 +222,30 @@ def test_a_waiter_that_gives_up_gives_its_tokens_back_at_the_next_sync(fleet: Fl
     assert refusal(throttle, max_wait=0) == pytest.approx(10.0)  # given back
     backend.flush()
     assert refusal(throttle, max_wait=0) == pytest.approx(10.0)  # once
+
+
+def test_the_background_sync_gives_a_waiters_tokens_back(fleet: Fleet, client: redis.Redis) -> None:
+    class Syncing(RedisBackend):
+        """A backend with its background sync, which tells when it gave tokens back."""
+
+        given_back = threading.Event()
+
+        def run(self, script: str, keys: list[str], args: list[Any]) -> list[Any]:
+            reply = super().run(script, keys, args)
+            if args[0] == "g":
+                self.given_back.set()
+            return reply
+
+    backend = Syncing(client=client, prefix=fleet.prefix, timeout=2.0, clock=fleet.clock)
+    try:
+        throttle = fleet.throttle(1, per=10, backend=backend, clock=GivingUp(), max_wait=30)
+        throttle.acquire()
+        with pytest.raises(GaveUp):
+            throttle.acquire()
+        assert backend.given_back.wait(10)
+        assert refusal(throttle, max_wait=0) == pytest.approx(10.0)
+    finally:
+        backend.close()
 
 
 def test_tokens_to_give_back_while_redis_is_down_are_spent(fleet: Fleet) -> None:
@@ -379,3 +413,57 @@ def test_an_expired_lease_goes_back_at_the_next_sync_and_the_next_is_smaller(
     assert backend.round_trips == trips
     throttle.acquire(cost)
     assert backend.round_trips == trips + 1
+
+
+def test_a_sync_with_nothing_to_give_back_sends_nothing(fleet: Fleet) -> None:
+    throttle, backend, process = leasing(fleet, 10, per=2)
+    throttle.acquire()
+    backend.flush()  # the lease is used up, not expired
+    process.advance(2)
+    backend.flush()  # expired, empty
+    assert backend.round_trips == 1
+
+
+# -- the script's tolerances ------------------------------------------------------------------
+
+#: The spacing of floats from 2**31 s (68 years) on: 2**-21 s, about 0.5 us.
+ULP = 2.0**-21
+
+
+@pytest.mark.parametrize(("ulps", "admitted"), [(1, True), (3, True), (4, True), (5, False)])
+def test_a_token_four_ulps_of_the_clock_away_is_there_now(
+    client: redis.Redis, ulps: int, admitted: bool
+) -> None:
+    fleet = Fleet(client)
+    fleet.clock.advance(2.0**31 - fleet.clock.monotonic())
+    throttle = fleet.throttle(1, per=1)
+    throttle.acquire()
+    fleet.clock.advance(1 - ulps * ULP)
+    assert throttle.try_acquire() is admitted
+
+
+def test_a_token_half_a_nanosecond_away_is_there_now(fleet: Fleet) -> None:
+    throttle = fleet.throttle(1, per=1)
+    throttle.acquire()
+    fleet.clock.advance(1 - 5e-10)
+    assert throttle.try_acquire()
+
+
+def test_a_lease_takes_a_token_a_billionth_short(fleet: Fleet) -> None:
+    """Half a billionth of a token every 1000 s is 0.5 us, too long a wait for a strict
+    call, not for a lease."""
+    throttle, backend, _ = leasing(fleet, 1, per=1000, burst=1)
+    throttle.acquire()
+    fleet.clock.advance(1000 - 5e-7)
+    throttle.acquire()
+    assert backend.leases == [1, 1]
+
+
+def test_a_lease_takes_the_whole_tokens_there_to_a_billionth(fleet: Fleet) -> None:
+    throttle, backend, _ = leasing(fleet, 2, per=1, burst=16)  # leases of 4 at most
+    for _ in range(4):  # leases of 1, 1 and 2: the next asks for 4
+        throttle.acquire()
+    other = fleet.throttle(2, per=1, burst=16)
+    other.acquire(9 + 5e-10)  # 3 tokens left, less a billionth of a token
+    throttle.acquire()
+    assert backend.leases == [1, 1, 2, 3]

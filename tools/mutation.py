@@ -573,9 +573,17 @@ class _Hook(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def _run_child(
-    tests: list[str], code: Any, module: str, quiet: bool = True, plugins: tuple[Any, ...] = ()
+    tests: list[str],
+    code: Any,
+    module: str,
+    quiet: bool = True,
+    plugins: tuple[Any, ...] = (),
+    log: pathlib.Path | None = None,
 ) -> int:
-    """In a forked child: run pytest on ``tests``, with ``code`` as the module if given."""
+    """In a forked child: run pytest on ``tests``, with ``code`` as the module if given.
+
+    Its output goes to ``log`` if given, else nowhere (``quiet``) or to the terminal.
+    """
     os.setpgid(0, 0)  # its own group: a hang is killed with the servers its tests started
     if code is not None:
         sys.meta_path.insert(0, _Hook(f"resilience.{module}", code))
@@ -584,20 +592,23 @@ def _run_child(
     # --assert=plain: pytest's assert rewriting would import `resilience` (a plugin's
     # package) through its own hook, before ours.
     args = [*tests, "-x", "-q", "-p", "no:cacheprovider", "--assert=plain", "--no-header"]
-    if quiet:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
+    if log is not None or quiet:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        sink = os.open(log, flags, 0o644) if log is not None else os.open(os.devnull, os.O_WRONLY)
+        os.dup2(sink, 1)
+        os.dup2(sink, 2)
     return int(pytest.main(args, plugins=list(plugins)))
 
 
-def run_forked(tests: list[str], code: Any, module: str, limit: float) -> tuple[str, float]:
+def run_forked(
+    tests: list[str], code: Any, module: str, limit: float, log: pathlib.Path | None = None
+) -> tuple[str, float]:
     """``("killed" | "survived" | "hang", seconds)`` for one run of the tests in a child."""
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # the child
         try:
-            status = _run_child(tests, code, module)
+            status = _run_child(tests, code, module, log=log)
         except BaseException:
             status = 3
         os._exit(status)
@@ -630,7 +641,9 @@ def coverage_map(module: str, tests: tuple[str, ...]) -> dict[int, set[str]]:
         recorder = _ScriptRecorder() if module in LUA_MODULES else None
         cov.start()
         try:
-            status = _run_child(list(tests), None, module, plugins=(recorder,) if recorder else ())
+            plugins = (recorder,) if recorder else ()
+            log = RESULTS / f"{module}.coverage.log"
+            status = _run_child(list(tests), None, module, plugins=plugins, log=log)
         finally:
             cov.stop()
         if status != 0:  # a map of a run cut short would let mutants survive untested
@@ -645,7 +658,8 @@ def coverage_map(module: str, tests: tuple[str, ...]) -> dict[int, set[str]]:
         os._exit(0)
     _, status = os.waitpid(pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{module}: its tests failed in the coverage run (flaky?)")
+        log = RESULTS / f"{module}.coverage.log"
+        raise SystemExit(f"{module}: its tests failed in the coverage run (flaky?): see {log}")
     raw = json.loads(out_file.read_text())
     files = {pathlib.Path(t).stem: t for t in tests}
     at_import = _import_lines(module)
@@ -732,9 +746,10 @@ def run_module(
 ) -> dict[str, Any]:
     tests = tuple(t for t in MODULES[module] if (ROOT / t).exists())
     RESULTS.mkdir(exist_ok=True)
-    baseline, seconds = run_forked(list(tests), None, module, 600)
+    log = RESULTS / f"{module}.baseline.log"
+    baseline, seconds = run_forked(list(tests), None, module, 600, log=log)
     if baseline != "survived":
-        raise SystemExit(f"{module}: its tests fail without any mutant ({baseline})")
+        raise SystemExit(f"{module}: its tests fail without any mutant ({baseline}): see {log}")
     limit = max(20.0, 4 * seconds)
     lines = coverage_map(module, tests)
     scripts_file = RESULTS / f"{module}.scripts.json"

@@ -72,6 +72,7 @@ _REDIS_TESTS = (
     "tests/test_redis_bulkhead_store.py",
     "tests/test_redis_throttle_store.py",
     "tests/test_redis_circuit_store.py",
+    "tests/test_redis_backend.py",
 )
 
 #: Module -> its own tests (the ones a change to it should break).

@@ -12,7 +12,11 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import json
 import logging
+import os
+import select
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -75,6 +79,8 @@ def backends(redis_url: str) -> Iterator[Backends]:
     def make(url: str = redis_url, **options: Any) -> RedisBackend:
         options.setdefault("prefix", prefix)
         options.setdefault("mode", "strict")
+        if "client" not in options:
+            options.setdefault("timeout", 1.0)  # no load on the machine times a request out
         if "client" in options:
             backend = RedisBackend(**options)
         else:
@@ -255,8 +261,6 @@ def test_policies_of_one_kind_with_other_names_share_a_backend(backends: Backend
 
 
 def test_each_backend_has_its_own_process_id(backends: Backends) -> None:
-    import os
-
     one, two = backends(), backends()
     assert one.process_id != two.process_id
     assert one.process_id.split(":")[1] == str(os.getpid())
@@ -493,15 +497,17 @@ def test_the_async_clients_the_backend_made_close_when_their_loop_ends(
 def test_without_an_async_client_async_calls_use_the_sync_one(
     backends: Backends, redis_url: str
 ) -> None:
-    backend = backends(client=client(redis_url), on_backend_error="closed")
+    backend = backends(client=client(redis_url, 1.0, 1.0), timeout=1.0, on_backend_error="closed")
     throttle = rs.Throttle(100, name="sync", backend=backend)
     assert asyncio.run(throttle.acall(ok)) is None
     assert backend.round_trips == 1
 
 
 def test_async_calls_use_the_async_client(backends: Backends, redis_url: str) -> None:
-    async_client = aclient(redis_url)
-    backend = backends(client=client(nowhere()), aclient=async_client, on_backend_error="closed")
+    async_client = aclient(redis_url, 1.0, 1.0)
+    backend = backends(
+        client=client(nowhere()), aclient=async_client, timeout=1.0, on_backend_error="closed"
+    )
     throttle = rs.Throttle(100, name="async", backend=backend, max_wait=0)
 
     async def main() -> None:
@@ -619,3 +625,85 @@ def test_a_backend_dropped_unclosed_ends_its_sync_thread_quietly(
     thread.join(10)
     assert not thread.is_alive()
     assert errors == []
+
+
+# -- a forked child ------------------------------------------------------------------------------
+
+
+def in_child(work: Callable[[], object]) -> object:
+    """What ``work`` returns in a forked child of this process (through JSON); None when the
+    child fails, or has not answered within 10 s (it is then killed)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns to pytest
+        status = 1
+        try:
+            os.close(read)
+            os.write(write, json.dumps(work()).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        ready, _, _ = select.select([pipe], [], [], 10)
+        answer = pipe.read() if ready else b""
+    if not answer:
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return json.loads(answer) if answer else None
+
+
+@pytest.mark.parametrize("first", ["request", "policy"])
+def test_a_forked_child_takes_a_process_id_of_its_own(backends: Backends, first: str) -> None:
+    """Whether the child's first use of the backend is a request or a new policy; the
+    parent keeps its own."""
+    backend = backends()
+    throttle = rs.Throttle(100, name="forked", backend=backend)
+    assert throttle.try_acquire()
+    parent = backend.process_id
+
+    def child() -> list[str]:
+        if first == "policy":
+            rs.RetryBudget(name="child", backend=backend)
+        else:
+            assert throttle.try_acquire()
+        seen = backend.process_id
+        assert throttle.try_acquire()
+        return [seen, backend.process_id, str(os.getpid())]
+
+    answer = in_child(child)
+    assert isinstance(answer, list)
+    seen, later, pid = answer
+    assert seen != parent
+    assert later == seen
+    assert seen.split(":")[1] == pid
+    assert backend.process_id == parent
+
+
+def test_a_child_forked_during_a_sync_can_sync(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The parent's sync thread is mid-sync when the process forks: that thread is gone in
+    the child, whose own syncs must not wait for it."""
+    backend = backends(mode="local-first", sync_interval=10)
+    part = backend.attach("retry_budget", "held", rs.RetryBudget())
+    parent, entered, release = os.getpid(), threading.Event(), threading.Event()
+
+    def held() -> None:  # the parent's sync thread waits here
+        if os.getpid() == parent and threading.current_thread().name == SYNC_THREAD:
+            entered.set()
+            assert release.wait(10)
+
+    monkeypatch.setattr(part, "flush", held)
+    backend.wake()
+    assert entered.wait(10)
+    try:
+
+        def child() -> bool:
+            assert rs.Throttle(100, name="child", backend=backend).try_acquire()
+            backend.flush()
+            return True
+
+        assert in_child(child) is True
+    finally:
+        release.set()

@@ -362,6 +362,8 @@ class RedisBackend(Backend):
         Returns once what was waiting when it was called has been sent (or has failed):
         a background sync already under way is waited for.
         """
+        if os.getpid() != self._pid:
+            self._forked()  # the parent's sync thread may have held the lock at the fork
         with self._flush_lock:
             self._flush()
 

@@ -269,7 +269,7 @@ def test_redis_answering_again_is_logged(fleet: Fleet, caplog: pytest.LogCapture
         assert throttle.try_acquire()  # decided in the process
         backend.recover()
         assert throttle.try_acquire()
-    assert "answers again" in caplog.records[-1].getMessage()
+    assert caplog.records[-1].getMessage().endswith("the backend answers again")
 
 
 # -- local-first: leases --------------------------------------------------------------------
@@ -413,6 +413,21 @@ def test_an_expired_lease_goes_back_at_the_next_sync_and_the_next_is_smaller(
     assert backend.round_trips == trips
     throttle.acquire(cost)
     assert backend.round_trips == trips + 1
+
+
+def test_a_lease_lasts_twice_the_sync_interval(fleet: Fleet) -> None:
+    backend = fleet.backend("local-first", sync_interval=2.0)
+    process = FakeClock(0.0)
+    throttle = fleet.throttle(10, backend=backend, clock=process, burst=100)
+    for _ in range(3):  # leases of 1, 1 and 2: 1 left, for 4 s
+        throttle.acquire()
+    process.advance(3.9)
+    throttle.acquire()
+    assert backend.round_trips == 3
+    throttle.acquire()  # a lease of 4: 3 left, for 4 s
+    process.advance(4)
+    throttle.acquire()
+    assert backend.round_trips == 5
 
 
 def test_a_sync_with_nothing_to_give_back_sends_nothing(fleet: Fleet) -> None:

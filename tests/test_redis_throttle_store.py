@@ -84,7 +84,7 @@ class Fleet:
         self.prefix = f"ts{next(_prefixes)}"
 
     def backend(self, mode: str = "strict", **options: Any) -> Backend:
-        options.setdefault("on_backend_error", "local")
+        options.setdefault("on_backend_error", "closed")  # a script error fails the test
         return Backend(
             client=self.client,
             prefix=self.prefix,
@@ -262,7 +262,7 @@ def test_tokens_to_give_back_while_redis_is_down_are_spent(fleet: Fleet) -> None
 
 
 def test_redis_answering_again_is_logged(fleet: Fleet, caplog: pytest.LogCaptureFixture) -> None:
-    backend = fleet.backend()
+    backend = fleet.backend(on_backend_error="local")
     throttle = fleet.throttle(10, backend=backend)
     backend.fail()
     with caplog.at_level(logging.WARNING, logger="resilience"):
@@ -270,6 +270,54 @@ def test_redis_answering_again_is_logged(fleet: Fleet, caplog: pytest.LogCapture
         backend.recover()
         assert throttle.try_acquire()
     assert caplog.records[-1].getMessage().endswith("the backend answers again")
+
+
+# -- new settings and new buckets ----------------------------------------------------------
+
+
+def test_a_new_rate_keeps_the_tokens_and_refills_at_the_new_rate(fleet: Fleet) -> None:
+    throttle = fleet.throttle(10, per=1, burst=10)
+    throttle.acquire(6)
+    throttle.update(rate=2)  # a token every 0.5 s
+    assert throttle.available == pytest.approx(4)
+    throttle.acquire(4)
+    assert refusal(throttle) == pytest.approx(0.5)
+    fleet.clock.advance(1)
+    assert throttle.available == pytest.approx(2)
+
+
+def test_a_smaller_burst_keeps_no_more_tokens_than_it_holds(fleet: Fleet) -> None:
+    throttle = fleet.throttle(10, per=1, burst=10)
+    throttle.acquire(6)
+    throttle.update(burst=3)
+    assert throttle.available == pytest.approx(3)
+    throttle.update(burst=8)
+    assert throttle.available == pytest.approx(3)
+    fleet.clock.advance(10)
+    assert throttle.available == pytest.approx(8)
+
+
+def test_a_bucket_first_read_fills_from_then_on(fleet: Fleet) -> None:
+    throttle = fleet.throttle(1, per=1, burst=10, initial_tokens=0)
+    assert throttle.available == 0
+    fleet.clock.advance(3)
+    assert throttle.available == pytest.approx(3)
+
+
+def test_a_bucket_first_refused_fills_from_then_on(fleet: Fleet) -> None:
+    throttle = fleet.throttle(1, per=1, burst=10, initial_tokens=0)
+    assert not throttle.try_acquire()
+    fleet.clock.advance(3)
+    assert throttle.try_acquire(3)
+
+
+def test_reading_the_fleets_tokens_does_not_keep_the_bucket_alive(fleet: Fleet) -> None:
+    throttle = fleet.throttle(4, name="read")
+    throttle.acquire()
+    key = fleet.backend().key("throttle", "read", "bucket")
+    fleet.client.expire(key, 5)
+    assert throttle.available == pytest.approx(3)
+    assert fleet.client.ttl(key) <= 5
 
 
 # -- local-first: leases --------------------------------------------------------------------
@@ -355,6 +403,14 @@ def test_a_lease_that_expires_as_it_runs_out_does_not_grow(fleet: Fleet) -> None
     throttle.acquire()
     throttle.acquire()
     assert backend.leases == [1, 1, 1]
+
+
+def test_a_call_without_a_lease_may_wait_for_the_fleets_tokens(fleet: Fleet) -> None:
+    throttle, _, process = leasing(fleet, 1, per=4, burst=1, max_wait=10)
+    throttle.acquire()
+    throttle.acquire()  # reserves the next token, 4 s away
+    assert process.sleeps == [4.0]
+    assert refusal(throttle, max_wait=5) == pytest.approx(8.0)  # Redis's time stood still
 
 
 def test_a_refused_lease_leaves_the_process_as_it_was(fleet: Fleet) -> None:
@@ -454,7 +510,11 @@ def test_a_token_four_ulps_of_the_clock_away_is_there_now(
     throttle = fleet.throttle(1, per=1)
     throttle.acquire()
     fleet.clock.advance(1 - ulps * ULP)
-    assert throttle.try_acquire() is admitted
+    if admitted:
+        throttle.acquire()
+        assert fleet.clock.sleeps == []  # not even those ulps
+    else:
+        assert refusal(throttle) == pytest.approx(ulps * ULP)
 
 
 def test_a_token_half_a_nanosecond_away_is_there_now(fleet: Fleet) -> None:

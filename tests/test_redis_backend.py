@@ -711,3 +711,49 @@ def test_a_child_forked_during_a_sync_can_sync(
         assert in_child(child) is True
     finally:
         release.set()
+
+
+class Stalling(redis.asyncio.Redis):
+    """An async client whose scripts are registered only once `release` is set."""
+
+    entered = threading.Event()
+    release = threading.Event()
+
+    def register_script(self, script: Any) -> Any:
+        self.entered.set()
+        assert self.release.wait(10)
+        return super().register_script(script)
+
+
+def test_a_child_forked_while_an_event_loop_takes_its_client_can_attach_policies(
+    backends: Backends, redis_url: str
+) -> None:
+    """A thread's event loop is getting its async client when the process forks: the child
+    does not wait for that thread, which it does not have."""
+    stalling = Stalling.from_url(
+        redis_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+    )
+    assert isinstance(stalling, Stalling)
+    stalling.entered, stalling.release = threading.Event(), threading.Event()
+    backend = backends(client=client(redis_url, 1.0, 1.0), aclient=stalling, timeout=1.0)
+    throttle = rs.Throttle(100, name="loop", backend=backend)
+
+    async def call() -> None:
+        await throttle.acall(ok)
+        await stalling.aclose()
+
+    thread = threading.Thread(target=asyncio.run, args=(call(),))
+    thread.start()
+    try:
+        assert stalling.entered.wait(10)
+
+        def child() -> bool:
+            return rs.RetryBudget(name="child", backend=backend).balance >= 0
+
+        assert in_child(child) is True
+    finally:
+        stalling.release.set()
+        thread.join(10)

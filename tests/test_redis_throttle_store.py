@@ -78,9 +78,9 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 class Fleet:
     """Backends ("processes") sharing one prefix and Redis's fake clock."""
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, start: float = 100.0) -> None:
         self.client = client
-        self.clock = FakeClock(100.0)
+        self.clock = FakeClock(start)
         self.prefix = f"ts{next(_prefixes)}"
 
     def backend(self, mode: str = "strict", **options: Any) -> Backend:
@@ -505,8 +505,7 @@ ULP = 2.0**-21
 def test_a_token_four_ulps_of_the_clock_away_is_there_now(
     client: redis.Redis, ulps: int, admitted: bool
 ) -> None:
-    fleet = Fleet(client)
-    fleet.clock.advance(2.0**31 - fleet.clock.monotonic())
+    fleet = Fleet(client, start=2.0**31)
     throttle = fleet.throttle(1, per=1)
     throttle.acquire()
     fleet.clock.advance(1 - ulps * ULP)
@@ -515,6 +514,26 @@ def test_a_token_four_ulps_of_the_clock_away_is_there_now(
         assert fleet.clock.sleeps == []  # not even those ulps
     else:
         assert refusal(throttle) == pytest.approx(ulps * ULP)
+
+
+#: The script's slack at time 0: a nanosecond and four ulps of 0 s.
+SLACK = 1e-9 + 4 * 2.0**-53
+
+
+def test_a_wait_of_exactly_the_slack_is_none(client: redis.Redis) -> None:
+    fleet = Fleet(client, start=0.0)
+    throttle = fleet.throttle(1, per=SLACK)  # a token every SLACK seconds
+    throttle.acquire()
+    throttle.acquire()  # the next token, SLACK seconds away
+    assert fleet.clock.sleeps == []
+
+
+def test_a_wait_of_exactly_the_slack_past_max_wait_is_within_it(client: redis.Redis) -> None:
+    fleet = Fleet(client, start=0.0)
+    throttle = fleet.throttle(1, per=SLACK, burst=2)
+    throttle.acquire(2)
+    throttle.acquire(2, max_wait=SLACK)  # 2 * SLACK away
+    assert fleet.clock.sleeps == [2 * SLACK]
 
 
 def test_a_token_half_a_nanosecond_away_is_there_now(fleet: Fleet) -> None:

@@ -182,6 +182,40 @@ def test_failures_in_one_process_open_the_breaker_for_another(
     assert metrics.trips == 1
 
 
+def test_reading_a_shared_breakers_metrics_teaches_the_process_its_state(
+    backends: Backends,
+) -> None:
+    """Local-first: a process that reads the fleet's metrics refuses calls here from then on,
+    without waiting for its next sync."""
+    clock = FakeClock(auto_advance=False)
+    here, there = timed_by(clock, backends, "local-first"), timed_by(clock, backends, "local-first")
+    mine = rs.CircuitBreaker(name="read", consecutive_failures=1, backend=here, clock=clock)
+    theirs = rs.CircuitBreaker(name="read", consecutive_failures=1, backend=there, clock=clock)
+    with pytest.raises(Boom):
+        mine.call(boom)
+    sync_of(here)
+    assert theirs.metrics().state is rs.CircuitState.OPEN
+    before = there.round_trips
+    with pytest.raises(rs.CircuitOpenError):
+        theirs.call(lambda: 1)
+    assert there.round_trips == before  # refused here, from what the read taught it
+
+
+def test_a_breaker_alone_on_a_backend_starts_its_background_sync(backends: Backends) -> None:
+    """Local-first: a failure reaches the fleet through the background sync, with no flush by
+    hand, also when the breaker is the backend's only policy."""
+    here, there = backends("local-first", sync_interval=0.01), backends("strict")
+    mine = rs.CircuitBreaker(name="alone", consecutive_failures=1, backend=here)
+    theirs = rs.CircuitBreaker(name="alone", consecutive_failures=1, backend=there)
+    with pytest.raises(Boom):
+        mine.call(boom)
+    for _ in range(300):  # 3 s at most, in 10 ms looks
+        if theirs.metrics().state is rs.CircuitState.OPEN:
+            break
+        threading.Event().wait(0.01)
+    assert theirs.metrics().state is rs.CircuitState.OPEN
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_the_window_counts_every_process_exactly(backends: Backends, mode: str) -> None:
     here, there = backends(mode), backends(mode)

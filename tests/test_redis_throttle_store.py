@@ -206,7 +206,7 @@ def test_the_fleets_tokens_are_read_from_redis(fleet: Fleet) -> None:
 def test_the_bucket_expires_after_the_key_ttl(fleet: Fleet) -> None:
     throttle = fleet.throttle(4, backend=fleet.backend(key_ttl=50), name="ttl")
     throttle.acquire()
-    key = throttle.backend.key("throttle", "ttl", "bucket")  # type: ignore[union-attr]
+    key = fleet.backend().key("throttle", "ttl", "bucket")
     assert 48 < fleet.client.ttl(key) <= 50
 
 

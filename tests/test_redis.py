@@ -51,6 +51,7 @@ def backends(redis_url: str) -> Iterator[Backends]:
 
     def make(mode: str = "strict", url: str = redis_url, **options: Any) -> RedisBackend:
         options.setdefault("prefix", prefix)
+        options.setdefault("timeout", 1.0)  # a loaded machine must not time a request out
         backend = RedisBackend.from_url(url, mode=mode, **options)
         made.append(backend)
         return backend

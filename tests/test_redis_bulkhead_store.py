@@ -70,6 +70,7 @@ def backend(redis_url: str, clock: BoundedClock) -> Iterator[RedisBackend]:
         clock=clock,
         lease_seconds=LEASE,
         sync_interval=10,
+        timeout=1.0,  # a loaded machine must not time a request out
     )
     yield made
     made.close()

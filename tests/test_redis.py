@@ -706,6 +706,45 @@ def test_deposits_of_a_request_that_never_reached_redis_are_sent_with_the_next(
     assert any("the backend answers again" in r.getMessage() for r in caplog.records)
 
 
+# -- time on the server -----------------------------------------------------------------------
+
+#: (now, width) pairs: exact multiples, times on either side of zero, and quotients that
+#: come out a hair under a whole number before the final rounding (8.78334037897173 / 0.7)
+#: or a hair over it (1.3966531122908366 / 0.2).
+_CUTS = [
+    (0.0, 1.0),
+    (10.0, 2.5),
+    (10.5, 2.5),
+    (0.3, 0.1),
+    (-0.5, 1.0),
+    (-10.0, 2.5),
+    (-2.4076955335254446, 0.05),
+    (-5.822212170348646, 0.2),
+    (8.78334037897173, 0.7),
+    (4.242581425248337, 0.7),
+    (8662.476504086404, 0.3),
+    (1.3966531122908366, 0.2),
+    (5082.5918403564365, 0.7),
+    (1_000_000.05, 0.1),
+]
+
+
+def test_the_scripts_cut_time_into_buckets_as_python_does(redis_url: str) -> None:
+    """A time window's bucket (and a budget's slice) is ``now // width`` on the server too,
+    to the bit, also for times before zero (a fake clock may start there)."""
+    from resilience._redis_lua import _HELPERS
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        cut = client.register_script(
+            _HELPERS + "return num(floordiv(tonumber(ARGV[1]), tonumber(ARGV[2])))"
+        )
+        for now, width in _CUTS:
+            assert float(cut(args=[repr(now), repr(width)])) == now // width, (now, width)
+    finally:
+        client.close()
+
+
 # -- keys -------------------------------------------------------------------------------------
 
 

@@ -757,3 +757,89 @@ def test_a_child_forked_while_an_event_loop_takes_its_client_can_attach_policies
     finally:
         stalling.release.set()
         thread.join(10)
+
+
+# -- a fork as the backend sees it: a new process id (no fork, so that coverage sees it) -------
+
+
+def pretend_forked(monkeypatch: pytest.MonkeyPatch) -> int:
+    """From now on the backend finds itself in a new process (its module's os.getpid)."""
+    pid = os.getpid() + 100_000
+    monkeypatch.setattr(_redis_backend, "os", SimpleNamespace(getpid=lambda: pid))
+    return pid
+
+
+def done_within_10s(work: Callable[[], object]) -> bool:
+    """Whether ``work``, run in a thread, is done within 10 s."""
+    done = threading.Event()
+    thread = threading.Thread(target=lambda: (work(), done.set()), daemon=True)
+    thread.start()
+    return done.wait(10)
+
+
+@pytest.mark.parametrize("first", ["request", "policy", "flush"])
+def test_in_a_new_process_the_backend_takes_a_process_id_of_its_own(
+    backends: Backends, monkeypatch: pytest.MonkeyPatch, first: str
+) -> None:
+    backend = backends(sync_interval=10)
+    throttle = rs.Throttle(100, name="moved", backend=backend)
+    assert throttle.try_acquire()
+    parent = backend.process_id
+    pid = pretend_forked(monkeypatch)
+    if first == "request":
+        assert throttle.try_acquire()
+    elif first == "policy":
+        rs.RetryBudget(name="new", backend=backend)
+    else:
+        backend.flush()
+    seen = backend.process_id
+    assert seen != parent
+    assert seen.split(":")[1] == str(pid)
+    assert throttle.try_acquire()
+    assert backend.process_id == seen
+
+
+def test_in_a_new_process_the_backend_does_not_wait_on_the_old_ones_locks(
+    backends: Backends, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The old process's sync thread holds the flush lock, and a thread of its event loop
+    the backend's lock, when the backend finds itself in a new process: neither stops it."""
+    stalling = Stalling.from_url(
+        redis_url,
+        socket_timeout=1.0,
+        socket_connect_timeout=1.0,
+        retry=redis.asyncio.retry.Retry(NoBackoff(), 0),
+    )
+    assert isinstance(stalling, Stalling)
+    stalling.entered, stalling.release = threading.Event(), threading.Event()
+    backend = backends(
+        client=client(redis_url, 1.0, 1.0), aclient=stalling, timeout=1.0, sync_interval=10
+    )
+    part = backend.attach("retry_budget", "held", rs.RetryBudget())
+    entered, release = threading.Event(), threading.Event()
+
+    def held() -> None:  # the old sync thread waits here, holding the flush lock
+        if threading.current_thread().name == SYNC_THREAD:
+            entered.set()
+            assert release.wait(10)
+
+    monkeypatch.setattr(part, "flush", held)
+    backend.wake()
+    throttle = rs.Throttle(100, name="loop", backend=backend)
+
+    async def call() -> None:
+        await throttle.acall(ok)
+        await stalling.aclose()
+
+    loop_thread = threading.Thread(target=asyncio.run, args=(call(),))
+    loop_thread.start()
+    try:
+        assert entered.wait(10)
+        assert stalling.entered.wait(10)  # the loop's thread holds the backend's lock
+        pretend_forked(monkeypatch)
+        assert done_within_10s(backend.flush)
+        assert done_within_10s(lambda: rs.RetryBudget(name="new", backend=backend))
+    finally:
+        release.set()
+        stalling.release.set()
+        loop_thread.join(10)

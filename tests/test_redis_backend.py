@@ -772,8 +772,12 @@ def pretend_forked(monkeypatch: pytest.MonkeyPatch) -> int:
 def done_within_10s(work: Callable[[], object]) -> bool:
     """Whether ``work``, run in a thread, is done within 10 s."""
     done = threading.Event()
-    thread = threading.Thread(target=lambda: (work(), done.set()), daemon=True)
-    thread.start()
+
+    def run() -> None:
+        work()
+        done.set()
+
+    threading.Thread(target=run, daemon=True).start()
     return done.wait(10)
 
 

@@ -589,6 +589,13 @@ def _run_child(
     if code is not None:
         sys.meta_path.insert(0, _Hook(f"resilience.{module}", code))
     import pytest
+    from hypothesis import Phase, settings
+
+    # A failing example is enough to kill a mutant: shrinking it (minutes, for the models
+    # on a real redis-server) would only turn kills into hangs. Loaded before the test
+    # modules are, so their own settings(...) start from it.
+    settings.register_profile("mutation", phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    settings.load_profile("mutation")
 
     # --assert=plain: pytest's assert rewriting would import `resilience` (a plugin's
     # package) through its own hook, before ours.
